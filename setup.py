@@ -1,0 +1,25 @@
+"""igc_np: Interleaved Group Convolutions (ICCV 2017) from scratch on NumPy and CuPy."""
+from setuptools import find_packages, setup
+
+EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "scipy>=1.10"]
+
+setup(
+    name="igc_np",
+    version="0.1.0",
+    description="Interleaved Group Convolutions from scratch: a small autograd on NumPy/CuPy, "
+                "hand-written CUDA kernels, and every network of the reference code.",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["igc_np", "igc_np.*"]),
+    package_data={"igc_np": ["kernels/*.cu", "kernels/*.cuh", "emu/*.h"]},
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.24"],
+    extras_require={
+        # the teaching trainer: embedded digits data set, curves, progress bar, SVHN .mat files
+        "examples": EXAMPLES,
+        # the test suite: property tests, the trainer end to end, and the NVRTC compile check
+        # of every .cu file (libnvrtc works without a GPU)
+        "test": ["pytest>=7", "hypothesis>=6.80", "nvidia-cuda-nvrtc-cu12"] + EXAMPLES,
+        "cuda": ["cupy-cuda12x"],
+    },
+)
