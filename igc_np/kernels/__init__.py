@@ -1,0 +1,14 @@
+"""Hand-written CUDA kernels of igc_np (one concept per .cu file) and their launchers.
+
+- ``group_conv.cu``: grouped 2-D conv forward, backward-data, backward-weight;
+- ``permutation.cu``: the IGC channel permutation (Reorder);
+- ``interleaved_secondary.cu``: permutation -> 1x1 group conv -> permutation, fused.
+
+``ops`` holds the launchers the engine calls (device "cuda" through CuPy, or "emu" through the CPU
+emulator in igc_np.emu); ``get_module`` loads one compiled file. Importing this package needs
+neither CuPy nor a compiler: both are looked for at the first launch.
+"""
+from . import ops
+from .loader import KERNEL_DIR, get_module, kernel_files, read_source
+
+__all__ = ["ops", "get_module", "kernel_files", "read_source", "KERNEL_DIR"]

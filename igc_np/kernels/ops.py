@@ -1,0 +1,237 @@
+"""Launchers of the hand-written kernels: arrays in, arrays out.
+
+``device`` is "cuda" (cupy arrays in and out, kernels run by CuPy) or "emu" (numpy arrays in and
+out, the same kernels run by the CPU emulator). Arrays are float32 or float64, NCHW; inputs are
+made C-contiguous here. ``stride`` and ``padding`` are (int, int) pairs. Shapes:
+
+    conv2d_forward(x (N,C_in,H,W), W (C_out,C_in/G,kh,kw), stride, padding, groups) -> y (N,C_out,Ho,Wo)
+    conv2d_backward_data(gy, W, x_shape, stride, padding, groups)          -> gx (x_shape)
+    conv2d_backward_weight(x, gy, W_shape, stride, padding, groups)        -> gW (W_shape)
+    permute_channels(x (N,C,H,W), b)                                       -> y (N,C,H,W)
+    interleaved_secondary_forward(x (N,C,H,W), W2 (C,C/S,1,1), L, S)        -> y (N,C,H,W)
+    interleaved_secondary_backward_data(gy, W2, L, S)                      -> gx (N,C,H,W)
+    interleaved_secondary_backward_weight(x, gy, W2_shape, L, S)           -> gW2 (W2_shape)
+
+with Ho = (H + 2*ph - kh) // sh + 1 (Wo likewise). Invalid shapes raise ValueError naming the
+op, the argument and the shapes.
+"""
+import numpy as np
+
+from .loader import get_module
+
+THREADS = 256          # threads per block of the one-thread-per-element kernels
+MAX_BLOCKS = 1 << 20   # the kernels loop (grid-stride) over whatever a grid this size leaves
+REDUCE_MAX_THREADS = 256
+INT_MAX = 2**31 - 1    # kernels index with int
+
+i32 = np.int32
+
+
+def _xp(device):
+    if device == "cuda":
+        import cupy
+        return cupy
+    if device == "emu":
+        return np
+    raise ValueError(f"device must be 'cuda' or 'emu', got {device!r}")
+
+
+def _prepare(op, device, **arrays):
+    """Check the arrays' kind (numpy for emu, cupy for cuda), rank 4 and common float dtype;
+    return them C-contiguous, in the keyword order given."""
+    xp = _xp(device)
+    out, dtype = [], None
+    for name, a in arrays.items():
+        if not isinstance(a, xp.ndarray):
+            raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
+                            f"got {type(a).__module__}.{type(a).__name__}")
+        if a.ndim != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (NCHW or OIHW), got shape {tuple(a.shape)}")
+        if a.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        if dtype is not None and a.dtype != dtype:
+            raise ValueError(f"{op}: {name} has dtype {a.dtype} but {next(iter(arrays))} has {dtype}")
+        dtype = a.dtype
+        out.append(xp.ascontiguousarray(a))
+    for a in out:
+        if a.size > INT_MAX:
+            raise ValueError(f"{op}: arrays of {a.size} elements exceed the kernels' int indexing")
+    return xp, out
+
+
+def _pair(op, name, v, minimum):
+    try:
+        a, b = (int(t) for t in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: {name} must be a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {(a, b)}")
+    return a, b
+
+
+def _shape4(op, name, shape):
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"{op}: {name} must be 4 positive ints, got {shape}")
+    return shape
+
+
+def _conv_geometry(op, x_shape, W_shape, stride, padding, groups):
+    """Validate a grouped conv's shapes; return the int32 argument tail shared by its kernels."""
+    N, C_in, H, W = x_shape
+    C_out, Cg_in, KH, KW = W_shape
+    sh, sw = _pair(op, "stride", stride, 1)
+    ph, pw = _pair(op, "padding", padding, 0)
+    G = int(groups)
+    if G < 1 or C_in % G or C_out % G:
+        raise ValueError(f"{op}: groups={groups} must divide C_in={C_in} (x shape {x_shape}) "
+                         f"and C_out={C_out} (W shape {W_shape})")
+    if Cg_in != C_in // G:
+        raise ValueError(f"{op}: W shape {W_shape} needs W.shape[1] = C_in/groups = {C_in // G} "
+                         f"for x shape {x_shape}, groups={G}")
+    Ho, Wo = (H + 2 * ph - KH) // sh + 1, (W + 2 * pw - KW) // sw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: kernel {KH}x{KW} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
+                         f"(x shape {x_shape}, padding {(ph, pw)})")
+    if N * C_out * Ho * Wo > INT_MAX:
+        raise ValueError(f"{op}: output of {N * C_out * Ho * Wo} elements exceeds the kernels' int indexing")
+    dims = (N, C_in, H, W, C_out, KH, KW, sh, sw, ph, pw, G, Ho, Wo)
+    return (N, C_out, Ho, Wo), tuple(i32(d) for d in dims)
+
+
+def _elementwise_launch(fn, total, args):
+    """One thread per output element, grid-stride beyond MAX_BLOCKS blocks."""
+    blocks = min((total + THREADS - 1) // THREADS, MAX_BLOCKS)
+    fn((blocks,), (THREADS,), args)
+
+
+def _reduce_launch(fn, n_outputs, terms, itemsize, args):
+    """One block per output element; a power-of-two block of at most REDUCE_MAX_THREADS threads,
+    no larger than the number of terms needs (minimum a warp), plus its shared memory."""
+    threads = 32
+    while threads < min(terms, REDUCE_MAX_THREADS):
+        threads *= 2
+    fn((min(n_outputs, MAX_BLOCKS),), (threads,), args, shared_mem=threads * itemsize)
+
+
+# ---- grouped convolution ---------------------------------------------------------------------
+
+def conv2d_forward(x, W, stride, padding, groups, device):
+    """y = grouped conv of x (N,C_in,H,W) with W (C_out,C_in/G,kh,kw), no bias."""
+    op = "conv2d_forward"
+    xp, (x, W) = _prepare(op, device, x=x, W=W)
+    y_shape, dims = _conv_geometry(op, x.shape, W.shape, stride, padding, groups)
+    y = xp.empty(y_shape, dtype=x.dtype)
+    fn = get_module("group_conv.cu", x.dtype, device).get_function(op)
+    _elementwise_launch(fn, y.size, (x, W, y) + dims)
+    return y
+
+
+def conv2d_backward_data(gy, W, x_shape, stride, padding, groups, device):
+    """gx (x_shape) = gradient of the conv's input, from gy (N,C_out,Ho,Wo) and W."""
+    op = "conv2d_backward_data"
+    xp, (gy, W) = _prepare(op, device, gy=gy, W=W)
+    x_shape = _shape4(op, "x_shape", x_shape)
+    y_shape, dims = _conv_geometry(op, x_shape, W.shape, stride, padding, groups)
+    if tuple(gy.shape) != y_shape:
+        raise ValueError(f"{op}: gy shape {tuple(gy.shape)} must be the output shape {y_shape} of "
+                         f"x shape {x_shape} and W shape {tuple(W.shape)}")
+    gx = xp.empty(x_shape, dtype=gy.dtype)
+    fn = get_module("group_conv.cu", gy.dtype, device).get_function(op)
+    _elementwise_launch(fn, gx.size, (gy, W, gx) + dims)
+    return gx
+
+
+def conv2d_backward_weight(x, gy, W_shape, stride, padding, groups, device):
+    """gW (W_shape) = gradient of the conv's weight, from x (N,C_in,H,W) and gy (N,C_out,Ho,Wo)."""
+    op = "conv2d_backward_weight"
+    xp, (x, gy) = _prepare(op, device, x=x, gy=gy)
+    W_shape = _shape4(op, "W_shape", W_shape)
+    y_shape, dims = _conv_geometry(op, x.shape, W_shape, stride, padding, groups)
+    if tuple(gy.shape) != y_shape:
+        raise ValueError(f"{op}: gy shape {tuple(gy.shape)} must be the output shape {y_shape} of "
+                         f"x shape {tuple(x.shape)} and W shape {W_shape}")
+    gW = xp.empty(W_shape, dtype=x.dtype)
+    fn = get_module("group_conv.cu", x.dtype, device).get_function(op)
+    N, _, Ho, Wo = y_shape
+    _reduce_launch(fn, gW.size, N * Ho * Wo, x.dtype.itemsize, (x, gy, gW) + dims)
+    return gW
+
+
+# ---- channel permutation ---------------------------------------------------------------------
+
+def permute_channels(x, b, device):
+    """y (N,C,H,W): input channel i*(C/b) + j goes to output channel j*b + i (inverse: b' = C/b)."""
+    op = "permute_channels"
+    xp, (x,) = _prepare(op, device, x=x)
+    N, C, H, W = x.shape
+    b = int(b)
+    if b < 1 or C % b:
+        raise ValueError(f"{op}: b={b} must divide the channel count C={C} (x shape {tuple(x.shape)})")
+    y = xp.empty_like(x)
+    fn = get_module("permutation.cu", x.dtype, device).get_function(op)
+    _elementwise_launch(fn, y.size, (x, y, i32(N), i32(C), i32(H * W), i32(b)))
+    return y
+
+
+# ---- fused secondary group conv of IGC -------------------------------------------------------
+
+def _check_LS(op, C, L, S, shape_text):
+    L, S = int(L), int(S)
+    if L < 1 or C % L:
+        raise ValueError(f"{op}: L={L} must divide the channel count C={C} ({shape_text})")
+    if S < 1 or C % S:
+        raise ValueError(f"{op}: S={S} must divide the channel count C={C} ({shape_text})")
+    return L, S
+
+
+def _check_W2(op, W2_shape, C, S, shape_text):
+    if tuple(W2_shape) != (C, C // S, 1, 1):
+        raise ValueError(f"{op}: W2 shape {tuple(W2_shape)} must be (C, C/S, 1, 1) = {(C, C // S, 1, 1)} "
+                         f"({shape_text}, S={S})")
+
+
+def interleaved_secondary_forward(x, W2, L, S, device):
+    """y = permute(conv1x1_groups_S(permute(x, L), W2), S), x (N,C,H,W), W2 (C,C/S,1,1)."""
+    op = "interleaved_secondary_forward"
+    xp, (x, W2) = _prepare(op, device, x=x, W2=W2)
+    N, C, H, W = x.shape
+    text = f"x shape {tuple(x.shape)}"
+    L, S = _check_LS(op, C, L, S, text)
+    _check_W2(op, W2.shape, C, S, text)
+    y = xp.empty_like(x)
+    fn = get_module("interleaved_secondary.cu", x.dtype, device).get_function(op)
+    _elementwise_launch(fn, y.size, (x, W2, y, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
+    return y
+
+
+def interleaved_secondary_backward_data(gy, W2, L, S, device):
+    """gx (N,C,H,W) = gradient of interleaved_secondary_forward's x, from gy (N,C,H,W)."""
+    op = "interleaved_secondary_backward_data"
+    xp, (gy, W2) = _prepare(op, device, gy=gy, W2=W2)
+    N, C, H, W = gy.shape
+    text = f"gy shape {tuple(gy.shape)}"
+    L, S = _check_LS(op, C, L, S, text)
+    _check_W2(op, W2.shape, C, S, text)
+    gx = xp.empty_like(gy)
+    fn = get_module("interleaved_secondary.cu", gy.dtype, device).get_function(op)
+    _elementwise_launch(fn, gx.size, (gy, W2, gx, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
+    return gx
+
+
+def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device):
+    """gW2 (C,C/S,1,1) = gradient of interleaved_secondary_forward's W2, from x and gy (N,C,H,W)."""
+    op = "interleaved_secondary_backward_weight"
+    xp, (x, gy) = _prepare(op, device, x=x, gy=gy)
+    if x.shape != gy.shape:
+        raise ValueError(f"{op}: gy shape {tuple(gy.shape)} must equal x shape {tuple(x.shape)}")
+    N, C, H, W = x.shape
+    text = f"x shape {tuple(x.shape)}"
+    L, S = _check_LS(op, C, L, S, text)
+    W2_shape = _shape4(op, "W2_shape", W2_shape)
+    _check_W2(op, W2_shape, C, S, text)
+    gW2 = xp.empty(W2_shape, dtype=x.dtype)
+    fn = get_module("interleaved_secondary.cu", x.dtype, device).get_function(op)
+    _reduce_launch(fn, gW2.size, N * H * W, x.dtype.itemsize,
+                   (x, gy, gW2, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
+    return gW2

@@ -1,0 +1,21 @@
+// Channel permutation of IGC ("Reorder(b)", paper section 3): view the channel axis of
+// x (N, C, H, W) as a (b, C/b) grid and transpose it to (C/b, b). Input channel i*(C/b) + j goes
+// to output channel j*b + i. The inverse is the same permutation with b' = C/b, which is how the
+// backward pass uses this kernel (no separate backward kernel).
+//
+// One thread per output element y[n, c, h, w] (grid-stride loop): a gather, so each thread does
+// one read and one write, and consecutive threads write consecutive addresses.
+template <typename T>
+__global__ void permute_channels(const T* __restrict__ x, T* __restrict__ y, int N, int C, int HW, int b) {
+    const int per = C / b;  // C/b: length of a row of the (b, C/b) grid
+    const int total = N * C * HW;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
+        // idx = (n * C + c) * HW + p, with p = h * W + w
+        const int p = idx % HW;
+        const int c = (idx / HW) % C;
+        const int n = idx / (HW * C);
+        // output channel c = j*b + i  <-  input channel i*(C/b) + j
+        const int i = c % b, j = c / b;
+        y[idx] = x[((size_t)n * C + i * per + j) * HW + p];
+    }
+}
