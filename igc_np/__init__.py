@@ -1,0 +1,25 @@
+"""igc_np: Interleaved Group Convolutions (Zhang et al., ICCV 2017) from scratch.
+
+    import igc_np as ig
+    from igc_np import functional as F
+    x = ig.Tensor(array, requires_grad=True)
+    loss = F.cross_entropy(model(x), labels); loss.backward()
+"""
+from . import ops  # noqa: F401
+from .autograd import Function, Tensor, no_grad, is_grad_enabled
+from .ops import math as _math  # noqa: F401  (attaches +, *, reshape, ... to Tensor)
+from . import functional, nn, optim
+from .gradcheck import gradcheck
+from .backend import cuda_available
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",
+           "gradcheck", "cuda_available"]
+
+
+def __getattr__(name):
+    # nets and data import lazily: they are larger and the engine does not need them
+    if name in ("nets", "data"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'igc_np' has no attribute {name!r}")

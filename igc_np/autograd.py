@@ -1,0 +1,233 @@
+"""A small define-by-run autograd engine: Tensor, Function, backward.
+
+Running the forward pass builds the graph: every ``Function.apply`` records its inputs on the
+function and itself as the ``creator`` of its outputs. ``Tensor.backward`` walks that graph once,
+in reverse topological order, calling each function's ``backward`` with the gradients of its
+outputs. The graph is touched in those two places only.
+
+An op is a subclass of ``Function`` with
+
+    forward(self, xp, *arrays)   -> array or tuple of arrays   (saves what backward needs on self)
+    backward(self, xp, *grads)   -> one gradient (or None) per input
+
+where ``xp`` is ``numpy`` or ``cupy`` (see ``backend.py``), so one code path serves both devices.
+"""
+import contextlib
+
+import numpy as np
+
+from . import backend
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block no graph is recorded (evaluation, optimizer updates)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+class Tensor:
+    """An n-dimensional array with an optional gradient.
+
+    data:  the numpy/cupy array;  grad: array of the same shape, or None until backward;
+    device: 'cpu', 'cuda' or 'emu';  creator: the Function that produced it (None for leaves).
+    """
+
+    __array_priority__ = 100  # so that ndarray * Tensor calls Tensor.__rmul__
+
+    def __init__(self, data, requires_grad=False, device=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if device is None:
+            device = backend.device_of(data)
+        self.device = backend.check_device(device)
+        if self.device == "cuda" or backend.device_of(data) == "cuda":
+            data = backend.to_device(data, self.device)
+        elif not isinstance(data, np.ndarray):
+            data = np.asarray(data)
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self.creator = None
+        self.index = 0  # which output of `creator` this tensor is
+
+    # ---- array-like attributes -------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        flag = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, device='{self.device}'{flag})"
+
+    def numpy(self):
+        """The data as a NumPy array (copied from the GPU if needed)."""
+        return backend.to_device(self.data, "cpu")
+
+    def item(self):
+        return self.numpy().item()
+
+    def detach(self):
+        return Tensor(self.data, requires_grad=False, device=self.device)
+
+    def to(self, device):
+        """A copy on `device` ('cpu', 'cuda', 'emu'); a leaf, keeping requires_grad."""
+        device = backend.check_device(device)
+        if device == self.device:
+            return self
+        return Tensor(backend.to_device(self.data, device), self.requires_grad, device)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ---- backward --------------------------------------------------------------------------
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires a gradient.
+
+        With no argument, self must be a scalar (one element) and the seed is 1.
+        The graph is freed as it is walked, so call backward once per forward pass.
+        """
+        xp = backend.get_array_module(self.device)
+        if grad is None:
+            if self.size != 1:
+                raise ValueError(f"backward: grad can be omitted only for a scalar, got shape {self.shape}")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.shape}")
+        if self.creator is None:
+            if self.requires_grad:
+                self.grad = grad if self.grad is None else self.grad + grad
+            return
+        # Gradients of intermediate tensors, keyed by (function, output index); each entry is
+        # popped when its function runs, so memory does not grow with depth.
+        pending = {(self.creator, self.index): grad}
+        for fn in _topological_order(self.creator):
+            grads_out = [pending.pop((fn, i), None) for i in range(fn.n_outputs)]
+            if all(g is None for g in grads_out):
+                fn.release()
+                continue
+            grads_out = [xp.zeros(s, d) if g is None else g
+                         for g, (s, d) in zip(grads_out, fn.output_meta)]
+            grads_in = fn.backward(xp, *grads_out)
+            if not isinstance(grads_in, tuple):
+                grads_in = (grads_in,)
+            inputs = fn.inputs
+            fn.release()  # saved arrays are no longer needed
+            if len(grads_in) != len(inputs):
+                raise RuntimeError(f"{type(fn).__name__}.backward returned {len(grads_in)} "
+                                   f"gradients for {len(inputs)} inputs")
+            for x, gx in zip(inputs, grads_in):
+                if gx is None or not x.requires_grad:
+                    continue
+                if gx.shape != x.shape:
+                    raise RuntimeError(f"{type(fn).__name__}.backward: gradient shape {gx.shape} "
+                                       f"!= input shape {x.shape}")
+                if x.creator is None:  # a leaf: accumulate into .grad
+                    x.grad = gx if x.grad is None else x.grad + gx
+                else:
+                    key = (x.creator, x.index)
+                    pending[key] = gx if key not in pending else pending[key] + gx
+
+    # Arithmetic operators (+, *, reshape, sum, ...) are attached in ops/math.py.
+
+
+def _topological_order(root):
+    """Functions reachable from `root`, each after every function that consumes its outputs.
+
+    Iterative depth-first search (a ResNet-110 graph would overflow Python's recursion limit).
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        fn, expanded = stack.pop()
+        if expanded:
+            order.append(fn)
+            continue
+        if fn in visited:
+            continue
+        if fn.inputs is None:
+            raise RuntimeError(f"backward through {type(fn).__name__} a second time: the graph is "
+                               "freed after the first backward; run the forward pass again")
+        visited.add(fn)
+        stack.append((fn, True))
+        for x in fn.inputs:
+            if x.creator is not None and x.creator not in visited:
+                stack.append((x.creator, False))
+    order.reverse()
+    return order
+
+
+def as_tensor(value, like):
+    """Wrap a Python number or array as a constant Tensor on `like`'s device with its dtype."""
+    if isinstance(value, Tensor):
+        return value
+    xp = backend.get_array_module(like.device)
+    dtype = like.dtype if np.isscalar(value) else None
+    return Tensor(xp.asarray(value, dtype=dtype), device=like.device)
+
+
+class Function:
+    """Base class of every differentiable op. Subclasses define forward and backward."""
+
+    inputs = None
+
+    def __call__(self, *inputs):
+        return self.apply(*inputs)
+
+    def apply(self, *inputs):
+        """Run forward on the inputs' arrays; record the graph when a gradient is needed."""
+        tensors = [x if isinstance(x, Tensor) else None for x in inputs]
+        first = next((t for t in tensors if t is not None), None)
+        if first is None:
+            raise TypeError(f"{type(self).__name__}: at least one input must be a Tensor")
+        tensors = [t if t is not None else as_tensor(x, first) for t, x in zip(tensors, inputs)]
+        device = first.device
+        for t in tensors:
+            if t.device != device:
+                raise ValueError(f"{type(self).__name__}: inputs on different devices "
+                                 f"({', '.join(repr(u.device) for u in tensors)}); move them with .to(device)")
+        self.device = device
+        xp = backend.get_array_module(device)
+        outputs = self.forward(xp, *[t.data for t in tensors])
+        single = not isinstance(outputs, tuple)
+        if single:
+            outputs = (outputs,)
+        needs_grad = _grad_enabled and any(t.requires_grad for t in tensors)
+        results = [Tensor(y, requires_grad=needs_grad, device=device) for y in outputs]
+        if needs_grad:
+            self.inputs = tensors
+            self.n_outputs = len(results)
+            self.output_meta = [(y.shape, y.dtype) for y in outputs]
+            for i, r in enumerate(results):
+                r.creator, r.index = self, i
+        return results[0] if single else tuple(results)
+
+    def forward(self, xp, *xs):
+        raise NotImplementedError
+
+    def backward(self, xp, *gys):
+        raise NotImplementedError
+
+    def release(self):
+        """Drop inputs and saved arrays once backward has used them."""
+        self.__dict__.clear()
+        self.inputs = None
+
+    # functions are graph nodes: identity semantics for hashing
+    __hash__ = object.__hash__

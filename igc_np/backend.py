@@ -1,0 +1,78 @@
+"""Devices and array modules: the only file that imports CuPy.
+
+igc_np knows three devices:
+
+* ``"cpu"``  - NumPy arrays, NumPy ops (the reference implementation of every op);
+* ``"cuda"`` - CuPy arrays on an NVIDIA GPU; conv and permutation run our own kernels
+  (``igc_np/kernels/*.cu``), everything else CuPy's array operations;
+* ``"emu"``  - NumPy arrays, but conv and permutation run the *same* ``.cu`` kernels on the CPU
+  through the emulator in ``igc_np/emu`` (slow; for reading and testing kernels without a GPU).
+
+Every op receives ``xp`` (``numpy`` or ``cupy``) so that one code path serves both where the maths
+allows (the Chainer/DeZero ``get_array_module`` idea).
+"""
+import numpy as np
+
+DEVICES = ("cpu", "cuda", "emu")
+
+_cupy = None
+
+
+def cupy_module():
+    """Import CuPy lazily; raise a clear error when it is missing or sees no GPU."""
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise RuntimeError(
+                "device 'cuda' needs CuPy: pip install -e '.[cuda]' (or any cupy-cuda1Nx wheel) "
+                f"on a machine with an NVIDIA GPU ({e})") from None
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # pragma: no cover
+            raise RuntimeError(f"device 'cuda': CuPy is installed but no GPU is usable ({e})") from None
+        if n == 0:  # pragma: no cover
+            raise RuntimeError("device 'cuda': CuPy is installed but sees no GPU")
+        _cupy = cupy
+    return _cupy
+
+
+def cuda_available():
+    """True when CuPy imports and at least one GPU is visible."""
+    try:
+        cupy_module()
+        return True
+    except RuntimeError:
+        return False
+
+
+def check_device(device):
+    """Normalise a device name ('cpu', 'cuda', 'cuda:1', 'emu') and validate it."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string among {DEVICES}, got {device!r}")
+    base = device.split(":")[0]
+    if base not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {DEVICES}")
+    return base
+
+
+def get_array_module(device):
+    """numpy for 'cpu' and 'emu', cupy for 'cuda'."""
+    return cupy_module() if check_device(device) == "cuda" else np
+
+
+def device_of(array):
+    """'cuda' for a CuPy array, 'cpu' for anything else."""
+    return "cuda" if type(array).__module__.startswith("cupy") else "cpu"
+
+
+def to_device(array, device):
+    """Copy (only when needed) an array to the memory of `device`."""
+    device = check_device(device)
+    if device == "cuda":
+        cp = cupy_module()
+        return cp.asarray(array)
+    if device_of(array) == "cuda":
+        return array.get()
+    return np.asarray(array)

@@ -1,0 +1,338 @@
+"""Layers: Module, Parameter and the building blocks of the IGC networks.
+
+Parameter names. Every layer takes an optional ``name``; a named layer's parameters are called
+``<name>_weight``, ``<name>_gamma``, ... and its BatchNorm statistics ``<name>_moving_mean`` /
+``<name>_moving_var``, exactly as the reference MXNet code stores them (IGC_SPEC.md section 5), so
+weights trained by the reference code map by name. Unnamed layers fall back to the attribute
+path (``block.conv.weight``) as in PyTorch.
+"""
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from .autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module learns (requires_grad=True)."""
+
+    def __init__(self, data, name=None, device=None):
+        super().__init__(data, requires_grad=True, device=device)
+        self.name = name
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.dtype}, device='{self.device}')"
+
+
+class Module:
+    """Base class: holds Parameters, buffers (running statistics) and sub-Modules as attributes."""
+
+    def __init__(self):
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_params", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())  # attribute -> (public name or None)
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "device", "cpu")
+
+    def __setattr__(self, key, value):
+        if "_modules" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if isinstance(value, Parameter):
+            self._params[key] = value
+        elif isinstance(value, Module):
+            self._modules[key] = value
+        object.__setattr__(self, key, value)
+
+    def register_buffer(self, key, array, name=None):
+        """A non-learned array saved in state_dict (BatchNorm running mean/var)."""
+        self._buffers[key] = name
+        object.__setattr__(self, key, array)
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    def forward(self, *args):
+        raise NotImplementedError
+
+    # ---- traversal -------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """(path, module) for self and every sub-module, depth first, iteratively."""
+        stack = [(prefix, self)]
+        while stack:
+            path, m = stack.pop()
+            yield path, m
+            children = [(f"{path}.{k}" if path else k, c) for k, c in m._modules.items()]
+            stack.extend(reversed(children))
+
+    def named_parameters(self):
+        """(name, Parameter) pairs; the reference name where the layer has one."""
+        seen = set()
+        for path, m in self.named_modules():
+            for key, p in m._params.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (p.name or (f"{path}.{key}" if path else key)), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for path, m in self.named_modules():
+            for key, name in m._buffers.items():
+                yield (name or (f"{path}.{key}" if path else key)), m, key
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self):
+        """OrderedDict name -> NumPy array of every parameter and buffer (copies, on the CPU)."""
+        state = OrderedDict((n, p.numpy().copy()) for n, p in self.named_parameters())
+        for n, m, key in self.named_buffers():
+            state[n] = backend.to_device(getattr(m, key), "cpu").copy()
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays into parameters and buffers by name; shapes must match exactly."""
+        targets = {n: ("param", p) for n, p in self.named_parameters()}
+        targets.update({n: ("buffer", (m, key)) for n, m, key in self.named_buffers()})
+        missing = [n for n in targets if n not in state]
+        unexpected = [n for n in state if n not in targets]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                           f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        for n, (kind, target) in targets.items():
+            if n not in state:
+                continue
+            value = np.asarray(state[n])
+            current = target.data if kind == "param" else getattr(*target)
+            if value.shape != current.shape:
+                raise ValueError(f"load_state_dict: {n}: shape {value.shape} in the state != "
+                                 f"{current.shape} in the model")
+            value = backend.to_device(value.astype(current.dtype, copy=False), self.device)
+            if kind == "param":
+                target.data = value.copy()
+            else:
+                m, key = target
+                object.__setattr__(m, key, value.copy())
+
+    # ---- modes and devices -----------------------------------------------------------------
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device=None, dtype=None):
+        """Move every parameter and buffer to `device` and/or cast to `dtype`, in place."""
+        device = backend.check_device(device) if device else self.device
+        for _, m in self.named_modules():
+            object.__setattr__(m, "device", device)
+            for key, p in m._params.items():
+                data = p.data.astype(dtype) if dtype is not None else p.data
+                p.data = backend.to_device(data, device)
+                p.device, p.grad = device, None
+            for key in m._buffers:
+                data = getattr(m, key)
+                data = data.astype(dtype) if dtype is not None else data
+                object.__setattr__(m, key, backend.to_device(data, device))
+        return self
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def __repr__(self):
+        lines = [type(self).__name__ + "("]
+        for k, m in self._modules.items():
+            lines.append("  (" + k + "): " + repr(m).replace("\n", "\n  "))
+        return "\n".join(lines) + ")" if len(lines) > 1 else type(self).__name__ + "()"
+
+
+def _pname(name, suffix):
+    return f"{name}_{suffix}" if name else None
+
+
+def he_normal(rng, shape, fan_in, dtype=np.float32):
+    """Normal with std sqrt(2 / fan_in): the reference code's conv initialisation."""
+    return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+_default_rng = np.random.default_rng(0)
+
+
+class Conv2d(Module):
+    """Grouped k x k convolution, NCHW; weight (C_out, C_in/groups, k, k); no bias by default."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=False, name=None, rng=None):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d {name or ''}: in_channels={in_channels} and out_channels="
+                             f"{out_channels} must both be divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
+        rng = rng or _default_rng
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        fan_in = in_channels // groups * kh * kw
+        self.weight = Parameter(he_normal(rng, (out_channels, in_channels // groups, kh, kw), fan_in),
+                                name=_pname(name, "weight"))
+        self.bias = Parameter(np.zeros(out_channels, np.float32), name=_pname(name, "bias")) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+
+    def __repr__(self):
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, k={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups})")
+
+
+class BatchNorm2d(Module):
+    """BatchNorm over (N, H, W); eps 2e-5 and momentum 0.9 as the reference (0.99 in plain nets)."""
+
+    def __init__(self, num_features, momentum=0.9, eps=2e-5, name=None):
+        super().__init__()
+        self.num_features, self.momentum, self.eps = num_features, momentum, eps
+        self.gamma = Parameter(np.ones(num_features, np.float32), name=_pname(name, "gamma"))
+        self.beta = Parameter(np.zeros(num_features, np.float32), name=_pname(name, "beta"))
+        self.register_buffer("running_mean", np.zeros(num_features, np.float32), _pname(name, "moving_mean"))
+        self.register_buffer("running_var", np.ones(num_features, np.float32), _pname(name, "moving_var"))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
+                            self.training, self.momentum, self.eps)
+
+    def __repr__(self):
+        return f"BatchNorm2d({self.num_features}, momentum={self.momentum})"
+
+
+class Linear(Module):
+    """y = x W^T + b; W uniform in +-sqrt(3 / fan_in) (the reference FC initialisation)."""
+
+    def __init__(self, in_features, out_features, bias=True, name=None, rng=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rng = rng or _default_rng
+        bound = math.sqrt(3.0 / in_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32),
+                                name=_pname(name, "weight"))
+        self.bias = Parameter(np.zeros(out_features, np.float32), name=_pname(name, "bias")) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features})"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(MaxPool2d):
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2d(Module):
+    def forward(self, x):
+        return F.global_avg_pool2d(x)
+
+
+class Flatten(Module):
+    def forward(self, x):
+        return x.flatten(1)
+
+
+class Sequential(Module):
+    """Modules applied in order; sub-modules are named '0', '1', ..."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+
+class PermuteChannels(Module):
+    """IGC's permutation (Reorder) as a layer: see F.permute_channels."""
+
+    def __init__(self, branch_factor):
+        super().__init__()
+        self.branch_factor = branch_factor
+
+    def forward(self, x):
+        return F.permute_channels(x, self.branch_factor)
+
+
+class IGCConv(Module):
+    """An interleaved group convolution (paper section 3), BN and ReLU not included.
+
+    primary:   k x k group conv, L groups, C_in -> C_out, stride s, pad k//2   (W_p)
+    P:         permute_channels(L)
+    secondary: 1 x 1 group conv, S groups, C_out -> C_out                      (W_d)
+    P^T:       permute_channels(S)
+
+    With S = C_out / L (every network of the paper) the three steps after the primary run as one
+    fused op (F.interleaved_secondary) that never copies the permuted tensor. Parameter names
+    follow the reference: ``<name>_conv1_weight`` (primary), ``<name>_conv2_weight`` (secondary).
+    """
+
+    def __init__(self, in_channels, out_channels, L, S, kernel_size=3, stride=1, name=None, rng=None):
+        super().__init__()
+        if in_channels % L or out_channels % L:
+            raise ValueError(f"IGCConv {name or ''}: in_channels={in_channels} and out_channels="
+                             f"{out_channels} must be divisible by L={L} primary partitions; L could be "
+                             f"one of {_common_divisors(in_channels, out_channels)}")
+        if out_channels % S:
+            raise ValueError(f"IGCConv {name or ''}: out_channels={out_channels} must be divisible by "
+                             f"S={S} secondary partitions; S could be one of {_common_divisors(out_channels, out_channels)}")
+        self.L, self.S = L, S
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.primary = Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=L,
+                              name=_pname(name, "conv1"), rng=rng)
+        self.secondary = Conv2d(out_channels, out_channels, 1, groups=S, name=_pname(name, "conv2"), rng=rng)
+
+    def forward(self, x):
+        y = self.primary(x)
+        if self.S * self.L == self.out_channels:
+            return F.interleaved_secondary(y, self.secondary.weight, self.L)
+        y = F.permute_channels(y, self.L)
+        y = self.secondary(y)
+        return F.permute_channels(y, self.S)
+
+    def __repr__(self):
+        return f"IGCConv({self.in_channels}, {self.out_channels}, L={self.L}, S={self.S})"
+
+
+def _common_divisors(a, b):
+    return [d for d in range(1, min(a, b) + 1) if a % d == 0 and b % d == 0]

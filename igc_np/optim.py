@@ -1,0 +1,78 @@
+"""SGD with (Nesterov) momentum and weight decay, and a multi-step learning-rate schedule.
+
+The reference trainer (MXNet's NAG optimizer): with g = grad + wd * w,
+    v <- momentum * v + g;    w <- w - lr * (g + momentum * v)    (Nesterov)
+    v <- momentum * v + g;    w <- w - lr * v                      (classic momentum)
+"""
+import numpy as np
+
+from . import backend
+from .autograd import no_grad
+
+
+class SGD:
+    def __init__(self, params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("SGD: got an empty parameter list")
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+        self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
+        self.velocity = [None] * len(self.params)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        with no_grad():
+            for i, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+                if self.momentum:
+                    v = self.velocity[i]
+                    v = g.copy() if v is None else self.momentum * v + g
+                    self.velocity[i] = v
+                    g = g + self.momentum * v if self.nesterov else v
+                p.data -= (self.lr * g).astype(p.data.dtype, copy=False)
+
+    def state_dict(self):
+        """Velocities as CPU arrays (absent entries stored as empty arrays), plus hyper-parameters."""
+        state = {"lr": np.float64(self.lr)}
+        for i, v in enumerate(self.velocity):
+            state[f"velocity_{i}"] = (np.zeros(0, np.float32) if v is None
+                                      else backend.to_device(v, "cpu"))
+        return state
+
+    def load_state_dict(self, state):
+        self.lr = float(state["lr"])
+        for i, p in enumerate(self.params):
+            key = f"velocity_{i}"
+            if key not in state:
+                raise KeyError(f"SGD.load_state_dict: no {key}: the state has "
+                               f"{sum(k.startswith('velocity_') for k in state)} velocities, the optimizer "
+                               f"{len(self.params)} parameters")
+            v = np.asarray(state[key])
+            if v.size == 0:
+                self.velocity[i] = None
+            elif v.shape != p.shape:
+                raise ValueError(f"SGD.load_state_dict: {key} shape {v.shape} != parameter shape {p.shape}")
+            else:
+                self.velocity[i] = backend.to_device(v.astype(p.dtype), p.device)
+
+
+class MultiStepLR:
+    """lr = base_lr * factor ** (number of milestones <= epoch): the reference's 1/2, 3/4, 7/8 schedule."""
+
+    def __init__(self, optimizer, milestones, factor=0.1):
+        self.optimizer, self.milestones, self.factor = optimizer, sorted(milestones), factor
+        self.base_lr = optimizer.lr
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.factor ** sum(epoch >= m for m in self.milestones)
+
+    def step(self, epoch):
+        """Set the learning rate for `epoch` (0-based)."""
+        self.optimizer.lr = self.lr_at(epoch)
+        return self.optimizer.lr

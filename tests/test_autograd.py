@@ -1,0 +1,143 @@
+"""The engine itself: graph walk, accumulation, no_grad, memory release, errors."""
+import sys
+
+import numpy as np
+import pytest
+
+import igc_np as ig
+from igc_np import functional as F
+
+
+def test_scalar_backward_and_accumulation_across_uses():
+    x = ig.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    y = (x * x + x * 3.0).sum()  # x used three times
+    y.backward()
+    np.testing.assert_allclose(x.grad, 2 * x.data + 3.0)
+
+
+def test_grad_accumulates_over_two_backward_calls():
+    x = ig.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    (x * 2.0).sum().backward()
+    (x * 5.0).sum().backward()
+    np.testing.assert_allclose(x.grad, [7.0, 7.0])
+
+
+def test_broadcasting_gradients_sum_back_to_shape():
+    a = ig.Tensor(np.ones((2, 3, 4)), requires_grad=True)
+    b = ig.Tensor(np.arange(3.0).reshape(1, 3, 1), requires_grad=True)
+    ((a * b) + b).sum().backward()
+    assert b.grad.shape == (1, 3, 1)
+    np.testing.assert_allclose(b.grad.ravel(), 2 * 4 * 1 + 2 * 4 * np.ones(3))
+    np.testing.assert_allclose(a.grad, np.broadcast_to(b.data, (2, 3, 4)))
+
+
+def test_arithmetic_ops_gradcheck():
+    rng = np.random.default_rng(1)
+    a = ig.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = ig.Tensor(rng.standard_normal((4,)) + 3.0, requires_grad=True)
+    c = ig.Tensor(rng.standard_normal((4, 2)), requires_grad=True)
+    assert ig.gradcheck(lambda a, b: (a - b) / b * a + (-a) ** 2, [a, b])
+    assert ig.gradcheck(lambda a, c: (a @ c).reshape(2, 3).transpose().mean(axis=0), [a, c])
+    assert ig.gradcheck(lambda b: (b.exp() + 1.0).log().sum(axis=0, keepdims=True), [b])
+    assert ig.gradcheck(lambda a: 2.0 - a.sum(axis=1) * 3.0 + 1.0 / (a * a + 1.0).sum(), [a])
+
+
+def test_dtype_is_preserved():
+    x = ig.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    y = ((x * 2.5 + 1) / 3.0 - x).mean()
+    assert y.dtype == np.float32
+    y.backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_no_grad_records_nothing():
+    x = ig.Tensor(np.ones(3), requires_grad=True)
+    with ig.no_grad():
+        y = x * 2.0
+    assert y.creator is None and not y.requires_grad
+    assert ig.is_grad_enabled()
+
+
+def test_deep_graph_does_not_hit_recursion_limit():
+    x = ig.Tensor(np.ones(2), requires_grad=True)
+    y = x
+    for _ in range(3 * sys.getrecursionlimit()):
+        y = y + 1.0
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, [1.0, 1.0])
+
+
+def test_graph_is_freed_after_backward():
+    x = ig.Tensor(np.ones(4), requires_grad=True)
+    y = x * 3.0
+    loss = y.sum()
+    loss.backward()
+    # the saved arrays and the inputs of every function are dropped once used
+    assert y.creator.inputs is None and not hasattr(y.creator, "a")
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
+def test_backward_needs_scalar_or_grad():
+    x = ig.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(ValueError, match="scalar"):
+        (x * 2.0).backward()
+    y = x * 2.0
+    y.backward(np.ones(3))
+    np.testing.assert_allclose(x.grad, 2.0)
+
+
+def test_mixing_devices_is_a_clear_error():
+    a = ig.Tensor(np.ones(2), device="cpu")
+    b = ig.Tensor(np.ones(2), device="emu")
+    with pytest.raises(ValueError, match="different devices"):
+        a + b
+
+
+def test_unknown_device():
+    with pytest.raises(ValueError, match="unknown device"):
+        ig.Tensor(np.ones(2)).to("tpu")
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    class WrongSquare(ig.Function):
+        def forward(self, xp, x):
+            self.x = x
+            return x * x
+
+        def backward(self, xp, gy):
+            return gy * self.x  # should be 2 * x
+
+    x = ig.Tensor(np.random.default_rng(0).standard_normal(5), requires_grad=True)
+    with pytest.raises(AssertionError, match="analytic"):
+        ig.gradcheck(lambda x: WrongSquare().apply(x), [x])
+
+
+def test_gradcheck_refuses_float32():
+    x = ig.Tensor(np.ones(3, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="float64"):
+        ig.gradcheck(lambda x: x * 2.0, [x])
+
+
+def test_memory_does_not_grow_with_steps():
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    model = ig.nn.Sequential(ig.nn.Conv2d(3, 8, 3, padding=1), ig.nn.BatchNorm2d(8), ig.nn.ReLU(),
+                             ig.nn.GlobalAvgPool2d(), ig.nn.Linear(8, 4))
+    opt = ig.optim.SGD(model.parameters(), lr=0.01)
+    x = ig.Tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
+    labels = np.array([0, 1, 2, 3])
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), labels).backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for _ in range(20):
+        step()
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert grown < 200_000, f"memory grew by {grown} bytes over 20 steps"

@@ -1,0 +1,123 @@
+"""Modules, state dicts, devices, optimizer and schedule."""
+import numpy as np
+import pytest
+
+import igc_np as ig
+from igc_np import functional as F
+
+
+def small_net():
+    return ig.nn.Sequential(
+        ig.nn.Conv2d(3, 8, 3, padding=1, name="g0_conv"), ig.nn.BatchNorm2d(8, name="g0_bn"), ig.nn.ReLU(),
+        ig.nn.IGCConv(8, 8, L=4, S=2, name="g1_b1"), ig.nn.BatchNorm2d(8), ig.nn.ReLU(),
+        ig.nn.MaxPool2d(2), ig.nn.GlobalAvgPool2d(), ig.nn.Linear(8, 5, name="fc_score"))
+
+
+def test_parameter_names_follow_the_reference():
+    names = [n for n, _ in small_net().named_parameters()]
+    assert names[:3] == ["g0_conv_weight", "g0_bn_gamma", "g0_bn_beta"]
+    assert "g1_b1_conv1_weight" in names and "g1_b1_conv2_weight" in names
+    assert "4.gamma" in names  # unnamed layers fall back to the attribute path
+    assert names[-2:] == ["fc_score_weight", "fc_score_bias"]
+    state = small_net().state_dict()
+    assert "g0_bn_moving_mean" in state and "g0_bn_moving_var" in state
+
+
+def test_state_dict_round_trip_and_errors():
+    a, b = small_net(), small_net()
+    for p in b.parameters():
+        p.data = p.data + 1.0
+    b.load_state_dict(a.state_dict())
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    state = a.state_dict()
+    state["g0_conv_weight"] = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"g0_conv_weight: shape \(1, 2, 3, 3\)"):
+        b.load_state_dict(state)
+    del state["g0_conv_weight"]
+    with pytest.raises(KeyError, match="missing.*g0_conv_weight"):
+        b.load_state_dict(state)
+
+
+def test_train_eval_switch_changes_batch_norm():
+    net = small_net()
+    x = ig.Tensor(np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32))
+    y_train = net(x).data
+    net.eval()
+    assert not net[1].training
+    y_eval = net(x).data
+    assert not np.allclose(y_train, y_eval)
+    net.train()
+    assert net[1].training
+
+
+def test_igc_conv_is_primary_permute_secondary_permute():
+    """Both paths of IGCConv (fused when S = C/L, explicit otherwise) equal the written-out chain."""
+    rng = np.random.default_rng(0)
+    x = ig.Tensor(rng.standard_normal((2, 12, 5, 5)))
+    for L, S in ((4, 3), (4, 2), (3, 6)):
+        igc = ig.nn.IGCConv(12, 12, L=L, S=S).to(dtype=np.float64)
+        chain = F.permute_channels(igc.secondary(F.permute_channels(igc.primary(x), L)), S)
+        np.testing.assert_allclose(igc(x).data, chain.data, atol=1e-12)
+    with pytest.raises(ValueError, match="divisible by L=5"):
+        ig.nn.IGCConv(12, 12, L=5, S=2)
+
+
+def test_sgd_nesterov_matches_the_formula():
+    w = ig.nn.Parameter(np.array([1.0, -2.0]))
+    opt = ig.optim.SGD([w], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    v = np.zeros(2)
+    ref = w.data.copy()
+    for step in range(3):
+        grad = np.array([0.5, 0.25]) * (step + 1)
+        w.grad = grad.copy()
+        opt.step()
+        g = grad + 0.01 * ref
+        v = 0.9 * v + g
+        ref = ref - 0.1 * (g + 0.9 * v)
+        np.testing.assert_allclose(w.data, ref)
+
+
+def test_sgd_state_round_trip():
+    w = ig.nn.Parameter(np.ones(3, np.float32))
+    opt = ig.optim.SGD([w], lr=0.05)
+    w.grad = np.ones(3, np.float32)
+    opt.step()
+    state = opt.state_dict()
+    opt2 = ig.optim.SGD([w], lr=1.0)
+    opt2.load_state_dict(state)
+    assert opt2.lr == 0.05
+    np.testing.assert_array_equal(opt2.velocity[0], opt.velocity[0])
+
+
+def test_multistep_schedule():
+    opt = ig.optim.SGD([ig.nn.Parameter(np.ones(1))], lr=0.1)
+    sched = ig.optim.MultiStepLR(opt, [200, 300, 350])
+    assert [round(sched.lr_at(e), 6) for e in (0, 199, 200, 300, 349, 350)] == [0.1, 0.1, 0.01, 0.001, 0.001, 0.0001]
+    sched.step(300)
+    assert abs(opt.lr - 0.001) < 1e-12
+
+
+def test_small_network_learns():
+    rng = np.random.default_rng(0)
+    net = small_net()
+    x = ig.Tensor(rng.standard_normal((10, 3, 6, 6)).astype(np.float32))
+    labels = rng.integers(0, 5, 10)
+    opt = ig.optim.SGD(net.parameters(), lr=0.1)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_module_to_emu_keeps_values():
+    net = small_net()
+    before = net.state_dict()
+    net.to("emu")
+    assert all(p.device == "emu" for p in net.parameters())
+    for n, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[n])
