@@ -1,0 +1,46 @@
+"""Every .cu file of igc_np/kernels compiles with NVRTC for sm_80 and sm_90, float and double.
+
+Needs libnvrtc (the pip wheel nvidia-cuda-nvrtc-cu12, in the `test` extra), not a GPU nor CuPy.
+"""
+import re
+
+import pytest
+
+from igc_np.kernels import kernel_files, nvrtc, read_source
+
+pytestmark = pytest.mark.skipif(
+    nvrtc.load() is None,
+    reason="libnvrtc not found: pip install nvidia-cuda-nvrtc-cu12 (or a CUDA toolkit) to compile-check kernels")
+
+ARCHS = ("compute_80", "compute_90")
+EXPECTED_KERNELS = {
+    "group_conv.cu": ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight"],
+    "permutation.cu": ["permute_channels"],
+    "interleaved_secondary.cu": ["interleaved_secondary_forward", "interleaved_secondary_backward_data",
+                                 "interleaved_secondary_backward_weight"],
+}
+
+
+def test_every_kernel_file_is_known():
+    assert kernel_files() == sorted(EXPECTED_KERNELS)
+    for f, names in EXPECTED_KERNELS.items():
+        assert read_source(f)[1] == names
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("filename", sorted(EXPECTED_KERNELS))
+def test_compiles_float_and_double(filename, arch):
+    code, names = read_source(filename)
+    exprs = [f"{n}<{t}>" for n in names for t in ("float", "double")]
+    ptx, lowered, log = nvrtc.compile_ptx(code, arch, exprs, filename)  # raises with the log on error
+    assert "warning" not in log.lower(), log
+    assert f".target sm_{arch[-2:]}" in ptx
+    for expr in exprs:  # each instantiation is an entry point of the PTX
+        assert re.search(rf"\.entry\s+{re.escape(lowered[expr])}\b", ptx), expr
+
+
+def test_error_names_the_real_file_and_line():
+    code, _ = read_source("permutation.cu")
+    n_lines = code.count("\n")  # the #line directive makes line 2 of `code` line 1 of the file
+    with pytest.raises(nvrtc.NVRTCError, match=rf"permutation\.cu\({n_lines + 1}\): error"):
+        nvrtc.compile_ptx(code + "\nint broken = ;\n", "compute_80", [], "permutation.cu")
