@@ -75,8 +75,11 @@ class KernelModule:
 
 
 def get_module(filename, dtype, device):
-    """The cached KernelModule of `filename` for `dtype` on `device` ("cuda" or "emu")."""
+    """The cached KernelModule of `filename` for `dtype` on `device` ("cuda" or "emu"; "cuda:k"
+    means CuPy's current device, which the caller selects)."""
     dtype = np.dtype(dtype)
+    if isinstance(device, str) and device.startswith("cuda:"):
+        device = "cuda"
     key = (filename, dtype, device)
     if device == "cuda":
         import cupy

@@ -22,13 +22,15 @@ from .loader import get_module
 THREADS = 256          # threads per block of the one-thread-per-element kernels
 MAX_BLOCKS = 1 << 20   # the kernels loop (grid-stride) over whatever a grid this size leaves
 REDUCE_MAX_THREADS = 256
-INT_MAX = 2**31 - 1    # kernels index with int
+# Kernels index with int and step by gridDim.x * blockDim.x (at most 2^28); 2^30 elements keep
+# idx + step below 2^31.
+INT_MAX = 2**30
 
 i32 = np.int32
 
 
 def _xp(device):
-    if device == "cuda":
+    if isinstance(device, str) and device.split(":")[0] == "cuda":  # "cuda:1": the caller's current device
         import cupy
         return cupy
     if device == "emu":
