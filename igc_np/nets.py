@@ -1,0 +1,389 @@
+"""The networks of the IGC paper: CIFAR/SVHN nets (IGC_SPEC.md section 2) and the five released
+ImageNet models (section 3), with the reference code's parameter names (section 5).
+
+    import igc_np as ig
+    net = ig.nets.get_network("resnet_igc", depth=20, primary_partition=4, secondary_partition=2)
+    logits = net(x)                                   # x (N, 3, 32, 32) -> (N, 10)
+    ig.nets.count_params(net), ig.nets.count_macs(net, (3, 32, 32))
+    print(ig.nets.describe(net, (3, 32, 32)))         # one row per layer
+
+    model = ig.nets.imagenet_model("igc_l100m2")      # (N, 3, 224, 224) -> (N, 1000)
+
+Notation (paper section 3): L primary partitions, M channels per primary partition (= number of
+secondary partitions), C = L * M channels. An IGC conv is ``ig.nn.IGCConv(C_in, C_out, L, S)``:
+a 3x3 group conv with L groups, a permutation, a 1x1 group conv with S groups and the permutation
+back (IGC_SPEC.md section 1).
+
+Counting. ``count_params`` counts the learned arrays (conv weights, BN gamma and beta, FC weight
+and bias), not the BN running statistics. ``count_macs`` walks the model with shapes only (no
+arithmetic) and adds the multiply-accumulates of the convs and the FC layer.
+"""
+import math
+
+import numpy as np
+
+from . import functional as F
+from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, IGCConv, Linear, MaxPool2d, AvgPool2d,
+                 Module, ReLU, Sequential)
+from .ops.conv import output_size, pair
+
+CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
+
+# model name -> released graph (IGC_SPEC.md section 3), in /work/shared/reference/mxnet-symbols
+IMAGENET_GRAPHS = {
+    "resnet18_c64": "resnet_d18.json",
+    "resnet18_c69": "resnet_d18_w69.json",
+    "igc_l4m32": "resnet_gcwf_noshare_imagenet_d18b4.json",
+    "igc_l16m16": "resnet_gcwf_noshare_imagenet_d18b16.json",
+    "igc_l100m2": "resnet_gcwf_noshare_imagenet_d18b100.json",
+}
+
+# stem width C0, the four stage widths, and L per stage (None: regular convs). Section 3's table.
+IMAGENET_CONFIGS = {
+    "resnet18_c64": (64, (64, 128, 256, 512), None),
+    "resnet18_c69": (69, (69, 138, 276, 552), None),
+    # IGC-L4M32 / L16M16: the width doubles by doubling M, L stays (seed README)
+    "igc_l4m32": (128, (128, 256, 512, 1024), (4, 4, 4, 4)),
+    "igc_l16m16": (256, (256, 512, 1024, 2048), (16, 16, 16, 16)),
+    # IGC-L100M2: the width doubles by doubling L, M = 2 stays; stage 1 already doubles the stem
+    "igc_l100m2": (100, (200, 400, 800, 1600), (100, 200, 400, 800)),
+}
+
+
+# ---- building blocks ---------------------------------------------------------------------------
+class ConvBN(Module):
+    """conv (a Conv2d or an IGCConv) -> BatchNorm -> ReLU (optional). (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
+
+    def __init__(self, conv, bn, relu=True):
+        super().__init__()
+        self.conv, self.bn, self.relu = conv, bn, relu
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return F.relu(y) if self.relu else y
+
+    def walk(self, path, shape, visit):
+        y = _walk(self.bn, f"{path}.bn", _walk(self.conv, f"{path}.conv", shape, visit), visit)
+        if self.relu:  # named as the reference graphs name it: <layer>_bn -> <layer>_relu
+            bn_name = _layer_name(self.bn, "_gamma", "")
+            visit(bn_name[:-3] + "_relu" if bn_name.endswith("_bn") else f"{path}.relu", "ReLU", y, 0, 0)
+        return y
+
+
+class ResidualBlock(Module):
+    """Basic block: relu(conv2(conv1(x)) + shortcut(x)); shortcut None is the identity.
+
+    conv1 is a ConvBN with ReLU, conv2 a ConvBN without; the shortcut a ConvBN without ReLU.
+    """
+
+    def __init__(self, conv1, conv2, shortcut=None, name=None):
+        super().__init__()
+        # shortcut first: the reference graphs list the projection (p0 / proj) before the body
+        self.shortcut = shortcut
+        self.conv1, self.conv2 = conv1, conv2
+        self.name = name
+
+    def forward(self, x):
+        y = self.conv2(self.conv1(x))
+        s = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(y + s)
+
+    def walk(self, path, shape, visit):
+        y = _walk(self.conv1, f"{path}.conv1", shape, visit)
+        y = _walk(self.conv2, f"{path}.conv2", y, visit)
+        s = shape if self.shortcut is None else _walk(self.shortcut, f"{path}.shortcut", shape, visit)
+        if s != y:
+            raise ValueError(f"{path}: shortcut shape {s} != body shape {y}")
+        visit(f"{self.name}_relu" if self.name else f"{path}.add_relu", "Add+ReLU", y, 0, 0)
+        return y
+
+
+class Network(Module):
+    """stem -> stages -> global average pool -> fully connected: (N, 3, H, W) -> (N, num_classes)."""
+
+    def __init__(self, stem, stages, fc, name=""):
+        super().__init__()
+        self.stem, self.stages = stem, stages
+        self.pool = _named(GlobalAvgPool2d(), "global_pool")
+        self.fc = fc
+        self.name = name
+
+    def forward(self, x):
+        return self.fc(self.pool(self.stages(self.stem(x))))
+
+    def __repr__(self):
+        return f"Network({self.name!r}, {count_params(self):,} parameters)"
+
+
+def _named(layer, name):
+    """Give a parameter-free layer (pool, ReLU) the reference graph's name, for describe()."""
+    layer.name = name
+    return layer
+
+
+def conv_bn(C_in, C_out, k, stride, bn_momentum, conv_name, bn_name, relu=True, groups=1, rng=None):
+    """A regular (or grouped) k x k conv with padding k//2, BN and ReLU."""
+    conv = Conv2d(C_in, C_out, k, stride, k // 2, groups=groups, name=conv_name, rng=rng)
+    return ConvBN(conv, BatchNorm2d(C_out, bn_momentum, name=bn_name), relu)
+
+
+def igc_bn(C_in, C_out, L, S, stride, bn_momentum, name, relu=True, rng=None):
+    """An IGC conv (IGC_SPEC.md section 1: primary 3x3 with L groups, Reorder(L), secondary 1x1 with
+    S groups, Reorder(S)), then BN and ReLU. Parameters ``<name>_conv1/_conv2_weight``, ``<name>_bn_*``."""
+    conv = IGCConv(C_in, C_out, L, S, kernel_size=3, stride=stride, name=name, rng=rng)
+    return ConvBN(conv, BatchNorm2d(C_out, bn_momentum, name=f"{name}_bn"), relu)
+
+
+# ---- CIFAR-10 / CIFAR-100 / SVHN networks (IGC_SPEC.md section 2) ------------------------------
+def get_network(name, depth, num_classes=10, primary_partition=16, secondary_partition=1, rng=None):
+    """One of the CIFAR/SVHN networks: 'plain', 'resnet', 'plain_igc', 'resnet_igc'.
+
+    depth: plain nets 3n+2 (n layers per stage), resnets 6n+2 (n blocks per stage).
+    primary_partition L, secondary_partition M: the stem and stage 1 have C = L*M channels,
+    stages 2 and 3 have 2C and 4C. Input (N, 3, H, W) with H, W >= 1 (32x32, or 8x8 digits);
+    output (N, num_classes) logits. rng: a NumPy Generator or int seed for the initialisation.
+    """
+    if name not in CIFAR_NETWORKS:
+        raise ValueError(f"unknown network {name!r}; valid names: {', '.join(CIFAR_NETWORKS)} "
+                         f"(ImageNet models: imagenet_model({', '.join(IMAGENET_GRAPHS)}))")
+    L, M = primary_partition, secondary_partition
+    _check_positive_int("primary_partition (L)", L, name)
+    _check_positive_int("secondary_partition (M)", M, name)
+    _check_positive_int("num_classes", num_classes, name)
+    n = _blocks_per_stage(name, depth)
+    rng = np.random.default_rng(rng) if rng is not None else None
+    C = L * M  # section 2: C = L*M (M = 1 gives the usual plain/resnet width L)
+    widths = (C, 2 * C, 4 * C)
+    resnet = name.startswith("resnet")
+    momentum = 0.9 if resnet else 0.99  # section 2: BN momentum 0.99 in plain nets, 0.9 in resnets
+    stem = conv_bn(3, C, 3, 1, momentum, "g0_conv", "g0_bn", rng=rng)
+    stages, C_in = [], C
+    for s, C_out in enumerate(widths, start=1):
+        blocks = []
+        for i in range(1, n + 1):
+            stride = 1 if C_in == C_out else 2  # the first conv of a stage whose width changes
+            make = _resnet_block if resnet else _plain_layer
+            blocks.append(make(name, f"g{s}_b{i}", C_in, C_out, stride, L, momentum, rng))
+            C_in = C_out
+        stages.append(Sequential(*blocks))
+    fc = Linear(widths[-1], num_classes, name="fc" if resnet else "fc_score", rng=rng)
+    return Network(stem, Sequential(*stages), fc, name=f"{name}-{depth} (L={L}, M={M})")
+
+
+def _plain_layer(name, prefix, C_in, C_out, stride, L, momentum, rng):
+    """plain: g{s}_b{i}_conv/_bn; plain_igc: g{s}_b{i}_conv1 (primary), _conv2 (secondary), _bn."""
+    if name == "plain":
+        return conv_bn(C_in, C_out, 3, stride, momentum, f"{prefix}_conv", f"{prefix}_bn", rng=rng)
+    # section 2, plain_igc: S = M, 2M, 4M in stages 1, 2, 3, i.e. S = C_out / L: secondary partition
+    # m takes channel m of every primary partition (the interleaving of section 1)
+    return igc_bn(C_in, C_out, L, C_out // L, stride, momentum, prefix, rng=rng)
+
+
+def _resnet_block(name, prefix, C_in, C_out, stride, L, momentum, rng):
+    """resnet: g{s}_b{i}_p2_two1_conv/_bn, _p2_two2_...; shortcut g{s}_b{i}_p0_line_conv/_bn."""
+    two1, two2, line = f"{prefix}_p2_two1", f"{prefix}_p2_two2", f"{prefix}_p0_line"
+    if name == "resnet":
+        conv1 = conv_bn(C_in, C_out, 3, stride, momentum, f"{two1}_conv", f"{two1}_bn", rng=rng)
+        conv2 = conv_bn(C_out, C_out, 3, 1, momentum, f"{two2}_conv", f"{two2}_bn", relu=False, rng=rng)
+        groups = 1
+    else:
+        # section 2, resnet_igc: the first IGC conv uses S = C_in/L, the second S = C_out/L (as the
+        # seed does; where the width doubles the first one is then not the exact interleaving)
+        conv1 = igc_bn(C_in, C_out, L, C_in // L, stride, momentum, two1, rng=rng)
+        conv2 = igc_bn(C_out, C_out, L, C_out // L, 1, momentum, two2, relu=False, rng=rng)
+        groups = L  # section 2: the projection shortcut is a 1x1 group conv with L groups
+    shortcut = None
+    if C_in != C_out:  # projection: 1x1 stride 2 (+ BN) where the width changes
+        shortcut = conv_bn(C_in, C_out, 1, 2, momentum, f"{line}_conv", f"{line}_bn", relu=False,
+                           groups=groups, rng=rng)
+    return ResidualBlock(conv1, conv2, shortcut, name=prefix)
+
+
+def _check_positive_int(what, value, network):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{network}: {what} must be a positive int (1, 2, 3, ...); got {value!r}")
+
+
+def _blocks_per_stage(name, depth):
+    """Layers (plain) or blocks (resnet) per stage from the depth, with a helpful error."""
+    per_block = 2 if name.startswith("resnet") else 1  # a basic block holds two convs
+    step = 3 * per_block
+    if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < step + 2 \
+            or (depth - 2) % step:
+        kind = "resnet" if per_block == 2 else "plain"
+        valid = [step * k + 2 for k in range(1, 8)]
+        near = ""
+        if isinstance(depth, (int, np.integer)) and depth > step + 2:
+            lo = (depth - 2) // step * step + 2
+            near = f" (nearest: {lo} or {lo + step})"
+        raise ValueError(f"{name}: {kind} depth must be {step}n+2 with n >= 1 "
+                         f"{'blocks' if per_block == 2 else 'layers'} per stage: "
+                         f"{', '.join(map(str, valid))}, ...; got {depth!r}{near}")
+    return (depth - 2) // step
+
+
+# ---- ImageNet networks (IGC_SPEC.md section 3) -------------------------------------------------
+def imagenet_model(name, num_classes=1000, rng=None):
+    """One of the five released ResNet-18-layout models (224x224 input -> (N, num_classes)).
+
+    Names: resnet18_c64, resnet18_c69, igc_l4m32, igc_l16m16, igc_l100m2. Every parameter has the
+    name and shape of the released graph IMAGENET_GRAPHS[name].
+    """
+    if name not in IMAGENET_CONFIGS:
+        raise ValueError(f"unknown ImageNet model {name!r}; valid names: {', '.join(IMAGENET_CONFIGS)}")
+    _check_positive_int("num_classes", num_classes, name)
+    rng = np.random.default_rng(rng) if rng is not None else None
+    C0, widths, Ls = IMAGENET_CONFIGS[name]
+    igc = Ls is not None
+    # the regular graphs call the stem conv 'g0' and the projection 'g2_b1_proj'; the IGC graphs
+    # add '_conv' to both (section 5)
+    suffix = "_conv" if igc else ""
+    stem = Sequential(conv_bn(3, C0, 7, 2, 0.9, "g0" + suffix, "g0_bn", rng=rng),
+                      _named(MaxPool2d(3, 2, 1), "g0_pool"))
+    stages, C_in = [], C0
+    for s, C_out in enumerate(widths, start=1):
+        L = Ls[s - 1] if igc else 1
+        blocks = []
+        for i in (1, 2):
+            prefix = f"g{s}_b{i}"
+            stride = 2 if (s > 1 and i == 1) else 1
+            if igc:
+                # section 3: both convs IGC with L primary partitions and S = width/L (M) secondary
+                conv1 = igc_bn(C_in, C_out, L, C_out // L, stride, 0.9, f"{prefix}_conv1", rng=rng)
+                conv2 = igc_bn(C_out, C_out, L, C_out // L, 1, 0.9, f"{prefix}_conv2", relu=False, rng=rng)
+            else:
+                conv1 = conv_bn(C_in, C_out, 3, stride, 0.9, f"{prefix}_conv1", f"{prefix}_conv1_bn", rng=rng)
+                conv2 = conv_bn(C_out, C_out, 3, 1, 0.9, f"{prefix}_conv2", f"{prefix}_conv2_bn",
+                                relu=False, rng=rng)
+            shortcut = None
+            if C_in != C_out or stride != 1:
+                # a 1x1 projection (groups L in the IGC graphs); stride 1 in L100M2's first block
+                shortcut = conv_bn(C_in, C_out, 1, stride, 0.9, f"{prefix}_proj" + suffix, f"{prefix}_proj_bn",
+                                   relu=False, groups=L, rng=rng)
+            blocks.append(ResidualBlock(conv1, conv2, shortcut, name=prefix))
+            C_in = C_out
+        stages.append(Sequential(*blocks))
+    fc = Linear(widths[-1], num_classes, name="fc_score", rng=rng)
+    return Network(stem, Sequential(*stages), fc, name=name)
+
+
+# ---- counting ----------------------------------------------------------------------------------
+def count_params(model):
+    """Learned parameters: conv weights, BN gamma and beta, FC weight and bias (no running stats)."""
+    return sum(int(p.size) for p in model.parameters())
+
+
+def count_macs(model, input_shape):
+    """Multiply-accumulates of the convs and FC layers for one input of shape (C, H, W).
+
+    A 4-D shape (N, C, H, W) gives N times that. Only shapes are propagated: no arithmetic runs.
+    """
+    shape, batch = _split_batch(input_shape)
+    total = 0
+
+    def visit(name, kind, out_shape, params, macs):
+        nonlocal total
+        total += macs
+
+    _walk(model, "", shape, visit)
+    return total * batch
+
+
+def layers(model, input_shape):
+    """One row per layer, in forward order: (name, kind, output shape, params, MACs) for one input
+    of shape (C, H, W). Names are the reference names where the layer has one (section 5)."""
+    shape, _ = _split_batch(input_shape)
+    rows = []
+    _walk(model, "", shape, lambda *row: rows.append(row))
+    return rows
+
+
+def describe(model, input_shape):
+    """A printable table of layers(): name, kind, output shape, params, MACs, and the totals."""
+    _, batch = _split_batch(input_shape)
+    rows = layers(model, input_shape)
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'layer':<{width}}{'kind':<22}{'output':>18}{'params':>12}{'MACs':>16}"]
+    for name, kind, out, params, macs in rows:
+        lines.append(f"{name:<{width}}{kind:<22}{str(tuple(out)):>18}{params:>12,}{macs:>16,}")
+    lines.append(f"{'total':<{width}}{'':<22}{'':>18}{sum(r[3] for r in rows):>12,}"
+                 f"{batch * sum(r[4] for r in rows):>16,}")
+    return "\n".join(lines)
+
+
+def _split_batch(input_shape):
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) == 4:
+        return input_shape[1:], input_shape[0]
+    if len(input_shape) == 3:
+        return input_shape, 1
+    raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {input_shape}")
+
+
+def _layer_name(module, suffix, path):
+    """The reference layer name (a parameter's name minus its suffix), else the attribute path."""
+    p = getattr(module, suffix[1:], None)
+    name = getattr(p, "name", None)
+    return name[: -len(suffix)] if name and name.endswith(suffix) else path
+
+
+def _own_params(module):
+    return sum(int(p.size) for p in module._params.values() if p is not None)
+
+
+def _walk(m, path, shape, visit):
+    """Propagate a shape (C, H, W) through module m; call visit(name, kind, out_shape, params, MACs)
+    once per layer, return the output shape. No data is computed."""
+    if isinstance(m, Conv2d):
+        C, H, W = shape
+        if C != m.in_channels:
+            raise ValueError(f"{path}: expects {m.in_channels} input channels, got shape {shape}")
+        (kh, kw), (sh, sw), (ph, pw) = pair(m.kernel_size, "", ""), pair(m.stride, "", ""), pair(m.padding, "", "")
+        out = (m.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
+        macs = m.weight.size * out[1] * out[2]  # each weight is used once per output pixel
+        visit(_layer_name(m, "_weight", path), f"Conv{kh}x{kw}/{sh} g={m.groups}", out, _own_params(m), macs)
+        return out
+    if isinstance(m, IGCConv):
+        # section 1: primary -> Reorder(L) -> secondary -> Reorder(S); the permutations move data only
+        name = _layer_name(m.primary, "_weight", path + ".primary")
+        name = name[: -len("_conv1")] if name.endswith("_conv1") else name
+        y = _walk(m.primary, path + ".primary", shape, visit)
+        visit(f"{name}_reorder1", f"Reorder({m.L})", y, 0, 0)
+        y = _walk(m.secondary, path + ".secondary", y, visit)
+        visit(f"{name}_reorder2", f"Reorder({m.S})", y, 0, 0)
+        return y
+    if isinstance(m, BatchNorm2d):
+        visit(_layer_name(m, "_gamma", path), "BatchNorm", shape, _own_params(m), 0)
+        return shape
+    if isinstance(m, ReLU):
+        visit(getattr(m, "name", None) or path, "ReLU", shape, 0, 0)
+        return shape
+    if isinstance(m, (MaxPool2d, AvgPool2d)):
+        C, H, W = shape
+        k = pair(m.kernel_size, "", "")
+        s = pair(m.stride if m.stride is not None else m.kernel_size, "", "")
+        p = pair(m.padding, "", "")
+        out = (C, output_size(H, k[0], s[0], p[0]), output_size(W, k[1], s[1], p[1]))
+        visit(getattr(m, "name", None) or path, f"{type(m).__name__[:3]}Pool{k[0]}x{k[1]}/{s[0]}", out, 0, 0)
+        return out
+    if isinstance(m, GlobalAvgPool2d):
+        visit(getattr(m, "name", None) or path, "GlobalAvgPool", (shape[0],), 0, 0)
+        return (shape[0],)
+    if isinstance(m, Flatten):
+        visit(getattr(m, "name", None) or path, "Flatten", (math.prod(shape),), 0, 0)
+        return (math.prod(shape),)
+    if isinstance(m, Linear):
+        if math.prod(shape) != m.in_features:
+            raise ValueError(f"{path}: expects {m.in_features} features, got shape {shape}")
+        visit(_layer_name(m, "_weight", path), "FullyConnected", (m.out_features,), _own_params(m),
+              m.weight.size)
+        return (m.out_features,)
+    if hasattr(m, "walk"):
+        return m.walk(path, shape, visit)
+    if isinstance(m, (Sequential, Network)):
+        children = list(m._modules.items())
+    else:
+        raise TypeError(f"count/describe: cannot walk a {type(m).__name__} at {path!r}")
+    for key, child in children:
+        shape = _walk(child, f"{path}.{key}" if path else key, shape, visit)
+    return shape
