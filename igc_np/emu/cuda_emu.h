@@ -30,7 +30,10 @@
 #include <utility>
 #include <vector>
 
-#if !defined(__x86_64__)
+// The fast context switch is x86-64 assembly; elsewhere (or with -DIGC_EMU_UCONTEXT) ucontext.
+#if defined(__x86_64__) && !defined(IGC_EMU_UCONTEXT)
+#define IGC_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -96,7 +99,7 @@ inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 namespace igc_emu {
 
 // ---- context switch --------------------------------------------------------------------------
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
 // Saves the callee-saved registers on the current stack, stores the stack pointer in *save, loads
 // `load` as stack pointer and pops that stack's registers: a switch costs a few nanoseconds
 // (ucontext's swapcontext makes a signal-mask system call on every switch).
@@ -134,7 +137,7 @@ struct Fiber {
     FiberState state;
     int line;             // call site of the barrier the fiber waits at
     const char* file;
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
     void* sp;
 #else
     ucontext_t ctx;
@@ -150,7 +153,7 @@ struct Scheduler {
     void (*body)(void*) = nullptr;    // runs the kernel for the current thread
     void* body_arg = nullptr;
     unsigned long long block_epoch = 0;
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
     void* sched_sp = nullptr;
 #else
     ucontext_t sched_ctx;
@@ -163,21 +166,21 @@ inline void fiber_main() {
     Fiber* f = sched.current;
     sched.body(sched.body_arg);
     f->state = kDone;
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
     igc_emu_switch(&f->sp, sched.sched_sp);
     __builtin_unreachable();
 #endif
     // ucontext: returning resumes uc_link, the scheduler
 }
 
-inline void fiber_start(Fiber& f, char* stack) {
+inline void fiber_start(Fiber& f, char* stack, size_t size) {
     f.state = kRunning;
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
     // Build the frame igc_emu_switch pops: six registers, then fiber_main as return address.
     // The slot above it is a fake return address of fiber_main so that its stack is aligned
     // as at a normal call (rsp = 8 mod 16 at entry).
     uintptr_t* top = reinterpret_cast<uintptr_t*>(
-        (reinterpret_cast<uintptr_t>(stack) + sched.stack_bytes) & ~uintptr_t(15));
+        (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15));
     top[-1] = 0;
     top[-2] = reinterpret_cast<uintptr_t>(&fiber_main);
     for (int r = 3; r <= 8; ++r) top[-r] = 0;
@@ -185,7 +188,7 @@ inline void fiber_start(Fiber& f, char* stack) {
 #else
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = stack;
-    f.ctx.uc_stack.ss_size = sched.stack_bytes;
+    f.ctx.uc_stack.ss_size = size;
     f.ctx.uc_link = &sched.sched_ctx;
     makecontext(&f.ctx, &fiber_main, 0);
 #endif
@@ -195,7 +198,7 @@ inline void fiber_resume(Fiber& f) {
     sched.current = &f;
     thread_idx = f.tid;
     f.state = kRunning;
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
     igc_emu_switch(&sched.sched_sp, f.sp);
 #else
     swapcontext(&sched.sched_ctx, &f.ctx);
@@ -208,7 +211,7 @@ inline void syncthreads(int line, const char* file) {
     f->state = kAtBarrier;
     f->line = line;
     f->file = file;
-#if defined(__x86_64__)
+#if defined(IGC_EMU_ASM_SWITCH)
     igc_emu_switch(&f->sp, sched.sched_sp);
 #else
     swapcontext(&f->ctx, &sched.sched_ctx);
@@ -237,9 +240,10 @@ extern "C" char __start_igc_emu_shared[] __attribute__((weak, visibility("hidden
 extern "C" char __stop_igc_emu_shared[] __attribute__((weak, visibility("hidden")));
 
 // Dynamic shared memory (`extern __shared__ unsigned char smem[];`): the loader defines one
-// array of this size per declared name and a function that fills them all (igc_emu_fill_dynamic).
+// array of this size per declared name and a function that fills the first `bytes` (the launch's
+// shared_mem) of each with 0xFF.
 constexpr size_t kDynamicSharedBytes = 48 * 1024;
-void fill_dynamic_shared();
+void fill_dynamic_shared(size_t bytes);
 
 // ---- launch ----------------------------------------------------------------------------------
 struct LaunchError : std::runtime_error { using std::runtime_error::runtime_error; };
@@ -254,7 +258,8 @@ inline std::string tid_str(const uint3& t) {
 
 inline void run_block() {
     const size_t n = sched.fibers.size();
-    for (size_t i = 0; i < n; ++i) fiber_start(sched.fibers[i], sched.stacks + i * sched.stack_bytes);
+    for (size_t i = 0; i < n; ++i)
+        fiber_start(sched.fibers[i], sched.stacks + i * sched.stack_bytes, sched.stack_bytes);
     for (;;) {
         // One phase: every live fiber runs until it exits or reaches a barrier.
         for (Fiber& f : sched.fibers)
@@ -333,7 +338,7 @@ int launch(void (*kernel)(A...), const unsigned* grid, const unsigned* block, si
                     ++sched.block_epoch;
                     if (__start_igc_emu_shared != __stop_igc_emu_shared)
                         memset(__start_igc_emu_shared, 0xFF, __stop_igc_emu_shared - __start_igc_emu_shared);
-                    fill_dynamic_shared();
+                    fill_dynamic_shared(shared_mem);
                     run_block();
                 }
         return 0;

@@ -89,8 +89,8 @@ def _shim(code, name_expressions):
         dyn.setdefault(m.group(2), m.group(1).strip())
     for name, ctype in dyn.items():
         lines.append(f"{ctype} {name}[igc_emu::kDynamicSharedBytes / sizeof({ctype})] __attribute__((aligned(16)));")
-    fills = "".join(f" memset({n}, 0xFF, sizeof({n}));" for n in dyn)
-    lines.append(f"void igc_emu::fill_dynamic_shared() {{{fills} }}")
+    fills = "".join(f" memset({n}, 0xFF, bytes);" for n in dyn)
+    lines.append(f"void igc_emu::fill_dynamic_shared(size_t bytes) {{{fills} }}")
     for expr in name_expressions:
         s = _symbol(expr)
         lines.append(
