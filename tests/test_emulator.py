@@ -62,6 +62,16 @@ __global__ void read_unwritten(T* out) {
     out[threadIdx.x] = s[threadIdx.x];
 }
 
+// File-scope shared memory: the same NaN fill before each block.
+__shared__ float file_scope_tile[32];
+
+template <typename T>
+__global__ void read_unwritten_file_scope(T* out) {
+    if (threadIdx.x % 2 == 0) file_scope_tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = file_scope_tile[threadIdx.x];
+}
+
 // Thread 0 leaves before the barrier the others wait at.
 template <typename T>
 __global__ void exit_before_barrier(T* out) {
@@ -92,7 +102,8 @@ __global__ void coordinates(T* out, int nx, int ny, int nz) {
 }
 """
 
-KERNELS = ["matmul_tiled", "block_sum", "block_sum_racy", "read_unwritten", "exit_before_barrier",
+KERNELS = ["matmul_tiled", "block_sum", "block_sum_racy", "read_unwritten", "read_unwritten_file_scope",
+           "exit_before_barrier",
            "divergent_barriers", "coordinates"]
 
 
@@ -131,6 +142,13 @@ def test_missing_barrier_gives_wrong_result(mod):
 def test_unwritten_shared_memory_reads_nan(mod):
     out = np.zeros(32, dtype=np.float32)
     mod.get_function("read_unwritten<float>")((2,), (32,), (out,))
+    assert np.all(out[0::2] == 1)
+    assert np.all(np.isnan(out[1::2]))
+
+
+def test_unwritten_file_scope_shared_memory_reads_nan_in_every_block(mod):
+    out = np.zeros(64, dtype=np.float32)
+    mod.get_function("read_unwritten_file_scope<float>")((2,), (32,), (out,))
     assert np.all(out[0::2] == 1)
     assert np.all(np.isnan(out[1::2]))
 
