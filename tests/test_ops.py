@@ -183,3 +183,27 @@ def test_cross_entropy_bad_labels():
 def test_linear_bad_shape():
     with pytest.raises(ValueError, match=r"linear: weight shape \(3, 5\) does not fit input shape \(2, 4\)"):
         F.linear(T(np.zeros((2, 4))), T(np.zeros((3, 5))))
+
+
+def channel_first(a):
+    """The same values in the (C, H, W, N) memory the CPU conv produces (an NCHW view)."""
+    return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+@given(st.integers(2, 4), st.integers(1, 6), st.integers(1, 5), st.booleans(), st.data())
+def test_batch_norm_channel_first_path_equals_generic(N, C, H, training, data):
+    """The cache-blocked path (taken for (C, H, W, N) memory) computes the same values and gradients."""
+    x = data.draw(arrays((N, C, H, H)))
+    gamma, beta = data.draw(arrays((C,))) + 2.0, data.draw(arrays((C,)))
+    gy = data.draw(arrays((N, C, H, H)))
+    results = []
+    for layout in (np.ascontiguousarray, channel_first):
+        rm, rv = np.full(C, 0.5), np.full(C, 2.0)
+        xt, gt, bt = T(layout(x)), T(gamma), T(beta)
+        y = F.batch_norm(xt, gt, bt, rm, rv, training=training)
+        y.backward(layout(gy))
+        results.append((y.data, xt.grad, gt.grad, bt.grad, rm, rv))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    xt = T(channel_first(x))
+    assert ig.gradcheck(lambda x, g, b: F.batch_norm(x, g, b, training=True), [xt, T(gamma), T(beta)])
