@@ -188,7 +188,8 @@ def _resnet_block(name, prefix, C_in, C_out, stride, L, momentum, rng):
         groups = 1
     else:
         # section 2, resnet_igc: the first IGC conv uses S = C_in/L, the second S = C_out/L (as the
-        # seed does; where the width doubles the first one is then not the exact interleaving)
+        # seed does). Where the width doubles, S*L = C_out/2: each secondary partition then takes
+        # two channels of every primary partition instead of one (still complementary).
         conv1 = igc_bn(C_in, C_out, L, C_in // L, stride, momentum, two1, rng=rng)
         conv2 = igc_bn(C_out, C_out, L, C_out // L, 1, momentum, two2, relu=False, rng=rng)
         groups = L  # section 2: the projection shortcut is a 1x1 group conv with L groups
@@ -227,7 +228,8 @@ def imagenet_model(name, num_classes=1000, rng=None):
     """One of the five released ResNet-18-layout models (224x224 input -> (N, num_classes)).
 
     Names: resnet18_c64, resnet18_c69, igc_l4m32, igc_l16m16, igc_l100m2. Every parameter has the
-    name and shape of the released graph IMAGENET_GRAPHS[name].
+    name and shape of the released graph IMAGENET_GRAPHS[name]. The graphs end in a 7x7 average
+    pool, which at 224x224 is the global average pool used here (so other sizes also run).
     """
     if name not in IMAGENET_CONFIGS:
         raise ValueError(f"unknown ImageNet model {name!r}; valid names: {', '.join(IMAGENET_CONFIGS)}")
