@@ -29,3 +29,31 @@ def conv_cases(draw, max_channels=12, max_size=9, kernels=(1, 3)):
     W = draw(st.integers(max(1, k - 2 * padding), max_size))
     N = draw(st.integers(1, 3))
     return (N, cin, H, W), (cout, cin // groups, k, k), (stride, stride), (padding, padding), groups
+
+
+# ---- IGC configurations (tests/test_igc_properties.py) -----------------------------------------
+@st.composite
+def igc_cases(draw, max_L=4, max_M=4, max_size=7, general_S=True):
+    """A small IGC conv: dict with L, M, S, C_in, C_out = L*M, k, stride, and x's shape.
+
+    C_in is any multiple of L (C_in != C_out too); S is M (the paper's choice, fused path) or, with
+    general_S, any divisor of C_out (the unfused permute -> group conv -> permute path).
+    """
+    L = draw(st.integers(1, max_L))
+    M = draw(st.integers(1, max_M))
+    C_out = L * M
+    C_in = L * draw(st.integers(1, max_M))
+    S = draw(st.sampled_from(divisors(C_out))) if general_S and draw(st.booleans()) else M
+    k = draw(st.sampled_from([1, 3]))
+    stride = draw(st.sampled_from([1, 2]))
+    H = draw(st.integers(k, max_size))
+    W = draw(st.integers(k, max_size))
+    N = draw(st.integers(1, 2))
+    return dict(L=L, M=M, S=S, C_in=C_in, C_out=C_out, k=k, stride=stride, x_shape=(N, C_in, H, W))
+
+
+@st.composite
+def channels_and_factor(draw, max_channels=24):
+    """(C, b): a channel count and a branch factor b dividing it (1 and C included)."""
+    C = draw(st.integers(1, max_channels))
+    return C, draw(st.sampled_from(divisors(C)))
