@@ -88,9 +88,16 @@ def pad_chwn(xc, top, bottom, left, right):
     C, H, W, N = xc.shape
     if top == bottom == left == right == 0:
         return xc
-    out = np.zeros((C, H + top + bottom, W + left + right, N), xc.dtype)
+    out = np.empty((C, H + top + bottom, W + left + right, N), xc.dtype)
     src = xc[:, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
-    out[:, max(0, top):max(0, top) + src.shape[1], max(0, left):max(0, left) + src.shape[2]] = src
+    t, l = max(0, top), max(0, left)
+    h, w = src.shape[1], src.shape[2]
+
+    def fill(c0, c1):  # zero only the border, copy the interior: one pass over memory
+        o = out[c0:c1]
+        o[:, :t], o[:, t + h:], o[:, t:t + h, :l], o[:, t:t + h, l + w:] = 0, 0, 0, 0
+        o[:, t:t + h, l:l + w] = src[c0:c1]
+    parallel.over_range(C, fill)
     return out
 
 

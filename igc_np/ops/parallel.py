@@ -88,3 +88,23 @@ def matmul_reduce(a, b):
         parts[p] = np.matmul(a[:, :, k0:k1], b[:, k0:k1, :])
     run([lambda p=p, k0=k0, k1=k1: work(p, k0, k1) for p, (k0, k1) in enumerate(split(K))])
     return sum(parts[1:], parts[0])
+
+
+def elementwise(fn, out, *arrays):
+    """fn(out_part, *array_parts) over slices of the memory-outermost axis of `out`, one per thread.
+
+    For an elementwise op every split is correct; splitting the axis with the largest stride gives
+    each thread one contiguous block (the channel axis of the conv's (C, H, W, N) memory).
+    """
+    if out.size < 1 << 16 or THREADS == 1:
+        fn(out, *arrays)
+        return out
+    axis = int(np.argmax(out.strides))
+    index = [slice(None)] * out.ndim
+
+    def part(a, b):
+        index[axis] = slice(a, b)
+        sl = tuple(index)
+        fn(out[sl], *[x[sl] for x in arrays])
+    run([lambda a=a, b=b: part(a, b) for a, b in split(out.shape[axis])])
+    return out
