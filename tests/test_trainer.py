@@ -1,0 +1,260 @@
+"""The training job end to end: examples/cifar10_igc.py and examples/evaluate.py.
+
+Most tests call the scripts' ``main(argv)`` in this process (fast); the command line itself and a
+real Ctrl-C are checked once each in a subprocess. Data: the embedded digits (``--subset``) and a
+miniature CIFAR written here in the official binary layout.
+"""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import igc_np as ig
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SCRIPT = ROOT / "examples" / "cifar10_igc.py"
+EVAL_SCRIPT = ROOT / "examples" / "evaluate.py"
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+trainer = _load(TRAIN_SCRIPT, "cifar10_igc")
+evaluator = _load(EVAL_SCRIPT, "igc_evaluate")
+
+# a tiny resnet_igc (C = 4) on 160 digits in 5 batches: one epoch takes a fraction of a second
+TINY = ["--network", "resnet_igc", "--depth", "8", "--primary-partition", "2",
+        "--secondary-partition", "2", "--batch-size", "32", "--subset", "160", "--log-iters", "2"]
+
+
+def run(tmp_path, *extra, name="run"):
+    """main() with the output in tmp_path/name; returns (exit status, output folder)."""
+    out = tmp_path / name
+    return trainer.main(TINY + ["--output-dir", str(out)] + [str(a) for a in extra]), out
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_checkpoint(a, b):
+    """Every model and optimizer array, the epoch and the data rng state bit-identical."""
+    with np.load(a) as za, np.load(b) as zb:
+        keys = [k for k in za.files if k.startswith(("model/", "optimizer/"))]
+        assert keys and sorted(keys) == sorted(k for k in zb.files if k.startswith(("model/", "optimizer/")))
+        for k in keys:
+            np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+        for k in ("epoch", "batch", "rng_state"):
+            assert za[k] == zb[k], k
+
+
+def write_cifar(root, name="cifar10", n_train=40, n_test=12, seed=0):
+    """A miniature CIFAR-10 (or -100) in the official binary layout: 5 train files + test."""
+    rng = np.random.default_rng(seed)
+    classes, folder, head = ((10, "cifar-10-batches-bin", 1) if name == "cifar10"
+                             else (100, "cifar-100-binary", 2))
+    folder = root / folder
+    folder.mkdir(parents=True)
+
+    def records(n):
+        x = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        labels = rng.integers(0, classes, (n, 1), dtype=np.uint8)
+        heads = labels if head == 1 else np.concatenate([labels // 5, labels], axis=1)  # coarse, fine
+        return np.concatenate([heads, x], axis=1).tobytes()
+
+    if name == "cifar10":
+        for i in range(1, 6):
+            (folder / f"data_batch_{i}.bin").write_bytes(records(n_train // 5))
+        (folder / "test_batch.bin").write_bytes(records(n_test))
+    else:
+        (folder / "train.bin").write_bytes(records(n_train))
+        (folder / "test.bin").write_bytes(records(n_test))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+def test_help_lists_every_option():
+    for script in (TRAIN_SCRIPT, EVAL_SCRIPT):
+        r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "usage:" in r.stdout
+    r = subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True)
+    for option in ("--network", "--depth", "--primary-partition", "--secondary-partition",
+                   "--dataset", "--data-dir", "--download", "--batch-size", "--num-epochs", "--lr",
+                   "--lr-factor", "--lr-steps", "--rand-seed", "--log-iters", "--model-prefix",
+                   "--load-epoch", "--checkpoint-every", "--output-dir", "--device", "--gpus",
+                   "--subset", "--dtype", "--resume"):
+        assert option in r.stdout, option
+    assert "first" in r.stdout.lower()  # --gpus: only the first id is used
+
+
+@pytest.mark.parametrize("network,depth", [("plain", 5), ("resnet", 8), ("plain_igc", 5),
+                                           ("resnet_igc", 8)])
+def test_each_network_trains_and_writes_its_outputs(tmp_path, capsys, network, depth):
+    status, out = run(tmp_path, "--network", network, "--depth", depth, "--num-epochs", 1)
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "Parameters: " in text and "Configuration: " in text and str(out) in text
+    assert "Epoch[0] Batch [2]\tSpeed: " in text and "samples/sec\tloss: " in text and "top1: " in text
+    (record,) = read_log(out)
+    for key in ("epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "elapsed"):
+        assert key in record
+    assert 0 <= record["test_top1"] <= 1 and np.isfinite(record["train_loss"])
+    assert (out / "model-0001.npz").is_file()
+    assert (out / "loss.png").is_file() and (out / "accuracy.png").is_file()
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_binary_fixture_one_epoch(tmp_path, capsys, dataset):
+    data_dir = write_cifar(tmp_path / "data", dataset)
+    out = tmp_path / "out"
+    status = trainer.main(["--dataset", dataset, "--data-dir", str(data_dir), "--network",
+                           "resnet_igc", "--depth", "8", "--primary-partition", "2",
+                           "--secondary-partition", "2", "--batch-size", "16", "--num-epochs", "1",
+                           "--output-dir", str(out)])
+    assert status == 0
+    (record,) = read_log(out)
+    assert ("test_top5" in record) == (dataset == "cifar100")  # top-5 for 100+ classes
+    assert "Data: Dataset('%s', train=(40, 3, 32, 32)" % dataset in capsys.readouterr().out
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """2 epochs straight == 1 epoch, then --load-epoch 1 for the second (CIFAR: augmentation too)."""
+    data_dir = write_cifar(tmp_path / "data")
+    common = ["--dataset", "cifar10", "--data-dir", str(data_dir), "--network", "resnet_igc",
+              "--depth", "8", "--primary-partition", "2", "--secondary-partition", "2",
+              "--batch-size", "16", "--lr-steps", "1", "--checkpoint-every", "1", "--rand-seed", "3"]
+    assert trainer.main(common + ["--num-epochs", "2", "--output-dir", str(tmp_path / "a")]) == 0
+    assert trainer.main(common + ["--num-epochs", "1", "--output-dir", str(tmp_path / "b")]) == 0
+    assert trainer.main(["--load-epoch", "1", "--num-epochs", "2",
+                         "--model-prefix", str(tmp_path / "b" / "model")]) == 0
+    assert_same_checkpoint(tmp_path / "a" / "model-0002.npz", tmp_path / "b" / "model-0002.npz")
+    a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert [r["test_loss"] for r in a] == [r["test_loss"] for r in b]
+    assert [r["lr"] for r in b] == pytest.approx([0.1, 0.01])  # the schedule came back from the checkpoint
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """A SIGINT during epoch 1 -> <prefix>-interrupted.npz, exit 130; --resume it == never stopped."""
+    args = ["--num-epochs", "2", "--lr-steps", "1", "--checkpoint-every", "1"]
+    assert run(tmp_path, *args, name="straight")[0] == 0
+
+    real_step, calls = ig.optim.SGD.step, []
+
+    def step_then_ctrl_c(self):
+        real_step(self)
+        calls.append(1)
+        if len(calls) == 7:  # epoch 1, batch 2 of 5: deliver a real SIGINT to this process
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(ig.optim.SGD, "step", step_then_ctrl_c)
+    status, out = run(tmp_path, *args, name="stopped")
+    monkeypatch.setattr(ig.optim.SGD, "step", real_step)
+    assert status == 130
+    assert "--resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    stopped = out / "model-interrupted.npz"
+    with np.load(stopped) as z:
+        assert (int(z["epoch"]), int(z["batch"])) == (1, 2)
+    assert not (out / "model-0002.npz").exists() and not list(out.glob(".*tmp*"))
+
+    assert trainer.main(["--resume", str(stopped)]) == 0
+    assert_same_checkpoint(tmp_path / "straight" / "model-0002.npz", out / "model-0002.npz")
+    straight, resumed = read_log(tmp_path / "straight"), read_log(out)
+    assert [r["train_loss"] for r in straight] == [r["train_loss"] for r in resumed]
+
+
+def test_ctrl_c_in_a_real_process_exits_130_with_a_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
+        "--num-epochs", "50", "--log-iters", "1", "--output-dir", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until training is under way
+            if "Batch [1]" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert (out / "model-interrupted.npz").is_file() and "Saved" in err
+    assert ig.training.load_checkpoint(out / "model-interrupted.npz").epoch == 0
+
+
+def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
+    status, out = run(tmp_path, "--num-epochs", "1")
+    assert status == 0
+    good = out / "model-0001.npz"
+    capsys.readouterr()
+
+    def resume_error(path, *extra):
+        assert trainer.main(["--resume", str(path), "--num-epochs", "2", *extra]) == 1
+        return capsys.readouterr().err
+
+    # missing: the message lists what is there
+    err = trainer.main(["--load-epoch", "7", "--model-prefix", str(out / "model")])
+    assert err == 1
+    msg = capsys.readouterr().err
+    assert "model-0007.npz: no such file" in msg and "model-0001.npz" in msg
+
+    garbage = out / "garbage.npz"
+    garbage.write_bytes(b"this is not a zip file")
+    assert "garbage.npz: not a readable .npz file" in resume_error(garbage)
+
+    truncated = out / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert "truncated.npz" in resume_error(truncated)
+
+    # a parameter of the wrong shape is named
+    with np.load(good) as z:
+        entries = dict(z)
+    entries["model/fc_weight"] = np.zeros((3, 3), np.float32)
+    np.savez(out / "badshape.npz", **entries)
+    err = resume_error(out / "badshape.npz")
+    assert "badshape.npz" in err and "fc_weight" in err and "(3, 3)" in err
+
+    # an option that changes the network cannot change on resume
+    err = resume_error(good, "--primary-partition", "4")
+    assert "model-0001.npz" in err and "--primary-partition" in err
+
+    # evaluate.py reports the same errors
+    assert evaluator.main(["--checkpoint", str(garbage)]) == 1
+    assert "garbage.npz" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    status, out = run(tmp_path, "--num-epochs", "1")
+    good = out / "model-0001.npz"
+    before = good.read_bytes()
+    status = trainer.main(["--resume", str(good), "--num-epochs", "30", "--lr", "1e30"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "Epoch[" in err and "Batch [" in err and "nan" in err.lower()
+    assert "learning rate" in err and "model-0001.npz" in err
+    assert good.read_bytes() == before
+    ig.training.load_checkpoint(good)
+
+
+def test_evaluate_reproduces_the_logged_test_accuracy(tmp_path, capsys):
+    status, out = run(tmp_path, "--num-epochs", "2")
+    assert status == 0
+    last = read_log(out)[-1]
+    capsys.readouterr()
+    assert evaluator.main(["--checkpoint", str(out / "model-0002.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "Parameters: " in text
+    assert f"loss {last['test_loss']:.4f}  top1 {last['test_top1']:.4f}" in text
