@@ -153,7 +153,7 @@ def figures(plt, L, M, k, out, seed=0):
     no_perm = np.einsum("oc,cikl->oikl", igc.block_diagonal(Wd, M)[:, :, 0, 0], igc.block_diagonal(Wp, L))
     panels = [(mask_p, f"group conv, L={L} groups"),
               (igc.connectivity(no_perm), f"W_d W_p without P (S={M} groups)"),
-              (igc.connectivity(W), f"IGC: P^T W_d P W_p")]
+              (igc.connectivity(W), "IGC: P^T W_d P W_p")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
     for ax, (mask, title) in zip(axes, panels):
         draw(ax, label_of(mask, part_in), f"{title}\n{mask.sum()}/{mask.size} connected "

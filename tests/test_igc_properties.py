@@ -33,7 +33,9 @@ def random_weights(rng, C_in, C_out, L, S, k):
 # ---- 1. group conv ---------------------------------------------------------------------------
 @given(conv_cases(), seeds)
 def test_group_conv_is_regular_conv_with_block_diagonal_weight(case, seed):
-    """A group conv with G groups is the regular conv whose kernel is block-diagonal with G blocks (paper sec. 3, group convolutions)."""
+    """A group conv with G groups is the regular conv whose kernel is block-diagonal with G blocks (paper sec. 3,
+    group convolutions).
+    """
     x_shape, W_shape, stride, padding, groups = case
     rng = np.random.default_rng(seed)
     x, W = rng.standard_normal(x_shape), rng.standard_normal(W_shape)
@@ -50,7 +52,9 @@ def test_group_conv_is_regular_conv_with_block_diagonal_weight(case, seed):
 # ---- 2. the permutation ----------------------------------------------------------------------
 @given(channels_and_factor(), st.integers(1, 2), seeds)
 def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
-    """permute_channels(b) sends channel i*(C/b)+j to j*b+i, permute(C/b) undoes it, and its gradient is that inverse (paper sec. 3, the permutation P)."""
+    """permute_channels(b) sends channel i*(C/b)+j to j*b+i, permute(C/b) undoes it, and its gradient is that
+    inverse (paper sec. 3, the permutation P).
+    """
     C, b = Cb
     rng = np.random.default_rng(seed)
     x, gy = rng.standard_normal((N, C, 3, 2)), rng.standard_normal((N, C, 3, 2))
@@ -78,7 +82,9 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
 # ---- 3. IGC conv == one regular conv ---------------------------------------------------------
 @given(igc_cases(), seeds)
 def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
-    """An IGC conv (primary, P, secondary, P back) is the regular conv with kernel W = P^T W_d P W_p, forward and input gradient (paper sec. 3, composition)."""
+    """An IGC conv (primary, P, secondary, P back) is the regular conv with kernel W = P^T W_d P W_p, forward and
+    input gradient (paper sec. 3, composition).
+    """
     layer, Wp, Wd = make_igc(case, seed)
     L, S, k, s = case["L"], case["S"], case["k"], case["stride"]
     rng = np.random.default_rng(seed + 1)
@@ -106,7 +112,9 @@ def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
 # ---- 4. complementarity -----------------------------------------------------------------------
 @given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 3), st.data())
 def test_interleaving_makes_every_output_depend_on_every_input(L, M, m_in, data):
-    """With S = M (interleaved, complementary partitions) every output channel depends on every input channel; S > M or no permutation leaves zeros (paper sec. 3, complementary partitions)."""
+    """With S = M (interleaved, complementary partitions) every output channel depends on every input channel; S
+    > M or no permutation leaves zeros (paper sec. 3, complementary partitions).
+    """
     C, C_in = L * M, L * m_in
     rng = np.random.default_rng(data.draw(seeds))
     S = data.draw(st.sampled_from(divisors(C)), label="S")
@@ -127,7 +135,9 @@ def test_interleaving_makes_every_output_depend_on_every_input(L, M, m_in, data)
 # ---- 5. special cases -------------------------------------------------------------------------
 @given(igc_cases(max_L=1, general_S=False), seeds)
 def test_L1_is_a_regular_conv(case, seed):
-    """L = 1: the primary is a regular conv and the secondary per-channel, so W = diag(W_d) W_p and every regular conv is one (paper sec. 3, connection to regular convolutions)."""
+    """L = 1: the primary is a regular conv and the secondary per-channel, so W = diag(W_d) W_p and every regular
+    conv is one (paper sec. 3, connection to regular convolutions).
+    """
     layer, Wp, Wd = make_igc(case, seed)
     C = case["C_out"]
     assert case["L"] == 1 and case["S"] == C
@@ -139,7 +149,9 @@ def test_L1_is_a_regular_conv(case, seed):
 
 @given(st.integers(1, 8), st.sampled_from([1, 3]), st.integers(1, 2), seeds)
 def test_M1_is_depthwise_then_dense_pointwise(L, k, stride, seed):
-    """M = 1: the primary is a depthwise k x k conv and the secondary a dense 1x1 conv, the Xception block: W[o, c] = W_d[o, c] w_c (paper sec. 3, connection to Xception)."""
+    """M = 1: the primary is a depthwise k x k conv and the secondary a dense 1x1 conv, the Xception block: W[o,
+    c] = W_d[o, c] w_c (paper sec. 3, connection to Xception).
+    """
     case = dict(L=L, M=1, S=1, C_in=L, C_out=L, k=k, stride=stride)
     layer, Wp, Wd = make_igc(case, seed)
     W = igc.compose(Wp, Wd, L, 1)
@@ -154,8 +166,11 @@ def test_M1_is_depthwise_then_dense_pointwise(L, k, stride, seed):
 
 @given(igc_cases(general_S=False), seeds)
 def test_all_ones_secondary_is_group_conv_with_summation_fusion(case, seed):
-    """With W_d all ones, every output partition is the sum of the L primary partitions' outputs: a group conv with summation fusion, i.e. L copies of the regular conv C_in -> M with kernel [W_p^1 .. W_p^L] (paper sec. 3, connection to summation fusion)."""
-    L, M, k, s = case["L"], case["M"], case["k"], case["stride"]
+    """With W_d all ones, every output partition is the sum of the L primary partitions' outputs: a group conv
+    with summation fusion, i.e. L copies of the regular conv C_in -> M with kernel [W_p^1 .. W_p^L] (paper
+    sec. 3, connection to summation fusion).
+    """
+    L, M, k = case["L"], case["M"], case["k"]
     layer, Wp, Wd = make_igc(case, seed)
     layer.secondary.weight.data = np.ones_like(Wd)
     # the composed kernel: K = sum of the L row blocks of blockdiag(W_p), tiled L times
@@ -185,7 +200,9 @@ def _check_four_branch(x, W, G, stride):
 
 @given(arrays((2, 4, 5, 5)), arrays((6, 4, 3, 3)))
 def test_four_branch_form_G2_as_in_the_figure(x, W):
-    """A regular conv is four branches W11(x1), W12(x2), W21(x1), W22(x2) (a 4-group conv over [x1, x2, x1, x2]) and the cross-summation y1 = z11 + z12, y2 = z21 + z22 (paper sec. 3, four-branch figure)."""
+    """A regular conv is four branches W11(x1), W12(x2), W21(x1), W22(x2) (a 4-group conv over [x1, x2, x1, x2])
+    and the cross-summation y1 = z11 + z12, y2 = z21 + z22 (paper sec. 3, four-branch figure).
+    """
     W_branches, W_sum = igc.four_branch(W, 2)
     W11, W12, W21, W22 = W[:3, :2], W[:3, 2:], W[3:, :2], W[3:, 2:]
     np.testing.assert_array_equal(W_branches, np.concatenate([W11, W12, W21, W22]))
@@ -202,7 +219,9 @@ def test_four_branch_form_G2_as_in_the_figure(x, W):
 @given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.sampled_from([1, 3]),
        st.integers(1, 2), seeds)
 def test_four_branch_form_any_G(G, b_in, b_out, k, stride, seed):
-    """For any G partitions, regular conv == G*G-branch group conv over the G-times tiled input + cross-summation (paper sec. 3, four-branch form)."""
+    """For any G partitions, regular conv == G*G-branch group conv over the G-times tiled input + cross-summation
+    (paper sec. 3, four-branch form).
+    """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, G * b_in, 5, 6))
     W = rng.standard_normal((G * b_out, G * b_in, k, k))
@@ -211,7 +230,9 @@ def test_four_branch_form_any_G(G, b_in, b_out, k, stride, seed):
 
 @given(st.integers(1, 4), st.integers(1, 3), seeds)
 def test_cross_summation_is_permutation_summing_secondary_permutation_back(G, B, seed):
-    """The cross-summation y_i = sum_j z_ij equals permute(G*G) -> 1x1 group conv with B groups of fixed summing weights -> permute(B) (paper sec. 3, four-branch form)."""
+    """The cross-summation y_i = sum_j z_ij equals permute(G*G) -> 1x1 group conv with B groups of fixed summing
+    weights -> permute(B) (paper sec. 3, four-branch form).
+    """
     z = np.random.default_rng(seed).standard_normal((2, G * G * B, 3, 4))
     direct = z.reshape(2, G, G, B, 3, 4).sum(axis=2).reshape(2, G * B, 3, 4)  # axes (i, j, b): sum over j
     np.testing.assert_allclose(igc.cross_summation(z, G).numpy(), direct, rtol=1e-12, atol=1e-12)
@@ -225,7 +246,9 @@ def test_cross_summation_is_permutation_summing_secondary_permutation_back(G, B,
 # ---- 7. parameters and width ------------------------------------------------------------------
 @given(st.integers(1, 12), st.integers(1, 12))
 def test_parameter_count(L, M):
-    """One IGC conv with C = L*M in and out, 3x3, has L*M*M*9 + M*L*L = C*(9M + L) weights (paper sec. 3, analysis)."""
+    """One IGC conv with C = L*M in and out, 3x3, has L*M*M*9 + M*L*L = C*(9M + L) weights (paper sec. 3,
+    analysis).
+    """
     C = L * M
     layer = ig.nn.IGCConv(C, C, L, M, kernel_size=3)
     assert layer.num_parameters() == igc.igc_params(L, M) == L * M * M * 9 + M * L * L == C * (9 * M + L)
@@ -235,7 +258,9 @@ def test_parameter_count(L, M):
 
 @given(st.integers(9, 200_000), st.integers(1, 64))
 def test_width_at_equal_params_is_the_widest(budget, L):
-    """width_at_equal_params gives the largest M with L*M*M*9 + M*L*L within the budget; the best split has L close to 9M (paper sec. 3, wider than regular convolutions)."""
+    """width_at_equal_params gives the largest M with L*M*M*9 + M*L*L within the budget; the best split has L
+    close to 9M (paper sec. 3, wider than regular convolutions).
+    """
     M, C = igc.width_at_equal_params(budget, L)
     assert C == L * M
     assert igc.igc_params(L, M + 1) > budget
