@@ -121,3 +121,20 @@ def test_module_to_emu_keeps_values():
     assert all(p.device == "emu" for p in net.parameters())
     for n, v in net.state_dict().items():
         np.testing.assert_array_equal(v, before[n])
+
+
+def test_initialisation_follows_the_reference():
+    """Conv weights N(0, 2/fan_in) (He), FC weights U(+-sqrt(3/fan_in)), BN gamma 1 / beta 0, running var 1."""
+    rng = np.random.default_rng(0)
+    conv = ig.nn.Conv2d(64, 128, 3, groups=4, rng=rng)
+    fan_in = 64 // 4 * 9
+    assert abs(conv.weight.data.std() - np.sqrt(2 / fan_in)) < 0.03 * np.sqrt(2 / fan_in)
+    assert abs(conv.weight.data.mean()) < 0.01
+    fc = ig.nn.Linear(300, 200, rng=rng)
+    bound = np.sqrt(3 / 300)
+    assert fc.weight.data.min() >= -bound and fc.weight.data.max() <= bound
+    assert abs(fc.weight.data.std() - bound / np.sqrt(3)) < 0.02 * bound
+    np.testing.assert_array_equal(fc.bias.data, 0)
+    bn = ig.nn.BatchNorm2d(5)
+    assert (bn.gamma.data == 1).all() and (bn.beta.data == 0).all()
+    assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
