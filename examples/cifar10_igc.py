@@ -137,7 +137,8 @@ def resolve_options(args):
 
     Returns (options as a dict, the Checkpoint to resume from or None).
     """
-    o = {k: v for k, v in vars(args).items() if v is not None}
+    o = {k: v for k, v in vars(args).items()
+         if v is not None and k not in ("load_epoch", "resume", "download")}
     ckpt = None
     if args.resume or args.load_epoch is not None:
         path = args.resume
@@ -153,7 +154,7 @@ def resolve_options(args):
                     f"checkpoint {path} was trained with --{key.replace('_', '-')} "
                     f"{ckpt.args[key]}, this run asks for {o[key]}: leave the option out to resume")
         for key, value in ckpt.args.items():
-            if key not in o and key not in ("load_epoch", "resume", "device", "gpus", "download"):
+            if key not in o and key not in ("device", "gpus"):  # those belong to this machine
                 o[key] = value
     for key, value in DEFAULTS.items():
         o.setdefault(key, value)
@@ -201,16 +202,19 @@ def main(argv=None):
 def train(o, ckpt=None, download=False):
     print("Configuration: " + " ".join(f"{k}={v}" for k, v in sorted(o.items())))
 
+    # ---- device: the model and every batch go there; the code below is the same for all ------
+    device = o["device"]
+    try:
+        ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
+        if device == "cuda" and o["gpus"]:
+            ig.backend.cupy_module().cuda.Device(int(o["gpus"].split(",")[0])).use()
+    except (RuntimeError, ValueError) as e:
+        raise OptionError(f"--device {device} --gpus {o['gpus']}: {e}") from None
+
     # ---- data ---------------------------------------------------------------------------------
     ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
     print(f"Data: {ds}")
     dtype = np.dtype(o["dtype"])
-
-    # ---- device: the model and every batch go there; the code below is the same for all ------
-    device = o["device"]
-    if device == "cuda" and o["gpus"]:
-        from igc_np import backend
-        backend.cupy_module().cuda.Device(int(o["gpus"].split(",")[0])).use()
 
     # ---- network ------------------------------------------------------------------------------
     # two independent random streams: the initialisation, and the data order/augmentation
@@ -297,9 +301,10 @@ def train(o, ckpt=None, download=False):
 
                 metrics.update(loss_value, logits.numpy(), yb)
                 seen += len(yb)
-                if bar:
+                if bar:  # redrawn by update() at most 10 times a second
+                    bar.set_postfix(loss=f"{metrics.loss:.4f}", top1=f"{metrics.top1:.4f}",
+                                    refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics.loss:.4f}", top1=f"{metrics.top1:.4f}")
                 if (b + 1) % o["log_iters"] == 0:
                     speed = seen / (time.perf_counter() - tic)
                     say(f"Epoch[{epoch}] Batch [{b + 1}]\tSpeed: {speed:.2f} samples/sec\t"

@@ -47,16 +47,16 @@ def main(argv=None):
         data_dir = args.data_dir if args.data_dir is not None else o.get("data_dir")
         ds = load_dataset(dataset, data_dir, download=args.download)
         device = args.device or ("cuda" if args.gpus else "cpu")
+        ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
         if device == "cuda" and args.gpus:
-            from igc_np import backend
-            backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
+            ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
         model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
                                     primary_partition=o["primary_partition"],
                                     secondary_partition=o["secondary_partition"])
         dtype = np.dtype(o.get("dtype", "float32"))
         model.to(device, dtype)
         training.restore(ckpt, model)  # no optimizer: only the weights and BN statistics
-    except (CheckpointError, DatasetError) as e:
+    except (CheckpointError, DatasetError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyError as e:

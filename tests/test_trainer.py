@@ -236,6 +236,7 @@ def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
     assert "garbage.npz" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, capsys):
     status, out = run(tmp_path, "--num-epochs", "1")
     good = out / "model-0001.npz"
@@ -258,3 +259,16 @@ def test_evaluate_reproduces_the_logged_test_accuracy(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Parameters: " in text
     assert f"loss {last['test_loss']:.4f}  top1 {last['test_top1']:.4f}" in text
+
+
+@pytest.mark.parametrize("device", ["emu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not ig.cuda_available(), reason="device 'cuda' needs CuPy and an NVIDIA GPU; none here"))])
+def test_other_devices_train_like_the_cpu(tmp_path, device):
+    """Same command with --device: the same code path, the same numbers up to rounding."""
+    assert run(tmp_path, "--num-epochs", "1", name="cpu")[0] == 0
+    status, out = run(tmp_path, "--num-epochs", "1", "--device", device, name=device)
+    assert status == 0
+    cpu, dev = read_log(tmp_path / "cpu")[0], read_log(out)[0]
+    assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-3)
+    assert dev["test_loss"] == pytest.approx(cpu["test_loss"], rel=1e-2)
+    assert evaluator.main(["--checkpoint", str(out / "model-0001.npz"), "--device", device]) == 0
