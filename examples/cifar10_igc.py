@@ -68,44 +68,48 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train plain / resnet / plain_igc / resnet_igc networks (Interleaved Group "
                     "Convolutions, ICCV 2017) on CIFAR-10/100, SVHN or the 8x8 digits.",
-        epilog="Options left out take the value stored in the checkpoint when resuming, otherwise "
-               "the defaults shown. Exit status: 0 done, 1 error or diverged (NaN loss), "
-               "130 interrupted by Ctrl-C (after saving <prefix>-interrupted.npz).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="Defaults are in [brackets]. When resuming, options left out take the value stored "
+               "in the checkpoint. The console counts epochs from 0 like the reference: the "
+               "checkpoint written after Epoch[k] is <prefix>-<k+1:04d>.npz. Ctrl-C finishes the "
+               "current batch, saves <prefix>-interrupted.npz (resume it exactly with --resume) and "
+               "exits with status 130; a second Ctrl-C quits without saving. Exit status 1: an "
+               "error, or the loss became NaN/inf (the run stops; earlier checkpoints stay intact).")
     # None means "not given": filled from the checkpoint or the defaults by resolve_options()
     net = p.add_argument_group("network")
     net.add_argument("--network", choices=NETWORKS, help=f"architecture [{DEFAULTS['network']}]")
-    net.add_argument("--depth", type=int, help=f"number of layers (plain: 3n+2, resnet: 6n+2) "
+    net.add_argument("--depth", type=int, metavar="N", help=f"number of layers (plain: 3n+2, resnet: 6n+2) "
                                               f"[{DEFAULTS['depth']}]")
-    net.add_argument("--primary-partition", type=int,
-                     help="L, the number of primary partitions (IGC nets); the width C of the first "
-                          f"stage for plain/resnet [{DEFAULTS['primary_partition']}]")
-    net.add_argument("--secondary-partition", type=int,
-                     help="M, channels per primary partition = secondary partitions (C = L*M; "
-                          f"IGC nets only) [{DEFAULTS['secondary_partition']}]")
+    net.add_argument("--primary-partition", type=int, metavar="L",
+                     help="primary partitions of every IGC conv; the first stage has C = L*M "
+                          "channels (plain/resnet: the width is L*M too, so use M=1 there) "
+                          f"[{DEFAULTS['primary_partition']}]")
+    net.add_argument("--secondary-partition", type=int, metavar="M",
+                     help="channels per primary partition = secondary partitions "
+                          f"[{DEFAULTS['secondary_partition']}]")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help=f"[{DEFAULTS['dataset']}]")
-    data.add_argument("--data-dir", help="where the data sets live [$IGC_NP_DATA or ./data]")
+    data.add_argument("--data-dir", metavar="DIR", help="where the data sets live [$IGC_NP_DATA or ./data]")
     data.add_argument("--download", action="store_true", help="fetch a missing data set")
-    data.add_argument("--subset", type=int, help="train on the first N training images only "
+    data.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only "
                                                 "(quick experiments; the test set stays complete)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, help=f"[{DEFAULTS['batch_size']}]")
-    opt.add_argument("--num-epochs", type=int, help="digits 20, cifar10/cifar100 400, svhn 40")
+    opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}]")
+    opt.add_argument("--num-epochs", type=int, metavar="E",
+                     help="[digits 20, cifar10/cifar100 400, svhn 40]")
     opt.add_argument("--lr", type=float, help=f"initial learning rate [{DEFAULTS['lr']}]")
     opt.add_argument("--lr-factor", type=float,
                      help=f"multiply the learning rate by this at each step [{DEFAULTS['lr_factor']}]")
-    opt.add_argument("--lr-steps", help="comma-separated epochs at which to multiply by --lr-factor "
+    opt.add_argument("--lr-steps", metavar="E1,E2,..", help="comma-separated epochs at which to multiply by --lr-factor "
                                         "[1/2, 3/4, 7/8 of --num-epochs]")
-    opt.add_argument("--rand-seed", type=int, help=f"seed of the initialisation and the data order "
+    opt.add_argument("--rand-seed", type=int, metavar="S", help=f"seed of the initialisation and the data order "
                                                    f"[{DEFAULTS['rand_seed']}]")
     opt.add_argument("--dtype", choices=("float32", "float64"), help=f"[{DEFAULTS['dtype']}]")
     out = p.add_argument_group("output and checkpoints")
-    out.add_argument("--log-iters", type=int, help="print speed and metrics every N batches "
+    out.add_argument("--log-iters", type=int, metavar="N", help="print speed and metrics every N batches "
                                                   "[digits 10, others 50]")
-    out.add_argument("--output-dir", help="folder for log.jsonl, the curves and the checkpoints "
+    out.add_argument("--output-dir", metavar="DIR", help="folder for log.jsonl, the curves and the checkpoints "
                                          "[runs/<dataset>-<network><depth>-L<L>M<M>]")
-    out.add_argument("--model-prefix", help="checkpoints are <prefix>-<epoch:04d>.npz "
+    out.add_argument("--model-prefix", metavar="P", help="checkpoints are <prefix>-<epoch:04d>.npz "
                                            "[<output-dir>/model]")
     out.add_argument("--checkpoint-every", type=int, metavar="K",
                      help="save every K epochs, and after the last one [digits 5, cifar 10, svhn 1]")
@@ -118,7 +122,7 @@ def parse_args(argv=None):
     dev.add_argument("--device", choices=("cpu", "cuda", "emu"),
                      help="cpu: NumPy; cuda: CuPy and our CUDA kernels; emu: the same kernels run "
                           "by the CPU emulator (slow) [cuda if --gpus is given, else cpu]")
-    dev.add_argument("--gpus", help="GPU ids as in the reference, e.g. 0 or 0,1; only the FIRST id "
+    dev.add_argument("--gpus", metavar="IDS", help="GPU ids as in the reference, e.g. 0 or 0,1; only the FIRST id "
                                     "is used (igc_np trains on one GPU): "
                                     "cupy.cuda.Device(id).use()")
     args = p.parse_args(argv)

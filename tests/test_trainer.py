@@ -177,6 +177,21 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsy
     assert [r["train_loss"] for r in straight] == [r["train_loss"] for r in resumed]
 
 
+def test_ctrl_c_during_the_test_pass_saves_the_finished_epoch(tmp_path, monkeypatch):
+    real_evaluate = ig.training.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(ig.training, "evaluate", evaluate_then_ctrl_c)
+    status, out = run(tmp_path, "--num-epochs", "3", "--checkpoint-every", "2")
+    assert status == 130
+    ckpt = ig.training.load_checkpoint(out / "model-0001.npz")  # an ordinary epoch checkpoint
+    assert (ckpt.epoch, ckpt.batch, len(ckpt.history)) == (1, 0, 1)
+    assert not (out / "model-interrupted.npz").exists()
+
+
 def test_ctrl_c_in_a_real_process_exits_130_with_a_checkpoint(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
