@@ -256,6 +256,7 @@ def plot_curves(history, out_dir):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         if not _matplotlib_missing_noted:
             print("note: matplotlib is not installed, so no curves are drawn "
@@ -276,7 +277,10 @@ def plot_curves(history, out_dir):
                 ax.plot(epochs, [r.get(key, np.nan) for r in history], marker=".",
                         label=key.replace("_", " "))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
+        if ylabel == "loss":
+            ax.set_yscale("log")  # the loss falls by orders of magnitude
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

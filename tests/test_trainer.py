@@ -287,3 +287,21 @@ def test_other_devices_train_like_the_cpu(tmp_path, device):
     assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-3)
     assert dev["test_loss"] == pytest.approx(cpu["test_loss"], rel=1e-2)
     assert evaluator.main(["--checkpoint", str(out / "model-0001.npz"), "--device", device]) == 0
+
+
+def test_curves_are_skipped_with_a_notice_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    monkeypatch.setattr(ig.training, "_matplotlib_missing_noted", False)
+    history = [dict(epoch=0, train_loss=1.0, test_loss=1.0, train_top1=0.5, test_top1=0.5)]
+    assert ig.training.plot_curves(history, tmp_path) is False
+    assert ig.training.plot_curves(history, tmp_path) is False
+    assert capsys.readouterr().out.count("matplotlib is not installed") == 1  # one line, once
+    assert not list(tmp_path.iterdir())
+
+
+def test_metrics_top1_top5():
+    logits = np.array([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]], dtype=np.float32)
+    m = ig.training.Metrics()
+    m.update(0.5, logits, np.array([6, 5]))    # row 0: top-1 hit; row 1: 6th best, a miss
+    m.update(1.5, logits, np.array([2, 4]))    # row 0: 5th best, a top-5 hit; row 1: 5th best
+    assert (m.count, m.loss, m.top1, m.top5) == (4, 1.0, 0.25, 0.75)
