@@ -295,7 +295,7 @@ def train(o, ckpt=None, download=False):
                     # stop before the step: the weights (and the checkpoints) stay as they were
                     if bar:
                         bar.close()
-                    print(f"Epoch[{epoch}] Batch [{b}]: the loss is {loss_value}; stopping. The "
+                    print(f"Epoch[{epoch}] Batch [{b + 1}]: the loss is {loss_value}; stopping. The "
                           f"training diverged: is the learning rate ({lr:g}) too high? Last good "
                           f"checkpoint: {last_checkpoint or 'none written yet'}", file=sys.stderr)
                     return EXIT_ERROR
