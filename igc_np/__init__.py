@@ -10,7 +10,9 @@ from .autograd import Function, Tensor, no_grad, is_grad_enabled
 from .ops import math as _math  # noqa: F401  (attaches +, *, reshape, ... to Tensor)
 from . import functional, nn, optim
 from .gradcheck import gradcheck
-from .backend import cuda_available
+from .backend import cuda_available, keep_freed_memory
+
+keep_freed_memory()
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",

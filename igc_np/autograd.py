@@ -211,6 +211,8 @@ class Function:
         needs_grad = _grad_enabled and any(t.requires_grad for t in tensors)
         results = [Tensor(y, requires_grad=needs_grad, device=device) for y in outputs]
         if needs_grad:
+            # backward may skip the gradient of an input that needs none (e.g. the data)
+            self.needs_input_grad = tuple(t.requires_grad for t in tensors)
             self.inputs = tensors
             self.n_outputs = len(results)
             self.output_meta = [(y.shape, y.dtype) for y in outputs]
