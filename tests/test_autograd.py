@@ -141,3 +141,12 @@ def test_memory_does_not_grow_with_steps():
     grown = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     assert grown < 200_000, f"memory grew by {grown} bytes over 20 steps"
+
+
+def test_arithmetic_errors_name_the_op_and_shapes():
+    a = ig.Tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"add: shapes \(2, 3\) and \(4,\) do not broadcast"):
+        a + ig.Tensor(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="mul: operand dtypes differ, float32"):
+        a * ig.Tensor(np.ones(3, np.float64))
+    assert (a * 2.0).dtype == np.float32  # Python numbers take the tensor's dtype

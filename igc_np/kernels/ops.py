@@ -193,32 +193,28 @@ def _check_W2(op, W2_shape, C, S, shape_text):
                          f"({shape_text}, S={S})")
 
 
-def interleaved_secondary_forward(x, W2, L, S, device):
-    """y = permute(conv1x1_groups_S(permute(x, L), W2), S), x (N,C,H,W), W2 (C,C/S,1,1)."""
-    op = "interleaved_secondary_forward"
-    xp, (x, W2) = _prepare(op, device, x=x, W2=W2)
-    N, C, H, W = x.shape
-    text = f"x shape {tuple(x.shape)}"
+def _interleaved_map(op, name, a, W2, L, S, device):
+    """Launch `op` of interleaved_secondary.cu, one thread per element of a (N,C,H,W) -> out like a.
+    Forward (a = x) and backward-data (a = gy, the transposed weight read in the kernel) share it."""
+    xp, (a, W2) = _prepare(op, device, **{name: a, "W2": W2})
+    N, C, H, W = a.shape
+    text = f"{name} shape {tuple(a.shape)}"
     L, S = _check_LS(op, C, L, S, text)
     _check_W2(op, W2.shape, C, S, text)
-    y = xp.empty_like(x)
-    fn = get_module("interleaved_secondary.cu", x.dtype, device).get_function(op)
-    _elementwise_launch(fn, y.size, (x, W2, y, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
-    return y
+    out = xp.empty_like(a)
+    fn = get_module("interleaved_secondary.cu", a.dtype, device).get_function(op)
+    _elementwise_launch(fn, out.size, (a, W2, out, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
+    return out
+
+
+def interleaved_secondary_forward(x, W2, L, S, device):
+    """y = permute(conv1x1_groups_S(permute(x, L), W2), S), x (N,C,H,W), W2 (C,C/S,1,1)."""
+    return _interleaved_map("interleaved_secondary_forward", "x", x, W2, L, S, device)
 
 
 def interleaved_secondary_backward_data(gy, W2, L, S, device):
     """gx (N,C,H,W) = gradient of interleaved_secondary_forward's x, from gy (N,C,H,W)."""
-    op = "interleaved_secondary_backward_data"
-    xp, (gy, W2) = _prepare(op, device, gy=gy, W2=W2)
-    N, C, H, W = gy.shape
-    text = f"gy shape {tuple(gy.shape)}"
-    L, S = _check_LS(op, C, L, S, text)
-    _check_W2(op, W2.shape, C, S, text)
-    gx = xp.empty_like(gy)
-    fn = get_module("interleaved_secondary.cu", gy.dtype, device).get_function(op)
-    _elementwise_launch(fn, gx.size, (gy, W2, gx, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
-    return gx
+    return _interleaved_map("interleaved_secondary_backward_data", "gy", gy, W2, L, S, device)
 
 
 def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device):

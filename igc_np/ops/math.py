@@ -18,8 +18,21 @@ def sum_to(xp, g, shape):
     return g.reshape(shape)
 
 
+def check_binary(op, a, b):
+    """Operands must broadcast and, when both are floating point, share a dtype (float32 training
+    must not silently become float64 because one operand was)."""
+    if a.dtype != b.dtype and a.dtype.kind == "f" and b.dtype.kind == "f":
+        raise ValueError(f"{op}: operand dtypes differ, {a.dtype} (shape {a.shape}) and {b.dtype} "
+                         f"(shape {b.shape}); make them the same")
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
+
+
 class Add(Function):
     def forward(self, xp, a, b):
+        check_binary("add", a, b)
         self.shapes = a.shape, b.shape
         return a + b
 
@@ -29,6 +42,7 @@ class Add(Function):
 
 class Sub(Function):
     def forward(self, xp, a, b):
+        check_binary("sub", a, b)
         self.shapes = a.shape, b.shape
         return a - b
 
@@ -38,6 +52,7 @@ class Sub(Function):
 
 class Mul(Function):
     def forward(self, xp, a, b):
+        check_binary("mul", a, b)
         self.a, self.b = a, b
         return a * b
 
@@ -47,6 +62,7 @@ class Mul(Function):
 
 class Div(Function):
     def forward(self, xp, a, b):
+        check_binary("div", a, b)
         self.a, self.b = a, b
         return a / b
 
