@@ -347,8 +347,7 @@ def _walk(m, path, shape, visit):
         return out
     if isinstance(m, IGCConv):
         # section 1: primary -> Reorder(L) -> secondary -> Reorder(S); the permutations move data only
-        name = _layer_name(m.primary, "_weight", path + ".primary")
-        name = name[: -len("_conv1")] if name.endswith("_conv1") else name
+        name = m.name or path
         y = _walk(m.primary, path + ".primary", shape, visit)
         visit(f"{name}_reorder1", f"Reorder({m.L})", y, 0, 0)
         y = _walk(m.secondary, path + ".secondary", y, visit)
