@@ -129,15 +129,19 @@ def conv2d_forward(x, W, stride, padding, groups, device):
     return y
 
 
+def _check_gy(op, gy, y_shape, x_shape, W_shape):
+    if tuple(gy.shape) != y_shape:
+        raise ValueError(f"{op}: gy shape {tuple(gy.shape)} must be the output shape {y_shape} of "
+                         f"x shape {tuple(x_shape)} and W shape {tuple(W_shape)}")
+
+
 def conv2d_backward_data(gy, W, x_shape, stride, padding, groups, device):
     """gx (x_shape) = gradient of the conv's input, from gy (N,C_out,Ho,Wo) and W."""
     op = "conv2d_backward_data"
     xp, (gy, W) = _prepare(op, device, gy=gy, W=W)
     x_shape = _shape4(op, "x_shape", x_shape)
     y_shape, dims = _conv_geometry(op, x_shape, W.shape, stride, padding, groups)
-    if tuple(gy.shape) != y_shape:
-        raise ValueError(f"{op}: gy shape {tuple(gy.shape)} must be the output shape {y_shape} of "
-                         f"x shape {x_shape} and W shape {tuple(W.shape)}")
+    _check_gy(op, gy, y_shape, x_shape, W.shape)
     gx = xp.empty(x_shape, dtype=gy.dtype)
     fn = get_module("group_conv.cu", gy.dtype, device).get_function(op)
     _elementwise_launch(fn, gx.size, (gy, W, gx) + dims)
@@ -150,9 +154,7 @@ def conv2d_backward_weight(x, gy, W_shape, stride, padding, groups, device):
     xp, (x, gy) = _prepare(op, device, x=x, gy=gy)
     W_shape = _shape4(op, "W_shape", W_shape)
     y_shape, dims = _conv_geometry(op, x.shape, W_shape, stride, padding, groups)
-    if tuple(gy.shape) != y_shape:
-        raise ValueError(f"{op}: gy shape {tuple(gy.shape)} must be the output shape {y_shape} of "
-                         f"x shape {tuple(x.shape)} and W shape {W_shape}")
+    _check_gy(op, gy, y_shape, x.shape, W_shape)
     gW = xp.empty(W_shape, dtype=x.dtype)
     fn = get_module("group_conv.cu", x.dtype, device).get_function(op)
     N, _, Ho, Wo = y_shape
