@@ -4,8 +4,11 @@ import sys
 import numpy as np
 import pytest
 
+from hypothesis import given, strategies as st
+
 import igc_np as ig
 from igc_np import functional as F
+from strategies import arrays
 
 
 def test_scalar_backward_and_accumulation_across_uses():
@@ -150,3 +153,33 @@ def test_arithmetic_errors_name_the_op_and_shapes():
     with pytest.raises(ValueError, match="mul: operand dtypes differ, float32"):
         a * ig.Tensor(np.ones(3, np.float64))
     assert (a * 2.0).dtype == np.float32  # Python numbers take the tensor's dtype
+
+
+@st.composite
+def broadcast_pair(draw):
+    """Two shapes that broadcast: b drops leading axes of a and sets some of a's axes to 1."""
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    keep = draw(st.integers(0, len(shape)))
+    b = [1 if draw(st.booleans()) else n for n in shape[len(shape) - keep:]]
+    return tuple(shape), tuple(b)
+
+
+@given(broadcast_pair(), st.data())
+def test_elementwise_and_reductions_gradcheck_on_drawn_shapes(shapes, data):
+    sa, sb = shapes
+    a = ig.Tensor(data.draw(arrays(sa)), requires_grad=True)
+    b = ig.Tensor(data.draw(arrays(sb)) ** 2 + 0.5, requires_grad=True)  # positive: safe to divide / log
+    assert ig.gradcheck(lambda a, b: a + b, [a, b])
+    assert ig.gradcheck(lambda a, b: a - b * a, [a, b])
+    assert ig.gradcheck(lambda a, b: a / b + (b ** 3).log(), [a, b])
+    axis = data.draw(st.integers(0, len(sa) - 1))
+    assert ig.gradcheck(lambda a: a.sum(axis=axis) + a.mean(), [a])
+    assert ig.gradcheck(lambda a: a.mean(axis=axis, keepdims=True).exp(), [a])
+    assert ig.gradcheck(lambda a: a.reshape(-1).transpose(), [a])
+
+
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.data())
+def test_matmul_and_transpose_gradcheck(n, k, m, data):
+    a = ig.Tensor(data.draw(arrays((n, k))), requires_grad=True)
+    b = ig.Tensor(data.draw(arrays((k, m))), requires_grad=True)
+    assert ig.gradcheck(lambda a, b: (a @ b).T, [a, b])

@@ -194,8 +194,7 @@ def _transpose(self, *axes):
 
 def _mean(self, axis=None, keepdims=False):
     s = Sum(axis, keepdims).apply(self)
-    count = self.size // max(s.size, 1) if not keepdims else self.size // s.size
-    return s * (1.0 / count)
+    return s * (s.size / self.size)  # 1 / (number of elements averaged)
 
 
 Tensor.__add__ = _binary(Add)
