@@ -117,6 +117,7 @@ class Tensor:
         # Gradients of intermediate tensors, keyed by (function, output index); each entry is
         # popped when its function runs, so memory does not grow with depth.
         pending = {(self.creator, self.index): grad}
+        given = set()  # ids of arrays already stored in some leaf's .grad during this walk
         for fn in _topological_order(self.creator):
             grads_out = [pending.pop((fn, i), None) for i in range(fn.n_outputs)]
             if all(g is None for g in grads_out):
@@ -139,7 +140,11 @@ class Tensor:
                     raise RuntimeError(f"{type(fn).__name__}.backward: gradient shape {gx.shape} "
                                        f"!= input shape {x.shape}")
                 if x.creator is None:  # a leaf: accumulate into .grad
-                    x.grad = gx if x.grad is None else x.grad + gx
+                    if x.grad is not None:
+                        x.grad = x.grad + gx
+                    else:  # an op may pass one array to several inputs (add): never share it
+                        x.grad = gx.copy() if id(gx) in given else gx
+                    given.add(id(x.grad))
                 else:
                     key = (x.creator, x.index)
                     pending[key] = gx if key not in pending else pending[key] + gx
@@ -178,8 +183,12 @@ def as_tensor(value, like):
     if isinstance(value, Tensor):
         return value
     xp = backend.get_array_module(like.device)
-    dtype = like.dtype if np.isscalar(value) else None
-    return Tensor(xp.asarray(value, dtype=dtype), device=like.device)
+    value = xp.asarray(value)
+    if like.dtype.kind == "f" and value.dtype.kind in "biuf" and (value.ndim == 0 or value.dtype.kind != "f"):
+        # Python numbers and integer constants take the tensor's float type; a float array of
+        # another precision is left alone, so that the op reports the mismatch
+        value = value.astype(like.dtype)
+    return Tensor(value, device=like.device)
 
 
 class Function:

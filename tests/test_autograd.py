@@ -183,3 +183,22 @@ def test_matmul_and_transpose_gradcheck(n, k, m, data):
     a = ig.Tensor(data.draw(arrays((n, k))), requires_grad=True)
     b = ig.Tensor(data.draw(arrays((k, m))), requires_grad=True)
     assert ig.gradcheck(lambda a, b: (a @ b).T, [a, b])
+
+
+def test_leaves_never_share_a_gradient_array():
+    """add hands the same gradient to both inputs; scaling one leaf's .grad in place (gradient
+    clipping) must not change the other's."""
+    a = ig.Tensor(np.ones(3), requires_grad=True)
+    c = ig.Tensor(np.ones(3), requires_grad=True)
+    (a + c).sum().backward()
+    assert a.grad is not c.grad
+    a.grad *= 10
+    np.testing.assert_array_equal(c.grad, [1.0, 1.0, 1.0])
+
+
+def test_integer_constants_take_the_float_type():
+    a = ig.Tensor(np.ones(3, np.float32))
+    assert (a * np.array([1, 2, 3])).dtype == np.float32
+    assert (a + np.arange(3)).dtype == np.float32
+    with pytest.raises(ValueError, match="dtypes differ"):
+        a + ig.Tensor(np.arange(3))

@@ -1,7 +1,7 @@
 """Every op: forward against an independent reference, backward by float64 finite differences."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import igc_np as ig
 from igc_np import functional as F
@@ -137,9 +137,8 @@ def test_batch_norm_running_statistics_update():
 @given(st.sampled_from([(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)]), st.integers(2, 7), st.data())
 def test_pooling(cfg, size, data):
     k, s, p = cfg
+    assume(size + 2 * p >= k)
     x = data.draw(arrays((2, 3, size, size)))
-    if (size + 2 * p - k) // s + 1 < 1 or size + 2 * p < k:
-        return
     xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
     Ho = (size + 2 * p - k) // s + 1
     ref = np.array([[[[xpad[n, c, h * s:h * s + k, w * s:w * s + k].max() for w in range(Ho)] for h in range(Ho)]
@@ -207,3 +206,42 @@ def test_batch_norm_channel_first_path_equals_generic(N, C, H, training, data):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
     xt = T(channel_first(x))
     assert ig.gradcheck(lambda x, g, b: F.batch_norm(x, g, b, training=True), [xt, T(gamma), T(beta)])
+
+
+def test_more_error_messages():
+    x32 = T(np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="batch_norm: gamma dtype float64 != input dtype float32"):
+        F.batch_norm(x32, T(np.ones(4)), T(np.zeros(4, np.float32)))
+    with pytest.raises(ValueError, match="conv2d: input and weight must be floating point"):
+        F.conv2d(T(np.zeros((1, 2, 3, 3), np.int64), False), T(np.zeros((2, 2, 1, 1), np.int64), False))
+    with pytest.raises(ValueError, match="L=0 must be a positive divisor of C=4"):
+        F.interleaved_secondary(x32, T(np.zeros((4, 1, 1, 1), np.float32)), 0)
+    with pytest.raises(ValueError, match="dtype float32 and weight dtype float64"):
+        F.interleaved_secondary(x32, T(np.zeros((4, 2, 1, 1))), 2)
+
+
+def test_batch_norm_eval_keeps_the_input_dtype_with_float64_statistics():
+    x = T(np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32))
+    y = F.batch_norm(x, T(np.ones(3, np.float32)), T(np.zeros(3, np.float32)), np.zeros(3), np.ones(3),
+                     training=False)
+    assert y.dtype == np.float32
+
+
+def test_max_pool_with_more_than_127_taps():
+    x = np.random.default_rng(0).standard_normal((1, 2, 12, 12))
+    y = F.max_pool2d(T(x), 12)
+    np.testing.assert_array_equal(y.data[:, :, 0, 0], x.max(axis=(2, 3)))
+    assert ig.gradcheck(lambda x: F.max_pool2d(x, 12), [T(x)])
+
+
+def test_threaded_relu_writes_every_element():
+    """ReLU splits large arrays over threads (ops/parallel.elementwise); every slice must be written."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = channel_first(rng.standard_normal((8, 16, 24, 24)).astype(np.float32))
+        xt = T(x)
+        y = F.relu(xt)
+        np.testing.assert_array_equal(y.data, np.maximum(x, 0))
+        gy = channel_first(rng.standard_normal(x.shape).astype(np.float32))
+        y.backward(gy)
+        np.testing.assert_array_equal(xt.grad, gy * (x > 0))

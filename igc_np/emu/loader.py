@@ -130,15 +130,19 @@ def build(code, name_expressions, filename="<kernel>"):
     if os.path.exists(lib):
         return lib
     os.makedirs(directory, exist_ok=True)
-    src = os.path.join(directory, f"{key}.cpp")
-    with open(src, "w") as f:  # kept next to the library, to read when debugging
+    # each process compiles from its own source file: a concurrent first compile elsewhere can
+    # neither truncate it under our g++ nor see a half-written library
+    fd, src = tempfile.mkstemp(suffix=".cpp", dir=directory)
+    with os.fdopen(fd, "w") as f:
         f.write(text)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     proc = subprocess.run([cxx, *CXX_FLAGS, "-o", tmp, src], capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
+        os.unlink(src)
         raise EmulatorCompileError(f"g++ failed on {filename}:\n{proc.stderr}")
+    os.replace(src, os.path.join(directory, f"{key}.cpp"))  # kept beside the library, for debugging
     os.replace(tmp, lib)  # atomic: a concurrent process sees the whole library or none
     return lib
 

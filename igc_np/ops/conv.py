@@ -305,6 +305,8 @@ def conv2d(x, W, b=None, stride=1, padding=0, groups=1):
     stride, padding = pair(stride, "conv2d", "stride"), pair(padding, "conv2d", "padding")
     if x.dtype != W.dtype:
         raise ValueError(f"conv2d: input dtype {x.dtype} != weight dtype {W.dtype}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"conv2d: input and weight must be floating point, got dtype {x.dtype}")
     check_conv_args(x.shape, W.shape, stride, padding, groups)
     y = Conv2d(stride, padding, int(groups)).apply(x, W)
     if b is not None:

@@ -72,8 +72,12 @@ def interleaved_secondary(x, W2, L):
     if x.ndim != 4:
         raise ValueError(f"interleaved_secondary: input must be 4-D (N, C, H, W), got shape {x.shape}")
     C = x.shape[1]
-    if C % L:
-        raise ValueError(f"interleaved_secondary: C={C} is not divisible by L={L}")
+    if not isinstance(L, (int, np.integer)) or L < 1 or C % L:
+        raise ValueError(f"interleaved_secondary: L={L!r} must be a positive divisor of C={C} "
+                         f"(input shape {x.shape})")
+    if x.dtype != W2.dtype or x.dtype.kind != "f":
+        raise ValueError(f"interleaved_secondary: input dtype {x.dtype} and weight dtype {W2.dtype} "
+                         "must be the same floating-point type")
     if tuple(W2.shape) != (C, L, 1, 1):
         raise ValueError(f"interleaved_secondary: weight shape {tuple(W2.shape)} != (C, L, 1, 1) = "
                          f"({C}, {L}, 1, 1) for input shape {x.shape}")

@@ -21,7 +21,7 @@ def sum_to(xp, g, shape):
 def check_binary(op, a, b):
     """Operands must broadcast and, when both are floating point, share a dtype (float32 training
     must not silently become float64 because one operand was)."""
-    if a.dtype != b.dtype and a.dtype.kind == "f" and b.dtype.kind == "f":
+    if a.dtype != b.dtype and "f" in (a.dtype.kind, b.dtype.kind):
         raise ValueError(f"{op}: operand dtypes differ, {a.dtype} (shape {a.shape}) and {b.dtype} "
                          f"(shape {b.shape}); make them the same")
     try:

@@ -52,8 +52,8 @@ class BatchNorm(Function):
             xc = x - _channel(mean)
             var = (xc * xc).mean(axis=axes)
             self._update_running(mean, var)
-        else:
-            mean, var = self.running_mean, self.running_var
+        else:  # the running statistics may be kept in another precision than x
+            mean, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
             xc = x - _channel(mean)
         self.invstd = 1.0 / xp.sqrt(var + self.eps)
         self.xhat = xc * _channel(self.invstd)
@@ -140,6 +140,12 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
     if x.ndim != 4:
         raise ValueError(f"batch_norm: input must be 4-D (N, C, H, W), got shape {x.shape}")
     C = x.shape[1]
+    if x.dtype.kind != "f":
+        raise ValueError(f"batch_norm: input must be floating point, got dtype {x.dtype}")
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        if v.dtype != x.dtype:
+            raise ValueError(f"batch_norm: {name} dtype {v.dtype} != input dtype {x.dtype} "
+                             f"(input shape {x.shape})")
     for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if v is not None and tuple(v.shape) != (C,):

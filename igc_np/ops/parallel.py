@@ -100,11 +100,9 @@ def elementwise(fn, out, *arrays):
         fn(out, *arrays)
         return out
     axis = int(np.argmax(out.strides))
-    index = [slice(None)] * out.ndim
 
     def part(a, b):
-        index[axis] = slice(a, b)
-        sl = tuple(index)
+        sl = (slice(None),) * axis + (slice(a, b),)  # built per task: threads share no index
         fn(out[sl], *[x[sl] for x in arrays])
     run([lambda a=a, b=b: part(a, b) for a, b in split(out.shape[axis])])
     return out

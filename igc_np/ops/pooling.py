@@ -41,7 +41,8 @@ class MaxPool2d(_Pool):
         for t in range(kh * kw):
             v = _tap(xpad, t // kw, t % kw, Ho, Wo, self.stride)
             if y is None:
-                y, argmax = v.copy(), xp.zeros(v.shape, xp.int8)
+                # the winning tap's index: int8 is enough (and 4x smaller) up to 127 taps
+                y, argmax = v.copy(), xp.zeros(v.shape, xp.int8 if kh * kw <= 127 else xp.int32)
             else:
                 better = v > y  # ties keep the first tap, as a sequential scan would
                 y = xp.where(better, v, y)
