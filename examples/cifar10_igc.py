@@ -43,7 +43,8 @@ from igc_np.training import CheckpointError  # noqa: E402
 NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 
 # Options that depend on the data set. digits is tuned so that the run with no options reaches
-# >= 97% test accuracy in well under 2 minutes on 2 CPU cores (~25 s measured); the others are the reference's.
+# >= 97% test accuracy well inside 2 minutes on 2 CPU cores (~25 s measured); the others are the
+# reference's.
 DATASET_DEFAULTS = {
     "digits": dict(num_epochs=20, log_iters=10, checkpoint_every=5),
     "cifar10": dict(num_epochs=400, log_iters=50, checkpoint_every=10),
