@@ -1,0 +1,221 @@
+"""Device "cuda" end to end without a GPU: CuPy replaced by the stand-in of tests/fake_cupy.py.
+
+The stand-in's arrays refuse implicit conversion to NumPy and mixing with numpy.ndarray, as CuPy's
+do, and its RawModule runs our .cu kernels in the CPU emulator; so these tests catch the
+integration bugs of the GPU path (a NumPy-only call on a device array, a missing .get(), a wrong
+kernel argument type) on any machine with g++. The numbers must equal the CPU path's.
+"""
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import igc_np as ig
+from igc_np import functional as F
+
+import fake_cupy
+from test_devices import tiny_igc_net
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
+                                reason="the stand-in runs the kernels in the emulator, which needs g++")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def cp(monkeypatch):
+    """`import cupy` gives the stand-in for the duration of each test."""
+    return fake_cupy.install(monkeypatch)
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"standin_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- the stand-in itself ------------------------------------------------------------------------
+def test_standin_refuses_what_cupy_refuses(cp):
+    a = cp.asarray(np.arange(6.0).reshape(2, 3))
+    assert not isinstance(a, np.ndarray) and ig.backend.device_of(a) == "cuda"
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.ascontiguousarray(a)
+    for mixed in (lambda: a + np.ones(3), lambda: np.ones(3) * a, lambda: a.__setitem__(0, np.ones(3)),
+                  lambda: cp.maximum(a, np.zeros(3)), lambda: np.maximum(a, np.zeros(3))):
+        with pytest.raises(TypeError, match="numpy.ndarray"):
+            mixed()
+    # what CuPy allows: scalars, 0-d results, views that write through, explicit .get()
+    assert isinstance(a.sum(), cp.ndarray) and float(a.sum()) == 15.0 and int(a[1, 2]) == 5
+    b = cp.zeros((2, 3))
+    b[:, 1:][...] += 2.0 * a[:, :2]
+    np.testing.assert_array_equal(b.get(), [[0, 0, 2], [0, 6, 8]])
+    host = np.ones(2)
+    dev = cp.asarray(host)
+    dev += 1  # device memory is a copy
+    assert host[0] == 1 and isinstance(np.float32(2) * dev, cp.ndarray)
+
+
+def test_kernel_launch_checks_its_arguments(cp):
+    from igc_np.kernels import get_module
+    fn = get_module("permutation.cu", np.float32, "cuda").get_function("permute_channels")
+    x = cp.asarray(np.arange(8, dtype=np.float32).reshape(1, 4, 1, 2))
+    y = cp.empty_like(x)
+    i32 = np.int32
+    fn((1,), (32,), (x, y, i32(1), i32(4), i32(2), i32(2)))
+    np.testing.assert_array_equal(y.get().ravel(), [0, 1, 4, 5, 2, 3, 6, 7])
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        fn((1,), (32,), (x, y.get(), i32(1), i32(4), i32(2), i32(2)))
+    with pytest.raises(TypeError, match="int64"):  # a Python int goes to CuPy as a 64-bit int
+        fn((1,), (32,), (x, y, 1, i32(4), i32(2), i32(2)))
+
+
+# ---- (1) a whole network: forward, backward, SGD step ------------------------------------------
+def test_network_step_matches_cpu(cp):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 3, 9, 9)).astype(np.float32)
+    labels = np.array([0, 3, 4])
+    results = {}
+    before = fake_cupy.launches()
+    for dev in ("cpu", "cuda"):
+        net = tiny_igc_net().to(dev)
+        opt = ig.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(2):  # two steps: the second uses the momentum held on the device
+            opt.zero_grad()
+            loss = F.cross_entropy(net(ig.Tensor(x, device=dev)), labels)
+            loss.backward()
+            opt.step()
+        if dev == "cuda":
+            assert fake_cupy.launches() - before >= 2 * 7  # conv, interleaved: forward and backward
+            assert all(isinstance(p.data, cp.ndarray) and isinstance(p.grad, cp.ndarray)
+                       for p in net.parameters())
+            assert all(isinstance(v, cp.ndarray) for v in opt.velocity)
+        grads = {n: ig.backend.to_device(p.grad, "cpu") for n, p in net.named_parameters()}
+        results[dev] = loss.item(), grads, net.state_dict()
+    (l0, g0, s0), (l1, g1, s1) = results["cpu"], results["cuda"]
+    assert abs(l0 - l1) < 1e-5
+    for n in g0:
+        np.testing.assert_allclose(g1[n], g0[n], rtol=1e-4, atol=1e-5, err_msg=n)
+    for n in s0:
+        np.testing.assert_allclose(s1[n], s0[n], rtol=1e-4, atol=1e-5, err_msg=n)
+
+
+# ---- (2) gradient checks of every op on "cuda" ---------------------------------------------------
+def _t(rng, *shape):
+    return ig.Tensor(rng.standard_normal(shape), requires_grad=True).to("cuda")
+
+
+def test_gradcheck_conv_permutation_interleaved(cp):
+    rng = np.random.default_rng(2)
+    x, W, W2 = _t(rng, 2, 6, 5, 5), _t(rng, 6, 3, 3, 3), _t(rng, 6, 2, 1, 1)
+    assert ig.gradcheck(lambda x, W: F.conv2d(x, W, stride=2, padding=1, groups=2), [x, W])
+    assert ig.gradcheck(lambda x, W: F.conv2d(x, W, stride=1, padding=1, groups=2), [x, W])
+    assert ig.gradcheck(lambda x: F.permute_channels(x, 3), [x])
+    assert ig.gradcheck(lambda x, W2: F.interleaved_secondary(x, W2, 2), [x, W2])
+
+
+def test_gradcheck_batch_norm_pooling_linear_loss(cp):
+    rng = np.random.default_rng(3)
+    x, gamma, beta = _t(rng, 3, 4, 5, 5), _t(rng, 4), _t(rng, 4)
+    mean, var = cp.zeros(4), cp.ones(4)
+    assert ig.gradcheck(lambda x, g, b: F.batch_norm(x, g, b, mean, var, training=True), [x, gamma, beta])
+    assert isinstance(mean, cp.ndarray) and float(abs(mean).sum()) > 0  # updated in place, on the device
+    assert ig.gradcheck(lambda x, g, b: F.batch_norm(x, g, b, mean, var, training=False), [x, gamma, beta])
+    assert ig.gradcheck(lambda x: F.max_pool2d(x, 3, 2, 1), [x])
+    assert ig.gradcheck(lambda x: F.avg_pool2d(x, 3, 2, 1), [x])
+    assert ig.gradcheck(lambda x: F.relu(F.global_avg_pool2d(x)), [x])
+    h, Wl, bl = _t(rng, 4, 6), _t(rng, 3, 6), _t(rng, 3)
+    assert ig.gradcheck(lambda h, W, b: F.linear(h, W, b), [h, Wl, bl])
+    assert ig.gradcheck(lambda h, W: F.linear(h, W), [h, Wl])
+    labels = np.array([0, 2, 1, 2])
+    assert ig.gradcheck(lambda h: F.cross_entropy(h, labels), [h])
+    assert ig.gradcheck(lambda h: F.cross_entropy(h, ig.Tensor(labels, device="cuda")), [h])
+
+
+def test_gradcheck_tensor_arithmetic(cp):
+    rng = np.random.default_rng(4)
+    a, b, c = _t(rng, 3, 4), _t(rng, 4), _t(rng, 4, 2)
+    assert ig.gradcheck(lambda a, b: (a + b) * a - b / (a * a + 1.0), [a, b])
+    assert ig.gradcheck(lambda a: (a * a + 1.0).log() + (-a).exp() + a ** 3, [a])
+    assert ig.gradcheck(lambda a, c: (a @ c).sum(axis=0) + a.mean(axis=1, keepdims=True).T.reshape(3).sum(), [a, c])
+    assert ig.gradcheck(lambda a: 2.0 - a.transpose(1, 0) + np.float64(0.5) * a.T, [a])
+
+
+def test_four_branch_form_on_cuda(cp):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 4, 5, 5))
+    W = rng.standard_normal((6, 4, 3, 3))
+    from igc_np import igc
+    y = igc.four_branch_conv(ig.Tensor(x, device="cuda"), W, 2)
+    assert isinstance(y.data, cp.ndarray)
+    np.testing.assert_allclose(y.numpy(), F.conv2d(ig.Tensor(x), ig.Tensor(W), padding=1).numpy(),
+                               rtol=1e-10, atol=1e-10)
+
+
+# ---- (3) state on and off the device -------------------------------------------------------------
+def test_state_dict_round_trip_on_cuda(cp):
+    net = tiny_igc_net().to("cuda")
+    net(ig.Tensor(np.ones((2, 3, 9, 9), np.float32), device="cuda"))  # moves the BN statistics
+    state = net.state_dict()
+    assert state and all(type(v) is np.ndarray for v in state.values())
+    other = tiny_igc_net().to("cuda")
+    other.load_state_dict({k: v + 1 for k, v in state.items()})
+    for _, m, key in other.named_buffers():
+        assert isinstance(getattr(m, key), cp.ndarray)
+    assert all(isinstance(p.data, cp.ndarray) for p in other.parameters())
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, state[k] + 1, err_msg=k)
+    back = other.to("cpu").state_dict()
+    assert all(np.array_equal(back[k], state[k] + 1) for k in state)
+    opt = ig.optim.SGD(net.parameters(), lr=0.1)
+    F.cross_entropy(net(ig.Tensor(np.ones((2, 3, 9, 9), np.float32), device="cuda")), np.array([1, 2])).backward()
+    opt.step()
+    saved = opt.state_dict()
+    opt2 = ig.optim.SGD(net.parameters(), lr=0.5)
+    opt2.load_state_dict(saved)
+    assert all(isinstance(v, cp.ndarray) for v in opt2.velocity)
+    for a, b in zip(opt.velocity, opt2.velocity):
+        np.testing.assert_array_equal(a.get(), b.get())
+
+
+# ---- (4) the trainer and the evaluator --------------------------------------------------------------
+def test_trainer_and_evaluator_on_cuda(cp, tmp_path, capsys):
+    trainer, evaluator = _load("cifar10_igc"), _load("evaluate")
+    for dev in ("cuda", "cpu"):
+        assert trainer.main(["--device", dev, "--dataset", "digits", "--subset", "128",
+                             "--num-epochs", "1", "--output-dir", str(tmp_path / dev)]) == 0
+    ckpt = tmp_path / "cuda" / "model-0001.npz"
+    assert ckpt.is_file() and (tmp_path / "cuda" / "log.jsonl").is_file()
+    with np.load(ckpt) as z_cuda, np.load(tmp_path / "cpu" / "model-0001.npz") as z_cpu:
+        keys = [k for k in z_cpu.files if k.startswith(("model/", "optimizer/"))]
+        assert keys and sorted(keys) == sorted(k for k in z_cuda.files if k.startswith(("model/", "optimizer/")))
+        for k in keys:  # one epoch of training on "cuda" ends where the CPU's does
+            np.testing.assert_allclose(z_cuda[k], z_cpu[k], rtol=1e-3, atol=1e-5, err_msg=k)
+    assert evaluator.main(["--checkpoint", str(ckpt), "--device", "cuda"]) == 0
+    assert evaluator.main(["--checkpoint", str(ckpt), "--device", "cuda", "--gpus", "0"]) == 0
+    text = capsys.readouterr().out
+    cuda_line = [line for line in text.splitlines() if line.startswith("Test digits")][-1]
+    assert evaluator.main(["--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    cpu_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Test digits")][-1]
+    assert cuda_line == cpu_line  # same loss and accuracy to the printed digits
+
+
+# ---- (5) a network of the zoo ---------------------------------------------------------------------
+def test_resnet_igc_forward_backward_on_cuda(cp):
+    x = np.random.default_rng(5).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3])
+    losses, grads = {}, {}
+    for dev in ("cpu", "cuda"):
+        net = ig.nets.get_network("resnet_igc", 8, num_classes=4, primary_partition=2,
+                                  secondary_partition=2, rng=0).to(dev)
+        loss = F.cross_entropy(net(ig.Tensor(x, device=dev)), labels)
+        loss.backward()
+        losses[dev] = loss.item()
+        grads[dev] = {n: p.numpy() if p.grad is None else ig.backend.to_device(p.grad, "cpu")
+                      for n, p in net.named_parameters()}
+    assert abs(losses["cpu"] - losses["cuda"]) < 1e-5
+    for n in grads["cpu"]:
+        np.testing.assert_allclose(grads["cuda"][n], grads["cpu"][n], rtol=1e-4, atol=1e-5, err_msg=n)
