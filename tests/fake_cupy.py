@@ -21,6 +21,7 @@ it enforces CuPy's rules that a NumPy-only code path breaks:
 import operator
 import re
 import sys
+import time
 import types
 
 import numpy as np
@@ -265,8 +266,24 @@ class _Device:
         _Device.current = self._previous
 
 
-_runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
-cupy.cuda = types.SimpleNamespace(runtime=_runtime, Device=_Device)
+class _Event:
+    """cupy.cuda.Event: record() notes the (CPU) time; every launch has finished by then."""
+    time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, stop):
+    return (stop.time - start.time) * 1e3
+
+
+_runtime = types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                 getDeviceProperties=lambda i: {"name": b"fake_cupy (CPU emulator)"})
+cupy.cuda = types.SimpleNamespace(runtime=_runtime, Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms)
 
 
 # ---- RawModule, run by the CPU emulator ----
