@@ -172,8 +172,9 @@ def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, repeat):
     rng = np.random.default_rng(0)
     S = M
     x_h = rng.standard_normal((N, C, HW, HW)).astype(dtype)
-    W_h = rng.standard_normal((C, C // L, 3, 3)).astype(dtype) * np.sqrt(2 / (9 * C // L))
-    W2_h = rng.standard_normal((C, C // S, 1, 1)).astype(dtype) * np.sqrt(2 / (C // S))
+    # scale first, cast last: a NumPy float64 scalar would promote a float32 array to float64
+    W_h = (rng.standard_normal((C, C // L, 3, 3)) * np.sqrt(2 / (9 * C // L))).astype(dtype)
+    W2_h = (rng.standard_normal((C, C // S, 1, 1)) * np.sqrt(2 / (C // S))).astype(dtype)
     gy_h = rng.standard_normal((N, C, HW, HW)).astype(dtype)
     x, W, W2, gy = (cupy.asarray(a) for a in (x_h, W_h, W2_h, gy_h))
     st, pad = (1, 1), (1, 1)

@@ -109,7 +109,7 @@ class Module:
         for n, (kind, target) in targets.items():
             if n not in state:
                 continue
-            value = np.asarray(state[n])
+            value = backend.to_device(state[n], "cpu")  # numpy, or a device array
             current = target.data if kind == "param" else getattr(*target)
             if value.shape != current.shape:
                 raise ValueError(f"load_state_dict: {n}: shape {value.shape} in the state != "

@@ -53,7 +53,7 @@ class SGD:
                 raise KeyError(f"SGD.load_state_dict: no {key}: the state has "
                                f"{sum(k.startswith('velocity_') for k in state)} velocities, the optimizer "
                                f"{len(self.params)} parameters")
-            v = np.asarray(state[key])
+            v = backend.to_device(state[key], "cpu")
             if v.size == 0:
                 self.velocity[i] = None
             elif v.shape != p.shape:

@@ -182,9 +182,6 @@ def test_state_dict_round_trip_on_cuda(cp):
         np.testing.assert_array_equal(a.get(), b.get())
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "igc_np/nn.py:112 (and optim.py:60) read the given state with np.asarray, which a CuPy array "
-    "refuses: a state dict of device arrays cannot be loaded"))
 def test_load_state_dict_accepts_device_arrays(cp):
     a, b = ig.nn.Linear(3, 2, rng=np.random.default_rng(0)).to("cuda"), ig.nn.Linear(3, 2).to("cuda")
     b.load_state_dict({n: p.data for n, p in a.named_parameters()})
@@ -247,9 +244,5 @@ def test_gpu_benchmark_runs_on_cuda(cp, bench, capsys):
     assert out.startswith("GPU: fake_cupy") and out.count("secondary bwd-weight") == 2
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "benchmarks/bench_gpu.py:182-183: astype(dtype) * np.sqrt(...) multiplies by a NumPy float64 "
-    "scalar, which NumPy 2 promotes to float64: the float32 default fails with 'W has dtype float64 "
-    "but x has float32'"))
 def test_gpu_benchmark_default_float32(cp, bench):
     bench.main(["--batch", "2", "--repeat", "2"])
