@@ -52,7 +52,10 @@ def cuda_available():
 
 
 def check_device(device):
-    """Normalise a device name ('cpu', 'cuda', 'cuda:1', 'emu') and validate it."""
+    """Normalise a device name ('cpu', 'cuda', 'cuda:1', 'emu') and validate it.
+
+    'cuda:k' is read as 'cuda': arrays go to CuPy's *current* GPU; pick it with
+    ``cupy.cuda.Device(k).use()`` (the trainer's --gpus does this)."""
     if not isinstance(device, str):
         raise ValueError(f"device must be a string among {DEVICES}, got {device!r}")
     base = device.split(":")[0]
