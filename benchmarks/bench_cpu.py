@@ -74,15 +74,16 @@ def torch_resnet_igc(torch, depth, L, M, num_classes=10):
             n, c, h, w = z.shape
             return z.reshape(n, self.b, c // self.b, h, w).transpose(1, 2).reshape(n, c, h, w)
 
-    def igc(cin, cout, stride):
+    def igc(cin, cout, stride, S):
         return tnn.Sequential(tnn.Conv2d(cin, cout, 3, stride, 1, groups=L, bias=False), Permute(L),
-                              tnn.Conv2d(cout, cout, 1, groups=cout // L, bias=False), Permute(cout // L),
+                              tnn.Conv2d(cout, cout, 1, groups=S, bias=False), Permute(S),
                               tnn.BatchNorm2d(cout, eps=2e-5, momentum=0.1))
 
     class Block(tnn.Module):
         def __init__(self, cin, cout, stride):
             super().__init__()
-            self.a, self.b = igc(cin, cout, stride), igc(cout, cout, 1)
+            # IGC_SPEC section 2: the first IGC conv has S = C_in/L secondary groups, the second C_out/L
+            self.a, self.b = igc(cin, cout, stride, cin // L), igc(cout, cout, 1, cout // L)
             self.short = None if cin == cout and stride == 1 else tnn.Sequential(
                 tnn.Conv2d(cin, cout, 1, stride, groups=L, bias=False), tnn.BatchNorm2d(cout, eps=2e-5))
 
@@ -169,11 +170,16 @@ def main(argv=None):
             cl = median_ms(torch_igc_step(torch, C, L, M, H, True), reps)
             print(f"  C={C:3d} L={L} M={M} {H:2d}x{H:<2d}                      {ours:8.1f}  {nchw:9.1f}  "
                   f"{cl:8.1f}   {nchw / ours:5.2f}x  {cl / ours:5.2f}x")
+    # the two networks must be the same network, or the comparison means nothing
+    n_ours = ig.nets.count_params(ig.nets.get_network("resnet_igc", 20, 10, 24, 2))
+    n_torch = sum(p.numel() for p in torch_resnet_igc(torch, 20, 24, 2).parameters())
+    if n_ours != n_torch:
+        sys.exit(f"bench_cpu.py: the PyTorch reference has {n_torch} parameters, igc_np's {n_ours}")
     steps = 3 if args.quick else 5
     ours = median_ms(igc_np_train_step(), steps)
     nchw = median_ms(torch_train_step(torch, False), steps)
     cl = median_ms(torch_train_step(torch, True), steps)
-    print("\nresnet_igc-20 IGC-L24M2 training step, batch 64   images/s")
+    print(f"\nresnet_igc-20 IGC-L24M2 ({n_ours:,} parameters in both) training step, batch 64   images/s")
     print(f"  igc_np                 {BATCH / ours * 1e3:7.1f}")
     print(f"  PyTorch NCHW           {BATCH / nchw * 1e3:7.1f}   igc_np is {nchw / ours:.2f}x")
     print(f"  PyTorch channels_last  {BATCH / cl * 1e3:7.1f}   igc_np is {cl / ours:.2f}x")
