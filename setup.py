@@ -13,7 +13,8 @@ setup(
     packages=find_packages(include=["igc_np", "igc_np.*"]),
     package_data={"igc_np": ["kernels/*.cu", "kernels/*.cuh", "emu/*.h"]},
     python_requires=">=3.10",
-    install_requires=["numpy>=1.24"],
+    # threadpoolctl: BLAS is held to one thread inside our own threaded regions (ops/parallel.py)
+    install_requires=["numpy>=1.24", "threadpoolctl>=3.1"],
     extras_require={
         # the teaching trainer: embedded digits data set, curves, progress bar, SVHN .mat files
         "examples": EXAMPLES,

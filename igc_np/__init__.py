@@ -10,9 +10,7 @@ from .autograd import Function, Tensor, no_grad, is_grad_enabled
 from .ops import math as _math  # noqa: F401  (attaches +, *, reshape, ... to Tensor)
 from . import functional, nn, optim
 from .gradcheck import gradcheck
-from .backend import cuda_available, keep_freed_memory
-
-keep_freed_memory()
+from .backend import cuda_available
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",

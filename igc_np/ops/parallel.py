@@ -13,9 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import backend
+
 THREADS = max(1, int(os.environ.get("IGC_NP_THREADS", os.cpu_count() or 1)))
 _pool = None
 _blas = None
+_started = False
 
 
 def _single_threaded_blas():
@@ -34,7 +37,10 @@ def _single_threaded_blas():
 
 def run(tasks):
     """Run callables (no arguments) on the thread pool and wait; re-raise the first error."""
-    global _pool
+    global _pool, _started
+    if not _started:  # the CPU engine's first real work: tune the allocator once (see backend)
+        _started = True
+        backend.keep_freed_memory()
     if THREADS == 1 or len(tasks) == 1:
         for task in tasks:
             task()
