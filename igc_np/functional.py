@@ -8,7 +8,7 @@ from .ops.activation import relu
 from .ops.conv import conv2d
 from .ops.interleaved import interleaved_secondary
 from .ops.linear import linear
-from .ops.loss import cross_entropy, log_softmax as _log_softmax
+from .ops.loss import cross_entropy
 from .ops.normalization import batch_norm
 from .ops.permutation import permute_channels
 from .ops.pooling import avg_pool2d, global_avg_pool2d, max_pool2d

@@ -315,7 +315,7 @@ class IGCConv(Module):
                              f"one of {_common_divisors(in_channels, out_channels)}")
         if out_channels % S:
             raise ValueError(f"IGCConv {name or ''}: out_channels={out_channels} must be divisible by "
-                             f"S={S} secondary partitions; S could be one of {_common_divisors(out_channels, out_channels)}")
+                             f"S={S} secondary partitions; S could be one of {[d for d in range(1, out_channels + 1) if out_channels % d == 0]}")
         self.L, self.S, self.name = L, S, name
         self.in_channels, self.out_channels = in_channels, out_channels
         self.primary = Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=L,

@@ -6,11 +6,9 @@ miniature CIFAR written here in the official binary layout.
 """
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -187,7 +187,7 @@ def _backward_data_chwn(gyc, W, x_shape_chwn, stride, padding, groups):
     Co, Ho, Wo, N = gyc.shape
     _, Cg, kh, kw = W.shape
     C, H, Wd, _ = x_shape_chwn
-    (sh, sw), (ph, pw) = stride, padding
+    ph, pw = padding
     Wt = W.reshape(groups, Co // groups, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
     Wt = np.ascontiguousarray(Wt).reshape(C, Co // groups, kh, kw)
     gyp = pad_chwn(gyc, kh - 1 - ph, H - Ho + ph, kw - 1 - pw, Wd - Wo + pw)
