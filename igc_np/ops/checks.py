@@ -27,3 +27,16 @@ def divisors(n):
 def output_size(size, k, stride, pad):
     """Output length of a window of k taps moved by `stride` over `size` + 2*`pad` values."""
     return (size + 2 * pad - k) // stride + 1
+
+
+def check_nonempty(op, name, shape):
+    """Refuse an array with a zero-length axis (an N=0 batch, C=0 channels) before any op runs on it."""
+    if 0 in tuple(shape):
+        raise ValueError(f"{op}: {name} has an empty axis, shape {tuple(shape)} (an N=0 batch or a "
+                         "zero-size dimension)")
+
+
+def check_float(op, name, dtype):
+    """Refuse integer and boolean arrays: gradients need floating point, and int sums overflow."""
+    if dtype.kind != "f":
+        raise ValueError(f"{op}: {name} must be floating point (float32 or float64), got dtype {dtype}")

@@ -15,7 +15,7 @@ import numpy as np
 from ..autograd import Function
 from ..kernels import ops as kernel_ops
 from . import cpu_conv, reference
-from .checks import output_size, pair
+from .checks import check_nonempty, output_size, pair
 
 
 def check_conv_args(x_shape, W_shape, stride, padding, groups, op="conv2d"):
@@ -26,6 +26,10 @@ def check_conv_args(x_shape, W_shape, stride, padding, groups, op="conv2d"):
         raise ValueError(f"{op}: weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {tuple(W_shape)}")
     N, C, H, W = x_shape
     Co, Cg, kh, kw = W_shape
+    check_nonempty(op, "input", x_shape)
+    if min(W_shape) < 1:
+        raise ValueError(f"{op}: weight shape {tuple(W_shape)} has a zero-size axis (a 0x0 kernel or "
+                         "no output channels)")
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     if C % groups:
@@ -40,6 +44,11 @@ def check_conv_args(x_shape, W_shape, stride, padding, groups, op="conv2d"):
     (sh, sw), (ph, pw) = stride, padding
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError(f"{op}: stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    if ph > kh or pw > kw:
+        # padding k - 1 already makes border outputs that see one real row; beyond k an output
+        # sees padding only: a mistake (and, for a large value, a huge allocation)
+        raise ValueError(f"{op}: padding {padding} is larger than the kernel {kh}x{kw} "
+                         f"(input shape {tuple(x_shape)}, weight shape {tuple(W_shape)})")
     Ho, Wo = output_size(H, kh, sh, ph), output_size(W, kw, sw, pw)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: kernel {kh}x{kw} does not fit input {H}x{W} with padding {padding}")

@@ -13,8 +13,10 @@ CPU, and the gpu tier, run the whole-array xp code below.
 """
 import numpy as np
 
-from ..autograd import Function
+from .. import backend
+from ..autograd import Function, Tensor
 from . import parallel, reference
+from .checks import check_nonempty
 from .layout import from_rows, rows
 
 SLAB_BYTES = 1 << 20  # channels processed together: stays in cache (measured best of 64 KiB..4 MiB)
@@ -149,15 +151,32 @@ class BatchNormFunction(Function):
         return gx, ggamma, gbeta
 
 
+def _check_running(name, v, x):
+    """A running statistic must be a floating (C,) array on x's device, updated in place."""
+    if isinstance(v, Tensor) or not (hasattr(v, "dtype") and hasattr(v, "shape")):
+        raise TypeError(f"batch_norm: {name} must be a numpy/cupy array (a Module buffer), got "
+                        f"{type(v).__name__}")
+    if v.dtype.kind != "f":
+        raise ValueError(f"batch_norm: {name} must be floating point, got dtype {v.dtype} (shape "
+                         f"{tuple(v.shape)}); integer statistics would truncate every update")
+    if (backend.device_of(v) == "cuda") != (x.device == "cuda"):
+        raise ValueError(f"batch_norm: {name} is a {type(v).__module__} array but the input is on "
+                         f"{x.device!r}; move the module with .to(device)")
+
+
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True,
                momentum=0.9, eps=2e-5):
     """x (N, C, H, W); gamma, beta (C,) Tensors; running_mean/var (C,) arrays updated in place
     in training mode and used in evaluation mode."""
     if x.ndim != 4:
         raise ValueError(f"batch_norm: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    check_nonempty("batch_norm", "input", x.shape)
     C = x.shape[1]
     if x.dtype.kind != "f":
         raise ValueError(f"batch_norm: input must be floating point, got dtype {x.dtype}")
+    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        if v is not None:
+            _check_running(name, v, x)
     for name, v in (("gamma", gamma), ("beta", beta)):
         if v.dtype != x.dtype:
             raise ValueError(f"batch_norm: {name} dtype {v.dtype} != input dtype {x.dtype} "
