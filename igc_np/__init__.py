@@ -8,6 +8,8 @@
 from . import ops  # noqa: F401
 from .autograd import Function, Tensor, no_grad, is_grad_enabled
 from .ops import math as _math  # noqa: F401  (attaches +, *, reshape, ... to Tensor)
+from .ops import indexing as _indexing  # noqa: F401  (attaches x[key] to Tensor)
+from .random import manual_seed
 from . import functional, nn, optim
 from .gradcheck import gradcheck
 from .backend import cuda_available
@@ -15,6 +17,7 @@ from .backend import cuda_available
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",
            "gradcheck", "cuda_available"]
+__all__ += ["manual_seed"]
 
 
 def __getattr__(name):
