@@ -138,7 +138,10 @@ class Tensor:
 
     def __repr__(self):
         flag = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor(shape={self.shape}, dtype={self.dtype}, device='{self.device}'{flag})"
+        if self.data.size > _REPR_MAX_ELEMENTS:  # a big (maybe GPU) array: no copy just to print it
+            return f"Tensor(shape={self.shape}, dtype={self.dtype}, device='{self.device}'{flag})"
+        values = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
+        return f"Tensor({values}, dtype={self.dtype}, device='{self.device}'{flag})"
 
     def numpy(self):
         """The data as a NumPy array (copied from the GPU if needed)."""
@@ -216,6 +219,9 @@ class Tensor:
                     pending[key] = gx if key not in pending else pending[key] + gx
 
     # Arithmetic operators (+, *, reshape, sum, ...) are attached in ops/math.py.
+
+
+_REPR_MAX_ELEMENTS = 1000  # NumPy's own summarisation threshold
 
 
 class _Size(int):

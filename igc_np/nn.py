@@ -96,7 +96,7 @@ class Module:
 
     def apply(self, fn):
         """fn(m) for every sub-module, children before parents (as PyTorch); returns self.
-        E.g. ``net.apply(lambda m: isinstance(m, nn.Linear) and m.bias.data.fill(0))``."""
+        E.g. ``net.apply(my_init)`` to re-initialise every layer that my_init recognises."""
         for m in reversed(list(self.modules())):
             fn(m)
         return self
@@ -433,7 +433,7 @@ class Sequential(Module):
 
     def __getitem__(self, i):
         layers = list(self._modules.values())
-        return type(self)(*layers[i]) if isinstance(i, slice) else layers[i]
+        return Sequential(*layers[i]) if isinstance(i, slice) else layers[i]
 
     def forward(self, x):
         for layer in self._modules.values():

@@ -66,6 +66,7 @@ def test_repeated_indices_accumulate_and_common_keys_work():
     idx = ig.Tensor(np.array([2, 1]))  # an index Tensor works as its array
     np.testing.assert_array_equal(x[idx].data, x.data[[2, 1]])
     assert [row.shape for row in x] == [(4,)] * 3  # iteration yields rows in the graph
+    assert x[[]].shape == (0, 4) and x[[0, 2], [1, 1]].shape == (2,)  # lists index as arrays
 
 
 def test_indexing_errors_name_the_shape():
@@ -191,6 +192,13 @@ def test_numpy_functions_refuse_tensors_and_operators_defer():
     assert isinstance(y, ig.Tensor)
     y.sum().backward()
     np.testing.assert_array_equal(x.grad, [4.0, 5.0])
+
+
+def test_repr_shows_small_values_and_summarises_big_tensors():
+    t = ig.Tensor(np.arange(4.0).reshape(2, 2), requires_grad=True)
+    assert repr(t) == ("Tensor([[0., 1.],\n        [2., 3.]], dtype=float64, device='cpu', "
+                       "requires_grad=True)")
+    assert repr(ig.Tensor(np.zeros((40, 40), np.float32))) == "Tensor(shape=(40, 40), dtype=float32, device='cpu')"
 
 
 def test_size_is_numpys_count_and_callable_as_pytorchs():

@@ -18,7 +18,7 @@ def _unwrap(key):
     if isinstance(key, Tensor):
         return key.data
     if isinstance(key, list):  # [0, 2] and [True, False] index as arrays, as in NumPy
-        return np.asarray(key)
+        return np.asarray(key) if key else np.zeros(0, np.intp)
     return key
 
 
