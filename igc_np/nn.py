@@ -483,6 +483,9 @@ class ModuleDict(Module):
     def __setitem__(self, key, module):
         if not isinstance(key, str) or not isinstance(module, Module):
             raise TypeError(f"ModuleDict[{key!r}]: expected a str key and a Module, got {type(module).__name__}")
+        if hasattr(ModuleDict, key) or key.startswith("_") or key in ("training", "device"):
+            raise KeyError(f"ModuleDict[{key!r}]: the key would hide the attribute {key!r} of every "
+                           "Module; choose another name")
         setattr(self, key, module)
 
     def __getitem__(self, key):
@@ -556,7 +559,7 @@ class IGCConv(Module):
     """
 
     def __init__(self, in_channels, out_channels, L, S, kernel_size=3, stride=1, name=None, rng=None):
-        check_layer_args("IGCConv", name, in_channels=in_channels, out_channels=out_channels, L=L, S=S, kernel_size=kernel_size, stride=stride)  # noqa: E501
+        check_layer_args("IGCConv", name, in_channels=in_channels, out_channels=out_channels, L=L, S=S, kernel_size=kernel_size, stride=stride)
         super().__init__()
         if in_channels % L or out_channels % L:
             raise ValueError(f"IGCConv {name or ''}: in_channels={in_channels} and out_channels="

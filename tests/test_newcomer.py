@@ -369,6 +369,8 @@ def test_moduledict_and_parameterlist():
     assert len(ps) == 2 and [n for n, _ in ps.named_parameters()] == ["0", "1"] and ps[1].shape == (3,)
     with pytest.raises(TypeError, match="expected a str key and a Module"):
         heads["c"] = 5
+    with pytest.raises(KeyError, match="would hide the attribute 'eval'"):
+        heads["eval"] = nn.ReLU()
 
 
 def test_traversal_children_modules_apply_and_reassignment():

@@ -333,7 +333,7 @@ Tensor.reshape = _reshape
 Tensor.flatten = lambda a, start_dim=1: Reshape(a.shape[:start_dim] + (-1,)).apply(a)
 Tensor.transpose = _transpose
 Tensor.T = property(lambda a: Transpose(tuple(reversed(range(a.ndim)))).apply(a))
-Tensor.view = _reshape  # no views here: a new array when NumPy must copy, gradients either way
+Tensor.view = _reshape  # PyTorch's name; as reshape, it never fails on a non-contiguous input
 Tensor.squeeze = _squeeze
 Tensor.unsqueeze = _unsqueeze
 Tensor.sum = _sum
