@@ -17,7 +17,6 @@ from .backend import cuda_available
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",
            "gradcheck", "cuda_available"]
-__all__ += ["manual_seed"]
 
 
 def __getattr__(name):
@@ -26,3 +25,6 @@ def __getattr__(name):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'igc_np' has no attribute {name!r}")
+
+
+__all__ += ["manual_seed"]  # the default generator of layer initialisation and dropout (random.py)
