@@ -69,6 +69,20 @@ def test_repeated_indices_accumulate_and_common_keys_work():
     assert x[[]].shape == (0, 4) and x[[0, 2], [1, 1]].shape == (2,)  # lists index as arrays
 
 
+def test_scatter_add_without_add_at_counts_repeats():
+    """The fallback for an array module without add.at (older CuPy) sums repeated picks too."""
+    from types import SimpleNamespace
+    from igc_np.ops.indexing import scatter_add
+    old_cupy = SimpleNamespace(add=np.add.__call__, arange=np.arange, bincount=np.bincount, float64=np.float64)
+    key = (np.array([0, 0, 2, 0]), slice(1, 3))
+    gy = np.arange(8.0, dtype=np.float32).reshape(4, 2)
+    want, got = np.zeros((3, 4), np.float32), np.zeros((3, 4), np.float32)
+    np.add.at(want, key, gy)
+    scatter_add(old_cupy, got, key, gy)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
 def test_indexing_errors_name_the_shape():
     x = ig.Tensor(np.zeros((2, 3)))
     with pytest.raises(IndexError, match=r"Tensor\[5\] on shape \(2, 3\)"):

@@ -4,6 +4,7 @@ The forward pass is NumPy's (or CuPy's) own indexing, so every key NumPy accepts
 here. The backward pass scatters the output gradient into zeros of the input's shape. With an
 integer index array an element may be picked several times (``x[[0, 0, 1]]``); its gradient is then
 the *sum* over its picks, which ``add.at`` computes (a plain ``gx[key] += gy`` would keep only one).
+Basic keys (ints, slices, None, ...) never pick an element twice and take a plain assignment.
 """
 import numpy as np
 
@@ -47,8 +48,20 @@ class GetItem(Function):
         if _is_basic(self.key):
             gx[self.key] = gy
         else:
-            xp.add.at(gx, self.key, gy)
+            scatter_add(xp, gx, self.key, gy)
         return gx
+
+
+def scatter_add(xp, gx, key, gy):
+    """gx[key] += gy, every repeated pick counted (NumPy's add.at; CuPy >= 13 has it too)."""
+    at = getattr(xp.add, "at", None)
+    if at is not None:
+        at(gx, key, gy)
+        return
+    # an older CuPy: index an array of flat positions with the same key, then sum per position
+    pos = xp.arange(gx.size).reshape(gx.shape)[key]
+    sums = xp.bincount(pos.ravel(), weights=gy.ravel().astype(xp.float64), minlength=gx.size)
+    gx += sums.reshape(gx.shape).astype(gx.dtype)
 
 
 def _describe(key):
