@@ -236,6 +236,9 @@ class _Size(int):
     def __call__(self, dim=None):
         return tuple(self.shape) if dim is None else self.shape[dim]
 
+    def __reduce__(self):  # pickles (and deep-copies) as the plain int it is
+        return int, (int(self),)
+
 
 def _topological_order(root):
     """Functions reachable from `root`, each after every function that consumes its outputs.

@@ -3,6 +3,8 @@ dim=/keepdim=, max/argmax, comparisons, conversions, softmax, dropout, mse, manu
 
 Gradients are checked with ig.gradcheck in float64 on hypothesis-drawn shapes and keys.
 """
+import copy
+import pickle
 import warnings
 
 import numpy as np
@@ -220,6 +222,7 @@ def test_size_is_numpys_count_and_callable_as_pytorchs():
     assert t.size == 12 and isinstance(t.size, int) and t.size * 2 == 24  # NumPy
     assert t.size() == (3, 4) and t.size(1) == 4 and t.size(-2) == 3  # PyTorch
     assert t.numel() == 12 and t.dim() == 2 and t.shape == (3, 4)
+    assert pickle.loads(pickle.dumps(t.size)) == 12 and copy.deepcopy(t.size) == 12
 
 
 def test_view_reshape_transpose_squeeze():
