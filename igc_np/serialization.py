@@ -52,6 +52,15 @@ _NPY_MAGIC, _ZIP_MAGIC, _PICKLE_MAGIC = b"\x93NUMPY", b"PK\x03\x04", b"\x80"
 _ALLOWED_KINDS = set("biufcU")   # bool, ints, floats, complex, unicode text: no objects, no voids
 
 
+def _read_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class SerializationError(ValueError):
     """A file is not a readable, safe .npz archive; the message names the file (and member)."""
 
@@ -69,6 +78,8 @@ def atomic_write(path, mode="wb"):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError):  # mkstemp makes 0600; a result file is 0666 - umask
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

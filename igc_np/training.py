@@ -55,6 +55,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -849,6 +850,14 @@ class Run:
         self.elapsed_before = self.history[-1].get("elapsed", 0.0) if self.history else 0.0
         self.t_start = time.perf_counter()
         self.interrupt.__enter__()
+        # overflow in a diverging run: the NaN check says so in one line, without NumPy warnings
+        # (errstate is per thread; the engine's worker threads warn through the filters)
+        self._errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        self._errstate.__enter__()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
         return self
 
     def _refuse_earlier_run(self):
@@ -878,6 +887,8 @@ class Run:
                 "the latest, give another --output-dir, or pass --overwrite")
 
     def __exit__(self, exc_type, exc, tb):
+        self._warnings.__exit__(None, None, None)
+        self._errstate.__exit__(None, None, None)
         self.interrupt.__exit__()
         self._close_bar()
         self.lock.release()
