@@ -305,3 +305,76 @@ def test_metrics_top1_top5():
     m.update(0.5, logits, np.array([6, 5]))    # row 0: top-1 hit; row 1: 6th best, a miss
     m.update(1.5, logits, np.array([2, 4]))    # row 0: 5th best, a top-5 hit; row 1: 5th best
     assert (m.count, m.loss, m.top1, m.top5) == (4, 1.0, 0.25, 0.75)
+
+
+# ---- newcomer habits ---------------------------------------------------------------------------
+def test_dataset_alone_trains_the_reference_cifar_network_on_the_cpu():
+    o, ckpt = trainer.resolve_options(trainer.parse_args(["--dataset", "cifar10"]))
+    assert ckpt is None
+    assert (o["network"], o["depth"], o["primary_partition"], o["secondary_partition"]) == \
+        ("resnet_igc", 20, 24, 2)
+    assert o["device"] == "cpu" and o["num_epochs"] == 400 and o["lr_steps"] == [200, 300, 350]
+    assert o["output_dir"] == str(Path("runs") / "cifar10-resnet_igc20-L24M2")
+    o, _ = trainer.resolve_options(trainer.parse_args([]))  # the digits toy net stays the default
+    assert (o["dataset"], o["depth"], o["primary_partition"]) == ("digits", 8, 4)
+
+
+def test_pytorch_style_aliases_and_optimizer_options(tmp_path):
+    args = trainer.parse_args(["--epochs", "3", "--seed", "5", "--momentum", "0.5", "--wd", "0",
+                               "--weight-decay", "0.001"])
+    o, _ = trainer.resolve_options(args)
+    assert (o["num_epochs"], o["rand_seed"], o["momentum"], o["wd"]) == (3, 5, 0.5, 0.001)
+    status, out = run(tmp_path, "--epochs", "1", "--momentum", "0", "--wd", "0")
+    assert status == 0
+    stored = ig.training.load_checkpoint(out / "model-0001.npz")
+    assert (stored.args["momentum"], stored.args["wd"]) == (0, 0)
+    # momentum 0 keeps no velocities
+    assert all(v.size == 0 for k, v in stored.optimizer_state.items() if k.startswith("velocity"))
+
+
+def test_young_bn_statistics_are_recalibrated_for_the_test_pass_only(tmp_path):
+    """plain nets (BN momentum 0.99): after a few updates the running statistics are mostly their
+    initial values; the test pass recalibrates a copy, the training and its files are unchanged."""
+    common = ["--network", "plain_igc", "--depth", "5", "--num-epochs", "2", "--lr-steps", "1"]
+    assert run(tmp_path, *common, "--eval-bn", "running", name="running")[0] == 0
+    assert run(tmp_path, *common, name="auto")[0] == 0
+    running, auto = read_log(tmp_path / "running"), read_log(tmp_path / "auto")
+    assert [r["eval_bn"] for r in running] == ["running", "running"]
+    assert all(r["eval_bn"].startswith("precise (5 training batches") for r in auto)
+    assert [r["train_loss"] for r in running] == [r["train_loss"] for r in auto]
+    assert auto[-1]["test_loss"] < running[-1]["test_loss"]
+    assert_same_checkpoint(tmp_path / "running" / "model-0002.npz",
+                           tmp_path / "auto" / "model-0002.npz")
+    # the long-run protocol is the reference's: old statistics are used as they are
+    net = ig.nets.get_network("plain_igc", 5, primary_partition=2, secondary_partition=2)
+    assert ig.training.stale_statistics(net, 100) and not ig.training.stale_statistics(net, 1000)
+
+
+def test_curves_name_the_run_and_mark_the_lr_steps(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    figures, real_savefig = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    record = dict(train_loss=1.0, test_loss=1.0, train_top1=0.5, test_top1=0.5)
+    ig.training.plot_curves([dict(record, epoch=0)], tmp_path, title="my run")
+    ax = figures[-1].axes[0]
+    assert ax.get_title() == "my run" and list(ax.get_xticks()) == [0]  # one epoch: one tick
+    history = [dict(record, epoch=e) for e in range(4)]
+    ig.training.plot_curves(history, tmp_path, title="my run", lr_steps=[2, 3])
+    ax = figures[-1].axes[0]
+    steps = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in steps] == [1.5, 2.5]
+    assert "lr step" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "loss.png"]
+
+
+def test_metrics_stay_on_the_device_until_read():
+    m = ig.training.Metrics()
+    logits = ig.Tensor(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
+    m.update(ig.Tensor(np.float32(0.5)), logits, ig.Tensor(np.array([1, 1])))
+    assert m._pending is not None and not m._host.any()  # nothing brought to the host yet
+    assert (m.count, m.loss, m.top1) == (2, 0.5, 0.5) and m._pending is None
