@@ -127,7 +127,8 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------
-# The catalogue: file names, URLs, checksums and normalisation constants (IGC_SPEC.md section 4)
+# The catalogue: file names, URLs, checksums and normalisation constants
+# (the reference code's: docs/reference_protocol.md)
 # --------------------------------------------------------------------------------------------
 CIFAR = {
     "cifar10": dict(

@@ -365,7 +365,7 @@ def test_a_non_finite_model_is_never_written(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_byte_corruption_loads_the_original_or_raises_checkpoint_error(finished, tmp_path, data):
     """Flip, overwrite or cut bytes anywhere: the loader returns the exact values or refuses."""

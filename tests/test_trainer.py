@@ -378,3 +378,37 @@ def test_metrics_stay_on_the_device_until_read():
     m.update(ig.Tensor(np.float32(0.5)), logits, ig.Tensor(np.array([1, 1])))
     assert m._pending is not None and not m._host.any()  # nothing brought to the host yet
     assert (m.count, m.loss, m.top1) == (2, 0.5, 0.5) and m._pending is None
+
+
+# ---- examples/igc_anatomy.py ----------------------------------------------------------------
+anatomy = _load(ROOT / "examples" / "igc_anatomy.py", "igc_anatomy")
+
+
+def test_anatomy_takes_the_trainers_option_names(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    anatomy.main(["--primary-partition", "2", "--secondary-partition", "3", "--output-dir",
+                  str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "composition.png", "connectivity.png", "masks.png", "permutation.png", "widths.md"]
+    assert "Wider at equal parameters" in capsys.readouterr().out  # the table is printed
+    anatomy.main(["--L", "2", "--M", "2", "--out", str(tmp_path / "old")])  # the old names work
+    assert (tmp_path / "old" / "masks.png").is_file()
+
+
+@pytest.mark.parametrize("argv,needle", [(["--primary-partition", "0"], "--primary-partition must be in 1.."),
+                                         (["--M", "-1"], "--secondary-partition must be in 1.."),
+                                         (["--L", "100", "--M", "100"], "at most 512")])
+def test_anatomy_refuses_impossible_partitions(tmp_path, capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        anatomy.main(argv + ["--output-dir", str(tmp_path / "a")])
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_anatomy_palette_tells_100_partitions_apart():
+    pytest.importorskip("matplotlib")
+    for n in (4, 16, 100):
+        colours = np.array(anatomy.palette(n))
+        assert colours.shape == (n, 3) and len({tuple(np.round(c, 3)) for c in colours}) == n
+        # neighbouring partitions (adjacent blocks of the picture) differ clearly
+        assert np.abs(np.diff(colours, axis=0)).sum(axis=1).min() > 0.15
