@@ -47,9 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
 from igc_np import training  # noqa: E402
-from igc_np.data import DATASETS, DatasetError, DatasetNotFoundError, load_dataset  # noqa: E402
-from igc_np.training import (CheckpointError, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,  # noqa: E402
-                             NETWORKS, OptionError, RunFolderError)
+from igc_np.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
+from igc_np.training import CheckpointError, NETWORKS, OptionError  # noqa: E402
 
 # Options that depend on the data set. digits is tuned so that the run with no options reaches
 # >= 97% test accuracy well inside 2 minutes on 2 CPU cores; the others are the reference's, with
@@ -285,28 +284,12 @@ def main(argv=None):
     args = parse_args(argv)  # usage errors: argparse prints one line and exits with 2
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
-    try:
+
+    def body():
         opts, ckpt = resolve_options(args)
         return train(opts, ckpt, download=args.download, overwrite=args.overwrite)
-    except (OptionError, RunFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CheckpointError, DatasetError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
-        print("\ninterrupted: quit without saving (checkpoints already on disk are complete)",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except MemoryError:
-        print("error: out of memory; try a smaller --batch-size or network", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 - one line instead of a traceback, unless asked
-        if os.environ.get("IGC_NP_DEBUG"):
-            raise
-        print(f"error: unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 for the "
-              "traceback, and please report it)", file=sys.stderr)
-        return EXIT_ERROR
+    try:
+        return training.run_command(body)  # errors: one line, exit 1 or 2 (see --help)
     finally:
         sys.stdout, sys.stderr = saved
 

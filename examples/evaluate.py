@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
 from igc_np import training  # noqa: E402
-from igc_np.data import DATASETS, DatasetError, load_dataset  # noqa: E402
-from igc_np.training import CheckpointError, EXIT_ERROR, EXIT_USAGE  # noqa: E402
+from igc_np.data import DATASETS, load_dataset  # noqa: E402
+from igc_np.training import CheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,20 +51,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        return _evaluate(args)
-    except (CheckpointError, DatasetError, ImportError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except training.OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as e:  # noqa: BLE001 - one line instead of a traceback, unless asked
-        if os.environ.get("IGC_NP_DEBUG"):
-            raise
-        print(f"error: unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 for the "
-              "traceback)", file=sys.stderr)
-        return EXIT_ERROR
+    return training.run_command(lambda: _evaluate(args))  # errors: one line, exit 1 or 2
 
 
 def _evaluate(args):
@@ -89,9 +76,12 @@ def _evaluate(args):
               file=sys.stderr)
     ds = load_dataset(dataset, args.data_dir, download=args.download, subset=o.get("subset"))
     device = args.device or ("cuda" if args.gpus else "cpu")
-    ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
-    if device == "cuda" and args.gpus:
-        ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
+    try:
+        ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
+        if device == "cuda" and args.gpus:
+            ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
+    except (RuntimeError, ValueError) as e:
+        raise training.OptionError(f"--device {device} --gpus {args.gpus}: {e}") from None
     model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
                                 primary_partition=o["primary_partition"],
                                 secondary_partition=o["secondary_partition"])

@@ -64,7 +64,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor, no_grad
-from .data import DATASETS, iterate_batches
+from .data import DATASETS, DatasetError, iterate_batches
 from .serialization import SerializationError, atomic_write, read_npz, write_npz
 
 FORMAT = "igc_np.checkpoint/1"
@@ -74,7 +74,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 13
 __all__ = ["CheckpointError", "OptionError", "Checkpoint", "checkpoint_path", "save_checkpoint",
            "load_checkpoint", "restore", "check_options", "train_step", "TrainingData", "Metrics",
            "evaluate", "precise_bn_statistics", "JsonLinesLog", "plot_curves",
-           "GracefulInterrupt", "RunFolderError", "RunLock", "Run", "Stop"]
+           "GracefulInterrupt", "RunFolderError", "RunLock", "Run", "Stop", "run_command"]
 
 
 class CheckpointError(SerializationError):
@@ -1066,6 +1066,35 @@ class Run:
         if self.bar:
             self.bar.close()
             self.bar = None
+
+
+def run_command(body):
+    """``body()``'s exit status, with every error as one line on stderr instead of a traceback.
+
+    Option and folder errors exit 2 (usage), data/checkpoint errors 1, a second Ctrl-C 130.
+    Anything unexpected is one line too, unless IGC_NP_DEBUG is set (then it is re-raised).
+    """
+    try:
+        return body()
+    except (OptionError, RunFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CheckpointError, DatasetError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
+        print("\ninterrupted: quit without saving (checkpoints already on disk are complete)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or network", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - one line instead of a traceback, unless asked
+        if os.environ.get("IGC_NP_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _isatty(stream):

@@ -193,7 +193,11 @@ def test_ctrl_c_during_the_test_pass_saves_the_finished_epoch(tmp_path, monkeypa
     assert not (out / "model-interrupted.npz").exists()
 
 
-def test_ctrl_c_in_a_real_process_exits_130_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum,status,name", [(signal.SIGINT, 130, "Ctrl-C"),
+                                                (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_in_a_real_process_saves_and_exits(tmp_path, signum, status, name):
+    """Ctrl-C, and SIGTERM (what batch schedulers send): finish the batch, save, print the
+    resume command, release the folder lock."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
         "--num-epochs", "50", "--log-iters", "1", "--output-dir", str(out)]
@@ -202,13 +206,16 @@ def test_ctrl_c_in_a_real_process_exits_130_with_a_checkpoint(tmp_path):
         for line in proc.stdout:  # wait until training is under way
             if "Batch [1]" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert (out / "model-interrupted.npz").is_file() and "Saved" in err
+    assert proc.returncode == status, err
+    assert (out / "model-interrupted.npz").is_file() and "Saved" in err and name in err
+    assert f"python examples/cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err \
+        or f"cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err
     assert ig.training.load_checkpoint(out / "model-interrupted.npz").epoch == 0
+    assert not (out / ig.training.LOCK_NAME).exists()
 
 
 def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
