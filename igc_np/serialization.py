@@ -193,6 +193,10 @@ def _check_sizes(where, key, info, file_size, max_member_bytes, max_ratio):
     if info.compress_size > file_size:
         raise SerializationError(f"{where}: member {key!r} claims {info.compress_size} compressed "
                                  f"bytes in a file of {file_size} (truncated or tampered)")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise SerializationError(f"{where}: member {key!r} is stored uncompressed but claims "
+                                 f"{info.compress_size} bytes stored for {info.file_size} "
+                                 "(corrupt or tampered)")
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > _SMALL and \
             info.file_size > max_ratio * max(info.compress_size, 1):
         raise SerializationError(
@@ -226,12 +230,18 @@ def _read_member(zf, where, key, info):
                 f"{where}: member {key!r} header says {shape} {dtype} "
                 f"({count * dtype.itemsize} bytes) but the archive stores "
                 f"{info.file_size - header_end} (corrupt or tampered)")
-        data = f.read(count * dtype.itemsize)  # zipfile checks the CRC when the end is read
-        if len(data) != count * dtype.itemsize or f.read(1):
-            raise SerializationError(f"{where}: member {key!r} is truncated")
-    array = np.frombuffer(data, dtype=dtype, count=count)
-    array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-    return array.copy()  # writable, owns its memory
+        # read straight into the array (no second copy); zipfile checks the CRC at the end
+        array = np.empty(count, dtype=dtype)
+        view = memoryview(array.view(np.uint8))
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise SerializationError(f"{where}: member {key!r} is truncated")
+            got += n
+        if f.read(1):
+            raise SerializationError(f"{where}: member {key!r} is longer than its header says")
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------

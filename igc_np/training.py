@@ -866,6 +866,8 @@ class Run:
         if not files:
             return
         if self.overwrite:
+            resumed = self.ckpt.path.resolve() if self.ckpt is not None else None
+            files = [p for p in files if p.resolve() != resumed]  # never the file being resumed
             for p in files:
                 p.unlink(missing_ok=True)
             print(f"--overwrite: removed {len(files)} files of the earlier run in {self.out_dir}",
@@ -1002,6 +1004,10 @@ class Run:
                                        "above); the training of this run is lost after "
                                        f"{self.last_checkpoint or 'its start'}")
         if self.interrupt.requested:  # during the test pass: the epoch is complete (and saved)
+            if self.failed_save:
+                raise Stop(EXIT_ERROR, f"{self.interrupt.name}: Epoch[{epoch}] is complete but "
+                                       f"could not be saved (see above); last checkpoint on disk: "
+                                       f"{self.last_checkpoint or 'none'}")
             raise Stop(self.interrupt.exit_status,
                        f"Stopped after Epoch[{epoch}]; continue with:\n  "
                        f"{self.resume_command(self.last_checkpoint)}")

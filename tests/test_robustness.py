@@ -104,6 +104,15 @@ def test_a_finished_run_is_not_replaced_without_overwrite(finished, tmp_path, ca
     assert len(read_log(out)) == 1 and not (out / "model-0002.npz").exists()
 
 
+def test_overwrite_never_deletes_the_checkpoint_being_resumed(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    first = (out / "model-0001.npz").read_bytes()
+    assert trainer.main(["--resume", str(out / "model-0001.npz"), "--num-epochs", "3",
+                         "--overwrite"]) == 0
+    assert (out / "model-0001.npz").read_bytes() == first
+    assert [r["epoch"] for r in read_log(out)] == [0, 1, 2]
+
+
 def test_resuming_an_earlier_checkpoint_does_not_replace_later_ones(finished, tmp_path, capsys):
     out = copy_run(finished, tmp_path / "run")
     later = (out / "model-0002.npz").read_bytes()
@@ -236,7 +245,6 @@ def test_sigkill_never_leaves_a_broken_named_checkpoint(tmp_path):
         time.sleep(delay)
         proc.kill()
         proc.wait(timeout=30)
-        (out / training.LOCK_NAME).unlink(missing_ok=True)  # a dead process: stale anyway
         for p in out.glob("model-*.npz"):
             ig.training.load_checkpoint(p)
     assert list(out.glob("model-0*.npz"))
