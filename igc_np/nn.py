@@ -213,13 +213,15 @@ class BatchNorm2d(Module):
 
 
 class Linear(Module):
-    """y = x W^T + b; W uniform in +-sqrt(3 / fan_in) (the reference FC initialisation)."""
+    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the reference FC initialisation)."""
 
     def __init__(self, in_features, out_features, bias=True, name=None, rng=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = rng or _default_rng
-        bound = math.sqrt(3.0 / in_features)
+        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the reference code
+        # uses: bound sqrt(magnitude / fan_in) (not sqrt(3 / fan_in): that would be magnitude 3)
+        bound = math.sqrt(1.0 / in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32),
                                 name=_pname(name, "weight"))
         self.bias = Parameter(np.zeros(out_features, np.float32), name=_pname(name, "bias")) if bias else None
