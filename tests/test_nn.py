@@ -57,8 +57,13 @@ def test_igc_conv_is_primary_permute_secondary_permute():
     x = ig.Tensor(rng.standard_normal((2, 12, 5, 5)))
     for L, S in ((4, 3), (4, 2), (3, 6)):
         igc = ig.nn.IGCConv(12, 12, L=L, S=S).to(dtype=np.float64)
+        assert igc.fused == (L * S == 12)
         chain = F.permute_channels(igc.secondary(F.permute_channels(igc.primary(x), L)), S)
         np.testing.assert_allclose(igc(x).data, chain.data, atol=1e-12)
+        # its own modules are the paper's chain: primary -> P -> secondary -> P_S
+        modules = igc.unpermute(igc.secondary(igc.permute(igc.primary(x))))
+        np.testing.assert_allclose(modules.data, chain.data, atol=1e-12)
+        assert (igc.permute.branch_factor, igc.unpermute.branch_factor) == (L, S)
     with pytest.raises(ValueError, match="divisible by L=5"):
         ig.nn.IGCConv(12, 12, L=5, S=2)
 
