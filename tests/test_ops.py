@@ -7,7 +7,6 @@ import igc_np as ig
 from igc_np import functional as F
 from igc_np.ops import cpu_conv, reference
 from igc_np.ops.permutation import permute_channels_cpu
-from reference import conv2d_direct, permute_by_formula
 from strategies import arrays, conv_cases, divisors
 
 
@@ -16,12 +15,11 @@ def T(a, grad=True):
 
 
 @given(conv_cases(), st.data())
-def test_conv2d_forward_matches_direct_definition(case, data):
+def test_conv2d_forward_matches_the_reference_tier(case, data):
     xs, ws, stride, padding, groups = case
     x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
     y = F.conv2d(T(x), T(W), stride=stride, padding=padding, groups=groups)
-    np.testing.assert_allclose(y.data, conv2d_direct(x, W, stride, padding, groups), atol=1e-12)
-    np.testing.assert_allclose(reference.conv2d(x, W, stride, padding, groups), y.data, atol=1e-12)
+    np.testing.assert_allclose(y.data, reference.conv2d(x, W, stride, padding, groups), atol=1e-12)
 
 
 @given(conv_cases(), st.data())
@@ -36,7 +34,7 @@ def test_conv2d_cpu_engine_backward_functions_are_the_adjoints(case, data):
     """<conv(x, W), gy> == <x, backward_data(gy)> == <W, backward_weight(gy)>: exact adjoints."""
     xs, ws, stride, padding, groups = case
     x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
-    y = conv2d_direct(x, W, stride, padding, groups)
+    y = reference.conv2d(x, W, stride, padding, groups)
     gy = data.draw(arrays(y.shape))
     _, x_pad = cpu_conv.conv2d_forward(x, W, stride, padding, groups)
     gx = cpu_conv.conv2d_backward_data(gy, W, xs, stride, padding, groups)
@@ -53,7 +51,7 @@ def test_conv2d_with_bias_and_float32():
     b = rng.standard_normal(6).astype(np.float32)
     y = F.conv2d(T(x), T(W), T(b), padding=1, groups=2)
     assert y.dtype == np.float32
-    np.testing.assert_allclose(y.data, conv2d_direct(x, W, (1, 1), (1, 1), 2) + b[:, None, None], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y.data, reference.conv2d(x, W, (1, 1), (1, 1), 2) + b[:, None, None], rtol=1e-4, atol=1e-4)
     xb, Wb, bb = T(x.astype(np.float64)), T(W.astype(np.float64)), T(b.astype(np.float64))
     assert ig.gradcheck(lambda x, W, b: F.conv2d(x, W, b, padding=1, groups=2), [xb, Wb, bb])
 
@@ -81,7 +79,7 @@ def test_permute_channels_every_divisor(C, data):
     x = data.draw(arrays((2, C, 3, 2)))
     for b in divisors(C):
         y = F.permute_channels(T(x), b)
-        np.testing.assert_array_equal(y.data, permute_by_formula(x, b))
+        np.testing.assert_array_equal(y.data, reference.permute_channels(x, b))
         np.testing.assert_array_equal(y.data, x[:, reference.permutation_index(C, b)])
         assert ig.gradcheck(lambda x: F.permute_channels(x, b), [T(x)])
 
@@ -90,7 +88,7 @@ def test_permute_channels_keeps_channel_first_memory():
     x = np.random.default_rng(0).standard_normal((3, 6, 4, 5)).transpose(0, 1, 2, 3)
     chwn = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
     y = permute_channels_cpu(chwn, 2)
-    np.testing.assert_array_equal(y, permute_by_formula(x, 2))
+    np.testing.assert_array_equal(y, reference.permute_channels(x, 2))
     assert y.transpose(1, 2, 3, 0).flags.c_contiguous
 
 

@@ -279,3 +279,22 @@ def test_environment_variable_turns_the_reference_tier_on():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**__import__("os").environ, "IGC_NP_REFERENCE": value})
         assert out.stdout.split() == expected.split()
+
+
+# ---- the reference conv against its definition, one output element at a time ---------------------
+@settings(max_examples=10, deadline=None)
+@given(conv_cases(max_channels=4, max_size=5), st.data())
+def test_reference_conv2d_is_the_definition(case, data):
+    xs, ws, (sh, sw), (ph, pw), G = case
+    x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
+    y = reference.conv2d(x, W, (sh, sw), (ph, pw), G)
+    N, C, H, Wi = xs
+    Co, Cg, kh, kw = ws
+    for n, o, h, w in np.ndindex(y.shape):
+        g = o // (Co // G)
+        total = 0.0
+        for c, i, j in np.ndindex(Cg, kh, kw):
+            r, q = sh * h - ph + i, sw * w - pw + j
+            if 0 <= r < H and 0 <= q < Wi:
+                total += W[o, c, i, j] * x[n, g * Cg + c, r, q]
+        assert abs(y[n, o, h, w] - total) < 1e-10
