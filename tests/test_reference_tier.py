@@ -43,10 +43,13 @@ def chwn(a):
     return layout.from_chwn(layout.to_chwn(a))
 
 
-@pytest.fixture
-def threads(monkeypatch):
-    """Three threads whatever the machine (odd splits; threaded code even on one core)."""
-    monkeypatch.setattr(parallel, "THREADS", 3)
+def threaded(mp):
+    """Three threads whatever the machine (odd splits; threaded code even on one core); returns the
+    list of task counts handed to parallel.run, to prove the work really was split."""
+    mp.setattr(parallel, "THREADS", 3)
+    counts, run = [], parallel.run
+    mp.setattr(parallel, "run", lambda tasks: counts.append(len(tasks)) or run(tasks))
+    return counts
 
 
 # ---- the switch itself ---------------------------------------------------------------------------
@@ -106,7 +109,7 @@ def test_conv2d_in_many_small_tiles(case, data):
     x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu_conv, "TILE_BYTES", 64)
-        mp.setattr(parallel, "THREADS", 3)
+        threaded(mp)
         assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=stride, padding=padding, groups=groups), x, W)
 
 
@@ -128,15 +131,23 @@ def test_conv2d_large_threaded(case, data):
     N, C, H, W = xs
     assert H * W * N >= 2 * 4096
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "THREADS", 3)
+        counts = threaded(mp)
         assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=stride, padding=padding, groups=groups),
                            chwn(data.draw(arrays(xs))), data.draw(arrays(ws)))
+    assert max(counts) > 1  # the work was split over threads
 
 
-def test_conv2d_large_case_really_tiles():
-    """The large strategy reaches several tiles (guards the test above against a TILE_BYTES change)."""
-    tiles = cpu_conv._tiles(4, 4, 3, 3, 36, 36, 10, 8)
-    assert len(tiles) > 1
+def test_the_large_conv_shape_spans_several_tiles_at_the_real_tile_size():
+    """An IGC-sized conv at the default TILE_BYTES: the engine splits it into several tiles over
+    threads, and the result is still the reference's."""
+    rng = np.random.default_rng(5)
+    x, W = chwn(rng.standard_normal((12, 16, 36, 36))), rng.standard_normal((16, 4, 3, 3))
+    assert 4 * 9 * 36 * 12 * 8 * 36 > 2 * cpu_conv.TILE_BYTES  # one group's im2col alone is > 2 tiles
+    with pytest.MonkeyPatch.context() as mp:
+        counts = threaded(mp)
+        assert_tiers_equal(lambda x, W: F.conv2d(x, W, padding=1, groups=4), x, W)
+        assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=2, padding=1, groups=4), x, W)
+    assert max(counts) == 3
 
 
 # ---- permutation, fused secondary ------------------------------------------------------------------
@@ -154,8 +165,9 @@ def test_interleaved_secondary(LM, large, data):
     N, H = (8, 24) if large else (2, 3)  # large: H*W*N = 4608 columns, threaded matmul and reduction
     x, W_d = data.draw(arrays((N, L * M, H, H))), data.draw(arrays((L * M, L, 1, 1)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "THREADS", 3)
+        counts = threaded(mp)
         assert_tiers_equal(lambda x, W: F.interleaved_secondary(x, W, L), chwn(x), W_d)
+    assert (max(counts, default=1) > 1) == large
 
 
 # ---- BatchNorm, ReLU ---------------------------------------------------------------------------------
@@ -178,15 +190,16 @@ def test_batch_norm(N, C, H, training, channel_first, data):
 
 @LARGE
 @given(st.booleans(), st.data())
-def test_batch_norm_and_relu_large_threaded(training, data, ):
+def test_batch_norm_and_relu_large_threaded(training, data):
     """C*H*W*N = 12*24*24*10 > 1<<16: several slabs per thread in BatchNorm, threaded ReLU."""
     x = chwn(data.draw(arrays((10, 12, 24, 24))))
     gamma, beta = data.draw(arrays((12,))) + 2.0, data.draw(arrays((12,)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "THREADS", 3)
+        counts = threaded(mp)
         mp.setattr(ig.ops.normalization, "SLAB_BYTES", 1 << 14)
         assert_tiers_equal(lambda x, g, b: F.relu(F.batch_norm(x, g, b, np.zeros(12), np.ones(12),
                                                                training=training)), x, gamma, beta)
+    assert max(counts) > 1
 
 
 @given(st.booleans(), st.data())
