@@ -20,18 +20,19 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 LARGE = settings(max_examples=4, deadline=None)
 
 
-def run_tier(fn, inputs, gy_seed, reference_tier):
+def run_tier(fn, inputs, gy_seed, reference_tier, device="cpu"):
     """(output, [grad of each input]) of fn(*Tensors) with a random output gradient."""
-    tensors = [ig.Tensor(a, requires_grad=True) for a in inputs]
+    tensors = [ig.Tensor(a, requires_grad=True, device=device) for a in inputs]
     with ig.backend.use_reference(reference_tier):
         y = fn(*tensors)
         gy = np.random.default_rng(gy_seed).standard_normal(y.shape)
         y.backward(gy)
-    return y.numpy(), [t.grad for t in tensors]
+    return y.numpy(), [ig.backend.to_device(t.grad, "cpu") for t in tensors]
 
 
-def assert_tiers_equal(fn, *inputs, seed=0):
-    fast, ref = (run_tier(fn, inputs, seed, r) for r in (False, True))
+def assert_tiers_equal(fn, *inputs, seed=0, device="cpu"):
+    """The fast tier on `device` ('cpu'; 'emu': the CUDA kernels in the emulator) == the reference tier."""
+    fast, ref = run_tier(fn, inputs, seed, False, device), run_tier(fn, inputs, seed, True)
     np.testing.assert_allclose(fast[0], ref[0], **TOL, err_msg="forward")
     for k, (a, b) in enumerate(zip(fast[1], ref[1])):
         np.testing.assert_allclose(a, b, **TOL, err_msg=f"gradient of input {k}")
@@ -223,6 +224,20 @@ def test_linear_and_cross_entropy():
     x, W, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)
     labels = np.array([0, 2, 1, 1, 0])
     assert_tiers_equal(lambda x, W, b: F.cross_entropy(F.linear(x, W, b), labels), x, W, b)
+
+
+# ---- the GPU tier, its kernels run by the emulator ('emu'): small cases, the emulator is slow ------
+def test_every_tiered_op_on_emu_equals_the_reference_tier():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 5, 4))
+    W_p, W_d = rng.standard_normal((6, 2, 3, 3)), rng.standard_normal((6, 3, 1, 1))
+    g, b = rng.standard_normal(6) + 2, rng.standard_normal(6)
+    emu = dict(device="emu")
+    assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=(2, 1), padding=1, groups=3), x, W_p, **emu)
+    assert_tiers_equal(lambda x, W: F.interleaved_secondary(x, W, 3), x, W_d, **emu)
+    assert_tiers_equal(lambda x: F.permute_channels(x, 2), x, **emu)
+    assert_tiers_equal(lambda x, g, b: F.relu(F.batch_norm(x, g, b, np.zeros(6), np.ones(6))), x, g, b, **emu)
+    assert_tiers_equal(lambda x: F.avg_pool2d(F.max_pool2d(x, 3, 2, 1), 2, 1), x, **emu)
 
 
 # ---- the reference tier is itself right: finite differences on it ---------------------------------
