@@ -41,7 +41,10 @@ def test_group_conv_is_regular_conv_with_block_diagonal_weight(case, seed):
     x, W = rng.standard_normal(x_shape), rng.standard_normal(W_shape)
     dense = igc.block_diagonal(W, groups)
     assert dense.shape == (W_shape[0], x_shape[1]) + W_shape[2:]
-    y = F.conv2d(ig.Tensor(x), ig.Tensor(W), stride=stride, padding=padding, groups=groups).numpy()
+    # the layer the networks use (the primary conv of IGCConv is one), with the drawn weight
+    layer = ig.nn.Conv2d(x_shape[1], W_shape[0], W_shape[2], stride, padding, groups=groups).to(dtype=np.float64)
+    layer.weight.data = W
+    y = layer(ig.Tensor(x)).numpy()
     np.testing.assert_allclose(y, reference.conv2d(x, dense, stride, padding), rtol=1e-10, atol=1e-10)
     # off the diagonal blocks there is nothing: the connectivity is exactly block-diagonal
     blocks = np.kron(np.eye(groups, dtype=bool),
@@ -59,7 +62,7 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
     rng = np.random.default_rng(seed)
     x, gy = rng.standard_normal((N, C, 3, 2)), rng.standard_normal((N, C, 3, 2))
     xt = ig.Tensor(x, requires_grad=True)
-    y = F.permute_channels(xt, b)
+    y = ig.nn.PermuteChannels(b)(xt)  # the layer IGCConv uses for P (and P_S)
     np.testing.assert_array_equal(y.numpy(), reference.permute_channels(x, b))
     perm = igc.interleave_permutation(C, b)
     np.testing.assert_array_equal(perm, permutation_index(C, b))
