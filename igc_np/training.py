@@ -827,6 +827,7 @@ class Run:
     def __enter__(self):
         if self.ckpt is not None:  # does it fit? (before touching any folder)
             restore(self.ckpt, self.model, self.optimizer)
+            self._check_position(self.ckpt)
         check_writable(self.out_dir, "--output-dir")
         check_writable(self.prefix.parent, "--model-prefix")
         self.lock.acquire(note=lambda m: print(m, file=sys.stderr))
@@ -859,6 +860,20 @@ class Run:
         warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
                                 RuntimeWarning)
         return self
+
+    def _check_position(self, ckpt):
+        """A mid-epoch checkpoint's batch and sample count must fit this data and batch size."""
+        if not ckpt.batch:
+            return
+        n = len(self.data)
+        seen = min(ckpt.batch * self.data.batch_size, self.data.train_size)
+        if ckpt.batch >= n:
+            raise CheckpointError(f"checkpoint {ckpt.path}: field 'batch' is {ckpt.batch}, but an "
+                                  f"epoch of this data has {n} batches")
+        if ckpt.train_sums[1] != seen:
+            raise CheckpointError(f"checkpoint {ckpt.path}: field 'train_sums' counts "
+                                  f"{ckpt.train_sums[1]:.0f} samples after {ckpt.batch} batches "
+                                  f"of {self.data.batch_size} (expected {seen})")
 
     def _refuse_earlier_run(self):
         """An existing run folder is refused unless we resume its own latest state, or --overwrite."""

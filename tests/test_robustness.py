@@ -329,6 +329,15 @@ def test_every_stored_field_is_validated(finished, tmp_path, field, value, messa
     assert "bad.npz" in str(e.value)
 
 
+@pytest.mark.parametrize("batch,sums,message", [(99, [10.0, 99 * 32, 0, 0], "'batch' is 99"),
+                                                (2, [10.0, 50, 0, 0], "counts 50 samples")])
+def test_a_mid_epoch_position_must_fit_the_data(finished, tmp_path, capsys, batch, sums, message):
+    bad = rewrite(finished / "model-0001.npz", tmp_path / "model-0001.npz",
+                  batch=np.int64(batch), train_sums=np.array(sums))
+    assert trainer.main(["--resume", str(bad)]) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_nan_weights_are_refused_for_resume_and_flagged_by_evaluate(finished, tmp_path, capsys):
     with np.load(finished / "model-0001.npz") as z:
         w = z["model/fc_weight"].copy()
