@@ -18,6 +18,9 @@
 template <int V>
 __device__ __forceinline__ int ct_or(int runtime) { return V > 0 ? V : runtime; }
 
+// Floor division for a possibly negative numerator.
+__device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 // Forward: thread (wo, ho) of block (n * C_out + co) computes y[n, co, ho, wo].
 template <typename T, int KH, int KW, int SH, int SW>
 __global__ void conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__ Wt, T* __restrict__ y,
@@ -95,8 +98,9 @@ __global__ void conv2d_backward_weight_v2(const T* __restrict__ x, const T* __re
     const int i = blockIdx.z / kw, j = blockIdx.z - i * kw;
     const int Cg_in = C_in / G, ci = co / (C_out / G) * Cg_in + c;
     // rows ho with 0 <= ho*SH - PH + i < H, i.e. ho in [ho_lo, ho_hi); columns likewise
-    const int ho_lo = max(0, (PH - i + sh - 1) / sh), ho_hi = min(Ho, (H - 1 + PH - i) / sh + 1);
-    const int wo_lo = max(0, (PW - j + sw - 1) / sw), wo_hi = min(Wo, (W - 1 + PW - j) / sw + 1);
+    // (C's / truncates toward zero: the upper bounds take the floor of a possibly negative quotient)
+    const int ho_lo = max(0, (PH - i + sh - 1) / sh), ho_hi = min(Ho, floor_div(H - 1 + PH - i, sh) + 1);
+    const int wo_lo = max(0, (PW - j + sw - 1) / sw), wo_hi = min(Wo, floor_div(W - 1 + PW - j, sw) + 1);
     const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
     T acc = T(0);
     for (int n = 0; n < N; ++n) {
