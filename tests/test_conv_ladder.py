@@ -174,3 +174,13 @@ def test_bad_environment_is_reported(monkeypatch, env, message):
     monkeypatch.setenv(versions.ENV, env)
     with pytest.raises(ValueError, match=message):
         versions.selected("conv2d_forward")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_version_on_the_cupy_standin(version, monkeypatch):
+    """Device "cuda" through tests/fake_cupy.py (CuPy's rules, the emulator underneath): the
+    launchers allocate the v3 scratch on the device and pass int32 scalars."""
+    import fake_cupy
+    cp = fake_cupy.install(monkeypatch)
+    case = ((2, 12, 9, 7), (12, 3, 3, 3), (1, 1), (1, 1), 4)
+    checks.check_conv(case, np.float32, "cuda", to_device=cp.asarray, to_host=cp.asnumpy, version=version)

@@ -15,6 +15,8 @@ made C-contiguous here. ``stride`` and ``padding`` are (int, int) pairs. Shapes:
 with Ho = (H + 2*ph - kh) // sh + 1 (Wo likewise). Invalid shapes raise ValueError naming the
 op, the argument and the shapes.
 """
+import dataclasses
+
 import numpy as np
 
 from . import versions
@@ -185,68 +187,6 @@ def _chunk(per_channel, count, itemsize, op):
     return max(1, min(count, V3_SMEM // (per_channel * itemsize)))
 
 
-def _forward_v1(x, W, y, dims):
-    fn = get_module("group_conv.cu", x.dtype, _device(x)).get_function("conv2d_forward")
-    _elementwise_launch(fn, y.size, (x, W, y) + dims)
-
-
-def _forward_v2(x, W, y, dims):
-    fn = get_module("group_conv_v2.cu", x.dtype, _device(x)).get_function("conv2d_forward_v2", _targs(dims))
-    N, _, Ho, Wo = y.shape
-    bx, by = _grid_2d_over(Ho, Wo)
-    fn((N * y.shape[1], _cdiv(Ho, by), _cdiv(Wo, bx)), (bx, by), (x, W, y) + dims)
-
-
-def _forward_v3(x, W, y, dims):
-    fn = get_module("group_conv_v3.cu", x.dtype, _device(x)).get_function("conv2d_forward_v3", _targs(dims))
-    N, C_in, H, Wd, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = (int(d) for d in dims)
-    tx, ty, tz = _tile_block(Ho, Wo, C_out // G)
-    PRH, PRW = (ty - 1) * SH + KH, (tx * RW - 1) * SW + KW
-    CIC = _chunk(PRH * PRW + tz * CQ * KH * KW, C_in // G, x.dtype.itemsize, "conv2d_forward")
-    grid = (N * G * _cdiv(C_out // G, tz * CQ), _cdiv(Ho, ty), _cdiv(Wo, tx * RW))
-    shared = (CIC * PRH * PRW + tz * CQ * CIC * KH * KW) * x.dtype.itemsize
-    fn(grid, (tx, ty, tz), (x, W, y) + dims + (i32(CIC),), shared_mem=shared)
-
-
-def _backward_data_v1(gy, W, gx, dims):
-    fn = get_module("group_conv.cu", gy.dtype, _device(gy)).get_function("conv2d_backward_data")
-    _elementwise_launch(fn, gx.size, (gy, W, gx) + dims)
-
-
-def _backward_data_v2(gy, W, gx, dims):
-    fn = get_module("group_conv_v2.cu", gy.dtype, _device(gy)).get_function("conv2d_backward_data_v2",
-                                                                            _targs(dims))
-    N, C_in, H, Wd = gx.shape
-    bx, by = _grid_2d_over(H, Wd)
-    fn((N * C_in, _cdiv(H, by), _cdiv(Wd, bx)), (bx, by), (gy, W, gx) + dims)
-
-
-def _backward_data_v3(gy, W, gx, dims):
-    fn = get_module("group_conv_v3.cu", gy.dtype, _device(gy)).get_function("conv2d_backward_data_v3",
-                                                                            _targs(dims))
-    N, C_in, H, Wd, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = (int(d) for d in dims)
-    tx, ty, tz = _tile_block(H, Wd, C_in // G)
-    PRH, PRW = (ty + KH - 2) // SH + 2, (tx * RW + KW - 2) // SW + 2
-    COC = _chunk(PRH * PRW + tz * CQ * KH * KW, C_out // G, gy.dtype.itemsize, "conv2d_backward_data")
-    grid = (N * G * _cdiv(C_in // G, tz * CQ), _cdiv(H, ty), _cdiv(Wd, tx * RW))
-    shared = (COC * PRH * PRW + COC * tz * CQ * KH * KW) * gy.dtype.itemsize
-    fn(grid, (tx, ty, tz), (gy, W, gx) + dims + (i32(COC),), shared_mem=shared)
-
-
-def _backward_weight_v1(x, gy, gW, dims):
-    fn = get_module("group_conv.cu", x.dtype, _device(x)).get_function("conv2d_backward_weight")
-    N, _, Ho, Wo = gy.shape
-    _reduce_launch(fn, gW.size, N * Ho * Wo, x.dtype.itemsize, (x, gy, gW) + dims)
-
-
-def _backward_weight_v2(x, gy, gW, dims):
-    fn = get_module("group_conv_v2.cu", x.dtype, _device(x)).get_function("conv2d_backward_weight_v2",
-                                                                           _targs(dims))
-    C_out, Cg_in, KH, KW = gW.shape
-    bx, by = _grid_2d_over(gy.shape[2], gy.shape[3])
-    fn((C_out, Cg_in, KH * KW), (bx, by), (x, gy, gW) + dims, shared_mem=bx * by * x.dtype.itemsize)
-
-
 def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threads=V3_WEIGHT_THREADS):
     """The channel slice of a v3 backward-weight block: (GB groups, COB output and CIB input
     channels per group, shared memory in elements). A thread owns CQ output channels x KWB taps
@@ -279,31 +219,113 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
     return best[1]
 
 
-def _backward_weight_v3(x, gy, gW, dims):
-    xp, device = _xp(_device(x)), _device(x)
-    module = get_module("group_conv_v3.cu", x.dtype, device)
-    targs = _targs(dims)
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch of a conv version, computed from the shapes alone (kernel_report.py
+    models these without launching). Arguments: the op's (in, in, out) arrays, or for a "reduce"
+    launch (scratch, out), then the 14 ints of the conv (not for "reduce"), then `extra`."""
+    file: str
+    kernel: str
+    targs: tuple
+    grid: tuple
+    block: tuple
+    shared: int = 0       # dynamic shared memory, bytes
+    extra: tuple = ()     # ints after the conv's 14
+    scratch: tuple = ()   # shape of a scratch array the launch writes (v3 backward-weight partials)
+    kind: str = "conv"    # "conv" or "reduce"
+
+    @property
+    def threads(self):
+        return int(np.prod(self.block))
+
+    @property
+    def blocks(self):
+        return int(np.prod(self.grid))
+
+
+def _elementwise_plan(file, kernel, total):
+    return Launch(file, kernel, (), (min(_cdiv(total, THREADS), MAX_BLOCKS),), (THREADS,))
+
+
+def plan(op, version, dims, itemsize):
+    """The launches of `op` ("conv2d_forward", ...) version 1, 2 or 3 for a conv with the int
+    argument tail `dims` = (N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo)."""
     N, C_in, H, Wd, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = (int(d) for d in dims)
     Cg_in, Cg_out = C_in // G, C_out // G
-    GB, COB, CIB, smem = weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, targs != (0, 0, 0, 0),
-                                       x.dtype.itemsize)
+    targs = _targs(dims)
+    if op == "conv2d_forward":
+        if version == 1:
+            return [_elementwise_plan("group_conv.cu", op, N * C_out * Ho * Wo)]
+        if version == 2:
+            bx, by = _grid_2d_over(Ho, Wo)
+            return [Launch("group_conv_v2.cu", "conv2d_forward_v2", targs, (N * C_out, _cdiv(Ho, by), _cdiv(Wo, bx)),
+                           (bx, by))]
+        tx, ty, tz = _tile_block(Ho, Wo, Cg_out)
+        PRH, PRW = (ty - 1) * SH + KH, (tx * RW - 1) * SW + KW
+        CIC = _chunk(PRH * PRW + tz * CQ * KH * KW, Cg_in, itemsize, op)
+        return [Launch("group_conv_v3.cu", "conv2d_forward_v3", targs,
+                       (N * G * _cdiv(Cg_out, tz * CQ), _cdiv(Ho, ty), _cdiv(Wo, tx * RW)), (tx, ty, tz),
+                       (CIC * PRH * PRW + tz * CQ * CIC * KH * KW) * itemsize, (CIC,))]
+    if op == "conv2d_backward_data":
+        if version == 1:
+            return [_elementwise_plan("group_conv.cu", op, N * C_in * H * Wd)]
+        if version == 2:
+            bx, by = _grid_2d_over(H, Wd)
+            return [Launch("group_conv_v2.cu", "conv2d_backward_data_v2", targs,
+                           (N * C_in, _cdiv(H, by), _cdiv(Wd, bx)), (bx, by))]
+        tx, ty, tz = _tile_block(H, Wd, Cg_in)
+        PRH, PRW = (ty + KH - 2) // SH + 2, (tx * RW + KW - 2) // SW + 2
+        COC = _chunk(PRH * PRW + tz * CQ * KH * KW, Cg_out, itemsize, op)
+        return [Launch("group_conv_v3.cu", "conv2d_backward_data_v3", targs,
+                       (N * G * _cdiv(Cg_in, tz * CQ), _cdiv(H, ty), _cdiv(Wd, tx * RW)), (tx, ty, tz),
+                       (COC * PRH * PRW + COC * tz * CQ * KH * KW) * itemsize, (COC,))]
+    if op != "conv2d_backward_weight":
+        raise ValueError(f"plan: op must be one of conv2d_forward, conv2d_backward_data, "
+                         f"conv2d_backward_weight, got {op!r}")
+    n_weights = C_out * Cg_in * KH * KW
+    if version == 1:
+        threads = _pow2_at_least(N * Ho * Wo, REDUCE_MAX_THREADS)
+        return [Launch("group_conv.cu", op, (), (min(n_weights, MAX_BLOCKS),), (max(32, threads),),
+                       max(32, threads) * itemsize)]
+    if version == 2:
+        bx, by = _grid_2d_over(Ho, Wo)
+        return [Launch("group_conv_v2.cu", "conv2d_backward_weight_v2", targs, (C_out, Cg_in, KH * KW), (bx, by),
+                       bx * by * itemsize)]
+    GB, COB, CIB, smem = weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, targs != (0, 0, 0, 0), itemsize)
     slices = _cdiv(G, GB) * _cdiv(Cg_out, COB) * _cdiv(Cg_in, CIB)
     spatial = _cdiv(Ho, TH) * _cdiv(Wo, TW)
-    n_chunks = max(1, min(N, _cdiv(V3_TARGET_BLOCKS, spatial * slices)))
-    NB = _cdiv(N, n_chunks)
-    n_chunks = _cdiv(N, NB)
-    n_tiles = n_chunks * spatial
-    partial = xp.empty((n_tiles, gW.size), dtype=x.dtype)
-    fn = module.get_function("conv2d_backward_weight_v3", targs)
-    fn((n_tiles, slices), (V3_WEIGHT_THREADS,), (x, gy, partial) + dims + (i32(GB), i32(COB), i32(CIB), i32(NB)),
-       shared_mem=smem * x.dtype.itemsize)
-    reduce = module.get_function("conv2d_backward_weight_v3_reduce")
-    _elementwise_launch(reduce, gW.size, (partial, gW, i32(n_tiles), i32(gW.size)))
+    NB = _cdiv(N, max(1, min(N, _cdiv(V3_TARGET_BLOCKS, spatial * slices))))
+    n_tiles = _cdiv(N, NB) * spatial
+    return [Launch("group_conv_v3.cu", "conv2d_backward_weight_v3", targs, (n_tiles, slices), (V3_WEIGHT_THREADS,),
+                   smem * itemsize, (GB, COB, CIB, NB), scratch=(n_tiles, n_weights)),
+            Launch("group_conv_v3.cu", "conv2d_backward_weight_v3_reduce", (),
+                   (min(_cdiv(n_weights, THREADS), MAX_BLOCKS),), (THREADS,), 0, (n_tiles, n_weights),
+                   kind="reduce")]
 
 
-_FORWARD = {1: _forward_v1, 2: _forward_v2, 3: _forward_v3}
-_BACKWARD_DATA = {1: _backward_data_v1, 2: _backward_data_v2, 3: _backward_data_v3}
-_BACKWARD_WEIGHT = {1: _backward_weight_v1, 2: _backward_weight_v2, 3: _backward_weight_v3}
+def _run(op, version, a, b, out, dims):
+    """Launch `op` version `version` on arrays (a, b) -> out (all on one device, one dtype)."""
+    device = _device(out)
+    scratch = None
+    for L in plan(op, version, dims, out.dtype.itemsize):
+        fn = get_module(L.file, out.dtype, device).get_function(L.kernel, L.targs)
+        extra = tuple(i32(v) for v in L.extra)
+        if L.kind == "reduce":
+            fn(L.grid, L.block, (scratch, out) + extra, shared_mem=L.shared)
+            continue
+        if L.scratch:
+            scratch = _xp(device).empty(L.scratch, dtype=out.dtype)
+        fn(L.grid, L.block, (a, b, scratch if L.scratch else out) + dims + extra, shared_mem=L.shared)
+
+
+def _versions_of(op):
+    return {v: (lambda a, b, out, dims, _v=v: _run(op, _v, a, b, out, dims)) for v in (1, 2, 3)}
+
+
+# version -> launcher(in, in, out, dims); tests replace entries to see which version runs
+_FORWARD = _versions_of("conv2d_forward")
+_BACKWARD_DATA = _versions_of("conv2d_backward_data")
+_BACKWARD_WEIGHT = _versions_of("conv2d_backward_weight")
 
 
 def _device(a):
