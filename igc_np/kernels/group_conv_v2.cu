@@ -10,7 +10,7 @@
 //     the instantiation (0, 0, 0, 0) is the generic fallback that reads them at run time;
 //   - the grid is 3-D, (N * C_out, ceil(Ho / blockDim.y), ceil(Wo / blockDim.x)) and the block
 //     2-D over (wo, ho): a thread finds its (n, co) with one division and its pixel with none.
-// The loop left inside is the one over the group's input channels: a multiply-add and two loads.
+// The loop left inside is the one over the group's channels: per tap a multiply-add and two loads.
 //
 // instantiate KH, KW, SH, SW: (1, 1, 1, 1) (3, 3, 1, 1) (3, 3, 2, 2) (7, 7, 2, 2) (0, 0, 0, 0)
 
@@ -50,9 +50,11 @@ __global__ void conv2d_forward_v2(const T* __restrict__ x, const T* __restrict__
     y[(((size_t)n * C_out + co) * Ho + ho) * Wo + wo] = acc;
 }
 
-// Backward-data: thread (w, h) of block (n * C_in + ci) gathers gx[n, ci, h, w] (see v1). With
-// SH, SW known, "hs % SH == 0" and "hs / SH" are a mask and a shift, and they do not depend on
-// the output channel k of the innermost loop.
+// Backward-data: thread (w, h) of block (n * C_in + ci) gathers gx[n, ci, h, w] (see v1). The
+// loop over the group's output channels k is outermost and the taps are unrolled inside it, as
+// in the forward: whether tap (i, j) reaches an output pixel (h + PH - i divisible by SH, ...) and
+// where does not depend on k, so the compiler computes it once; with SH, SW known the divisions
+// are shifts.
 template <typename T, int KH, int KW, int SH, int SW>
 __global__ void conv2d_backward_data_v2(const T* __restrict__ gy, const T* __restrict__ Wt, T* __restrict__ gx,
                                         int N, int C_in, int H, int W, int C_out, int KH_, int KW_,
@@ -66,18 +68,18 @@ __global__ void conv2d_backward_data_v2(const T* __restrict__ gy, const T* __res
     const T* gyk = gy + ((size_t)n * C_out + g * Cg_out) * Ho * Wo;  // gy[n, g*Cg_out + k, :, :], k = 0
     const T* wk = Wt + ((size_t)g * Cg_out * Cg_in + c) * kh * kw;   // Wt[g*Cg_out + k, c, :, :], k = 0
     T acc = T(0);
+    for (int k = 0; k < Cg_out; ++k, gyk += Ho * Wo, wk += Cg_in * kh * kw) {
+        // (keeping 7x7 taps' tests and offsets in registers across k would take 167 of them)
+#pragma unroll (KH > 0 && KH <= 3 ? KH : 1)
+        for (int i = 0; i < kh; ++i) {
+            const int hs = h + PH - i;  // = ho * SH when the tap (i) of output row ho covers row h
+            if (hs < 0 || hs % sh != 0 || hs / sh >= Ho) continue;
 #pragma unroll
-    for (int i = 0; i < kh; ++i) {
-        const int hs = h + PH - i;  // = ho * SH when the tap (i) of output row ho covers row h
-        if (hs < 0 || hs % sh != 0 || hs / sh >= Ho) continue;
-        const int ho = hs / sh;
-#pragma unroll
-        for (int j = 0; j < kw; ++j) {
-            const int ws = w + PW - j;
-            if (ws < 0 || ws % sw != 0 || ws / sw >= Wo) continue;
-            const int o = ho * Wo + ws / sw, t = i * kw + j;
-            for (int k = 0; k < Cg_out; ++k)
-                acc += gyk[(size_t)k * Ho * Wo + o] * wk[(size_t)k * Cg_in * kh * kw + t];
+            for (int j = 0; j < kw; ++j) {
+                const int ws = w + PW - j;
+                if (ws < 0 || ws % sw != 0 || ws / sw >= Wo) continue;
+                acc += gyk[(hs / sh) * Wo + ws / sw] * wk[i * kw + j];
+            }
         }
     }
     gx[(((size_t)n * C_in + ci) * H + h) * W + w] = acc;

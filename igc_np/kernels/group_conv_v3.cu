@@ -57,7 +57,6 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     const int PRH = (ty - 1) * sh + kh, PRW = (tx * IGC_RW - 1) * sw + kw;
     const int ho0 = blockIdx.y * ty, wo0 = blockIdx.z * tx * IGC_RW;
     const int hb = ho0 * sh - PH, wb = wo0 * sw - PW;      // input pixel of patch[0][0]
-    const int tid = (threadIdx.z * ty + threadIdx.y) * tx + threadIdx.x, nthreads = tx * ty * blockDim.z;
     T* s_x = s;                         // [CIC][PRH][PRW]
     T* s_w = s + CIC * PRH * PRW;       // [nco][CIC][kh*kw]
     const int khw = kh * kw;
@@ -71,16 +70,23 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
         const int cn = min(CIC, Cg_in - c0);
         // stage x[n, g*Cg_in + c0 + c, hb + a, wb + b] (0 outside the image); e = (c*PRH + a)*PRW + b
         const T* xg = x + ((size_t)n * C_in + g * Cg_in + c0) * H * W;
-        for (int e = tid; e < cn * PRH * PRW; e += nthreads) {
-            const int b = e % PRW, a = (e / PRW) % PRH, c = e / (PRW * PRH);
-            const int h = hb + a, w = wb + b;
-            s_x[e] = (h >= 0 && h < H && w >= 0 && w < W) ? xg[((size_t)c * H + h) * W + w] : T(0);
+        // rows (c, a) go to the ty*tz thread rows, columns b to the tx threads of a row: one
+        // division per row, none per element
+        for (int R = threadIdx.z * ty + threadIdx.y; R < cn * PRH; R += ty * blockDim.z) {
+            const int c = R / PRH, h = hb + R - c * PRH;
+            const bool row_in = h >= 0 && h < H;
+            const T* xrow = xg + (row_in ? ((size_t)c * H + h) * W : 0);
+            for (int b = threadIdx.x; b < PRW; b += tx) {
+                const int w = wb + b;
+                s_x[R * PRW + b] = (row_in && w >= 0 && w < W) ? xrow[w] : T(0);
+            }
         }
-        // stage Wt[g*Cg_out + co_blk + o, c0 + c, :, :] (0 past the group's last channel); e = (o*cn + c)*khw + t
-        for (int e = tid; e < nco * cn * khw; e += nthreads) {
-            const int t = e % khw, c = (e / khw) % cn, o = e / (khw * cn);
-            const int co = co_blk + o;
-            s_w[e] = co < Cg_out ? Wt[(((size_t)g * Cg_out + co) * Cg_in + c0 + c) * khw + t] : T(0);
+        // stage Wt[g*Cg_out + co_blk + o, c0 + c, :, :] (0 past the group's last channel) at
+        // s_w[(o*cn + c)*khw + t]: rows (o, c) to the thread rows, taps t to the threads of a row
+        for (int R = threadIdx.z * ty + threadIdx.y; R < nco * cn; R += ty * blockDim.z) {
+            const int o = R / cn, c = R - o * cn, co = co_blk + o;
+            const T* wrow = Wt + (co < Cg_out ? (((size_t)g * Cg_out + co) * Cg_in + c0 + c) * khw : 0);
+            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = co < Cg_out ? wrow[t] : T(0);
         }
         __syncthreads();
         for (int c = 0; c < cn; ++c) {
@@ -143,7 +149,6 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     const int h0 = blockIdx.y * ty, w0 = blockIdx.z * tx * IGC_RW;
     const int hb = floor_div(h0 + PH - kh + 1, sh), wb = floor_div(w0 + PW - kw + 1, sw);
     const int PRH = (ty + kh - 2) / sh + 2, PRW = (tx * IGC_RW + kw - 2) / sw + 2;
-    const int tid = (threadIdx.z * ty + threadIdx.y) * tx + threadIdx.x, nthreads = tx * ty * blockDim.z;
     const int khw = kh * kw;
     T* s_gy = s;                          // [COC][PRH][PRW]
     T* s_w = s + COC * PRH * PRW;         // [COC][nci][khw]
@@ -157,15 +162,21 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     for (int k0 = 0; k0 < Cg_out; k0 += COC) {
         const int kn = min(COC, Cg_out - k0);
         const T* gyg = gy + ((size_t)n * C_out + g * Cg_out + k0) * Ho * Wo;
-        for (int e = tid; e < kn * PRH * PRW; e += nthreads) {  // e = (k*PRH + a)*PRW + b
-            const int b = e % PRW, a = (e / PRW) % PRH, k = e / (PRW * PRH);
-            const int ho = hb + a, wo = wb + b;
-            s_gy[e] = (ho >= 0 && ho < Ho && wo >= 0 && wo < Wo) ? gyg[((size_t)k * Ho + ho) * Wo + wo] : T(0);
+        // rows (k, a) to the thread rows, columns to the threads of a row (as in the forward)
+        for (int R = threadIdx.z * ty + threadIdx.y; R < kn * PRH; R += ty * blockDim.z) {
+            const int k = R / PRH, ho = hb + R - k * PRH;
+            const bool row_in = ho >= 0 && ho < Ho;
+            const T* grow = gyg + (row_in ? ((size_t)k * Ho + ho) * Wo : 0);
+            for (int b = threadIdx.x; b < PRW; b += tx) {
+                const int wo = wb + b;
+                s_gy[R * PRW + b] = (row_in && wo >= 0 && wo < Wo) ? grow[wo] : T(0);
+            }
         }
-        for (int e = tid; e < kn * nci * khw; e += nthreads) {  // e = (k*nci + o)*khw + t
-            const int t = e % khw, o = (e / khw) % nci, k = e / (khw * nci);
-            const int c = ci_blk + o;
-            s_w[e] = c < Cg_in ? Wt[(((size_t)g * Cg_out + k0 + k) * Cg_in + c) * khw + t] : T(0);
+        // Wt[g*Cg_out + k0 + k, ci_blk + o, :, :] at s_w[(k*nci + o)*khw + t], rows (k, o) to thread rows
+        for (int R = threadIdx.z * ty + threadIdx.y; R < kn * nci; R += ty * blockDim.z) {
+            const int k = R / nci, o = R - k * nci, c = ci_blk + o;
+            const T* wrow = Wt + (c < Cg_in ? (((size_t)g * Cg_out + k0 + k) * Cg_in + c) * khw : 0);
+            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = c < Cg_in ? wrow[t] : T(0);
         }
         __syncthreads();
         for (int k = 0; k < kn; ++k) {
@@ -261,20 +272,30 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     const int n_end = min(N, (nc + 1) * NB);
     for (int n = nc * NB; n < n_end; ++n) {
         // gy[n, (g0+b)*Cg_out + co0 + o, ho0 + p/TW, wo0 + p%TW]; e = (b*COBP + o)*TP + p; 0 outside
+        // the staging loops keep e's digits and add the step with carries: a division per
+        // element costs ~20 instructions, as much as a tile's worth of multiply-adds
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
-        for (int e = tid; e < GB * COBP * TP; e += nthreads) {
-            const int p = e % TP, o = (e / TP) % COBP, b = e / (TP * COBP);
+        for (int e = tid, p = tid % TP, q = tid / TP; e < GB * COBP * TP; e += nthreads, q += nthreads / TP) {
+            // e = q * TP + p with p fixed (TP divides nthreads), q = b * COBP + o
+            const int b = q / COBP, o = q - b * COBP;  // COBP is small; see the x loop for the general case
             const int ho = ho0 + p / IGC_TW, wo = wo0 + p % IGC_TW, co = co0 + o;
             s_gy[e] = (b < gbn && o < COB && co < Cg_out && ho < Ho && wo < Wo)
                 ? gy[(((size_t)n * C_out + (g0 + b) * Cg_out + co) * Ho + ho) * Wo + wo] : T(0);
         }
         // x[n, (g0+b)*Cg_in + ci0 + cc, hb + a, wb + col]; e = ((b*CIB + cc)*PRH + a)*PRW + col
+        // e = ((b*CIB + cc)*PRH + a)*PRW + col as digits (col, a, r = b*CIB + cc); the step
+        // nthreads in the same digits is (d_col, d_a, d_r)
+        const int d_col = nthreads % PRW, d_a = (nthreads / PRW) % PRH, d_r = nthreads / (PRW * PRH);
+        int col = tid % PRW, a = (tid / PRW) % PRH, r = tid / (PRW * PRH);
 #pragma unroll 1
         for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
-            const int col = e % PRW, a = (e / PRW) % PRH, cc = (e / (PRW * PRH)) % CIB, b = e / (PRW * PRH * CIB);
-            const int h = hb + a, w = wb + col, ci = ci0 + cc;
+            const int b = r / CIB, ci = ci0 + r - b * CIB;
+            const int h = hb + a, w = wb + col;
             s_x[e] = (b < gbn && ci < Cg_in && h >= 0 && h < H && w >= 0 && w < W)
                 ? x[(((size_t)n * C_in + (g0 + b) * Cg_in + ci) * H + h) * W + w] : T(0);
+            col += d_col, a += d_a, r += d_r;  // each digit below its radix, plus at most a carry
+            if (col >= PRW) col -= PRW, ++a;
+            if (a >= PRH) a -= PRH, ++r;
         }
         __syncthreads();
         if (lane < lanes) {

@@ -172,9 +172,13 @@ def _grid_2d_over(rows, cols, threads=256):
 
 
 def _tile_block(rows, cols, channels):
-    """v3 block (tx, ty, tz): tx * RW columns, ty rows, tz * CQ channels, at most V3_THREADS."""
-    tx = _pow2_at_least(_cdiv(cols, RW), 16)
-    ty = _pow2_at_least(rows, V3_THREADS // tx)
+    """v3 block (tx, ty, tz): tx * RW columns, ty rows (a power of two), tz * CQ channels, at most
+    V3_THREADS threads.
+    Up to 4 channel pairs come first: every staged input element then feeds 8 channels' sums
+    (fewer rows means more halo rows per output row, a smaller cost for 3x3 kernels)."""
+    tz = min(_cdiv(channels, CQ), 4)
+    tx = min(_cdiv(cols, RW), 16)  # not a power of two: 56 columns are 14 threads, no idle ones
+    ty = _pow2_at_least(rows, max(1, V3_THREADS // (tx * tz)))
     tz = max(1, min(_cdiv(channels, CQ), V3_THREADS // (tx * ty)))
     return tx, ty, tz
 
