@@ -271,31 +271,43 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
 
     const int n_end = min(N, (nc + 1) * NB);
     for (int n = nc * NB; n < n_end; ++n) {
-        // gy[n, (g0+b)*Cg_out + co0 + o, ho0 + p/TW, wo0 + p%TW]; e = (b*COBP + o)*TP + p; 0 outside
-        // the staging loops keep e's digits and add the step with carries: a division per
-        // element costs ~20 instructions, as much as a tile's worth of multiply-adds
+        // image n; int offsets inside it (the launcher keeps tensors below 2^30 elements)
+        const T* xn = x + (size_t)n * C_in * H * W;
+        const T* gyn = gy + (size_t)n * C_out * Ho * Wo;
+        // The staging loops keep the digits of e and add the step nthreads digit by digit, with
+        // carries: a division per element would cost ~20 instructions, as many as the
+        // multiply-adds that element feeds. Each digit stays below twice its radix, so one
+        // subtraction per digit carries.
+        // gy[n, (g0+b)*Cg_out + co0 + o, ho0 + p/TW, wo0 + p%TW] at e = (b*COBP + o)*TP + p, 0 outside;
+        // TP divides nthreads, so p is fixed and (o, b) step by (d_o, d_b)
+        {
+            const int p = tid % TP, ho = ho0 + p / IGC_TW, wo = wo0 + p % IGC_TW;
+            const int d_o = (nthreads / TP) % COBP, d_b = (nthreads / TP) / COBP;
+            int o = (tid / TP) % COBP, b = (tid / TP) / COBP;
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
-        for (int e = tid, p = tid % TP, q = tid / TP; e < GB * COBP * TP; e += nthreads, q += nthreads / TP) {
-            // e = q * TP + p with p fixed (TP divides nthreads), q = b * COBP + o
-            const int b = q / COBP, o = q - b * COBP;  // COBP is small; see the x loop for the general case
-            const int ho = ho0 + p / IGC_TW, wo = wo0 + p % IGC_TW, co = co0 + o;
-            s_gy[e] = (b < gbn && o < COB && co < Cg_out && ho < Ho && wo < Wo)
-                ? gy[(((size_t)n * C_out + (g0 + b) * Cg_out + co) * Ho + ho) * Wo + wo] : T(0);
+            for (int e = tid; e < GB * COBP * TP; e += nthreads) {
+                const int co = co0 + o;
+                s_gy[e] = (b < gbn && o < COB && co < Cg_out && ho < Ho && wo < Wo)
+                    ? gyn[(((g0 + b) * Cg_out + co) * Ho + ho) * Wo + wo] : T(0);
+                o += d_o, b += d_b;
+                if (o >= COBP) o -= COBP, ++b;
+            }
         }
-        // x[n, (g0+b)*Cg_in + ci0 + cc, hb + a, wb + col]; e = ((b*CIB + cc)*PRH + a)*PRW + col
-        // e = ((b*CIB + cc)*PRH + a)*PRW + col as digits (col, a, r = b*CIB + cc); the step
-        // nthreads in the same digits is (d_col, d_a, d_r)
-        const int d_col = nthreads % PRW, d_a = (nthreads / PRW) % PRH, d_r = nthreads / (PRW * PRH);
-        int col = tid % PRW, a = (tid / PRW) % PRH, r = tid / (PRW * PRH);
+        // x[n, (g0+b)*Cg_in + ci0 + cc, hb + a, wb + col] at e = ((b*CIB + cc)*PRH + a)*PRW + col
+        {
+            const int d_col = nthreads % PRW, d_a = (nthreads / PRW) % PRH, d_r = nthreads / (PRW * PRH);
+            const int d_cc = d_r % CIB, d_b = d_r / CIB;
+            int col = tid % PRW, a = (tid / PRW) % PRH, cc = (tid / (PRW * PRH)) % CIB, b = tid / (PRW * PRH * CIB);
 #pragma unroll 1
-        for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
-            const int b = r / CIB, ci = ci0 + r - b * CIB;
-            const int h = hb + a, w = wb + col;
-            s_x[e] = (b < gbn && ci < Cg_in && h >= 0 && h < H && w >= 0 && w < W)
-                ? x[(((size_t)n * C_in + (g0 + b) * Cg_in + ci) * H + h) * W + w] : T(0);
-            col += d_col, a += d_a, r += d_r;  // each digit below its radix, plus at most a carry
-            if (col >= PRW) col -= PRW, ++a;
-            if (a >= PRH) a -= PRH, ++r;
+            for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
+                const int h = hb + a, w = wb + col, ci = ci0 + cc;
+                s_x[e] = (b < gbn && ci < Cg_in && h >= 0 && h < H && w >= 0 && w < W)
+                    ? xn[(((g0 + b) * Cg_in + ci) * H + h) * W + w] : T(0);
+                col += d_col, a += d_a, cc += d_cc, b += d_b;
+                if (col >= PRW) col -= PRW, ++a;
+                if (a >= PRH) a -= PRH, ++cc;
+                if (cc >= CIB) cc -= CIB, ++b;
+            }
         }
         __syncthreads();
         if (lane < lanes) {
@@ -304,7 +316,7 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
             for (int py = lane; py < IGC_TH; py += lanes) {
                 const T* xrow = xr + py * sh * PRW;
 // all 8 pixels at once hoist 26 loads and spill at 64 registers; double needs two registers a value
-#pragma unroll (KW == 0 ? 1 : sizeof(T) == 8 ? 2 : 4)
+#pragma unroll (KW == 0 || sizeof(T) == 8 ? 1 : 4)
                 for (int px = 0; px < IGC_TW; ++px) {
                     T gv[IGC_CQ];
 #pragma unroll

@@ -141,7 +141,7 @@ class Loop:
         return self.instructions / self.fmas if self.fmas else float("inf")
 
 
-_FMA = re.compile(r"\b(FFMA|DFMA|HFMA2)\b")
+_FMA = re.compile(r"\b(FFMA|DFMA)\b")  # not HFMA2.MMA: ptxas zeroes registers with it
 _BRANCH = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
 
 
@@ -152,6 +152,23 @@ def loops(instructions):
         m = _BRANCH.search(text)
         if m and int(m.group(1), 16) <= off:
             out.append((int(m.group(1), 16), off))
+    return out
+
+
+def fma_loops(filename, dtype, expr, arch="sm_90"):
+    """Every innermost loop (one that contains no other loop) of kernel `expr` that does
+    multiply-adds, as Loop objects in address order."""
+    _, _, lowered = cubin(filename, np.dtype(dtype), arch)
+    code = sass(filename, dtype, arch)[lowered[expr]]
+    spans = loops(code)
+    out = []
+    for start, end in spans:
+        if any((s, e) != (start, end) and start <= s and e <= end for s, e in spans):
+            continue
+        body = [t for off, t in code if start <= off <= end]
+        fmas = sum(1 for t in body if _FMA.search(t))
+        if fmas:
+            out.append(Loop(len(body), fmas))
     return out
 
 
