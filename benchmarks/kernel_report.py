@@ -82,7 +82,8 @@ def occupancy(registers, threads, shared):
 
 @functools.lru_cache(maxsize=None)
 def kernel_info(filename, kernel, targs, dtype=np.float32):
-    """(Resources, hot inner loop, instructions per staged element, instructions outside loops)."""
+    """(Resources, hot inner loop, [instructions per staged element of each staging loop, in
+    address (= source) order], instructions outside loops)."""
     expr = name_expression(kernel, c_type(dtype), targs)
     res = sass.resources(filename, dtype)[expr]
     _, _, lowered = sass.cubin(filename, np.dtype(dtype), "sm_90")
@@ -98,22 +99,23 @@ def kernel_info(filename, kernel, targs, dtype=np.float32):
         if innermost and stores and not any(sass._FMA.search(t) for t in body):
             stage.append(len(body) / stores)  # a staging loop: one element per shared-memory store
     straight = sum(1 for off, _ in code if off not in inside)
-    return res, sass.inner_loop(filename, dtype, expr), (max(stage) if stage else 0), straight
+    return res, sass.inner_loop(filename, dtype, expr), tuple(stage), straight
 
 
 def _fma_slots_and_staged(op, version, L, dims):
-    """(FMA slots, shared-memory elements staged) of launch L of `op` `version` (see the module doc)."""
+    """(FMA slots, [shared-memory elements staged by each staging loop, in source order]) of
+    launch L of `op` `version` (see the module doc)."""
     N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = dims
     Cg_in, Cg_out = C_in // G, C_out // G
     khw = KH * KW
     if L.kind == "reduce":
-        return L.extra[0] * L.extra[1], 0  # adds, not FMAs: counted with the loop's instructions
+        return L.extra[0] * L.extra[1], ()  # adds, not FMAs: counted with the loop's instructions
     if version in (1, 2):
         if op == "conv2d_forward":
-            return N * C_out * Ho * Wo * Cg_in * khw, 0
+            return N * C_out * Ho * Wo * Cg_in * khw, ()
         if op == "conv2d_backward_data":
-            return N * C_in * H * W * Cg_out * khw // (SH * SW), 0
-        return C_out * Cg_in * khw * N * Ho * Wo, 0
+            return N * C_in * H * W * Cg_out * khw // (SH * SW), ()
+        return C_out * Cg_in * khw * N * Ho * Wo, ()
     if op in ("conv2d_forward", "conv2d_backward_data"):
         tx, ty, tz = L.block
         depth = Cg_in if op == "conv2d_forward" else Cg_out   # the channels each output sums over
@@ -122,17 +124,16 @@ def _fma_slots_and_staged(op, version, L, dims):
             PRH, PRW = (ty - 1) * SH + KH, (tx * ops.RW - 1) * SW + KW
         else:
             PRH, PRW = (ty + KH - 2) // SH + 2, (tx * ops.RW + KW - 2) // SW + 2
-        # every chunk of channels: its input patch and its weights
-        staged = L.blocks * (depth * PRH * PRW + depth * tz * ops.CQ * khw)
-        return slots, staged
+        # every chunk of channels: its input patch, then its weights
+        return slots, (L.blocks * depth * PRH * PRW, L.blocks * depth * tz * ops.CQ * khw)
     GB, COB, CIB, NB = L.extra
     KWB = KW if ops._targs(dims) != (0, 0, 0, 0) and KW <= 3 else 1
     n_cq = -(-COB // ops.CQ)
     n_slots = GB * n_cq * CIB * KH * (KW // KWB)
     slots = L.blocks * NB * n_slots * ops.TH * ops.TW * ops.CQ * KWB
     PRH, PRW = (ops.TH - 1) * SH + KH, (ops.TW - 1) * SW + KW
-    staged = L.blocks * NB * (GB * n_cq * ops.CQ * ops.TH * ops.TW + GB * CIB * PRH * PRW)
-    return slots, staged
+    # every image: the gy tile, then the x tile
+    return slots, (L.blocks * NB * GB * n_cq * ops.CQ * ops.TH * ops.TW, L.blocks * NB * GB * CIB * PRH * PRW)
 
 
 def roofline(op, version, dims, dtype=np.float32, gpu=H100):
@@ -154,7 +155,11 @@ def roofline(op, version, dims, dtype=np.float32, gpu=H100):
             per_slot = _reduce_loop_instructions(L.file, L.kernel, dtype.type)
         else:
             per_slot = loop.per_fma
-        instructions = slots * per_slot + staged * stage_instr + L.blocks * L.threads * straight
+        if len(staged) == len(stage_instr):
+            staging = sum(n * c for n, c in zip(staged, stage_instr))
+        else:  # the compiler merged or split the staging loops: charge the costliest rate
+            staging = sum(staged) * max(stage_instr, default=0)
+        instructions = slots * per_slot + staging + L.blocks * L.threads * straight
         occ, limit = occupancy(res.registers, L.threads, L.shared + res.shared)
         efficiency = min(1.0, occ / 0.25)
         issue_s = instructions / (min(gpu["sms"], L.blocks) * gpu["lanes"] * gpu["clock"] * efficiency)
