@@ -96,7 +96,8 @@ def kernel_info(filename, kernel, targs, dtype=np.float32):
         inside.update(off for off, _ in code if start <= off <= end)
         innermost = not any((s, e) != (start, end) and start <= s and e <= end for s, e in spans)
         stores = sum(1 for t in body if t.startswith("STS") or " STS" in t)
-        if innermost and stores and not any(sass._FMA.search(t) for t in body):
+        loads = any("LDG" in t for t in body)  # global to shared: staging (not setting up offsets)
+        if innermost and stores and loads and not any(sass._FMA.search(t) for t in body):
             stage.append(len(body) / stores)  # a staging loop: one element per shared-memory store
     straight = sum(1 for off, _ in code if off not in inside)
     return res, sass.inner_loop(filename, dtype, expr), tuple(stage), straight

@@ -96,7 +96,7 @@ def test_weight_slices_fit_the_block(Cg_in, Cg_out, G, k):
         KWB = k if k <= 3 else 1
         slots = GB * -(-COB // ops.CQ) * CIB * k * (k // KWB)
         assert 1 <= GB <= G and 1 <= COB <= Cg_out and 1 <= CIB <= Cg_in
-        assert slots <= ops.V3_WEIGHT_THREADS and smem * itemsize <= ops.V3_WEIGHT_SMEM
+        assert slots <= ops.V3_WEIGHT_THREADS and smem <= ops.V3_WEIGHT_SMEM
         assert GB == 1 or (COB, CIB) == (Cg_out, Cg_in)  # a block holds whole groups or part of one
         if Cg_in * Cg_out * k <= 16:  # tiny groups: several per block, at least half the threads busy
             assert GB > 1 and slots * min(ops.TH, ops.V3_WEIGHT_THREADS // slots) >= ops.V3_WEIGHT_THREADS // 2

@@ -231,8 +231,9 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
 // A row of TW pixels is unrolled: per pixel CQ gy loads, and with SW = 1 the KWB x loads of
 // neighbouring pixels overlap, so a row costs about CQ*TW + TW + KWB loads for CQ*KWB*TW FMAs.
 // partial[tile * n_weights + widx] gets the block's sums (widx the index in gW).
-// Shared memory: max(GB*COBP*TH*TW + GB*CIB*PRH*PRW, nthreads*CQ*KWB) T, COBP = n_cq*CQ (COB
-// rounded up to CQ, the pad rows zero), PRH = (TH-1)*SH + KH, PRW = (TW-1)*SW + KW.
+// Shared memory: max(GB*COBP*TH*TW + GB*CIB*PRH*PRW, nthreads*CQ*KWB) T, then GB*(CIB + COBP)
+// int; COBP = n_cq*CQ (COB rounded up to CQ, the pad rows zero), PRH = (TH-1)*SH + KH,
+// PRW = (TW-1)*SW + KW.
 template <typename T, int KH, int KW, int SH, int SW>
 __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ partial,
                                           int N, int C_in, int H, int W, int C_out, int KH_, int KW_,
@@ -263,6 +264,20 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     const int hb = ho0 * sh - PH, wb = wo0 * sw - PW;
     T* s_gy = s;                       // [GB*COBP][TH*TW]
     T* s_x = s + GB * COBP * TP;       // [GB*CIB][PRH][PRW]
+    // Offsets of the block's channel planes inside an image, -1 for the channels past the slice:
+    // the staging loops read them instead of splitting a row index into (group, channel).
+    // They follow the tiles and the lanes' sums (both fit in max(tiles, nthreads*CQ*KWB) T).
+    int* s_off_x = reinterpret_cast<int*>(s + max(GB * COBP * TP + GB * CIB * PRH * PRW, nthreads * IGC_CQ * KWB));
+    int* s_off_gy = s_off_x + GB * CIB;
+    for (int r = tid; r < GB * CIB; r += nthreads) {  // r = b*CIB + cc
+        const int b = r / CIB, ci = ci0 + r - b * CIB;
+        s_off_x[r] = (b < gbn && ci < Cg_in) ? ((g0 + b) * Cg_in + ci) * H * W : -1;
+    }
+    for (int r = tid; r < GB * COBP; r += nthreads) {  // r = b*COBP + o
+        const int b = r / COBP, o = r - b * COBP, co = co0 + o;
+        s_off_gy[r] = (b < gbn && o < COB && co < Cg_out) ? ((g0 + b) * Cg_out + co) * Ho * Wo : -1;
+    }
+    __syncthreads();
     T acc[IGC_CQ][KWB];
 #pragma unroll
     for (int q = 0; q < IGC_CQ; ++q)
@@ -274,39 +289,32 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
         // image n; int offsets inside it (the launcher keeps tensors below 2^30 elements)
         const T* xn = x + (size_t)n * C_in * H * W;
         const T* gyn = gy + (size_t)n * C_out * Ho * Wo;
-        // The staging loops keep the digits of e and add the step nthreads digit by digit, with
-        // carries: a division per element would cost ~20 instructions, as many as the
-        // multiply-adds that element feeds. Each digit stays below twice its radix, so one
-        // subtraction per digit carries.
-        // gy[n, (g0+b)*Cg_out + co0 + o, ho0 + p/TW, wo0 + p%TW] at e = (b*COBP + o)*TP + p, 0 outside;
-        // TP divides nthreads, so p is fixed and (o, b) step by (d_o, d_b)
+        // A division per staged element would cost ~20 instructions, as many as the
+        // multiply-adds the element feeds: the loops keep the digits of e instead.
+        // gy[n, channel plane r, ho0 + p/TW, wo0 + p%TW] at e = r*TP + p, 0 outside; TP divides
+        // nthreads, so a thread's p is fixed and r steps by nthreads / TP
         {
             const int p = tid % TP, ho = ho0 + p / IGC_TW, wo = wo0 + p % IGC_TW;
-            const int d_o = (nthreads / TP) % COBP, d_b = (nthreads / TP) / COBP;
-            int o = (tid / TP) % COBP, b = (tid / TP) / COBP;
+            const bool inside = ho < Ho && wo < Wo;
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
-            for (int e = tid; e < GB * COBP * TP; e += nthreads) {
-                const int co = co0 + o;
-                s_gy[e] = (b < gbn && o < COB && co < Cg_out && ho < Ho && wo < Wo)
-                    ? gyn[(((g0 + b) * Cg_out + co) * Ho + ho) * Wo + wo] : T(0);
-                o += d_o, b += d_b;
-                if (o >= COBP) o -= COBP, ++b;
+            for (int e = tid, r = tid / TP; e < GB * COBP * TP; e += nthreads, r += nthreads / TP) {
+                const int off = s_off_gy[r];
+                s_gy[e] = (inside && off >= 0) ? gyn[off + ho * Wo + wo] : T(0);
             }
         }
-        // x[n, (g0+b)*Cg_in + ci0 + cc, hb + a, wb + col] at e = ((b*CIB + cc)*PRH + a)*PRW + col
+        // x[n, channel plane r, hb + a, wb + col] at e = (r*PRH + a)*PRW + col; the step nthreads
+        // is (d_r, d_a, d_col) in the same digits, each digit stays below twice its radix, so one
+        // subtraction carries
         {
             const int d_col = nthreads % PRW, d_a = (nthreads / PRW) % PRH, d_r = nthreads / (PRW * PRH);
-            const int d_cc = d_r % CIB, d_b = d_r / CIB;
-            int col = tid % PRW, a = (tid / PRW) % PRH, cc = (tid / (PRW * PRH)) % CIB, b = tid / (PRW * PRH * CIB);
+            int col = tid % PRW, a = (tid / PRW) % PRH, r = tid / (PRW * PRH);
 #pragma unroll 1
             for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
-                const int h = hb + a, w = wb + col, ci = ci0 + cc;
-                s_x[e] = (b < gbn && ci < Cg_in && h >= 0 && h < H && w >= 0 && w < W)
-                    ? xn[(((g0 + b) * Cg_in + ci) * H + h) * W + w] : T(0);
-                col += d_col, a += d_a, cc += d_cc, b += d_b;
+                const int h = hb + a, w = wb + col, off = s_off_x[r];
+                s_x[e] = (off >= 0 && h >= 0 && h < H && w >= 0 && w < W) ? xn[off + h * W + w] : T(0);
+                col += d_col, a += d_a, r += d_r;
                 if (col >= PRW) col -= PRW, ++a;
-                if (a >= PRH) a -= PRH, ++cc;
-                if (cc >= CIB) cc -= CIB, ++b;
+                if (a >= PRH) a -= PRH, ++r;
             }
         }
         __syncthreads();

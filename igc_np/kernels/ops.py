@@ -193,7 +193,7 @@ def _chunk(per_channel, count, itemsize, op):
 
 def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threads=V3_WEIGHT_THREADS):
     """The channel slice of a v3 backward-weight block: (GB groups, COB output and CIB input
-    channels per group, shared memory in elements). A thread owns CQ output channels x KWB taps
+    channels per group, shared memory in bytes). A thread owns CQ output channels x KWB taps
     of one (c, i) (KWB = KW for a specialized 1x1 or 3x3 kernel, else 1); n_slots = GB * ceil(COB/CQ)
     * CIB * KH * (KW/KWB) must fit in `threads`, and up to TH threads (lanes) share a slot. Small
     groups (IGC's M = 2) take several groups per block; large ones split the group's channels.
@@ -210,8 +210,10 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
     best = None
     for GB, COB, CIB in candidates:
         slots = GB * _cdiv(COB, CQ) * CIB * KH * JB
-        smem = max(GB * _cdiv(COB, CQ) * CQ * TH * TW + GB * CIB * PRH * PRW, threads * CQ * KWB)
-        if slots > threads or smem * itemsize > V3_WEIGHT_SMEM:
+        # the tiles (or the lanes' sums), then the int offsets of the slice's channel planes
+        smem = (max(GB * _cdiv(COB, CQ) * CQ * TH * TW + GB * CIB * PRH * PRW, threads * CQ * KWB) * itemsize
+                + 4 * GB * (CIB + _cdiv(COB, CQ) * CQ))
+        if slots > threads or smem > V3_WEIGHT_SMEM:
             continue
         score = (slots * min(TH, threads // slots), GB * COB * CIB)
         if best is None or score > best[0]:
@@ -301,7 +303,7 @@ def plan(op, version, dims, itemsize):
     NB = _cdiv(N, max(1, min(N, _cdiv(V3_TARGET_BLOCKS, spatial * slices))))
     n_tiles = _cdiv(N, NB) * spatial
     return [Launch("group_conv_v3.cu", "conv2d_backward_weight_v3", targs, (n_tiles, slices), (V3_WEIGHT_THREADS,),
-                   smem * itemsize, (GB, COB, CIB, NB), scratch=(n_tiles, n_weights)),
+                   smem, (GB, COB, CIB, NB), scratch=(n_tiles, n_weights)),
             Launch("group_conv_v3.cu", "conv2d_backward_weight_v3_reduce", (),
                    (min(_cdiv(n_weights, THREADS), MAX_BLOCKS),), (THREADS,), 0, (n_tiles, n_weights),
                    kind="reduce")]
