@@ -286,9 +286,9 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
 
     const int n_end = min(N, (nc + 1) * NB);
     for (int n = nc * NB; n < n_end; ++n) {
-        // image n; int offsets inside it (the launcher keeps tensors below 2^30 elements)
-        const T* xn = x + (size_t)n * C_in * H * W;
-        const T* gyn = gy + (size_t)n * C_out * Ho * Wo;
+        // image n, as an int offset (the launcher keeps tensors below 2^30 elements): a 64-bit
+        // pointer would be one more pair of registers, which ptxas rematerialises per element
+        const int xn = n * C_in * H * W, gyn = n * C_out * Ho * Wo;
         // A division per staged element would cost ~20 instructions, as many as the
         // multiply-adds the element feeds: the loops keep the digits of e instead.
         // gy[n, channel plane r, ho0 + p/TW, wo0 + p%TW] at e = r*TP + p, 0 outside; TP divides
@@ -299,7 +299,7 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
             for (int e = tid, r = tid / TP; e < GB * COBP * TP; e += nthreads, r += nthreads / TP) {
                 const int off = s_off_gy[r];
-                s_gy[e] = (inside && off >= 0) ? gyn[off + ho * Wo + wo] : T(0);
+                s_gy[e] = (inside && off >= 0) ? gy[gyn + off + ho * Wo + wo] : T(0);
             }
         }
         // x[n, channel plane r, hb + a, wb + col] at e = (r*PRH + a)*PRW + col; the step nthreads
@@ -311,7 +311,7 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
 #pragma unroll 1
             for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
                 const int h = hb + a, w = wb + col, off = s_off_x[r];
-                s_x[e] = (off >= 0 && h >= 0 && h < H && w >= 0 && w < W) ? xn[off + h * W + w] : T(0);
+                s_x[e] = (off >= 0 && h >= 0 && h < H && w >= 0 && w < W) ? x[xn + off + h * W + w] : T(0);
                 col += d_col, a += d_a, r += d_r;
                 if (col >= PRW) col -= PRW, ++a;
                 if (a >= PRH) a -= PRH, ++r;
