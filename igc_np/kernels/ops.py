@@ -198,7 +198,8 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
     * CIB * KH * (KW/KWB) must fit in `threads`, and up to TH threads (lanes) share a slot. Small
     groups (IGC's M = 2) take several groups per block; large ones split the group's channels.
     Among the slices that fit (tiles in V3_WEIGHT_SMEM bytes) the one that keeps the most threads
-    busy (n_slots * lanes) wins, then the one with the most weights."""
+    busy on real channels (n_slots * lanes * the fraction of the chunks that is not padding) wins,
+    then the one with the most weights."""
     KWB = KW if specialized and KW <= 3 else 1
     JB = KW // KWB
     PRH, PRW = (TH - 1) * SH + KH, (TW - 1) * SW + KW  # the x tile of an output tile
@@ -215,7 +216,10 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
                 + 4 * GB * (CIB + _cdiv(COB, CQ) * CQ))
         if slots > threads or smem > V3_WEIGHT_SMEM:
             continue
-        score = (slots * min(TH, threads // slots), GB * COB * CIB)
+        # threads that work, times the part of their work that is not padding: a last chunk of
+        # groups or channels that is partly empty still runs its slots on zeros
+        useful = (G / (_cdiv(G, GB) * GB)) * (Cg_out / (_cdiv(Cg_out, COB) * COB)) * (Cg_in / (_cdiv(Cg_in, CIB) * CIB))
+        score = (slots * min(TH, threads // slots) * useful, GB * COB * CIB)
         if best is None or score > best[0]:
             best = (score, (GB, COB, CIB, smem))
     if best is None:
