@@ -203,3 +203,30 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-igc")
     with pytest.raises(EmulatorCompileError, match="needs a C\\+\\+17 compiler"):
         EmuModule(SOURCE, ["matmul_tiled<float>"], "x.cu")
+
+
+ALIGNED = r"""
+// The dynamic shared array declared as CUDA code must declare it to be read as double (bug 6):
+// 16-aligned bytes, one declaration for float and double.
+template <typename T>
+__global__ void __launch_bounds__(64) aligned_dynamic(const T* x, T* out, unsigned long long* address) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* s = reinterpret_cast<T*>(smem_raw);
+    s[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    out[threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+    if (threadIdx.x == 0) *address = reinterpret_cast<unsigned long long>(smem_raw);
+}
+"""
+
+
+@pytest.mark.parametrize("ctype,dtype", [("float", np.float32), ("double", np.float64)])
+def test_aligned_dynamic_shared_memory(ctype, dtype):
+    """`extern __shared__ __align__(16) unsigned char s[]` (and __launch_bounds__) compile in the
+    emulator, and the array is 16-byte aligned as on a GPU."""
+    mod = EmuModule(ALIGNED, [f"aligned_dynamic<{ctype}>"], "aligned.cu")
+    x = np.arange(64, dtype=dtype)
+    out, address = np.zeros(64, dtype=dtype), np.zeros(1, dtype=np.uint64)
+    mod.get_function(f"aligned_dynamic<{ctype}>")((1,), (64,), (x, out, address), shared_mem=64 * x.itemsize)
+    np.testing.assert_array_equal(out, x[::-1])
+    assert int(address[0]) % 16 == 0

@@ -30,11 +30,16 @@ _spec.loader.exec_module(checks)
 DEVICE = dict(device="cuda", to_device=lambda a: cupy.asarray(a), to_host=lambda a: cupy.asnumpy(a))
 
 
+CONV_VERSIONS = sorted(checks.ops.versions.versions("conv2d_forward"))
+
+
+# conv: float64 reference, norm-relative bound (checks.assert_norm_close), every version
+@pytest.mark.parametrize("version", CONV_VERSIONS)
 @pytest.mark.parametrize("dtype", checks.DTYPES)
 @settings(max_examples=60, **checks.SETTINGS)
 @given(case=checks.conv_cases())
-def test_conv_cuda(case, dtype):
-    checks.check_conv(case, dtype, **DEVICE)
+def test_conv_cuda(case, dtype, version):
+    checks.check_conv(case, dtype, version=version, **DEVICE)
 
 
 @pytest.mark.parametrize("dtype", checks.DTYPES)
@@ -58,10 +63,26 @@ def test_interleaved_secondary_cuda(case, dtype):
     ((2, 128, 28, 28), (128, 32, 3, 3), (1, 1), (1, 1), 4),  # ImageNet IGC-L4M32
 ])
 def test_igc_shapes_cuda(case):
-    checks.check_conv(case, np.float32, **DEVICE)
+    for version in CONV_VERSIONS:
+        checks.check_conv(case, np.float32, version=version, **DEVICE)
     N, C = case[0][:2]
     L = case[4]
     checks.check_interleaved((case[0], L, C // L), np.float32, **DEVICE)
+
+
+def test_stem_and_weight_gradient_determinism_cuda():
+    """The ImageNet stem (7x7 stride 2) on every version; v3's two-pass weight gradient gives the
+    same bits on every run (no atomics)."""
+    case = ((8, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3), 1)
+    for version in CONV_VERSIONS:
+        checks.check_conv(case, np.float32, version=version, **DEVICE)
+    rng = np.random.default_rng(5)
+    x = cupy.asarray(rng.standard_normal((16, 128, 28, 28)).astype(np.float32))
+    gy = cupy.asarray(rng.standard_normal((16, 128, 28, 28)).astype(np.float32))
+    runs = [checks.ops.conv2d_backward_weight(x, gy, (128, 32, 3, 3), (1, 1), (1, 1), 4, "cuda", version=3)
+            for _ in range(3)]
+    for r in runs[1:]:
+        assert bool((r == runs[0]).all())
 
 
 def test_numpy_input_is_rejected_on_cuda():

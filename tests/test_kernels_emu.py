@@ -59,19 +59,39 @@ def _close(actual, expected, dtype):
 
 # ---- checks shared with the CUDA tests (to_device, to_host move arrays; identity on "emu") ----
 
-def check_conv(case, dtype, device, to_device=lambda a: a, to_host=lambda a: a, seed=0):
+# A float32 kernel is compared with the float64 reference on the same (float32-representable)
+# inputs: the error of a sum of K rounded terms grows with K, so an element-wise bound fails on
+# large layers while the kernel is right; the norm of the whole error against the norm of the
+# result does not (bug 4). float64 kernels only differ from NumPy in the order of the sums.
+NORM_TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def assert_norm_close(actual, expected64, dtype, what=""):
+    """||actual - expected|| <= NORM_TOL[dtype] * ||expected|| (Frobenius norms), and same shape/dtype."""
+    assert actual.shape == expected64.shape and actual.dtype == dtype, (what, actual.shape, actual.dtype)
+    err = np.linalg.norm(actual.astype(np.float64) - expected64)
+    scale = np.linalg.norm(expected64)
+    assert err <= NORM_TOL[dtype] * max(scale, 1e-300), f"{what}: |error| {err:.3g} vs |reference| {scale:.3g}"
+
+
+def check_conv(case, dtype, device, to_device=lambda a: a, to_host=lambda a: a, seed=0, version=None):
+    """Forward, backward-data and backward-weight of kernel `version` (None: the selected one)
+    against the float64 NumPy reference on the same inputs."""
     x_shape, W_shape, stride, padding, G = case
     rng = np.random.default_rng(seed)
     x, W = _rand(rng, x_shape, dtype), _rand(rng, W_shape, dtype)
-    y_ref = reference.conv2d(x, W, stride, padding, G)
-    y = to_host(ops.conv2d_forward(to_device(x), to_device(W), stride, padding, G, device))
-    _close(y, y_ref, dtype)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref = reference.conv2d(x64, W64, stride, padding, G)
+    y = to_host(ops.conv2d_forward(to_device(x), to_device(W), stride, padding, G, device, version=version))
+    assert_norm_close(y, y_ref, dtype, f"forward v{version} {case}")
     gy = _rand(rng, y_ref.shape, dtype)
-    gx_ref, gW_ref = reference.conv2d_backward(x, W, gy, stride, padding, G)
-    gx = to_host(ops.conv2d_backward_data(to_device(gy), to_device(W), x_shape, stride, padding, G, device))
-    _close(gx, gx_ref, dtype)
-    gW = to_host(ops.conv2d_backward_weight(to_device(x), to_device(gy), W_shape, stride, padding, G, device))
-    _close(gW, gW_ref, dtype)
+    gx_ref, gW_ref = reference.conv2d_backward(x64, W64, gy.astype(np.float64), stride, padding, G)
+    gx = to_host(ops.conv2d_backward_data(to_device(gy), to_device(W), x_shape, stride, padding, G, device,
+                                          version=version))
+    assert_norm_close(gx, gx_ref, dtype, f"backward-data v{version} {case}")
+    gW = to_host(ops.conv2d_backward_weight(to_device(x), to_device(gy), W_shape, stride, padding, G, device,
+                                            version=version))
+    assert_norm_close(gW, gW_ref, dtype, f"backward-weight v{version} {case}")
 
 
 def check_permutation(x_shape, b, dtype, device, to_device=lambda a: a, to_host=lambda a: a):

@@ -86,7 +86,9 @@ def _shim(code, name_expressions):
     lines = []
     dyn = {}
     for m in _DYNAMIC_SHARED.finditer(_strip_comments(code)):
-        dyn.setdefault(m.group(2), m.group(1).strip())
+        # `extern __shared__ __align__(16) unsigned char s[]`: the shim aligns every array to 16
+        # already, and `sizeof(__align__(16) unsigned char)` would not compile
+        dyn.setdefault(m.group(2), re.sub(r"__align__\s*\(\s*\d+\s*\)", "", m.group(1)).strip())
     for name, ctype in dyn.items():
         lines.append(f"{ctype} {name}[igc_emu::kDynamicSharedBytes / sizeof({ctype})] __attribute__((aligned(16)));")
     fills = "".join(f" memset({n}, 0xFF, bytes);" for n in dyn)

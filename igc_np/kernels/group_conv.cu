@@ -96,7 +96,7 @@ template <typename T>
 __global__ void conv2d_backward_weight(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gW,
                                        int N, int C_in, int H, int W, int C_out, int KH, int KW,
                                        int SH, int SW, int PH, int PW, int G, int Ho, int Wo) {
-    extern __shared__ unsigned char smem_raw[];  // untyped: one declaration serves float and double
+    extern __shared__ __align__(16) unsigned char smem_raw[];  // untyped: one declaration serves float and double
     T* partial = reinterpret_cast<T*>(smem_raw);
     const int Cg_in = C_in / G, Cg_out = C_out / G;
     const int n_weights = C_out * Cg_in * KH * KW;

@@ -67,7 +67,7 @@ __global__ void interleaved_secondary_backward_data(const T* __restrict__ gy, co
 template <typename T>
 __global__ void interleaved_secondary_backward_weight(const T* __restrict__ x, const T* __restrict__ gy,
                                                       T* __restrict__ gW2, int N, int C, int HW, int L, int S) {
-    extern __shared__ unsigned char smem_raw[];
+    extern __shared__ __align__(16) unsigned char smem_raw[];
     T* partial = reinterpret_cast<T*>(smem_raw);
     const int M = C / L, K = C / S;
     const int terms = N * HW;
