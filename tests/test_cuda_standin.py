@@ -246,3 +246,57 @@ def test_gpu_benchmark_runs_on_cuda(cp, bench, capsys):
 
 def test_gpu_benchmark_default_float32(cp, bench):
     bench.main(["--batch", "2", "--repeat", "2"])
+
+
+# ---- (6) launches and host syncs of one training step ------------------------------------------------
+def _resnet_igc_step(cp, batch, size):
+    """One SGD step of resnet_igc-20 L24M2 on "cuda"; returns the stand-in's counts for it.
+    Small images keep the emulator quick; the ops, and so the launches and syncs, are those of 32x32
+    (benchmarks/bench_gpu.py --count-launches runs the real shape)."""
+    net = ig.nets.get_network("resnet_igc", 20, primary_partition=24, secondary_partition=2, rng=0).to("cuda")
+    opt = ig.optim.SGD(net.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    x = ig.Tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32), device="cuda")
+    labels = ig.Tensor(rng.integers(0, 10, batch), device="cuda")  # on the device, as the trainer's
+    fake_cupy.reset_counts()
+    opt.zero_grad()
+    F.cross_entropy(net(x), labels).backward()
+    opt.step()
+    return fake_cupy.counts()
+
+
+@pytest.mark.xfail(strict=True, reason="ops/loss.py's cross_entropy checks the label range on the host "
+                                       "(int(lab.min()), int(lab.max()): the 2 syncs of this step) and ops/pooling.py "
+                                       "syncs too (not used by resnet_igc): both are fixed on branch `tiers`")
+def test_training_step_has_no_host_sync(cp):
+    counts = _resnet_igc_step(cp, batch=8, size=8)
+    assert counts["syncs"] == 0, f"{counts['syncs']} device->host syncs in one step: {fake_cupy.sync_sites}"
+
+
+def test_training_step_launches(cp):
+    """Fused BN+ReLU(+add) and the multi-tensor SGD: about 260 launches per step (1,437 before)."""
+    counts = _resnet_igc_step(cp, batch=2, size=4)
+    assert counts["launches"] <= 300, counts
+    assert counts["kernels"] >= 200  # our kernels do the work: conv, secondary, BN, SGD
+
+
+def test_standin_counts_launches_and_syncs(cp):
+    a = cp.asarray(np.arange(12.0).reshape(3, 4))
+    fake_cupy.reset_counts()
+    b = a.T.reshape(12)       # a copy: the transposed view is not contiguous
+    c = a.reshape(4, 3)[1:]   # views: no launch
+    d = (a * 2 + 1).sum(axis=0)
+    assert fake_cupy.counts()["array_ops"] == 4 and fake_cupy.counts()["syncs"] == 0
+    assert b.shape == (12,) and c.shape == (3, 3) and d.shape == (4,)
+    float(d[0])
+    a[a > 3]
+    d.get()
+    counts = fake_cupy.counts()
+    assert counts["syncs"] == 3 and [w for w, _ in fake_cupy.sync_sites] == \
+        ["float()", "boolean-mask indexing", ".get()"]
+    assert fake_cupy.sync_sites[0][1].endswith(f"test_cuda_standin.py:{_line_of('float(d[0])')}")
+
+
+def _line_of(text):
+    lines = Path(__file__).read_text().splitlines()
+    return next(i + 1 for i, line in enumerate(lines) if line.strip() == text)

@@ -60,7 +60,7 @@ def batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, trainin
     if residual is not None and tuple(residual.shape) != tuple(x.shape):
         raise ValueError(f"batch_norm_relu: residual shape {tuple(residual.shape)} != input shape "
                          f"{tuple(x.shape)}")
-    if not relu and residual is None:  # nothing to fuse
+    if not relu and residual is None and x.device == "cpu":  # nothing to fuse on the CPU
         return batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps)
     if residual is not None and not isinstance(residual, Tensor):
         raise TypeError(f"batch_norm_relu: residual must be a Tensor, got {type(residual).__name__}")
