@@ -19,6 +19,10 @@ result is first checked against a float64 NumPy reference (norm-relative error).
 
 --count-launches runs one resnet_igc-20 L24M2 training step on tests/fake_cupy.py's CuPy stand-in
 (our kernels in the CPU emulator) and prints "launches/step N, host syncs/step M".
+--train STEPS trains resnet_igc-20 L24M2 on random CIFAR-format data (uint8 images, 10 classes) and
+prints images/s, with the explicit device->host copies (.get, .item, .tolist, asnumpy) seen by a
+profile hook; float()/int()/bool() of a device array are invisible to it (C slots): the stand-in's
+--count-launches counts those.
 """
 import argparse
 import subprocess
@@ -330,6 +334,55 @@ def count_launches(batch, size=32, fake=None):
     return counts
 
 
+def train(steps, batch, size=32, warmup=10):
+    """SGD steps of resnet_igc-20 L24M2 on random CIFAR-format data; prints and returns images/s."""
+    import igc_np as ig
+    from igc_np import backend
+    from igc_np import functional as F
+    cupy = backend.cupy_module()
+    net = ig.nets.get_network("resnet_igc", 20, primary_partition=24, secondary_partition=2, rng=0).to("cuda")
+    opt = ig.optim.SGD(net.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8 * batch, 3, size, size), dtype=np.uint8)  # CIFAR's format
+    labels = rng.integers(0, 10, 8 * batch)
+    mean, std = np.float32(120.7), np.float32(64.2)
+    transfers = []
+
+    def hook(frame, event, arg):  # explicit device->host copies inside a step
+        if event == "c_call" and getattr(arg, "__name__", "") in ("get", "item", "tolist", "asnumpy") \
+                and type(getattr(arg, "__self__", None)).__module__.startswith("cupy"):
+            transfers.append(arg.__name__)
+
+    def step(i):
+        j = (i % 8) * batch
+        x = ig.Tensor((images[j:j + batch].astype(np.float32) - mean) / std, device="cuda")  # host -> device
+        y = ig.Tensor(labels[j:j + batch], device="cuda")
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for i in range(warmup):  # compiles every kernel
+        step(i)
+    stream_sync = cupy.cuda.Stream.null.synchronize if hasattr(cupy.cuda, "Stream") else (lambda: None)
+    stream_sync()
+    sys.setprofile(hook)
+    t = time.perf_counter()
+    try:
+        for i in range(steps):
+            loss = step(i)
+        last = float(loss.data)  # the one sync, after the timed steps were issued
+        stream_sync()
+    finally:
+        sys.setprofile(None)
+    dt = time.perf_counter() - t
+    print(f"train: resnet_igc-20 L24M2, batch {batch}, {size}x{size}, {steps} steps: {steps * batch / dt:.0f} images/s "
+          f"({1e3 * dt / steps:.1f} ms/step), explicit device->host copies inside the steps: "
+          f"{len(transfers)} ({', '.join(sorted(set(transfers))) or 'none'}), last loss {last:.3f}")
+    return steps * batch / dt
+
+
 def roofline(dtype):
     """benchmarks/kernel_report.py --roofline (the conv ladder's ptxas report), when it exists."""
     script = ROOT / "benchmarks" / "kernel_report.py"
@@ -351,12 +404,17 @@ def main(argv=None):
                         help="run on tests/fake_cupy.py's CPU stand-in (checks the script; times mean nothing)")
     parser.add_argument("--roofline", action="store_true", help="also run benchmarks/kernel_report.py --roofline")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--cases", type=int, default=len(CASES), help="benchmark only the first CASES cases")
+    parser.add_argument("--train", type=int, metavar="STEPS", help="train STEPS steps instead (images/s)")
+    parser.add_argument("--size", type=int, default=32, help="--train/--count-launches image size")
     args = parser.parse_args(argv)
     if args.count_launches:
-        return count_launches(args.batch)
+        return count_launches(args.batch, args.size)
     if args.standin:
         install_standin()
     cupy = gpu_or_exit()
+    if args.train:
+        return train(args.train, args.batch, args.size)
     ref, why = find_cudnn() if not args.standin else (None, "the stand-in has no cuDNN")
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -367,7 +425,7 @@ def main(argv=None):
         print(banner, file=sys.stderr)
     dtype = np.dtype(args.dtype).type
     results = []
-    for name, C, HW, L, M in CASES:
+    for name, C, HW, L, M in CASES[:args.cases]:
         bench_case(cupy, ref, name, args.batch, C, HW, L, M, dtype, args.loop, args.repeat, results)
     bench_sgd(cupy, ref, dtype, args.loop, args.repeat, results)
     if args.roofline:

@@ -123,23 +123,42 @@ def test_interleaved_v2_weight_chunks():
 # ---- fused BatchNorm + ReLU (+ residual) ---------------------------------------------------------
 def bn_reference(x, gamma, beta, rmean, rvar, gy, training, momentum, eps, relu, residual):
     """float64 y, gx, ggamma, gbeta, gresidual and the new running statistics, by the formulas."""
-    x, gamma, beta, gy = (a.astype(np.float64) for a in (x, gamma, beta, gy))
-    ch = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+    x64, mean, invstd = _bn_normalise(x, rmean, rvar, training, eps)
+    xhat = (x64 - _ch(mean)) * _ch(invstd)
+    z = xhat * _ch(gamma.astype(np.float64)) + _ch(beta.astype(np.float64))
+    if residual is not None:
+        z = z + residual.astype(np.float64)
+    g = gy.astype(np.float64) * (z > 0) if relu else gy.astype(np.float64)
     if training:
-        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
-        rmean = rmean * momentum + (1 - momentum) * mean
-        rvar = rvar * momentum + (1 - momentum) * var
-    else:
-        mean, var = rmean.astype(np.float64), rvar.astype(np.float64)
-    invstd = 1 / np.sqrt(var + eps)
-    xhat = (x - ch(mean)) * ch(invstd)
-    z = xhat * ch(gamma) + ch(beta) + (0 if residual is None else residual.astype(np.float64))
+        var = x64.var(axis=(0, 2, 3))
+        rmean, rvar = rmean * momentum + (1 - momentum) * mean, rvar * momentum + (1 - momentum) * var
     y = np.maximum(z, 0) if relu else z
-    g = gy * (z > 0) if relu else gy
+    return (y,) + bn_reference_grads(x, gamma, rmean, rvar, g, training, eps, (mean, invstd)) + (g, rmean, rvar)
+
+
+def _ch(v):
+    return v.reshape(1, -1, 1, 1)
+
+
+def _bn_normalise(x, rmean, rvar, training, eps):
+    """x in float64, and the mean and 1/sqrt(var + eps) that normalise it."""
+    x = x.astype(np.float64)
+    mean, var = (x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))) if training else \
+        (rmean.astype(np.float64), rvar.astype(np.float64))
+    return x, mean, 1 / np.sqrt(var + eps)
+
+
+def bn_reference_grads(x, gamma, rmean, rvar, g, training, eps, stats=None):
+    """(gx, ggamma, gbeta) in float64 from the gradient g reaching the BN output; stats: the
+    (mean, invstd) of the forward (else found again from x or the running statistics)."""
+    x64, mean, invstd = _bn_normalise(x, rmean, rvar, training, eps)
+    if stats is not None:
+        mean, invstd = stats
+    xhat = (x64 - _ch(mean)) * _ch(invstd)
     gbeta, ggamma = g.sum(axis=(0, 2, 3)), (g * xhat).sum(axis=(0, 2, 3))
     m = x.size // x.shape[1]
-    gx = (g - ch(gbeta) / m - xhat * ch(ggamma) / m if training else g) * ch(gamma * invstd)
-    return y, gx, ggamma, gbeta, g, rmean, rvar
+    gx = (g - _ch(gbeta) / m - xhat * _ch(ggamma) / m if training else g) * _ch(gamma.astype(np.float64) * invstd)
+    return gx, ggamma, gbeta
 
 
 def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_device, to_host, seed=3):
@@ -168,7 +187,7 @@ def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_dev
         keep = to_host(y) > 0
         ref = list(ref)
         ref[4] = gy.astype(np.float64) * keep
-        ref[1:4] = bn_reference_grads(x, gamma, rmean, rvar, ref[4], training, eps)
+        ref[1:4] = bn_reference_grads(x, gamma, rmean, rvar, ref[4], training, eps)  # the pre-step statistics
     assert_close(to_host(gx), ref[1], dtype, "gx")
     assert_close(to_host(ggamma), ref[2], dtype, "ggamma")
     assert_close(to_host(gbeta), ref[3], dtype, "gbeta")
@@ -176,20 +195,6 @@ def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_dev
         assert_close(to_host(gres), ref[4], dtype, "gresidual")
     else:
         assert gres is None
-
-
-def bn_reference_grads(x, gamma, rmean, rvar, g, training, eps):
-    """(gx, ggamma, gbeta) in float64 from the gradient g reaching the BN output."""
-    x, gamma = x.astype(np.float64), gamma.astype(np.float64)
-    ch = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
-    mean, var = (x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))) if training else (rmean.astype(np.float64),
-                                                                                  rvar.astype(np.float64))
-    invstd = 1 / np.sqrt(var + eps)
-    xhat = (x - ch(mean)) * ch(invstd)
-    gbeta, ggamma = g.sum(axis=(0, 2, 3)), (g * xhat).sum(axis=(0, 2, 3))
-    m = x.size // x.shape[1]
-    gx = (g - ch(gbeta) / m - xhat * ch(ggamma) / m if training else g) * ch(gamma * invstd)
-    return gx, ggamma, gbeta
 
 
 @st.composite
