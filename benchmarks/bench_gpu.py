@@ -407,6 +407,7 @@ def main(argv=None):
     parser.add_argument("--cases", type=int, default=len(CASES), help="benchmark only the first CASES cases")
     parser.add_argument("--train", type=int, metavar="STEPS", help="train STEPS steps instead (images/s)")
     parser.add_argument("--size", type=int, default=32, help="--train/--count-launches image size")
+    parser.add_argument("--warmup", type=int, default=10, help="--train: untimed steps first")
     args = parser.parse_args(argv)
     if args.count_launches:
         return count_launches(args.batch, args.size)
@@ -414,7 +415,7 @@ def main(argv=None):
         install_standin()
     cupy = gpu_or_exit()
     if args.train:
-        return train(args.train, args.batch, args.size)
+        return train(args.train, args.batch, args.size, args.warmup)
     ref, why = find_cudnn() if not args.standin else (None, "the stand-in has no cuDNN")
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]

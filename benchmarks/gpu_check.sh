@@ -88,7 +88,7 @@ if [ "$DRY" = 1 ]; then
     echo "dry run on the CPU stand-in (tests/fake_cupy.py): no pip, tiny sizes; times mean nothing"
     stage standin_tests standin_tests
     stage bench "$PY" "${BENCH[@]}" --standin --batch 1 --cases 1 --loop 1 --repeat 1
-    stage train "$PY" benchmarks/bench_gpu.py --standin --train 2 --batch 2 --size 8
+    stage train "$PY" benchmarks/bench_gpu.py --standin --train 2 --batch 2 --size 8 --warmup 1
     stage launches "$PY" benchmarks/bench_gpu.py --count-launches --batch 2 --size 8
 else
     stage install install
