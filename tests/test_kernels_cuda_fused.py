@@ -54,17 +54,21 @@ def test_interleaved_igc_shapes_cuda(case, version):
     checks.check_interleaved(case, np.float32, version, **_device())
 
 
+@pytest.mark.parametrize("version", ladder.versions("batch_norm"))
 @pytest.mark.parametrize("dtype", checks.DTYPES)
 @settings(max_examples=40, deadline=None)
-@given(shape=checks.bn_shapes(), training=st.booleans(), relu=st.booleans(), with_residual=st.booleans())
-def test_batch_norm_fused_cuda(shape, dtype, training, relu, with_residual):
-    checks.check_batch_norm(shape, dtype, training, relu, with_residual, **_device())
+@given(shape=checks.bn_shapes(), training=st.booleans(), relu=st.booleans(), with_residual=st.booleans(),
+       slices=st.integers(1, 7))
+def test_batch_norm_fused_cuda(shape, dtype, training, relu, with_residual, slices, version):
+    slices = min(slices, shape[0] * shape[2] * shape[3]) if version == "v2" else None
+    checks.check_batch_norm(shape, dtype, training, relu, with_residual, **_device(), version=version, slices=slices)
 
 
+@pytest.mark.parametrize("version", ladder.versions("batch_norm"))
 @pytest.mark.parametrize("shape", [(64, 48, 32, 32), (64, 192, 8, 8), (2, 3, 1, 1)])
-def test_batch_norm_fused_cifar_shapes_cuda(shape):
+def test_batch_norm_fused_cifar_shapes_cuda(shape, version):
     for training in (True, False):
-        checks.check_batch_norm(shape, np.float32, training, True, True, **_device())
+        checks.check_batch_norm(shape, np.float32, training, True, True, **_device(), version=version)
 
 
 @pytest.mark.parametrize("version", ladder.versions("sgd"))

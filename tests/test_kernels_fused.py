@@ -161,7 +161,8 @@ def bn_reference_grads(x, gamma, rmean, rvar, g, training, eps, stats=None):
     return gx, ggamma, gbeta
 
 
-def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_device, to_host, seed=3):
+def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_device, to_host, seed=3,
+                     version=None, slices=None):
     rng = np.random.default_rng(seed)
     C = shape[1]
     x = (_rand(rng, shape, np.float64) * 2 + 0.5).astype(dtype)
@@ -172,15 +173,16 @@ def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_dev
     momentum, eps = 0.9, 2e-5
     ref = bn_reference(x, gamma, beta, rmean, rvar, gy, training, momentum, eps, relu, res)
     d_rmean, d_rvar = to_device(rmean), to_device(rvar)
+    kw = dict(version=version, slices=slices)
     y, mean, stat = fused_ops.batch_norm_forward(
         to_device(x), to_device(gamma), to_device(beta), d_rmean, d_rvar, training, momentum, eps, device,
-        relu=relu, residual=None if res is None else to_device(res))
+        relu=relu, residual=None if res is None else to_device(res), **kw)
     assert_close(to_host(y), ref[0], dtype, "y")
     assert_close(to_host(d_rmean), ref[5].astype(np.float64), dtype, "running_mean")
     assert_close(to_host(d_rvar), ref[6].astype(np.float64), dtype, "running_var")
     gx, ggamma, gbeta, gres = fused_ops.batch_norm_backward(
         to_device(gy), y, to_device(x), mean, stat, to_device(gamma), training, eps, device,
-        relu=relu, has_residual=with_residual)
+        relu=relu, has_residual=with_residual, **kw)
     # the ReLU's mask is taken from the kernel's own y: where the float32 z rounds to the other side
     # of 0 the reference differs, so compare the masked gradient with the kernel's mask
     if relu and dtype == np.float32:
@@ -205,11 +207,23 @@ def bn_shapes(draw):
     return (N if N * H * W >= 2 else 2, C, H, W)
 
 
+@pytest.mark.parametrize("version", ladder.versions("batch_norm"))
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=20, **SETTINGS)
-@given(shape=bn_shapes(), training=st.booleans(), relu=st.booleans(), with_residual=st.booleans())
-def test_batch_norm_fused_emu(shape, dtype, training, relu, with_residual):
-    check_batch_norm(shape, dtype, training, relu, with_residual, **EMU)
+@given(shape=bn_shapes(), training=st.booleans(), relu=st.booleans(), with_residual=st.booleans(),
+       slices=st.integers(1, 7))
+def test_batch_norm_fused_emu(shape, dtype, training, relu, with_residual, slices, version):
+    """v2 with 1 to 7 blocks per channel (slices of 0 values too, when N*H*W < 7)."""
+    slices = min(slices, shape[0] * shape[2] * shape[3]) if version == "v2" else None
+    check_batch_norm(shape, dtype, training, relu, with_residual, **EMU, version=version, slices=slices)
+
+
+def test_batch_norm_v2_slices():
+    assert fused_ops.bn_slices(48, 64 * 1024) == 22 and fused_ops.bn_slices(192, 64 * 64) == 2
+    assert fused_ops.bn_slices(16, 10) == 1 and fused_ops.bn_slices(1, 10**7) == 64
+    with pytest.raises(ValueError, match=r"batch_norm: slices=9 must lie in \[1, N\*H\*W = 8\]"):
+        fused_ops.batch_norm_forward(np.zeros((2, 1, 2, 2)), np.ones(1), np.zeros(1), None, None, True, 0.9,
+                                     2e-5, "emu", version="v2", slices=9)
 
 
 def test_batch_norm_relu_op_cpu_equals_unfused_ops():

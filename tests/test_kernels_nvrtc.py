@@ -24,7 +24,8 @@ EXPECTED_KERNELS = {
                                  "interleaved_secondary_backward_data_tiled",
                                  "interleaved_secondary_backward_weight_partial",
                                  "interleaved_secondary_backward_weight_sum"],
-    "batch_norm.cu": ["bn_stats", "bn_apply", "bn_backward_reduce", "bn_backward_data"],
+    "batch_norm.cu": ["bn_stats", "bn_apply", "bn_backward_reduce", "bn_backward_data", "bn_stats_partial",
+                      "bn_apply_rows", "bn_backward_partial", "bn_backward_data_rows"],
     "sgd.cu": ["sgd_update", "sgd_multi_tensor"],
 }
 

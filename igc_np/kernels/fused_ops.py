@@ -4,9 +4,12 @@
 kernels/ops.py. Shapes (x, residual, y, gy: (N, C, H, W); per-channel arrays: (C,)):
 
     batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                       relu=False, residual=None)            -> y, mean, stat
+                       relu=False, residual=None, version=None, slices=None)  -> y, mean, stat
     batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, relu=False,
-                        has_residual=False)                  -> gx, ggamma, gbeta, gresidual (or None)
+                        has_residual=False, version=None, slices=None)  -> gx, ggamma, gbeta, gresidual (or None)
+
+version: kernels/ladder.py's "batch_norm" (v1: one block per channel for the reductions; v2: each
+channel split over `slices` blocks, None: chosen from the shape by bn_slices()).
     sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, device)  (in place)
 
 Training forward = 2 launches (statistics, apply), evaluation 1, backward 2. ``stat`` is the
@@ -20,6 +23,28 @@ from .loader import get_module
 from .ops import MAX_BLOCKS, _elementwise_launch, _prepare, _xp, i32
 
 BN_THREADS = 256  # batch_norm.cu's BN_THREADS
+BN_TARGET_BLOCKS = 1024   # v2: about this many reduction blocks (several per SM of an H100)
+BN_SLICE_VALUES = 2048    # v2: at least this many values per slice (block)
+
+
+def bn_slices(C, m):
+    """v2's blocks per channel for C channels of m values: enough blocks to fill a GPU, slices of
+    at least BN_SLICE_VALUES values, at most 64 (the per-row kernels add the P partials)."""
+    return max(1, min(m // BN_SLICE_VALUES, -(-BN_TARGET_BLOCKS // C), 64))
+
+
+def _bn_version(version, slices, C, m):
+    version = ladder.selected("batch_norm") if version is None else version
+    if version not in ladder.versions("batch_norm"):
+        raise ValueError(f"batch_norm: version must be one of {ladder.versions('batch_norm')}, got {version!r}")
+    P = bn_slices(C, m) if slices is None else int(slices)
+    if not 1 <= P <= m:
+        raise ValueError(f"batch_norm: slices={slices} must lie in [1, N*H*W = {m}]")
+    return version, P
+
+
+def _row_threads(HW):
+    return min(BN_THREADS, 32 * ((HW + 31) // 32))
 
 
 def _scalar(dtype, v):
@@ -33,7 +58,7 @@ def _check_channels(op, C, shape_text, **arrays):
 
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, device,
-                       relu=False, residual=None):
+                       relu=False, residual=None, version=None, slices=None):
     """y = [relu](batch_norm(x) [+ residual]); running statistics updated in place (training).
     Returns (y, mean, stat) for batch_norm_backward."""
     op = "batch_norm_forward"
@@ -61,10 +86,19 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         in_kernel = running_mean is not None and all(
             v.dtype == dt and v.flags.c_contiguous for v in (running_mean, running_var))
         rm, rv = (running_mean, running_var) if in_kernel else (mean, stat)  # unused when not in_kernel
-        module.get_function("bn_stats")(
-            (min(C, MAX_BLOCKS),), (BN_THREADS,),
-            (x, mean, stat, rm, rv) + dims + (_scalar(dt, eps), _scalar(dt, momentum),
-                                              _scalar(dt, 1 - momentum), i32(in_kernel)))
+        version, P = _bn_version(version, slices, C, N * H * W)
+        hyper = (_scalar(dt, eps), _scalar(dt, momentum), _scalar(dt, 1 - momentum), i32(in_kernel))
+        if version == "v1":
+            module.get_function("bn_stats")((min(C, MAX_BLOCKS),), (BN_THREADS,), (x, mean, stat, rm, rv) + dims + hyper)
+        else:  # statistics by (channel, slice) blocks; the apply kernel combines them and writes y
+            partial = xp.empty((C, P, 2), dt)
+            module.get_function("bn_stats_partial")((min(C * P, MAX_BLOCKS),), (BN_THREADS,),
+                                                    (x, partial) + dims + (i32(P),))
+            y = xp.empty_like(x)
+            module.get_function("bn_apply_rows")(
+                (min(N * C, MAX_BLOCKS),), (_row_threads(H * W),),
+                (x, partial, gamma, beta, res, y, mean, stat, rm, rv) + dims + (i32(P),) + hyper
+                + (i32(bool(relu)), i32(residual is not None)))
         if running_mean is not None and not in_kernel:
             # e.g. float32 buffers with float64 x (gradient checks): array ops, as the CPU path;
             # the variance is recomputed from x (1/stat^2 - eps would lose digits)
@@ -73,6 +107,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
             running_mean += (1 - momentum) * mean
             running_var *= momentum
             running_var += (1 - momentum) * var
+        if version == "v2":
+            return y, mean, stat
         stat_is_var = 0
     else:
         if running_mean is None or running_var is None:
@@ -86,7 +122,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     return y, mean, stat
 
 
-def batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, device, relu=False, has_residual=False):
+def batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, device, relu=False, has_residual=False,
+                        version=None, slices=None):
     """Gradients of batch_norm_forward: (gx, ggamma, gbeta, gresidual or None). y is the forward's
     output (its ReLU mask), mean and stat what the forward returned."""
     op = "batch_norm_backward"
@@ -102,15 +139,26 @@ def batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, device, relu
     dims = (i32(N), i32(C), i32(H * W))
     stat_is_var = i32(not training)
     ggamma, gbeta = xp.empty(C, dt), xp.empty(C, dt)
+    version, P = _bn_version(version, slices, C, N * H * W)
+    gx = xp.empty_like(x)
+    gres = xp.empty_like(x) if has_residual else gx  # gx: a placeholder the kernel does not write
+    flags = (i32(bool(relu)), i32(bool(training)), i32(bool(has_residual)))
+    if version == "v2":
+        partial = xp.empty((C, P, 2), dt)
+        module.get_function("bn_backward_partial")(
+            (min(C * P, MAX_BLOCKS),), (BN_THREADS,),
+            (gy, y, x, mean, stat, partial) + dims + (i32(P), _scalar(dt, eps), stat_is_var, i32(bool(relu))))
+        module.get_function("bn_backward_data_rows")(
+            (min(N * C, MAX_BLOCKS),), (_row_threads(H * W),),
+            (gy, y, x, mean, stat, gamma, partial, ggamma, gbeta, gx, gres) + dims
+            + (i32(P), _scalar(dt, eps), stat_is_var) + flags)
+        return gx, ggamma, gbeta, (gres if has_residual else None)
     module.get_function("bn_backward_reduce")(
         (min(C, MAX_BLOCKS),), (BN_THREADS,),
         (gy, y, x, mean, stat, ggamma, gbeta) + dims + (_scalar(dt, eps), stat_is_var, i32(bool(relu))))
-    gx = xp.empty_like(x)
-    gres = xp.empty_like(x) if has_residual else gx  # gx: a placeholder the kernel does not write
     _elementwise_launch(module.get_function("bn_backward_data"), gx.size,
                         (gy, y, x, mean, stat, gamma, ggamma, gbeta, gx, gres) + dims
-                        + (_scalar(dt, eps), stat_is_var, i32(bool(relu)), i32(bool(training)),
-                           i32(bool(has_residual))))
+                        + (_scalar(dt, eps), stat_is_var) + flags)
     return gx, ggamma, gbeta, (gres if has_residual else None)
 
 

@@ -30,7 +30,8 @@ LADDERS = {
                               "v1 one thread per output, one block per weight element; v2 tiled grouped "
                               "GEMM, two-pass deterministic backward-weight"),
     "sgd": (("v1", "v2"), "v2", "v1 one launch per parameter; v2 one multi-tensor launch per dtype"),
-    "batch_norm": (("v1",), "v1", "v1 two-pass per-channel statistics + fused apply (ReLU, residual)"),
+    "batch_norm": (("v1", "v2"), "v2", "v1 one block per channel for the statistics and the backward sums; v2 "
+                   "P blocks per channel, partials combined in order by the per-row apply kernels"),
 }
 
 _chosen = {}
