@@ -161,9 +161,14 @@ def primary_versions(op):
     """The primary conv's versions (kernels/versions.py of the conv ladder), [None] before it lands."""
     try:
         from igc_np.kernels import versions
-        return list(versions.versions(op))
-    except (ImportError, AttributeError, KeyError):
+    except ImportError:
         return [None]
+    for name in (op, "conv2d", "group_conv"):  # its op name is not settled yet
+        try:
+            return list(versions.versions(name))
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return [None]
 
 
 def _call_version(fn, version, *args):
@@ -210,12 +215,15 @@ def case_ops(cupy, N, C, HW, L, M, dtype):
         rows.append(("permutation", v, lambda v=v: ops.permute_channels(d["x"], L, "cuda", version=v),
                      lambda: xp_))
     bn_ref = _bn_reference(h)
-    fwd = lambda: fused_ops.batch_norm_forward(d["x"], d["gamma"], d["beta"], None, None, True, 0.9, 2e-5,  # noqa
-                                               "cuda", relu=True)
-    y, mean, stat = fwd()
-    rows.append(("bn+relu fwd", "v1", lambda: fwd()[0], lambda: bn_ref[0]))
-    rows.append(("bn+relu bwd", "v1", lambda: fused_ops.batch_norm_backward(
-        d["gy"], y, d["x"], mean, stat, d["gamma"], True, 2e-5, "cuda", relu=True)[0], lambda: bn_ref[1]))
+    for v in ladder.versions("batch_norm"):
+        def fwd(v=v):
+            return fused_ops.batch_norm_forward(d["x"], d["gamma"], d["beta"], None, None, True, 0.9, 2e-5, "cuda",
+                                                relu=True, version=v)
+        y, mean, stat = fwd()
+        rows.append(("bn+relu fwd", v, lambda fwd=fwd: fwd()[0], lambda: bn_ref[0]))
+        rows.append(("bn+relu bwd", v, lambda v=v, y=y, mean=mean, stat=stat: fused_ops.batch_norm_backward(
+            d["gy"], y, d["x"], mean, stat, d["gamma"], True, 2e-5, "cuda", relu=True, version=v)[0],
+            lambda: bn_ref[1]))
     return rows, h
 
 
