@@ -274,6 +274,23 @@ def test_gpu_benchmark_default_float32(cp, bench, tmp_path):
     assert all(r["rel_err"] < 1e-4 for r in results if "rel_err" in r)
 
 
+@pytest.mark.parametrize("version,kernels", [("v2", 1), ("v1", 5)])
+def test_sgd_step_is_one_launch_on_cuda(cp, version, kernels):
+    """The optimizer step on "cuda": v2 one multi-tensor launch (v1 one per parameter), no array
+    op, no sync; the address table is the one host->device copy."""
+    net = tiny_igc_net().to("cuda")
+    params = [p for p in net.parameters() if p.ndim > 1][:5]
+    opt = ig.optim.SGD(params, lr=0.1)
+    for p in params:
+        p.grad = cp.ones(p.shape, p.dtype)
+    opt.step()  # the first step also allocates the velocities (one zero buffer)
+    fake_cupy.reset_counts()
+    with ig.kernels.ladder.use("sgd", version):
+        opt.step()
+    assert fake_cupy.counts() == dict(kernels=kernels, array_ops=0, syncs=0, to_device=int(version == "v2"),
+                                      launches=kernels)
+
+
 def test_standin_counts_launches_and_syncs(cp):
     a = cp.asarray(np.arange(12.0).reshape(3, 4))
     fake_cupy.reset_counts()
