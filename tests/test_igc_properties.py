@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import igc_np as ig
 from igc_np import functional as F
 from igc_np import igc
-from igc_np.ops.permutation import interleave_index
+from igc_np.ops.reference import permutation_index
 
 from reference import conv2d_direct, permute_by_formula
 from strategies import arrays, channels_and_factor, conv_cases, divisors, igc_cases
@@ -62,7 +62,7 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
     y = F.permute_channels(xt, b)
     np.testing.assert_array_equal(y.numpy(), permute_by_formula(x, b))
     perm = igc.interleave_permutation(C, b)
-    np.testing.assert_array_equal(perm, interleave_index(C, b))
+    np.testing.assert_array_equal(perm, permutation_index(C, b))
     for i in range(b):
         for j in range(C // b):
             assert perm[j * b + i] == i * (C // b) + j
@@ -82,8 +82,8 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
 # ---- 3. IGC conv == one regular conv ---------------------------------------------------------
 @given(igc_cases(), seeds)
 def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
-    """An IGC conv (primary, P, secondary, P back) is the regular conv with kernel W = P^T W_d P W_p, forward and
-    input gradient (paper sec. 3, composition).
+    """An IGC conv (primary, P, secondary, P back) is the regular conv with kernel W = P^T W_d P W_p: forward, input
+    gradient and the gradient of both weights (paper sec. 3, composition).
     """
     layer, Wp, Wd = make_igc(case, seed)
     L, S, k, s = case["L"], case["S"], case["k"], case["stride"]
@@ -92,21 +92,35 @@ def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
     W = igc.compose(Wp, Wd, L, S)
     assert W.shape == (case["C_out"], case["C_in"], k, k)
     pad = (k // 2, k // 2)
+    conv = lambda v, K: conv2d_direct(v, K, (s, s), pad)  # noqa: E731
 
     xt = ig.Tensor(x, requires_grad=True)
     y = layer(xt)
-    y_regular = conv2d_direct(x, W, (s, s), pad)
-    np.testing.assert_allclose(y.numpy(), y_regular, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), conv(x, W), rtol=1e-10, atol=1e-10)
 
     gy = rng.standard_normal(y.shape)
     y.backward(gy)
     xr = ig.Tensor(x, requires_grad=True)
     F.conv2d(xr, ig.Tensor(W), stride=s, padding=k // 2).backward(gy)
     np.testing.assert_allclose(xt.grad, xr.grad, rtol=1e-10, atol=1e-10)
-    # independent of the engine's conv backward: gx is the adjoint, <gx, v> = <gy, conv(v, W)>
-    v = rng.standard_normal(x.shape)
-    np.testing.assert_allclose(np.vdot(xt.grad, v), np.vdot(gy, conv2d_direct(v, W, (s, s), pad)),
-                               rtol=1e-9, atol=1e-9)
+    # Independent of every backward in the engine: <gy, layer(x)> = <gy, conv(x, compose(W_p, W_d))>
+    # is linear in x and in each weight separately, so its gradients are the adjoints
+    #   <gx, v> = <gy, conv(v, W)>,  <gW_p, V> = <gy, conv(x, compose(V, W_d))>,
+    #   <gW_d, U> = <gy, conv(x, compose(W_p, U))>.
+    v, V, U = rng.standard_normal(x.shape), rng.standard_normal(Wp.shape), rng.standard_normal(Wd.shape)
+    np.testing.assert_allclose(np.vdot(xt.grad, v), np.vdot(gy, conv(v, W)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.vdot(layer.primary.weight.grad, V),
+                               np.vdot(gy, conv(x, igc.compose(V, Wd, L, S))), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.vdot(layer.secondary.weight.grad, U),
+                               np.vdot(gy, conv(x, igc.compose(Wp, U, L, S))), rtol=1e-9, atol=1e-9)
+    # and on the reference tier the layer gives the same gradients
+    layer_ref, _, _ = make_igc(case, seed)
+    with ig.backend.use_reference():
+        xq = ig.Tensor(x, requires_grad=True)
+        layer_ref(xq).backward(gy)
+    for a, b in ((xq.grad, xt.grad), (layer_ref.primary.weight.grad, layer.primary.weight.grad),
+                 (layer_ref.secondary.weight.grad, layer.secondary.weight.grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 # ---- 4. complementarity -----------------------------------------------------------------------
@@ -123,6 +137,10 @@ def test_interleaving_makes_every_output_depend_on_every_input(L, M, m_in, data)
     # secondary partition s reads C/S consecutive channels after P, which come from C/S
     # consecutive primary partitions (mod L): all L of them iff C/S >= L, i.e. S <= M.
     assert conn.all() == (S <= M)
+    # the layer the networks use has exactly that connectivity (fused path when S = M)
+    layer = ig.nn.IGCConv(C_in, C, L, S).to(dtype=np.float64)
+    layer.primary.weight.data, layer.secondary.weight.data = Wp, Wd
+    np.testing.assert_array_equal(layer_connectivity(layer, C_in), conn)
     if S == M:
         assert conn.all()
     # Break the interleaving: drop both permutations (secondary with M groups straight on the
@@ -130,6 +148,17 @@ def test_interleaving_makes_every_output_depend_on_every_input(L, M, m_in, data)
     Wp, Wd = random_weights(rng, C_in, C, L, M, 3)
     no_perm = np.einsum("oc,cikl->oikl", igc.block_diagonal(Wd, M)[:, :, 0, 0], igc.block_diagonal(Wp, L))
     assert igc.connectivity(no_perm).all() == (L == 1 or M == 1)
+
+
+def layer_connectivity(layer, C_in):
+    """(C_out, C_in) bool measured on the layer: output o responds to a signal in input channel c only."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for c in range(C_in):
+        x = np.zeros((1, C_in, 4, 4))
+        x[:, c] = rng.standard_normal((4, 4)) + 3.0  # no exact zeros: a response is never cancelled by chance
+        columns.append(np.abs(layer(ig.Tensor(x)).numpy()).max(axis=(0, 2, 3)) > 1e-12)
+    return np.stack(columns, axis=1)
 
 
 # ---- 5. special cases -------------------------------------------------------------------------
@@ -145,6 +174,12 @@ def test_L1_is_a_regular_conv(case, seed):
     np.testing.assert_allclose(igc.compose(Wp, Wd, 1, C), Wd[:, 0, 0, 0, None, None, None] * Wp, rtol=1e-12)
     # any regular conv W is an IGC conv with L = 1: primary W, secondary all ones
     np.testing.assert_allclose(igc.compose(Wp, np.ones_like(Wd), 1, C), Wp, rtol=1e-12)
+    # and the layer computes it: IGCConv(L=1) == regular conv with kernel diag(W_d) W_p
+    x = np.random.default_rng(seed + 1).standard_normal(case["x_shape"])
+    k, s = case["k"], case["stride"]
+    np.testing.assert_allclose(layer(ig.Tensor(x)).numpy(),
+                               conv2d_direct(x, Wd[:, 0, 0, 0, None, None, None] * Wp, (s, s), (k // 2, k // 2)),
+                               rtol=1e-10, atol=1e-10)
 
 
 @given(st.integers(1, 8), st.sampled_from([1, 3]), st.integers(1, 2), seeds)

@@ -138,3 +138,32 @@ def test_initialisation_follows_the_reference():
     bn = ig.nn.BatchNorm2d(5)
     assert (bn.gamma.data == 1).all() and (bn.beta.data == 0).all()
     assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: ig.nn.IGCConv(8, 8, L=0, S=2, name="g1_b1"), ValueError,
+     r"IGCConv 'g1_b1'\(in_channels=8, out_channels=8, L=0, S=2, .*\): L must be >= 1, got 0"),
+    (lambda: ig.nn.IGCConv(8, 8, L=4, S=0), ValueError, r"IGCConv\(.*S=0.*\): S must be >= 1, got 0"),
+    (lambda: ig.nn.Linear(0, 10, name="fc"), ValueError,
+     r"Linear 'fc'\(in_features=0, out_features=10\): in_features must be >= 1"),
+    (lambda: ig.nn.Linear(2.5, 10), TypeError, "in_features must be an int, got 2.5"),
+    (lambda: ig.nn.BatchNorm2d(-1, name="g0_bn"), ValueError,
+     r"BatchNorm2d 'g0_bn'\(num_features=-1\): num_features must be >= 1, got -1"),
+    (lambda: ig.nn.BatchNorm2d(4, momentum=1.5), ValueError, r"momentum must lie in \[0, 1\], got 1.5"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, groups=0, name="g0_conv"), ValueError,
+     r"Conv2d 'g0_conv'\(in_channels=4, out_channels=8, kernel_size=3, .*groups=0\): groups must be >= 1"),
+    (lambda: ig.nn.Conv2d(4, 8, 0), ValueError, "kernel_size must be >= 1, got 0"),
+    (lambda: ig.nn.Conv2d(4, 8, (3, 0)), ValueError, r"kernel_size must be >= 1, got \(3, 0\)"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, padding=-1), ValueError, "padding must be >= 0, got -1"),
+    (lambda: ig.nn.Conv2d(4, 8, "3"), TypeError, "kernel_size must be an int or a pair of ints, got '3'"),
+    (lambda: ig.nn.Conv2d(True, 8, 3), TypeError, "in_channels must be an int, got True"),
+])
+def test_layer_arguments_are_validated_with_the_layer_and_sizes_named(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_valid_layer_arguments_still_build():
+    assert ig.nn.Conv2d(4, 8, (3, 1), stride=(2, 1), padding=(1, 0), groups=2).weight.shape == (8, 2, 3, 1)
+    assert ig.nn.Conv2d(np.int64(4), 4, 1).weight.shape == (4, 4, 1, 1)  # NumPy integers are ints
+    assert ig.nn.IGCConv(8, 8, L=1, S=8).secondary.weight.shape == (8, 1, 1, 1)
