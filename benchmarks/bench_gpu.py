@@ -36,9 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from igc_np.kernels import fused_ops, ladder, ops  # noqa: E402
-from igc_np.ops.conv import (conv2d_backward_data_numpy, conv2d_backward_weight_numpy,  # noqa: E402
-                             conv2d_forward_numpy)
-from igc_np.ops.permutation import permute_channels_numpy  # noqa: E402
+from igc_np.ops import reference  # noqa: E402
 
 # (name, C, H=W, L, M); N is --batch, S = M secondary partitions, C = L*M
 CASES = [
@@ -188,29 +186,44 @@ def case_ops(cupy, N, C, HW, L, M, dtype):
     h = {k: v.astype(dtype).astype(np.float64) for k, v in h.items()}  # the rounded inputs, in float64
     st, pad = (1, 1), (1, 1)
     rows = []
+    conv_ref = {}  # the float64 references, computed once per case when first checked
+
+    def ref(key, fn):
+        def get():
+            if key not in conv_ref:
+                conv_ref[key] = fn()
+            return conv_ref[key]
+        return get
+    primary = ref("primary", lambda: (reference.conv2d(h["x"], h["W"], st, pad, L),)
+                  + reference.conv2d_backward(h["x"], h["W"], h["gy"], st, pad, L))
     for v in primary_versions("conv2d_forward"):
         rows += [
             ("primary fwd", v, lambda v=v: _call_version(ops.conv2d_forward, v, d["x"], d["W"], st, pad, L, "cuda"),
-             lambda: conv2d_forward_numpy(h["x"], h["W"], st, pad, L)),
+             lambda: primary()[0]),
             ("primary bwd-data", v, lambda v=v: _call_version(ops.conv2d_backward_data, v, d["gy"], d["W"],
                                                               d["x"].shape, st, pad, L, "cuda"),
-             lambda: conv2d_backward_data_numpy(h["gy"], h["W"], h["x"].shape, st, pad, L)),
+             lambda: primary()[1]),
             ("primary bwd-weight", v, lambda v=v: _call_version(ops.conv2d_backward_weight, v, d["x"], d["gy"],
                                                                 d["W"].shape, st, pad, L, "cuda"),
-             lambda: conv2d_backward_weight_numpy(h["x"], h["gy"], h["W"].shape, st, pad, L))]
-    xp_ = permute_channels_numpy(h["x"], L)
-    gv = permute_channels_numpy(h["gy"], C // S)
+             lambda: primary()[2])]
+    xp_ = reference.permute_channels(h["x"], L)
+
+    def secondary_ref():
+        gv = reference.permute_channels_backward(h["gy"], S)
+        gxp, gW = reference.conv2d_backward(xp_, h["W2"], gv, groups=S)
+        return (reference.permute_channels(reference.conv2d(xp_, h["W2"], groups=S), S),
+                reference.permute_channels_backward(gxp, L), gW)
+    secondary = ref("secondary", secondary_ref)
     for v in ladder.versions("interleaved_secondary"):
         rows += [
             ("secondary fwd", v, lambda v=v: ops.interleaved_secondary_forward(d["x"], d["W2"], L, S, "cuda", v),
-             lambda: permute_channels_numpy(conv2d_forward_numpy(xp_, h["W2"], (1, 1), (0, 0), S), S)),
+             lambda: secondary()[0]),
             ("secondary bwd-data", v,
              lambda v=v: ops.interleaved_secondary_backward_data(d["gy"], d["W2"], L, S, "cuda", v),
-             lambda: permute_channels_numpy(conv2d_backward_data_numpy(gv, h["W2"], xp_.shape, (1, 1), (0, 0), S),
-                                            C // L)),
+             lambda: secondary()[1]),
             ("secondary bwd-weight", v,
              lambda v=v: ops.interleaved_secondary_backward_weight(d["x"], d["gy"], d["W2"].shape, L, S, "cuda", v),
-             lambda: conv2d_backward_weight_numpy(xp_, gv, h["W2"].shape, (1, 1), (0, 0), S))]
+             lambda: secondary()[2])]
     for v in ("v1", "v2"):
         rows.append(("permutation", v, lambda v=v: ops.permute_channels(d["x"], L, "cuda", version=v),
                      lambda: xp_))

@@ -229,9 +229,6 @@ def test_resnet_igc_forward_backward_on_cuda(cp):
 
 
 # ---- (6) launches and host syncs of one training step ------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="ops/loss.py's cross_entropy checks the label range on the host "
-                                       "(int(lab.min()), int(lab.max()): the 2 syncs of this step) and ops/pooling.py "
-                                       "syncs too (not used by resnet_igc): both are fixed on branch `tiers`")
 def test_training_step_has_no_host_sync(cp, bench):
     """One resnet_igc-20 L24M2 SGD step (batch 8; 8x8 images keep the emulator quick: the ops, so
     the syncs, are those of 32x32) reads nothing back from the device."""

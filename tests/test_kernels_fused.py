@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 import igc_np as ig
 from igc_np.kernels import fused_ops, ladder, ops
-from igc_np.ops.conv import conv2d_backward_data_numpy, conv2d_backward_weight_numpy, conv2d_forward_numpy
-from igc_np.ops.permutation import permute_channels_numpy
+from igc_np.ops import reference
 from igc_np.optim import SGD
 
 from strategies import divisors
@@ -43,7 +42,7 @@ def _rand(rng, shape, dtype):
 def check_permutation(x_shape, b, dtype, version, device, to_device, to_host):
     x = _rand(np.random.default_rng(1), x_shape, dtype)
     y = to_host(ops.permute_channels(to_device(x), b, device, version=version))
-    np.testing.assert_array_equal(y, permute_channels_numpy(x, b))  # a copy: bit-exact
+    np.testing.assert_array_equal(y, reference.permute_channels(x, b))  # a copy: bit-exact
     back = to_host(ops.permute_channels(to_device(y), x_shape[1] // b, device, version=version))
     np.testing.assert_array_equal(back, x)
 
@@ -69,13 +68,11 @@ def test_permutation_versions_emu(case, data, dtype, version):
 def interleaved_reference(x, W2, gy, L, S):
     """float64 y, gx, gW2 of the unfused chain permute(L) -> 1x1 conv with S groups -> permute(S)."""
     x, W2, gy = (a.astype(np.float64) for a in (x, W2, gy))
-    C = x.shape[1]
-    xp = permute_channels_numpy(x, L)
-    y = permute_channels_numpy(conv2d_forward_numpy(xp, W2, (1, 1), (0, 0), S), S)
-    gv = permute_channels_numpy(gy, C // S)  # backward of the last permutation
-    gx = permute_channels_numpy(conv2d_backward_data_numpy(gv, W2, x.shape, (1, 1), (0, 0), S), C // L)
-    gW = conv2d_backward_weight_numpy(xp, gv, W2.shape, (1, 1), (0, 0), S)
-    return y, gx, gW
+    xp = reference.permute_channels(x, L)
+    y = reference.permute_channels(reference.conv2d(xp, W2, groups=S), S)
+    gv = reference.permute_channels_backward(gy, S)
+    gxp, gW = reference.conv2d_backward(xp, W2, gv, groups=S)
+    return y, reference.permute_channels_backward(gxp, L), gW
 
 
 def check_interleaved(case, dtype, version, device, to_device, to_host, seed=2):
