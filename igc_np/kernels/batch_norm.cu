@@ -40,6 +40,23 @@ __device__ __forceinline__ long long channel_elem(int t, int c, int C, int HW) {
     return ((long long)(t / HW) * C + c) * HW + t % HW;
 }
 
+// Mean and M2 = sum (x - mean)^2 of channel c's values t0 <= t < t1, by the whole block: a
+// two-pass reduction (the mean first, then the squared deviations from it), each a fixed-order tree.
+template <typename T>
+__device__ void bn_moments(const T* __restrict__ x, int c, int C, int HW, int t0, int t1, T* buf, T* mean, T* m2) {
+    T s = T(0);
+    for (int t = t0 + threadIdx.x; t < t1; t += BN_THREADS) s += x[channel_elem(t, c, C, HW)];
+    const T total = block_sum(buf, s);  // every thread of the block calls it: it has barriers
+    const T mu = t1 > t0 ? total / T(t1 - t0) : T(0);
+    T q = T(0);
+    for (int t = t0 + threadIdx.x; t < t1; t += BN_THREADS) {
+        const T d = x[channel_elem(t, c, C, HW)] - mu;
+        q += d * d;
+    }
+    *mean = mu;
+    *m2 = block_sum(buf, q);
+}
+
 // One block of BN_THREADS per channel (grid-stride over channels). Writes mean[c], invstd[c];
 // when update_running, also running_mean/var (same dtype as x; the launcher handles others).
 template <typename T>
@@ -49,15 +66,9 @@ __global__ void bn_stats(const T* __restrict__ x, T* __restrict__ mean, T* __res
     __shared__ T buf[BN_THREADS];
     const int m = N * HW;
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
-        T s = T(0);
-        for (int t = threadIdx.x; t < m; t += BN_THREADS) s += x[channel_elem(t, c, C, HW)];
-        const T mu = block_sum(buf, s) / T(m);
-        T q = T(0);
-        for (int t = threadIdx.x; t < m; t += BN_THREADS) {
-            const T d = x[channel_elem(t, c, C, HW)] - mu;
-            q += d * d;
-        }
-        const T var = block_sum(buf, q) / T(m);
+        T mu, m2;
+        bn_moments(x, c, C, HW, 0, m, buf, &mu, &m2);
+        const T var = m2 / T(m);
         if (threadIdx.x == 0) {
             mean[c] = mu;
             invstd[c] = T(1) / sqrt(var + eps);
@@ -97,6 +108,21 @@ __device__ __forceinline__ T bn_masked(const T* gy, const T* y, long long i, int
     return relu && !(y[i] > T(0)) ? T(0) : gy[i];
 }
 
+// sum g and sum g * xhat over channel c's values t0 <= t < t1, by the whole block (fixed-order trees).
+template <typename T>
+__device__ void bn_grad_sums(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x, T mu, T is,
+                             int c, int C, int HW, int t0, int t1, int relu, T* buf, T* sum_g, T* sum_gxhat) {
+    T sb = T(0), sg = T(0);
+    for (int t = t0 + threadIdx.x; t < t1; t += BN_THREADS) {
+        const long long i = channel_elem(t, c, C, HW);
+        const T g = bn_masked(gy, y, i, relu);
+        sb += g;
+        sg += g * ((x[i] - mu) * is);
+    }
+    *sum_g = block_sum(buf, sb);
+    *sum_gxhat = block_sum(buf, sg);
+}
+
 // One block per channel: gbeta[c] = sum g, ggamma[c] = sum g * xhat (fixed-order trees).
 template <typename T>
 __global__ void bn_backward_reduce(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
@@ -106,16 +132,9 @@ __global__ void bn_backward_reduce(const T* __restrict__ gy, const T* __restrict
     __shared__ T buf[BN_THREADS];
     const int m = N * HW;
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
-        const T mu = mean[c], is = bn_invstd(stat, c, eps, stat_is_var);
-        T sb = T(0), sg = T(0);
-        for (int t = threadIdx.x; t < m; t += BN_THREADS) {
-            const long long i = channel_elem(t, c, C, HW);
-            const T g = bn_masked(gy, y, i, relu);
-            sb += g;
-            sg += g * ((x[i] - mu) * is);
-        }
-        const T total_b = block_sum(buf, sb);
-        const T total_g = block_sum(buf, sg);
+        T total_b, total_g;
+        bn_grad_sums(gy, y, x, mean[c], bn_invstd(stat, c, eps, stat_is_var), c, C, HW, 0, m, relu, buf,
+                     &total_b, &total_g);
         if (threadIdx.x == 0) {
             gbeta[c] = total_b;
             ggamma[c] = total_g;
@@ -173,16 +192,8 @@ __global__ void bn_stats_partial(const T* __restrict__ x, T* __restrict__ partia
         const int c = b / P, s = b % P;
         int t0, t1;
         bn_slice(m, P, s, &t0, &t1);
-        T sum = T(0);
-        for (int t = t0 + threadIdx.x; t < t1; t += BN_THREADS) sum += x[channel_elem(t, c, C, HW)];
-        const T total = block_sum(buf, sum);  // every thread of the block calls it: it has barriers
-        const T mu = t1 > t0 ? total / T(t1 - t0) : T(0);
-        T q = T(0);
-        for (int t = t0 + threadIdx.x; t < t1; t += BN_THREADS) {
-            const T d = x[channel_elem(t, c, C, HW)] - mu;
-            q += d * d;
-        }
-        const T m2 = block_sum(buf, q);
+        T mu, m2;
+        bn_moments(x, c, C, HW, t0, t1, buf, &mu, &m2);
         if (threadIdx.x == 0) {
             partial[2 * (size_t)b] = mu;
             partial[2 * (size_t)b + 1] = m2;
@@ -253,16 +264,9 @@ __global__ void bn_backward_partial(const T* __restrict__ gy, const T* __restric
         const int c = b / P, s = b % P;
         int t0, t1;
         bn_slice(m, P, s, &t0, &t1);
-        const T mu = mean[c], is = bn_invstd(stat, c, eps, stat_is_var);
-        T sb = T(0), sg = T(0);
-        for (int t = t0 + threadIdx.x; t < t1; t += BN_THREADS) {
-            const long long i = channel_elem(t, c, C, HW);
-            const T g = bn_masked(gy, y, i, relu);
-            sb += g;
-            sg += g * ((x[i] - mu) * is);
-        }
-        const T total_b = block_sum(buf, sb);
-        const T total_g = block_sum(buf, sg);
+        T total_b, total_g;
+        bn_grad_sums(gy, y, x, mean[c], bn_invstd(stat, c, eps, stat_is_var), c, C, HW, t0, t1, relu, buf,
+                     &total_b, &total_g);
         if (threadIdx.x == 0) {
             partial[2 * (size_t)b] = total_b;
             partial[2 * (size_t)b + 1] = total_g;
