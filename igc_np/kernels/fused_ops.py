@@ -78,6 +78,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
             raise ValueError(f"{op}: {name} dtype {v.dtype} != x dtype {dt} ({text})")
     module = get_module("batch_norm.cu", dt, device)
     dims = (i32(N), i32(C), i32(H * W))
+    version, P = _bn_version(version, slices, C, N * H * W)  # evaluation: one elementwise pass either way
     if training:
         if N * H * W < 2:
             raise ValueError(f"{op}: training needs more than one value per channel ({text})")
@@ -86,7 +87,6 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         in_kernel = running_mean is not None and all(
             v.dtype == dt and v.flags.c_contiguous for v in (running_mean, running_var))
         rm, rv = (running_mean, running_var) if in_kernel else (mean, stat)  # unused when not in_kernel
-        version, P = _bn_version(version, slices, C, N * H * W)
         hyper = (_scalar(dt, eps), _scalar(dt, momentum), _scalar(dt, 1 - momentum), i32(in_kernel))
         if version == "v1":
             module.get_function("bn_stats")((min(C, MAX_BLOCKS),), (BN_THREADS,), (x, mean, stat, rm, rv) + dims + hyper)
