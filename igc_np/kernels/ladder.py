@@ -19,6 +19,7 @@ This is the cuda branch's stand-in for the generic switch ``igc_np/kernels/versi
 primary-conv ladder; when that lands, these entries move there.
 """
 import contextlib
+import functools
 import os
 
 # op -> (versions, default, what each version is)
@@ -53,7 +54,11 @@ def _entry(op):
 
 
 def _from_env():
-    spec = os.environ.get("IGC_NP_KERNELS", "")
+    return _parse(os.environ.get("IGC_NP_KERNELS", ""))
+
+
+@functools.lru_cache(maxsize=8)  # selected() runs at every launch: parse each setting once
+def _parse(spec):
     out = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         op, sep, version = item.partition("=")
