@@ -13,10 +13,11 @@ from .random import manual_seed
 from . import functional, nn, optim
 from .gradcheck import gradcheck
 from .backend import cuda_available
+from .serialization import save, load  # .npz state dicts: ig.save(model.state_dict(), "m.npz")
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",
-           "gradcheck", "cuda_available"]
+           "gradcheck", "cuda_available", "save", "load"]
 
 
 def __getattr__(name):

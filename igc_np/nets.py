@@ -24,7 +24,7 @@ import numpy as np
 
 from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, IGCConv, Linear, MaxPool2d, AvgPool2d,
                  Module, ReLU, Sequential)
-from .ops.conv import output_size, pair
+from .ops.checks import output_size, pair
 from .ops.fused import batch_norm_relu
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")

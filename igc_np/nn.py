@@ -20,6 +20,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor
+from .ops.checks import divisors
 from .random import default_generator
 
 
@@ -327,14 +328,16 @@ class BatchNorm1d(BatchNorm2d):
 
 
 class Linear(Module):
-    """y = x W^T + b; W uniform in +-sqrt(3 / fan_in) (the reference FC initialisation)."""
+    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the reference FC initialisation)."""
 
     def __init__(self, in_features, out_features, bias=True, name=None, rng=None):
         check_layer_args("Linear", name, in_features=in_features, out_features=out_features)
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = rng or _default_rng
-        bound = math.sqrt(3.0 / in_features)
+        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the reference code
+        # uses: bound sqrt(magnitude / fan_in) (not sqrt(3 / fan_in): that would be magnitude 3)
+        bound = math.sqrt(1.0 / in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32),
                                 name=_pname(name, "weight"))
         self.bias = Parameter(np.zeros(out_features, np.float32), name=_pname(name, "bias")) if bias else None
@@ -546,16 +549,18 @@ class PermuteChannels(Module):
 
 
 class IGCConv(Module):
-    """An interleaved group convolution (paper section 3), BN and ReLU not included.
+    """An interleaved group convolution (paper section 3), BN and ReLU not included:
 
-    primary:   k x k group conv, L groups, C_in -> C_out, stride s, pad k//2   (W_p)
-    P:         permute_channels(L)
-    secondary: 1 x 1 group conv, S groups, C_out -> C_out                      (W_d)
-    P^T:       permute_channels(S)
+        y = P_S W_d P W_p x        (P_S = P^T when S = C_out/L, every network of the paper)
 
-    With S = C_out / L (every network of the paper) the three steps after the primary run as one
-    fused op (F.interleaved_secondary) that never copies the permuted tensor. Parameter names
-    follow the reference: ``<name>_conv1_weight`` (primary), ``<name>_conv2_weight`` (secondary).
+    primary    W_p: k x k group conv, L groups, C_in -> C_out, stride s, pad k//2
+    permute    P:   permute_channels(., L): secondary partition m gets member m of every primary one
+    secondary  W_d: 1 x 1 group conv, S groups, C_out -> C_out
+    unpermute  P_S: permute_channels(., S), back to primary order
+
+    With S = C_out / L the last three steps run as ONE op, F.interleaved_secondary (P, W_d, P^T
+    without a permuted copy); the result is the same. Parameter names follow the reference:
+    ``<name>_conv1_weight`` (W_p), ``<name>_conv2_weight`` (W_d).
     """
 
     def __init__(self, in_channels, out_channels, L, S, kernel_size=3, stride=1, name=None, rng=None):
@@ -567,20 +572,21 @@ class IGCConv(Module):
                              f"one of {_common_divisors(in_channels, out_channels)}")
         if out_channels % S:
             raise ValueError(f"IGCConv {name or ''}: out_channels={out_channels} must be divisible by "
-                             f"S={S} secondary partitions; S could be one of {[d for d in range(1, out_channels + 1) if out_channels % d == 0]}")
+                             f"S={S} secondary partitions; S could be one of {divisors(out_channels)}")
         self.L, self.S, self.name = L, S, name
         self.in_channels, self.out_channels = in_channels, out_channels
         self.primary = Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=L,
                               name=_pname(name, "conv1"), rng=rng)
+        self.permute = PermuteChannels(L)
         self.secondary = Conv2d(out_channels, out_channels, 1, groups=S, name=_pname(name, "conv2"), rng=rng)
+        self.unpermute = PermuteChannels(S)
+        self.fused = S * L == out_channels  # P_S is P^T: the interleaved secondary of the paper
 
     def forward(self, x):
-        y = self.primary(x)
-        if self.S * self.L == self.out_channels:
+        y = self.primary(x)                                                   # W_p
+        if self.fused:                                                        # P, W_d, P^T in one op
             return F.interleaved_secondary(y, self.secondary.weight, self.L)
-        y = F.permute_channels(y, self.L)
-        y = self.secondary(y)
-        return F.permute_channels(y, self.S)
+        return self.unpermute(self.secondary(self.permute(y)))               # P_S W_d P
 
     def __repr__(self):
         return f"IGCConv({self.in_channels}, {self.out_channels}, L={self.L}, S={self.S})"

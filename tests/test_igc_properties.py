@@ -2,7 +2,7 @@
 
 Each test states its claim in the first line of its docstring. The dense objects (block-diagonal
 kernels, permutation matrices, the composed kernel) come from igc_np/igc.py; the engine's ops are
-checked against them and against the direct conv of tests/reference.py.
+checked against them and against the reference tier (igc_np/ops/reference.py).
 """
 import numpy as np
 from hypothesis import given, strategies as st
@@ -10,9 +10,9 @@ from hypothesis import given, strategies as st
 import igc_np as ig
 from igc_np import functional as F
 from igc_np import igc
+from igc_np.ops import reference
 from igc_np.ops.reference import permutation_index
 
-from reference import conv2d_direct, permute_by_formula
 from strategies import arrays, channels_and_factor, conv_cases, divisors, igc_cases
 
 seeds = st.integers(0, 2**32 - 1)
@@ -41,8 +41,11 @@ def test_group_conv_is_regular_conv_with_block_diagonal_weight(case, seed):
     x, W = rng.standard_normal(x_shape), rng.standard_normal(W_shape)
     dense = igc.block_diagonal(W, groups)
     assert dense.shape == (W_shape[0], x_shape[1]) + W_shape[2:]
-    y = F.conv2d(ig.Tensor(x), ig.Tensor(W), stride=stride, padding=padding, groups=groups).numpy()
-    np.testing.assert_allclose(y, conv2d_direct(x, dense, stride, padding), rtol=1e-10, atol=1e-10)
+    # the layer the networks use (the primary conv of IGCConv is one), with the drawn weight
+    layer = ig.nn.Conv2d(x_shape[1], W_shape[0], W_shape[2], stride, padding, groups=groups).to(dtype=np.float64)
+    layer.weight.data = W
+    y = layer(ig.Tensor(x)).numpy()
+    np.testing.assert_allclose(y, reference.conv2d(x, dense, stride, padding), rtol=1e-10, atol=1e-10)
     # off the diagonal blocks there is nothing: the connectivity is exactly block-diagonal
     blocks = np.kron(np.eye(groups, dtype=bool),
                      np.ones((W_shape[0] // groups, x_shape[1] // groups), dtype=bool))
@@ -59,8 +62,8 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
     rng = np.random.default_rng(seed)
     x, gy = rng.standard_normal((N, C, 3, 2)), rng.standard_normal((N, C, 3, 2))
     xt = ig.Tensor(x, requires_grad=True)
-    y = F.permute_channels(xt, b)
-    np.testing.assert_array_equal(y.numpy(), permute_by_formula(x, b))
+    y = ig.nn.PermuteChannels(b)(xt)  # the layer IGCConv uses for P (and P_S)
+    np.testing.assert_array_equal(y.numpy(), reference.permute_channels(x, b))
     perm = igc.interleave_permutation(C, b)
     np.testing.assert_array_equal(perm, permutation_index(C, b))
     for i in range(b):
@@ -92,7 +95,7 @@ def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
     W = igc.compose(Wp, Wd, L, S)
     assert W.shape == (case["C_out"], case["C_in"], k, k)
     pad = (k // 2, k // 2)
-    conv = lambda v, K: conv2d_direct(v, K, (s, s), pad)  # noqa: E731
+    conv = lambda v, K: reference.conv2d(v, K, (s, s), pad)  # noqa: E731
 
     xt = ig.Tensor(x, requires_grad=True)
     y = layer(xt)
@@ -178,7 +181,7 @@ def test_L1_is_a_regular_conv(case, seed):
     x = np.random.default_rng(seed + 1).standard_normal(case["x_shape"])
     k, s = case["k"], case["stride"]
     np.testing.assert_allclose(layer(ig.Tensor(x)).numpy(),
-                               conv2d_direct(x, Wd[:, 0, 0, 0, None, None, None] * Wp, (s, s), (k // 2, k // 2)),
+                               reference.conv2d(x, Wd[:, 0, 0, 0, None, None, None] * Wp, (s, s), (k // 2, k // 2)),
                                rtol=1e-10, atol=1e-10)
 
 
@@ -225,7 +228,7 @@ def _check_four_branch(x, W, G, stride):
     pad = (k // 2, k // 2)
     xt = ig.Tensor(x, requires_grad=True)
     y = igc.four_branch_conv(xt, W, G, stride=stride)
-    np.testing.assert_allclose(y.numpy(), conv2d_direct(x, W, (stride, stride), pad), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), reference.conv2d(x, W, (stride, stride), pad), rtol=1e-10, atol=1e-10)
     gy = np.random.default_rng(0).standard_normal(y.shape)
     y.backward(gy)
     xr = ig.Tensor(x, requires_grad=True)
@@ -245,7 +248,7 @@ def test_four_branch_form_G2_as_in_the_figure(x, W):
     np.testing.assert_array_equal(igc.tile_input(ig.Tensor(x), 2).numpy(), np.concatenate([x1, x2, x1, x2], 1))
     # the fixed secondary: in each of the 3 groups, row i sums branches (i, 1) and (i, 2)
     np.testing.assert_array_equal(W_sum[:, :, 0, 0], np.tile([[1, 1, 0, 0], [0, 0, 1, 1]], (3, 1)))
-    conv = lambda a, w: conv2d_direct(a, w, padding=(1, 1))
+    conv = lambda a, w: reference.conv2d(a, w, padding=(1, 1))
     np.testing.assert_allclose(conv(x, W), np.concatenate([conv(x1, W11) + conv(x2, W12),
                                                            conv(x1, W21) + conv(x2, W22)], 1), rtol=1e-10)
     _check_four_branch(x, W, 2, 1)

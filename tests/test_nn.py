@@ -57,8 +57,13 @@ def test_igc_conv_is_primary_permute_secondary_permute():
     x = ig.Tensor(rng.standard_normal((2, 12, 5, 5)))
     for L, S in ((4, 3), (4, 2), (3, 6)):
         igc = ig.nn.IGCConv(12, 12, L=L, S=S).to(dtype=np.float64)
+        assert igc.fused == (L * S == 12)
         chain = F.permute_channels(igc.secondary(F.permute_channels(igc.primary(x), L)), S)
         np.testing.assert_allclose(igc(x).data, chain.data, atol=1e-12)
+        # its own modules are the paper's chain: primary -> P -> secondary -> P_S
+        modules = igc.unpermute(igc.secondary(igc.permute(igc.primary(x))))
+        np.testing.assert_allclose(modules.data, chain.data, atol=1e-12)
+        assert (igc.permute.branch_factor, igc.unpermute.branch_factor) == (L, S)
     with pytest.raises(ValueError, match="divisible by L=5"):
         ig.nn.IGCConv(12, 12, L=5, S=2)
 
@@ -124,15 +129,17 @@ def test_module_to_emu_keeps_values():
 
 
 def test_initialisation_follows_the_reference():
-    """Conv weights N(0, 2/fan_in) (He), FC weights U(+-sqrt(3/fan_in)), BN gamma 1 / beta 0, running var 1."""
+    """Conv weights N(0, 2/fan_in) (He), FC weights U(+-sqrt(1/fan_in)) (MXNet Xavier uniform, factor 'in',
+    magnitude 1, as the reference), BN gamma 1 / beta 0, running var 1."""
     rng = np.random.default_rng(0)
     conv = ig.nn.Conv2d(64, 128, 3, groups=4, rng=rng)
     fan_in = 64 // 4 * 9
     assert abs(conv.weight.data.std() - np.sqrt(2 / fan_in)) < 0.03 * np.sqrt(2 / fan_in)
     assert abs(conv.weight.data.mean()) < 0.01
     fc = ig.nn.Linear(300, 200, rng=rng)
-    bound = np.sqrt(3 / 300)
+    bound = np.sqrt(1 / 300)  # 0.0577; the old sqrt(3 / 300) = 0.1 fails both checks below
     assert fc.weight.data.min() >= -bound and fc.weight.data.max() <= bound
+    assert fc.weight.data.max() > 0.99 * bound and fc.weight.data.min() < -0.99 * bound  # the bound, not less
     assert abs(fc.weight.data.std() - bound / np.sqrt(3)) < 0.02 * bound
     np.testing.assert_array_equal(fc.bias.data, 0)
     bn = ig.nn.BatchNorm2d(5)

@@ -20,18 +20,19 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 LARGE = settings(max_examples=4, deadline=None)
 
 
-def run_tier(fn, inputs, gy_seed, reference_tier):
+def run_tier(fn, inputs, gy_seed, reference_tier, device="cpu"):
     """(output, [grad of each input]) of fn(*Tensors) with a random output gradient."""
-    tensors = [ig.Tensor(a, requires_grad=True) for a in inputs]
+    tensors = [ig.Tensor(a, requires_grad=True, device=device) for a in inputs]
     with ig.backend.use_reference(reference_tier):
         y = fn(*tensors)
         gy = np.random.default_rng(gy_seed).standard_normal(y.shape)
         y.backward(gy)
-    return y.numpy(), [t.grad for t in tensors]
+    return y.numpy(), [ig.backend.to_device(t.grad, "cpu") for t in tensors]
 
 
-def assert_tiers_equal(fn, *inputs, seed=0):
-    fast, ref = (run_tier(fn, inputs, seed, r) for r in (False, True))
+def assert_tiers_equal(fn, *inputs, seed=0, device="cpu"):
+    """The fast tier on `device` ('cpu'; 'emu': the CUDA kernels in the emulator) == the reference tier."""
+    fast, ref = run_tier(fn, inputs, seed, False, device), run_tier(fn, inputs, seed, True)
     np.testing.assert_allclose(fast[0], ref[0], **TOL, err_msg="forward")
     for k, (a, b) in enumerate(zip(fast[1], ref[1])):
         np.testing.assert_allclose(a, b, **TOL, err_msg=f"gradient of input {k}")
@@ -43,10 +44,13 @@ def chwn(a):
     return layout.from_chwn(layout.to_chwn(a))
 
 
-@pytest.fixture
-def threads(monkeypatch):
-    """Three threads whatever the machine (odd splits; threaded code even on one core)."""
-    monkeypatch.setattr(parallel, "THREADS", 3)
+def threaded(mp):
+    """Three threads whatever the machine (odd splits; threaded code even on one core); returns the
+    list of task counts handed to parallel.run, to prove the work really was split."""
+    mp.setattr(parallel, "THREADS", 3)
+    counts, run = [], parallel.run
+    mp.setattr(parallel, "run", lambda tasks: counts.append(len(tasks)) or run(tasks))
+    return counts
 
 
 # ---- the switch itself ---------------------------------------------------------------------------
@@ -106,7 +110,7 @@ def test_conv2d_in_many_small_tiles(case, data):
     x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu_conv, "TILE_BYTES", 64)
-        mp.setattr(parallel, "THREADS", 3)
+        threaded(mp)
         assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=stride, padding=padding, groups=groups), x, W)
 
 
@@ -115,8 +119,9 @@ def large_conv_cases(draw):
     """Ho*Wo*N well above 4096 (threaded matmuls) and im2col blocks over TILE_BYTES (several tiles)."""
     groups = draw(st.sampled_from([1, 2, 4]))
     Cg = draw(st.integers(2, 4))
-    k = draw(st.sampled_from([1, 3]))
     s = draw(st.sampled_from([1, 2]))
+    # a 1x1 conv at stride 2 is a single small tile: nothing to split, so it is left to the small cases
+    k = draw(st.sampled_from([1, 3])) if s == 1 else 3
     N, H, W = draw(st.integers(10, 12)), draw(st.integers(30, 36)), draw(st.integers(30, 36))
     return (N, groups * Cg, H, W), (groups * draw(st.integers(1, 3)), Cg, k, k), (s, s), (k // 2,) * 2, groups
 
@@ -128,15 +133,23 @@ def test_conv2d_large_threaded(case, data):
     N, C, H, W = xs
     assert H * W * N >= 2 * 4096
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "THREADS", 3)
+        counts = threaded(mp)
         assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=stride, padding=padding, groups=groups),
                            chwn(data.draw(arrays(xs))), data.draw(arrays(ws)))
+    assert max(counts) > 1  # the work was split over threads
 
 
-def test_conv2d_large_case_really_tiles():
-    """The large strategy reaches several tiles (guards the test above against a TILE_BYTES change)."""
-    tiles = cpu_conv._tiles(4, 4, 3, 3, 36, 36, 10, 8)
-    assert len(tiles) > 1
+def test_the_large_conv_shape_spans_several_tiles_at_the_real_tile_size():
+    """An IGC-sized conv at the default TILE_BYTES: the engine splits it into several tiles over
+    threads, and the result is still the reference's."""
+    rng = np.random.default_rng(5)
+    x, W = chwn(rng.standard_normal((12, 16, 36, 36))), rng.standard_normal((16, 4, 3, 3))
+    assert 4 * 9 * 36 * 12 * 8 * 36 > 2 * cpu_conv.TILE_BYTES  # one group's im2col alone is > 2 tiles
+    with pytest.MonkeyPatch.context() as mp:
+        counts = threaded(mp)
+        assert_tiers_equal(lambda x, W: F.conv2d(x, W, padding=1, groups=4), x, W)
+        assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=2, padding=1, groups=4), x, W)
+    assert max(counts) == 3
 
 
 # ---- permutation, fused secondary ------------------------------------------------------------------
@@ -154,8 +167,9 @@ def test_interleaved_secondary(LM, large, data):
     N, H = (8, 24) if large else (2, 3)  # large: H*W*N = 4608 columns, threaded matmul and reduction
     x, W_d = data.draw(arrays((N, L * M, H, H))), data.draw(arrays((L * M, L, 1, 1)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "THREADS", 3)
+        counts = threaded(mp)
         assert_tiers_equal(lambda x, W: F.interleaved_secondary(x, W, L), chwn(x), W_d)
+    assert (max(counts, default=1) > 1) == large
 
 
 # ---- BatchNorm, ReLU ---------------------------------------------------------------------------------
@@ -178,15 +192,16 @@ def test_batch_norm(N, C, H, training, channel_first, data):
 
 @LARGE
 @given(st.booleans(), st.data())
-def test_batch_norm_and_relu_large_threaded(training, data, ):
+def test_batch_norm_and_relu_large_threaded(training, data):
     """C*H*W*N = 12*24*24*10 > 1<<16: several slabs per thread in BatchNorm, threaded ReLU."""
     x = chwn(data.draw(arrays((10, 12, 24, 24))))
     gamma, beta = data.draw(arrays((12,))) + 2.0, data.draw(arrays((12,)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parallel, "THREADS", 3)
+        counts = threaded(mp)
         mp.setattr(ig.ops.normalization, "SLAB_BYTES", 1 << 14)
         assert_tiers_equal(lambda x, g, b: F.relu(F.batch_norm(x, g, b, np.zeros(12), np.ones(12),
                                                                training=training)), x, gamma, beta)
+    assert max(counts) > 1
 
 
 @given(st.booleans(), st.data())
@@ -210,6 +225,20 @@ def test_linear_and_cross_entropy():
     x, W, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)
     labels = np.array([0, 2, 1, 1, 0])
     assert_tiers_equal(lambda x, W, b: F.cross_entropy(F.linear(x, W, b), labels), x, W, b)
+
+
+# ---- the GPU tier, its kernels run by the emulator ('emu'): small cases, the emulator is slow ------
+def test_every_tiered_op_on_emu_equals_the_reference_tier():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 5, 4))
+    W_p, W_d = rng.standard_normal((6, 2, 3, 3)), rng.standard_normal((6, 3, 1, 1))
+    g, b = rng.standard_normal(6) + 2, rng.standard_normal(6)
+    emu = dict(device="emu")
+    assert_tiers_equal(lambda x, W: F.conv2d(x, W, stride=(2, 1), padding=1, groups=3), x, W_p, **emu)
+    assert_tiers_equal(lambda x, W: F.interleaved_secondary(x, W, 3), x, W_d, **emu)
+    assert_tiers_equal(lambda x: F.permute_channels(x, 2), x, **emu)
+    assert_tiers_equal(lambda x, g, b: F.relu(F.batch_norm(x, g, b, np.zeros(6), np.ones(6))), x, g, b, **emu)
+    assert_tiers_equal(lambda x: F.avg_pool2d(F.max_pool2d(x, 3, 2, 1), 2, 1), x, **emu)
 
 
 # ---- the reference tier is itself right: finite differences on it ---------------------------------
@@ -279,3 +308,22 @@ def test_environment_variable_turns_the_reference_tier_on():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**__import__("os").environ, "IGC_NP_REFERENCE": value})
         assert out.stdout.split() == expected.split()
+
+
+# ---- the reference conv against its definition, one output element at a time ---------------------
+@settings(max_examples=10, deadline=None)
+@given(conv_cases(max_channels=4, max_size=5), st.data())
+def test_reference_conv2d_is_the_definition(case, data):
+    xs, ws, (sh, sw), (ph, pw), G = case
+    x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
+    y = reference.conv2d(x, W, (sh, sw), (ph, pw), G)
+    N, C, H, Wi = xs
+    Co, Cg, kh, kw = ws
+    for n, o, h, w in np.ndindex(y.shape):
+        g = o // (Co // G)
+        total = 0.0
+        for c, i, j in np.ndindex(Cg, kh, kw):
+            r, q = sh * h - ph + i, sw * w - pw + j
+            if 0 <= r < H and 0 <= q < Wi:
+                total += W[o, c, i, j] * x[n, g * Cg + c, r, q]
+        assert abs(y[n, o, h, w] - total) < 1e-10

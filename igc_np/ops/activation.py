@@ -3,6 +3,7 @@ import numpy as np
 
 from ..autograd import Function
 from . import parallel, reference
+from .layout import empty_keeping_layout
 
 
 class ReLUFunction(Function):
@@ -14,13 +15,13 @@ class ReLUFunction(Function):
         return reference.relu_backward(self.x, gy)
 
     def forward_cpu(self, x):
-        # one threaded pass; empty_like keeps x's memory layout (ops/layout.py)
-        self.y = parallel.elementwise(lambda o, a: np.maximum(a, 0, out=o), np.empty_like(x), x)
+        # one threaded pass, the output in x's memory layout (ops/layout.py)
+        self.y = parallel.elementwise(lambda o, a: np.maximum(a, 0, out=o), empty_keeping_layout(x), x)
         return self.y
 
     def backward_cpu(self, gy):
-        return parallel.elementwise(lambda o, g, y: np.multiply(g, y > 0, out=o), np.empty_like(self.y),
-                                    gy, self.y)
+        return parallel.elementwise(lambda o, g, y: np.multiply(g, y > 0, out=o),
+                                    empty_keeping_layout(self.y), gy, self.y)
 
     def forward_gpu(self, xp, x):
         self.y = xp.maximum(x, 0)

@@ -7,7 +7,8 @@ behind that shape looks like is a CPU-tier detail:
   a group of channels is one contiguous block, so a grouped conv is one batched matmul whose result
   already is y in (C, Ho, Wo, N) memory. It hands back the NCHW *view* ``from_chwn(y)``;
 * the ops that follow a conv - BatchNorm, ReLU, the permutation, the fused secondary conv, the
-  residual add - keep the memory order of their input (``empty_like``, ``copy_keeping_layout``), so
+  residual add - keep the memory order of their input (``empty_keeping_layout``,
+  ``copy_keeping_layout``, ``rows``/``from_rows``, ``partitions``), so
   the next conv finds its input already (C, H, W, N)-contiguous and ``to_chwn`` is a free view;
 * every other op (pooling, linear, the generic ops of ops/math.py) sees an ordinary strided NumPy
   array and works on any memory order.
@@ -51,6 +52,11 @@ def from_rows(r, shape):
     """(C, H*W*N) rows -> the NCHW view `shape` = (N, C, H, W) of the same memory (inverse of rows)."""
     N, C, H, W = shape
     return from_chwn(r.reshape(C, H, W, N))
+
+
+def empty_keeping_layout(a):
+    """Uninitialised memory of a's shape and dtype in a's memory order (elementwise outputs: ReLU)."""
+    return np.empty_like(a, order="K")
 
 
 def copy_keeping_layout(v):

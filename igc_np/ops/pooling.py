@@ -28,10 +28,20 @@ def _pad(xp, x, padding, value):
 
 
 class _PoolFunction(Function):
-    """k x k pooling; the cpu and gpu tiers share one xp implementation (forward_xp/backward_xp)."""
+    """k x k pooling; the cpu and gpu tiers share one xp implementation (forward_xp/backward_xp),
+    the reference tier calls the pair reference_ops = (forward, backward) of ops/reference.py."""
+
+    reference_ops = None
 
     def __init__(self, kernel, stride, padding):
         self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward_reference(self, x):
+        self.x = x
+        return self.reference_ops[0](x, self.kernel, self.stride, self.padding)
+
+    def backward_reference(self, gy):
+        return self.reference_ops[1](self.x, gy, self.kernel, self.stride, self.padding)
 
     def out_size(self, shape):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
@@ -51,12 +61,7 @@ class _PoolFunction(Function):
 
 
 class MaxPool2dFunction(_PoolFunction):
-    def forward_reference(self, x):
-        self.x = x
-        return reference.max_pool2d(x, self.kernel, self.stride, self.padding)
-
-    def backward_reference(self, gy):
-        return reference.max_pool2d_backward(self.x, gy, self.kernel, self.stride, self.padding)
+    reference_ops = reference.max_pool2d, reference.max_pool2d_backward
 
     def forward_xp(self, xp, x):
         Ho, Wo = self.out_size(x.shape)
@@ -90,12 +95,7 @@ class MaxPool2dFunction(_PoolFunction):
 class AvgPool2dFunction(_PoolFunction):
     """Average over the window, zero padding counted (MXNet's default, count_include_pad)."""
 
-    def forward_reference(self, x):
-        self.x = x
-        return reference.avg_pool2d(x, self.kernel, self.stride, self.padding)
-
-    def backward_reference(self, gy):
-        return reference.avg_pool2d_backward(self.x, gy, self.kernel, self.stride, self.padding)
+    reference_ops = reference.avg_pool2d, reference.avg_pool2d_backward
 
     def forward_xp(self, xp, x):
         Ho, Wo = self.out_size(x.shape)
