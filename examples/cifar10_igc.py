@@ -306,6 +306,9 @@ def train(o, ckpt=None, download=False, overwrite=False):
     except (RuntimeError, ValueError) as e:
         raise OptionError(f"--device {device} --gpus {o['gpus']}: {e}") from None
 
+    # a quick answer before loading data: is the output folder usable (writable, no other run)?
+    training.check_run_folder(o["output_dir"], o["model_prefix"], ckpt, overwrite)
+
     # ---- data ---------------------------------------------------------------------------------
     try:
         ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])

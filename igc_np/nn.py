@@ -569,7 +569,7 @@ class IGCConv(Module):
         if in_channels % L or out_channels % L:
             raise ValueError(f"IGCConv {name or ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must be divisible by L={L} primary partitions; L could be "
-                             f"one of {_common_divisors(in_channels, out_channels)}")
+                             f"one of {[d for d in divisors(in_channels) if out_channels % d == 0]}")
         if out_channels % S:
             raise ValueError(f"IGCConv {name or ''}: out_channels={out_channels} must be divisible by "
                              f"S={S} secondary partitions; S could be one of {divisors(out_channels)}")
@@ -591,6 +591,3 @@ class IGCConv(Module):
     def __repr__(self):
         return f"IGCConv({self.in_channels}, {self.out_channels}, L={self.L}, S={self.S})"
 
-
-def _common_divisors(a, b):
-    return [d for d in range(1, min(a, b) + 1) if a % d == 0 and b % d == 0]

@@ -74,7 +74,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 13
 __all__ = ["CheckpointError", "OptionError", "Checkpoint", "checkpoint_path", "save_checkpoint",
            "load_checkpoint", "restore", "check_options", "train_step", "TrainingData", "Metrics",
            "evaluate", "precise_bn_statistics", "JsonLinesLog", "plot_curves",
-           "GracefulInterrupt", "RunFolderError", "RunLock", "Run", "Stop", "run_command"]
+           "GracefulInterrupt", "RunFolderError", "RunLock", "check_run_folder", "Run", "Stop",
+           "run_command"]
 
 
 class CheckpointError(SerializationError):
@@ -758,9 +759,21 @@ class RunLock:
             self.held = False
 
 
-def check_writable(folder, option):
-    """Create ``folder`` if needed and prove a file can be written there, else RunFolderError."""
+def check_writable(folder, option, create=True):
+    """Prove a file can be written in ``folder`` (created if needed), else RunFolderError.
+
+    ``create=False`` creates nothing: the nearest existing folder on the way must be a writable
+    folder (a quick check before the data is loaded; the real one comes with the lock).
+    """
     folder = Path(folder)
+    if not create:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise RunFolderError(f"{option} {folder}: cannot write there ({probe} is "
+                                 f"{'not a folder' if not probe.is_dir() else 'not writable'})")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / ".igc_np.write-test") as f:
@@ -783,6 +796,44 @@ def checkpoint_epoch(path, prefix):
     """k for ``<prefix>-<k:04d>.npz``, None for other names (``-interrupted``)."""
     stem = Path(path).name[len(Path(prefix).name) + 1:-4]
     return int(stem) if stem.isdigit() else None
+
+
+def check_run_folder(out_dir, prefix, ckpt=None, overwrite=False, delete=False):
+    """Refuse a folder holding a run unless ``ckpt`` resumes it at its latest state, or overwrite.
+
+    Also checks that ``out_dir`` and the prefix's folder are writable. ``delete=False``: the
+    quick check before the data is loaded, which creates and removes nothing; ``delete=True``:
+    the real one under the lock, which creates the folders and, with ``overwrite``, removes the
+    earlier run's files (never the checkpoint being resumed).
+    """
+    out_dir, prefix = Path(out_dir), Path(prefix)
+    check_writable(out_dir, "--output-dir", create=delete)
+    check_writable(prefix.parent, "--model-prefix", create=delete)
+    files = earlier_run_files(out_dir, prefix)
+    if not files:
+        return
+    if overwrite:
+        if delete:
+            resumed = ckpt.path.resolve() if ckpt is not None else None
+            files = [p for p in files if p.resolve() != resumed]  # never the file being resumed
+            for p in files:
+                p.unlink(missing_ok=True)
+            print(f"--overwrite: removed {len(files)} files of the earlier run in {out_dir}",
+                  file=sys.stderr)
+        return
+    ours = ckpt is not None and ckpt.path.resolve().parent == prefix.parent.resolve()
+    if not ours:
+        what = ", ".join(p.name for p in files[:4]) + (" ..." if len(files) > 4 else "")
+        raise RunFolderError(
+            f"{out_dir} already holds a run ({what}); this run would replace it. Resume it "
+            "(--resume FILE or --load-epoch K), choose another --output-dir, or pass --overwrite "
+            "to delete it and start again")
+    later = [p for p in files if (checkpoint_epoch(p, prefix) or -1) > ckpt.epoch]
+    if later:
+        raise RunFolderError(
+            f"{out_dir} holds checkpoints later than the one resumed (epoch {ckpt.epoch}): "
+            f"{', '.join(p.name for p in later[:4])}; resuming here would replace them. Resume "
+            "the latest, give another --output-dir, or pass --overwrite")
 
 
 # --------------------------------------------------------------------------------------------
@@ -827,8 +878,8 @@ class Run:
     def __enter__(self):
         if self.ckpt is not None:  # does it fit? (before touching any folder)
             restore(self.ckpt, self.model, self.optimizer)
-        check_writable(self.out_dir, "--output-dir")
-        check_writable(self.prefix.parent, "--model-prefix")
+            self._check_position(self.ckpt)
+        check_writable(self.out_dir, "--output-dir")  # the lock lives there
         self.lock.acquire(note=lambda m: print(m, file=sys.stderr))
         try:
             self._refuse_earlier_run()
@@ -860,33 +911,22 @@ class Run:
                                 RuntimeWarning)
         return self
 
+    def _check_position(self, ckpt):
+        """A mid-epoch checkpoint's batch and sample count must fit this data and batch size."""
+        if not ckpt.batch:
+            return
+        n = len(self.data)
+        seen = min(ckpt.batch * self.data.batch_size, self.data.train_size)
+        if ckpt.batch >= n:
+            raise CheckpointError(f"checkpoint {ckpt.path}: field 'batch' is {ckpt.batch}, but an "
+                                  f"epoch of this data has {n} batches")
+        if ckpt.train_sums[1] != seen:
+            raise CheckpointError(f"checkpoint {ckpt.path}: field 'train_sums' counts "
+                                  f"{ckpt.train_sums[1]:.0f} samples after {ckpt.batch} batches "
+                                  f"of {self.data.batch_size} (expected {seen})")
+
     def _refuse_earlier_run(self):
-        """An existing run folder is refused unless we resume its own latest state, or --overwrite."""
-        files = earlier_run_files(self.out_dir, self.prefix)
-        if not files:
-            return
-        if self.overwrite:
-            resumed = self.ckpt.path.resolve() if self.ckpt is not None else None
-            files = [p for p in files if p.resolve() != resumed]  # never the file being resumed
-            for p in files:
-                p.unlink(missing_ok=True)
-            print(f"--overwrite: removed {len(files)} files of the earlier run in {self.out_dir}",
-                  file=sys.stderr)
-            return
-        ckpt = self.ckpt
-        ours = ckpt is not None and ckpt.path.resolve().parent == self.prefix.parent.resolve()
-        if not ours:
-            what = ", ".join(p.name for p in files[:4]) + (" ..." if len(files) > 4 else "")
-            raise RunFolderError(
-                f"{self.out_dir} already holds a run ({what}); this run would replace it. "
-                "Resume it (--resume FILE or --load-epoch K), choose another --output-dir, or pass "
-                "--overwrite to delete it and start again")
-        later = [p for p in files if (checkpoint_epoch(p, self.prefix) or -1) > ckpt.epoch]
-        if later:
-            raise RunFolderError(
-                f"{self.out_dir} holds checkpoints later than the one resumed (epoch {ckpt.epoch}): "
-                f"{', '.join(p.name for p in later[:4])}; resuming here would replace them. Resume "
-                "the latest, give another --output-dir, or pass --overwrite")
+        check_run_folder(self.out_dir, self.prefix, self.ckpt, self.overwrite, delete=True)
 
     def __exit__(self, exc_type, exc, tb):
         self._warnings.__exit__(None, None, None)

@@ -225,10 +225,10 @@ def linear_backward(x, W, gy):
     return gy @ W, gy.T @ x, gy.sum(axis=0)
 
 
-def log_softmax(z, xp=np):
-    """log(exp(z) / sum exp(z)) along axis 1, shifted by the row max so that exp never overflows."""
-    z = z - z.max(axis=1, keepdims=True)
-    return z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+def log_softmax(z, xp=np, axis=1):
+    """log(exp(z) / sum exp(z)) along `axis`, shifted by the max so that exp never overflows."""
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
 
 
 def cross_entropy(logits, labels, xp=np):
