@@ -20,7 +20,9 @@ setup(
         "examples": EXAMPLES,
         # the test suite: property tests, the trainer end to end, and the NVRTC compile check
         # of every .cu file (libnvrtc works without a GPU)
-        "test": ["pytest>=7", "hypothesis>=6.80", "nvidia-cuda-nvrtc-cu12"] + EXAMPLES,
-        "cuda": ["cupy-cuda12x"],
+        "test": ["pytest>=7", "hypothesis>=6.80",
+                 "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' or platform_system == 'Windows'"] + EXAMPLES,
+        # [ctk]: CuPy's extra that brings NVRTC and the CUDA headers (a driver-only machine lacks both)
+        "cuda": ["cupy-cuda12x[ctk]>=14,<15"],
     },
 )

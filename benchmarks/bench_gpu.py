@@ -1,24 +1,44 @@
-"""Our CUDA kernels vs cuDNN on the IGC conv shapes, forward and backward.
+"""Every version of our CUDA kernels vs cuDNN (PyTorch) on the IGC shapes; launches per training step.
 
-    python benchmarks/bench_gpu.py [--batch 64] [--repeat 20] [--dtype float32]
+    python benchmarks/bench_gpu.py [--batch 64] [--loop 20] [--repeat 5] [--dtype float32] [--roofline]
+    python benchmarks/bench_gpu.py --count-launches [--batch 64]   # no GPU needed (CuPy stand-in)
+    python benchmarks/bench_gpu.py --standin --batch 2             # the whole benchmark on the stand-in
 
-For each IGC conv (primary 3x3 group conv with L groups, then the secondary 1x1 conv with S = M
-groups between the two permutations) it times, on the GPU:
-  - primary:   forward, backward-data, backward-weight: igc_np.kernels.ops vs cuDNN (grouped conv);
+For each IGC conv of CASES (primary 3x3 group conv with L groups, then the secondary 1x1 conv with
+S = M groups between the two permutations) and each version of each kernel (kernels/ladder.py;
+the primary conv's versions from kernels/versions.py when it exists) it prints the milliseconds of
+one call and the ratio ours / cuDNN (below 1: ours is faster), for
+  - primary:   forward, backward-data, backward-weight vs cuDNN's grouped conv;
   - secondary: the fused kernels vs cuDNN's 1x1 group conv plus the two permutation copies;
-and prints milliseconds and the ratio ours / cuDNN (below 1: ours is faster). cuDNN is reached
-through PyTorch when it is importable with CUDA, else through CuPy's cuDNN binding; without either
-only our timings are printed. Every result is checked against cuDNN's before it is timed.
-Needs a CUDA GPU and CuPy; exits with a message otherwise.
+  - permutation vs PyTorch's copy of the transposed view; BatchNorm+ReLU forward/backward vs
+    PyTorch's batch_norm + relu; SGD over resnet_igc-20's parameters vs torch.optim.SGD (foreach).
+Timing: `--loop` launches back to back between one pair of CUDA events (one call per event pair
+would measure the ~20-40 us of Python launch overhead on these small CIFAR shapes, not the kernel),
+median of `--repeat` such loops. cuDNN runs NCHW and channels_last, and the faster counts. Every
+result is first checked against a float64 NumPy reference (norm-relative error).
+
+--count-launches runs one resnet_igc-20 L24M2 training step on tests/fake_cupy.py's CuPy stand-in
+(our kernels in the CPU emulator) and prints "launches/step N, host syncs/step M".
+--train STEPS trains resnet_igc-20 L24M2 on random CIFAR-format data (uint8 images, 10 classes) and
+prints images/s, with the explicit device->host copies (.get, .item, .tolist, asnumpy) seen by a
+profile hook; float()/int()/bool() of a device array are invisible to it (C slots): the stand-in's
+--count-launches counts those.
 """
 import argparse
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
-from igc_np.kernels import ops
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-# (name, N is --batch, C, H=W, L, M); S = M secondary partitions, C = L*M
+from igc_np.kernels import fused_ops, ladder, ops  # noqa: E402
+from igc_np.ops import reference  # noqa: E402
+
+# (name, C, H=W, L, M); N is --batch, S = M secondary partitions, C = L*M
 CASES = [
     ("CIFAR IGC-L24M2 stage 1", 48, 32, 24, 2),
     ("CIFAR IGC-L24M4 stage 2", 96, 16, 24, 4),
@@ -26,64 +46,66 @@ CASES = [
     ("ImageNet IGC-L4M32 stage 1", 128, 56, 4, 32),
     ("ImageNet IGC-L100M2 stage 1", 200, 56, 100, 2),
 ]
+NORM_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+# ---- the GPU, or the stand-in ----------------------------------------------------------------------
+class _Patch:
+    """The two monkeypatch methods fake_cupy.install uses, outside pytest (for the whole process)."""
+
+    def setitem(self, d, key, value):
+        d[key] = value
+
+    def setattr(self, obj, name, value):
+        setattr(obj, name, value)
+
+
+def install_standin():
+    sys.path.insert(0, str(ROOT / "tests"))
+    import fake_cupy
+    fake_cupy.install(_Patch())
+    return fake_cupy
 
 
 def gpu_or_exit():
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy
-        why = "CuPy sees no CUDA device"
-    except ImportError:
-        why = "CuPy is not installed (pip install cupy-cuda12x or cupy-cuda13x)"
-    except Exception as e:  # driver missing, etc.
-        why = f"CUDA is unavailable: {e}"
-    sys.exit(f"bench_gpu.py needs a CUDA GPU: {why}.")
+    from igc_np import backend
+    if not backend.cuda_available():
+        sys.exit(f"bench_gpu.py needs a usable CUDA GPU: {backend.cuda_unavailable_reason()} "
+                 "(--count-launches and --standin run without one)")
+    return backend.cupy_module()
 
 
-def cupy_timer(cupy, fn, repeat):
-    """Median milliseconds of fn() on the GPU, measured with CUDA events after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
+def event_timer(cupy, fn, loop, repeat):
+    """Median milliseconds of one fn() call: `loop` calls between one pair of CUDA events."""
+    fn()
+    fn()  # warm-up: compile, allocator
     times = []
     for _ in range(repeat):
         start, stop = cupy.cuda.Event(), cupy.cuda.Event()
         start.record()
-        fn()
+        for _ in range(loop):
+            fn()
         stop.record()
         stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / loop)
     return float(np.median(times))
 
 
-def torch_timer(torch, fn, repeat):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return float(np.median(times))
-
-
+# ---- cuDNN through PyTorch --------------------------------------------------------------------------
 class TorchCudnn:
-    """cuDNN through PyTorch: grouped conv and its two backward passes, and the permutations."""
+    """cuDNN's grouped conv and its two backward passes, and PyTorch's permutation copy, BN, SGD."""
     name = "cuDNN (PyTorch)"
 
     def __init__(self, torch):
         self.torch = torch
-        torch.backends.cudnn.benchmark = True   # let cuDNN pick its fastest algorithm
+        torch.backends.cudnn.benchmark = True    # let cuDNN pick its fastest algorithm per shape
         torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        self.version = f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
 
-    def tensor(self, a):
-        return self.torch.as_tensor(np.asarray(a), device="cuda")
-
-    def to_numpy(self, t):
-        return t.detach().cpu().numpy()
+    def tensor(self, a, channels_last=False):
+        t = self.torch.as_tensor(np.ascontiguousarray(a), device="cuda")
+        return t.contiguous(memory_format=self.torch.channels_last) if channels_last and t.ndim == 4 else t
 
     def conv(self, x, W, stride, padding, groups):
         return self.torch.nn.functional.conv2d(x, W, None, stride, padding, 1, groups)
@@ -96,138 +118,345 @@ class TorchCudnn:
 
     def permute(self, x, b):
         N, C, H, W = x.shape
-        return x.view(N, b, C // b, H, W).transpose(1, 2).reshape(N, C, H, W)
+        return x.reshape(N, b, C // b, H, W).transpose(1, 2).reshape(N, C, H, W)  # channels_last: no view
 
-    def timer(self, fn, repeat):
-        return torch_timer(self.torch, fn, repeat)
-
-
-class CupyCudnn(TorchCudnn):
-    """cuDNN through CuPy's binding (cupyx.cudnn), when PyTorch is absent."""
-    name = "cuDNN (CuPy)"
-
-    def __init__(self, cupy, cudnn):
-        self.cupy, self.cudnn = cupy, cudnn
-
-    def tensor(self, a):
-        return self.cupy.asarray(a)
-
-    def to_numpy(self, t):
-        return self.cupy.asnumpy(t)
-
-    def _out_shape(self, x, W, stride, padding):
-        N, _, H, Wd = x.shape
-        C_out, _, kh, kw = W.shape
-        return (N, C_out, (H + 2 * padding[0] - kh) // stride[0] + 1, (Wd + 2 * padding[1] - kw) // stride[1] + 1)
-
-    def conv(self, x, W, stride, padding, groups):
-        y = self.cupy.empty(self._out_shape(x, W, stride, padding), dtype=x.dtype)
-        self.cudnn.convolution_forward(x, W, None, y, padding, stride, (1, 1), groups,
-                                       auto_tune=True, tensor_core="never")
-        return y
-
-    def conv_backward(self, gy, x, W, stride, padding, groups, which):
-        if which == "data":
-            gx = self.cupy.empty_like(x)
-            self.cudnn.convolution_backward_data(W, gy, None, gx, padding, stride, (1, 1), groups,
-                                                 deterministic=False, auto_tune=True, tensor_core="never")
-            return gx
-        gW = self.cupy.empty_like(W)
-        self.cudnn.convolution_backward_filter(x, gy, gW, padding, stride, (1, 1), groups,
-                                               deterministic=False, auto_tune=True, tensor_core="never")
-        return gW
-
-    def permute(self, x, b):
-        N, C, H, W = x.shape
-        return self.cupy.ascontiguousarray(x.reshape(N, b, C // b, H, W).transpose(0, 2, 1, 3, 4)).reshape(N, C, H, W)
-
-    def timer(self, fn, repeat):
-        return cupy_timer(self.cupy, fn, repeat)
+    def timer(self, fn, loop, repeat):
+        torch = self.torch
+        fn()
+        fn()
+        times = []
+        for _ in range(repeat):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(loop):
+                fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) / loop)
+        return float(np.median(times))
 
 
-def find_cudnn(cupy):
+def find_cudnn():
+    """TorchCudnn, or None with the reason (said loudly by the caller)."""
     try:
         import torch
-        if torch.cuda.is_available():
-            return TorchCudnn(torch)
-    except Exception:  # not installed, or a build that cannot see this GPU
-        pass
+    except ImportError:
+        return None, "PyTorch is not installed (pip install torch): no cuDNN reference"
+    if not torch.cuda.is_available():
+        return None, f"PyTorch {torch.__version__} sees no CUDA device: no cuDNN reference"
+    if not torch.backends.cudnn.is_available():
+        return None, f"PyTorch {torch.__version__} has no cuDNN: no cuDNN reference"
+    return TorchCudnn(torch), None
+
+
+# ---- one IGC conv case ------------------------------------------------------------------------------
+def norm_error(ours, ref64):
+    ours = np.asarray(ours, dtype=np.float64)
+    return float(np.linalg.norm((ours - ref64).ravel()) / max(np.linalg.norm(ref64.ravel()), 1e-30))
+
+
+def primary_versions(op):
+    """The primary conv's versions (kernels/versions.py of the conv ladder), [None] before it lands."""
     try:
-        from cupyx import cudnn  # raises when CuPy was built or installed without cuDNN
-        return CupyCudnn(cupy, cudnn)
-    except Exception:
-        pass
-    return None
+        from igc_np.kernels import versions
+    except ImportError:
+        return [None]
+    for name in (op, "conv2d", "group_conv"):  # its op name is not settled yet
+        try:
+            return list(versions.versions(name))
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return [None]
 
 
-def check(name, ours, theirs, dtype):
-    tol = 1e-3 if dtype == np.float32 else 1e-9
-    scale = max(1.0, float(np.abs(theirs).max()))
-    err = float(np.abs(ours - theirs).max()) / scale
-    if not err < tol:
-        raise AssertionError(f"{name}: ours differs from cuDNN by {err:.3g} (relative to max |value|)")
+def _call_version(fn, version, *args):
+    return fn(*args) if version is None else fn(*args, version=version)
 
 
-def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, repeat):
+def case_ops(cupy, N, C, HW, L, M, dtype):
+    """[(op, version, our fn, float64 reference, reference-framework fn or None)] for one case."""
     rng = np.random.default_rng(0)
     S = M
-    x_h = rng.standard_normal((N, C, HW, HW)).astype(dtype)
-    # scale first, cast last: a NumPy float64 scalar would promote a float32 array to float64
-    W_h = (rng.standard_normal((C, C // L, 3, 3)) * np.sqrt(2 / (9 * C // L))).astype(dtype)
-    W2_h = (rng.standard_normal((C, C // S, 1, 1)) * np.sqrt(2 / (C // S))).astype(dtype)
-    gy_h = rng.standard_normal((N, C, HW, HW)).astype(dtype)
-    x, W, W2, gy = (cupy.asarray(a) for a in (x_h, W_h, W2_h, gy_h))
+    h = {"x": rng.standard_normal((N, C, HW, HW)),
+         "W": rng.standard_normal((C, C // L, 3, 3)) * np.sqrt(2 / (9 * C // L)),
+         "W2": rng.standard_normal((C, C // S, 1, 1)) * np.sqrt(2 / (C // S)),
+         "gy": rng.standard_normal((N, C, HW, HW)),
+         "gamma": rng.random(C) + 0.5, "beta": rng.standard_normal(C)}
+    d = {k: cupy.asarray(v.astype(dtype)) for k, v in h.items()}
+    h = {k: v.astype(dtype).astype(np.float64) for k, v in h.items()}  # the rounded inputs, in float64
     st, pad = (1, 1), (1, 1)
+    rows = []
+    conv_ref = {}  # the float64 references, computed once per case when first checked
 
-    ours = {
-        "primary fwd": lambda: ops.conv2d_forward(x, W, st, pad, L, "cuda"),
-        "primary bwd-data": lambda: ops.conv2d_backward_data(gy, W, x.shape, st, pad, L, "cuda"),
-        "primary bwd-weight": lambda: ops.conv2d_backward_weight(x, gy, W.shape, st, pad, L, "cuda"),
-        "secondary fwd": lambda: ops.interleaved_secondary_forward(x, W2, L, S, "cuda"),
-        "secondary bwd-data": lambda: ops.interleaved_secondary_backward_data(gy, W2, L, S, "cuda"),
-        "secondary bwd-weight": lambda: ops.interleaved_secondary_backward_weight(x, gy, W2.shape, L, S, "cuda"),
-    }
-    theirs = {}
-    if ref is not None:
-        tx, tW, tW2, tgy = (ref.tensor(a) for a in (x_h, W_h, W2_h, gy_h))
+    def ref(key, fn):
+        def get():
+            if key not in conv_ref:
+                conv_ref[key] = fn()
+            return conv_ref[key]
+        return get
+    primary = ref("primary", lambda: (reference.conv2d(h["x"], h["W"], st, pad, L),)
+                  + reference.conv2d_backward(h["x"], h["W"], h["gy"], st, pad, L))
+    for v in primary_versions("conv2d_forward"):
+        rows += [
+            ("primary fwd", v, lambda v=v: _call_version(ops.conv2d_forward, v, d["x"], d["W"], st, pad, L, "cuda"),
+             lambda: primary()[0]),
+            ("primary bwd-data", v, lambda v=v: _call_version(ops.conv2d_backward_data, v, d["gy"], d["W"],
+                                                              d["x"].shape, st, pad, L, "cuda"),
+             lambda: primary()[1]),
+            ("primary bwd-weight", v, lambda v=v: _call_version(ops.conv2d_backward_weight, v, d["x"], d["gy"],
+                                                                d["W"].shape, st, pad, L, "cuda"),
+             lambda: primary()[2])]
+    xp_ = reference.permute_channels(h["x"], L)
+
+    def secondary_ref():
+        gv = reference.permute_channels_backward(h["gy"], S)
+        gxp, gW = reference.conv2d_backward(xp_, h["W2"], gv, groups=S)
+        return (reference.permute_channels(reference.conv2d(xp_, h["W2"], groups=S), S),
+                reference.permute_channels_backward(gxp, L), gW)
+    secondary = ref("secondary", secondary_ref)
+    for v in ladder.versions("interleaved_secondary"):
+        rows += [
+            ("secondary fwd", v, lambda v=v: ops.interleaved_secondary_forward(d["x"], d["W2"], L, S, "cuda", v),
+             lambda: secondary()[0]),
+            ("secondary bwd-data", v,
+             lambda v=v: ops.interleaved_secondary_backward_data(d["gy"], d["W2"], L, S, "cuda", v),
+             lambda: secondary()[1]),
+            ("secondary bwd-weight", v,
+             lambda v=v: ops.interleaved_secondary_backward_weight(d["x"], d["gy"], d["W2"].shape, L, S, "cuda", v),
+             lambda: secondary()[2])]
+    for v in ("v1", "v2"):
+        rows.append(("permutation", v, lambda v=v: ops.permute_channels(d["x"], L, "cuda", version=v),
+                     lambda: xp_))
+    bn_ref = _bn_reference(h)
+    for v in ladder.versions("batch_norm"):
+        def fwd(v=v):
+            return fused_ops.batch_norm_forward(d["x"], d["gamma"], d["beta"], None, None, True, 0.9, 2e-5, "cuda",
+                                                relu=True, version=v)
+        y, mean, stat = fwd()
+        rows.append(("bn+relu fwd", v, lambda fwd=fwd: fwd()[0], lambda: bn_ref[0]))
+        rows.append(("bn+relu bwd", v, lambda v=v, y=y, mean=mean, stat=stat: fused_ops.batch_norm_backward(
+            d["gy"], y, d["x"], mean, stat, d["gamma"], True, 2e-5, "cuda", relu=True, version=v)[0],
+            lambda: bn_ref[1]))
+    return rows, h
+
+
+def _bn_reference(h):
+    """float64 (y, gx) of relu(batch_norm(x)) with batch statistics, for the gradient gy."""
+    x, gamma, beta, gy = h["x"], h["gamma"], h["beta"], h["gy"]
+    ch = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    xhat = (x - ch(mean)) / np.sqrt(ch(var) + 2e-5)
+    z = xhat * ch(gamma) + ch(beta)
+    g = gy * (z > 0)
+    m = x.size // x.shape[1]
+    gx = (g - ch(g.sum(axis=(0, 2, 3))) / m - xhat * ch((g * xhat).sum(axis=(0, 2, 3))) / m) \
+        * ch(gamma / np.sqrt(var + 2e-5))
+    return np.maximum(z, 0), gx
+
+
+def reference_fns(ref, h, C, L, S, dtype):
+    """{op: [fn for NCHW, fn for channels_last]} of the reference framework."""
+    torch = ref.torch
+    fns = {}
+    for cl in (False, True):
+        t = {k: ref.tensor(v.astype(dtype), channels_last=cl) for k, v in h.items()}
+        st, pad = (1, 1), (1, 1)
         C_S = C // S
-        theirs = {
-            "primary fwd": lambda: ref.conv(tx, tW, st, pad, L),
-            "primary bwd-data": lambda: ref.conv_backward(tgy, tx, tW, st, pad, L, "data"),
-            "primary bwd-weight": lambda: ref.conv_backward(tgy, tx, tW, st, pad, L, "weight"),
+        xperm, gperm = ref.permute(t["x"], L), ref.permute(t["gy"], C_S)
+        xr = t["x"].detach().clone().requires_grad_(True)
+        yr = torch.relu(torch.nn.functional.batch_norm(xr, None, None, t["gamma"], t["beta"], True, 0.1, 2e-5))
+        for op, fn in {
+            "primary fwd": lambda t=t: ref.conv(t["x"], t["W"], st, pad, L),
+            "primary bwd-data": lambda t=t: ref.conv_backward(t["gy"], t["x"], t["W"], st, pad, L, "data"),
+            "primary bwd-weight": lambda t=t: ref.conv_backward(t["gy"], t["x"], t["W"], st, pad, L, "weight"),
             # permute(L) -> 1x1 conv with S groups -> permute(S), and the chain's gradients
-            "secondary fwd": lambda: ref.permute(ref.conv(ref.permute(tx, L), tW2, (1, 1), (0, 0), S), S),
-            "secondary bwd-data": lambda: ref.permute(ref.conv_backward(
-                ref.permute(tgy, C_S), ref.permute(tx, L), tW2, (1, 1), (0, 0), S, "data"), C // L),
-            "secondary bwd-weight": lambda: ref.conv_backward(
-                ref.permute(tgy, C_S), ref.permute(tx, L), tW2, (1, 1), (0, 0), S, "weight"),
-        }
-    print(f"\n{name}: N={N} C={C} {HW}x{HW} L={L} M={M} ({dtype.__name__})")
-    print(f"  {'op':<22}{'ours ms':>10}{'cuDNN ms':>10}{'ratio':>8}")
-    for op, fn in ours.items():
-        if op in theirs:
-            check(f"{name} {op}", cupy.asnumpy(fn()), ref.to_numpy(theirs[op]()), dtype)
-        t_ours = cupy_timer(cupy, fn, repeat)
-        if op in theirs:
-            t_ref = ref.timer(theirs[op], repeat)
-            print(f"  {op:<22}{t_ours:>10.3f}{t_ref:>10.3f}{t_ours / t_ref:>8.2f}")
-        else:
-            print(f"  {op:<22}{t_ours:>10.3f}{'-':>10}{'-':>8}")
+            "secondary fwd": lambda t=t: ref.permute(ref.conv(ref.permute(t["x"], L), t["W2"], (1, 1), (0, 0), S), S),
+            "secondary bwd-data": lambda t=t, xp=xperm, gp=gperm: ref.permute(ref.conv_backward(
+                gp, xp, t["W2"], (1, 1), (0, 0), S, "data"), C // L),
+            "secondary bwd-weight": lambda t=t, xp=xperm, gp=gperm: ref.conv_backward(
+                gp, xp, t["W2"], (1, 1), (0, 0), S, "weight"),
+            "permutation": lambda t=t: ref.permute(t["x"], L).contiguous(),
+            "bn+relu fwd": lambda t=t: torch.relu(torch.nn.functional.batch_norm(
+                t["x"], None, None, t["gamma"], t["beta"], True, 0.1, 2e-5)),
+            "bn+relu bwd": lambda t=t, xr=xr, yr=yr: torch.autograd.grad(yr, xr, t["gy"], retain_graph=True)[0],
+        }.items():
+            fns.setdefault(op, []).append(fn)
+    return fns
+
+
+def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, loop, repeat, results):
+    rows, h = case_ops(cupy, N, C, HW, L, M, dtype)
+    theirs = reference_fns(ref, h, C, L, M, dtype) if ref is not None else {}
+    print(f"\n{name}: N={N} C={C} {HW}x{HW} L={L} M={M} ({np.dtype(dtype).name})")
+    print(f"  {'op':<22}{'version':>8}{'ours ms':>10}{'cuDNN ms':>10}{'ratio':>8}{'rel err':>10}")
+    ref_ms = {}
+    for op, version, fn, ref64 in rows:
+        err = norm_error(cupy.asnumpy(fn()), ref64())
+        if not err <= 10 * NORM_TOL[np.dtype(dtype)]:
+            raise AssertionError(f"{name} {op} {version}: relative error {err:.3g} against the float64 reference")
+        t_ours = event_timer(cupy, fn, loop, repeat)
+        if op in theirs and op not in ref_ms:  # best of NCHW and channels_last
+            ref_ms[op] = min(ref.timer(f, loop, repeat) for f in theirs[op])
+        t_ref = ref_ms.get(op)
+        cells = (f"{t_ref:>10.3f}{t_ours / t_ref:>8.2f}" if t_ref else f"{'-':>10}{'-':>8}")
+        print(f"  {op:<22}{version or 'default':>8}{t_ours:>10.3f}{cells}{err:>10.1e}")
+        results.append(dict(case=name, op=op, version=version, ours_ms=t_ours, ref_ms=t_ref, rel_err=err))
+
+
+def bench_sgd(cupy, ref, dtype, loop, repeat, results):
+    """One SGD step over resnet_igc-20 L24M2's parameters: each version vs torch.optim.SGD."""
+    import igc_np as ig
+    net = ig.nets.get_network("resnet_igc", 20, primary_partition=24, secondary_partition=2, rng=0)
+    shapes = [p.shape for p in net.parameters()]
+    rng = np.random.default_rng(1)
+    ws = [cupy.asarray(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    gs = [cupy.asarray(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    vs = [cupy.zeros(s, dtype) for s in shapes]
+    print(f"\nSGD step, resnet_igc-20 L24M2: {len(shapes)} tensors, {sum(int(np.prod(s)) for s in shapes)} weights")
+    t_ref = None
+    if ref is not None:
+        torch = ref.torch
+        params = [torch.nn.Parameter(ref.tensor(rng.standard_normal(s).astype(dtype))) for s in shapes]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, foreach=True)
+        t_ref = ref.timer(opt.step, loop, repeat)
+    for v in ladder.versions("sgd"):
+        t = event_timer(cupy, lambda v=v: fused_ops.sgd_step(ws, gs, vs, 0.1, 0.9, True, 1e-4, "cuda", v),
+                        loop, repeat)
+        cells = f"{t_ref:>10.3f}{t / t_ref:>8.2f}" if t_ref else f"{'-':>10}{'-':>8}"
+        print(f"  {'sgd step':<22}{v:>8}{t:>10.3f}{cells}")
+        results.append(dict(case="resnet_igc-20 L24M2", op="sgd step", version=v, ours_ms=t, ref_ms=t_ref))
+
+
+# ---- launches per training step ------------------------------------------------------------------------
+def count_launches(batch, size=32, fake=None):
+    """Launches and host syncs of one resnet_igc-20 L24M2 SGD step on the stand-in."""
+    fake = fake or install_standin()
+    import igc_np as ig
+    from igc_np import functional as F
+    net = ig.nets.get_network("resnet_igc", 20, primary_partition=24, secondary_partition=2, rng=0).to("cuda")
+    opt = ig.optim.SGD(net.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    x = ig.Tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32), device="cuda")
+    labels = ig.Tensor(rng.integers(0, 10, batch), device="cuda")
+    fake.reset_counts()
+    t = time.perf_counter()
+    opt.zero_grad()
+    F.cross_entropy(net(x), labels).backward()
+    opt.step()
+    counts = fake.counts()
+    print(f"launches/step {counts['launches']}, host syncs/step {counts['syncs']}   "
+          f"(resnet_igc-20 L24M2, batch {batch}, {size}x{size}, one SGD step on the CuPy stand-in: "
+          f"{counts['kernels']} of our kernels + {counts['array_ops']} array ops; "
+          f"{time.perf_counter() - t:.0f} s in the emulator)")
+    for what, site in fake.sync_sites:
+        print(f"  sync: {what} at {site}")
+    return counts
+
+
+def train(steps, batch, size=32, warmup=10):
+    """SGD steps of resnet_igc-20 L24M2 on random CIFAR-format data; prints and returns images/s."""
+    import igc_np as ig
+    from igc_np import backend
+    from igc_np import functional as F
+    cupy = backend.cupy_module()
+    net = ig.nets.get_network("resnet_igc", 20, primary_partition=24, secondary_partition=2, rng=0).to("cuda")
+    opt = ig.optim.SGD(net.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8 * batch, 3, size, size), dtype=np.uint8)  # CIFAR's format
+    labels = rng.integers(0, 10, 8 * batch)
+    mean, std = np.float32(120.7), np.float32(64.2)
+    transfers = []
+
+    def hook(frame, event, arg):  # explicit device->host copies inside a step
+        if event == "c_call" and getattr(arg, "__name__", "") in ("get", "item", "tolist", "asnumpy") \
+                and type(getattr(arg, "__self__", None)).__module__.startswith("cupy"):
+            transfers.append(arg.__name__)
+
+    def step(i):
+        j = (i % 8) * batch
+        x = ig.Tensor((images[j:j + batch].astype(np.float32) - mean) / std, device="cuda")  # host -> device
+        y = ig.Tensor(labels[j:j + batch], device="cuda")
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for i in range(warmup):  # compiles every kernel
+        step(i)
+    stream_sync = cupy.cuda.Stream.null.synchronize if hasattr(cupy.cuda, "Stream") else (lambda: None)
+    stream_sync()
+    sys.setprofile(hook)
+    t = time.perf_counter()
+    try:
+        for i in range(steps):
+            loss = step(i)
+        last = float(loss.data)  # the one sync, after the timed steps were issued
+        stream_sync()
+    finally:
+        sys.setprofile(None)
+    dt = time.perf_counter() - t
+    print(f"train: resnet_igc-20 L24M2, batch {batch}, {size}x{size}, {steps} steps: {steps * batch / dt:.0f} images/s "
+          f"({1e3 * dt / steps:.1f} ms/step), explicit device->host copies inside the steps: "
+          f"{len(transfers)} ({', '.join(sorted(set(transfers))) or 'none'}), last loss {last:.3f}")
+    return steps * batch / dt
+
+
+def roofline(dtype):
+    """benchmarks/kernel_report.py --roofline (the conv ladder's ptxas report), when it exists."""
+    script = ROOT / "benchmarks" / "kernel_report.py"
+    if not script.is_file():
+        print("\n--roofline: benchmarks/kernel_report.py is not there yet (branch conv-ladder); skipped")
+        return
+    subprocess.run([sys.executable, str(script), "--roofline", "--dtype", dtype], check=False)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--loop", type=int, default=20, help="launches between one pair of CUDA events")
+    parser.add_argument("--repeat", type=int, default=5, help="timed loops; the median is printed")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--count-launches", action="store_true",
+                        help="count the launches and host syncs of one training step (CuPy stand-in, no GPU)")
+    parser.add_argument("--standin", action="store_true",
+                        help="run on tests/fake_cupy.py's CPU stand-in (checks the script; times mean nothing)")
+    parser.add_argument("--roofline", action="store_true", help="also run benchmarks/kernel_report.py --roofline")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--cases", type=int, default=len(CASES), help="benchmark only the first CASES cases")
+    parser.add_argument("--train", type=int, metavar="STEPS", help="train STEPS steps instead (images/s)")
+    parser.add_argument("--size", type=int, default=32, help="--train/--count-launches image size")
+    parser.add_argument("--warmup", type=int, default=10, help="--train: untimed steps first")
     args = parser.parse_args(argv)
+    if args.count_launches:
+        return count_launches(args.batch, args.size)
+    if args.standin:
+        install_standin()
     cupy = gpu_or_exit()
-    ref = find_cudnn(cupy)
+    if args.train:
+        return train(args.train, args.batch, args.size, args.warmup)
+    ref, why = find_cudnn() if not args.standin else (None, "the stand-in has no cuDNN")
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    print(f"GPU: {props['name'].decode() if isinstance(props['name'], bytes) else props['name']}; "
-          f"reference: {ref.name if ref else 'none (no PyTorch with CUDA, no cupyx.cudnn)'}")
-    for name, C, HW, L, M in CASES:
-        bench_case(cupy, ref, name, args.batch, C, HW, L, M, np.dtype(args.dtype).type, args.repeat)
+    gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    print(f"GPU: {gpu}; reference: {ref.name + ' ' + ref.version if ref else 'NONE'}")
+    if ref is None:
+        banner = f"!!! NO cuDNN REFERENCE: {why}. Only our timings are printed. !!!"
+        print(banner)
+        print(banner, file=sys.stderr)
+    dtype = np.dtype(args.dtype).type
+    results = []
+    for name, C, HW, L, M in CASES[:args.cases]:
+        bench_case(cupy, ref, name, args.batch, C, HW, L, M, dtype, args.loop, args.repeat, results)
+    bench_sgd(cupy, ref, dtype, args.loop, args.repeat, results)
+    if args.roofline:
+        roofline(args.dtype)
+    if args.json:
+        import json
+        Path(args.json).write_text(json.dumps(dict(gpu=gpu, reference=ref.version if ref else None,
+                                                   batch=args.batch, dtype=args.dtype, results=results), indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -45,13 +45,36 @@ def cupy_module():
     return _cupy
 
 
+_cuda_status = None  # (available, reason), found once per process by cuda_available()
+
+# A trivial kernel, compiled and launched once: CuPy imports and counts devices without NVRTC or
+# the CUDA headers, and then fails on the first real kernel (CuPy 14: "Failed to find CUDA headers").
+# Templated and named by expression, as igc_np/kernels/*.cu are.
+_PROBE = "template <typename T> __global__ void igc_np_probe(T* a) { a[threadIdx.x] += T(1); }"
+
+
 def cuda_available():
-    """True when CuPy imports and at least one GPU is visible."""
-    try:
-        cupy_module()
-        return True
-    except RuntimeError:
-        return False
+    """True when CuPy imports, sees a GPU, and can compile and run a kernel (NVRTC, headers and
+    driver all work); found once per process. cuda_unavailable_reason() says why not."""
+    global _cuda_status
+    if _cuda_status is None:
+        try:
+            cp = cupy_module()
+            a = cp.zeros(32, dtype=cp.float32)
+            cp.RawModule(code=_PROBE, name_expressions=["igc_np_probe<float>"]).get_function(
+                "igc_np_probe<float>")((1,), (32,), (a,))
+            if float(a.sum()) != 32.0:
+                raise RuntimeError(f"a probe kernel ran but computed {float(a.sum())} instead of 32")
+            _cuda_status = (True, None)
+        except Exception as e:  # RuntimeError from cupy_module, CuPy's compile or driver errors
+            _cuda_status = (False, f"device 'cuda' is unusable: {type(e).__name__}: {e}")
+    return _cuda_status[0]
+
+
+def cuda_unavailable_reason():
+    """Why device 'cuda' cannot be used (None when it can): for skip messages and errors."""
+    cuda_available()
+    return _cuda_status[1]
 
 
 def check_device(device):

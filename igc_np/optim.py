@@ -3,6 +3,12 @@
 The reference trainer (MXNet's NAG optimizer): with g = grad + wd * w,
     v <- momentum * v + g;    w <- w - lr * (g + momentum * v)    (Nesterov)
     v <- momentum * v + g;    w <- w - lr * v                      (classic momentum)
+
+On "cpu" the step is the NumPy code below (the reference). On "cuda" and "emu" it is the fused
+kernel of igc_np/kernels/sgd.cu: the same maths, in the same order, in one launch per dtype for
+all the parameters (kernels/ladder.py's "sgd" switch: v1 is one launch per parameter) instead of
+about six array operations per parameter. The velocities then start as zeros (one buffer, one
+launch), so that the first step v = momentum * 0 + g = g is the CPU's v = g.
 """
 import numpy as np
 
@@ -26,8 +32,9 @@ class SGD:
 
     def step(self):
         with no_grad():
+            fused = self._fused_step()
             for i, p in enumerate(self.params):
-                if p.grad is None:
+                if p.grad is None or i in fused:
                     continue
                 g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
                 if self.momentum:
@@ -36,6 +43,43 @@ class SGD:
                     self.velocity[i] = v
                     g = g + self.momentum * v if self.nesterov else v
                 p.data -= (self.lr * g).astype(p.data.dtype, copy=False)
+
+    def _fused_step(self):
+        """Step the parameters on "cuda"/"emu" whose weight, grad and velocity share a dtype and
+        are C-contiguous with the fused kernel, one launch per (device, dtype); return their
+        indices (the others take the array-op path of step())."""
+        groups = {}
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if p.device == "cpu" or g is None or g.dtype != p.data.dtype or g.shape != p.data.shape \
+                    or not (p.data.flags.c_contiguous and g.flags.c_contiguous):
+                continue
+            v = self.velocity[i]
+            if self.momentum and v is not None and (v.dtype != p.data.dtype or not v.flags.c_contiguous):
+                continue
+            groups.setdefault((p.device, p.data.dtype), []).append(i)
+        if not groups:
+            return set()
+        from .kernels import fused_ops
+        for (device, dtype), idx in groups.items():
+            if self.momentum:
+                self._zero_velocities(device, dtype, [i for i in idx if self.velocity[i] is None])
+            fused_ops.sgd_step([self.params[i].data for i in idx], [self.params[i].grad for i in idx],
+                               [self.velocity[i] for i in idx], self.lr, self.momentum, self.nesterov,
+                               self.weight_decay, device)
+        return {i for idx in groups.values() for i in idx}
+
+    def _zero_velocities(self, device, dtype, idx):
+        """Velocities of the parameters `idx`: views of one zero buffer (a single launch)."""
+        if not idx:
+            return
+        xp = backend.get_array_module(device)
+        sizes = [self.params[i].size for i in idx]
+        flat = xp.zeros(sum(sizes), dtype)
+        offset = 0
+        for i, n in zip(idx, sizes):
+            self.velocity[i] = flat[offset:offset + n].reshape(self.params[i].shape)
+            offset += n
 
     def state_dict(self):
         """Velocities as CPU arrays (absent entries stored as empty arrays), plus hyper-parameters."""

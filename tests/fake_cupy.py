@@ -17,17 +17,82 @@ it enforces CuPy's rules that a NumPy-only code path breaks:
   ``(grid tuple, block tuple, args tuple, shared_mem=int)``, arrays must be stand-in arrays and
   scalars Python or NumPy scalars (Python ints become int64 as in CuPy, so the emulator's check
   against the kernel signature catches a missing numpy.int32).
+
+It also counts, in :data:`counters` (read with :func:`counts`, reset with :func:`reset_counts`):
+
+* ``kernels``: launches of RawModule functions (our .cu kernels);
+* ``array_ops``: the kernels CuPy itself would launch for array operations: one per operator,
+  ufunc, elementwise function, reduction (``sum``, ``mean``, ``max``...; ``var``/``std`` two),
+  fill (``zeros``, ``ones``, ``full``, ``fill``), copy (``copy``, ``astype``, a non-view
+  ``reshape``/``ascontiguousarray``, advanced indexing, ``__setitem__``); none for allocations
+  (``empty``) and views (basic indexing, ``transpose``, ``broadcast_to``...);
+* ``syncs``: device->host synchronisations: ``.get()``, ``asnumpy``, ``float()``/``int()``/
+  ``bool()``/``.item()``/``.tolist()``/``repr`` of a device array, boolean-mask indexing,
+  ``nonzero`` and one-argument ``where``; :data:`sync_sites` keeps the ``file:line`` of the
+  igc_np (or test) code that asked for each, so a failing "no sync" test names the culprit;
+* ``to_device``: host->device copies (``cupy.asarray(numpy_array)``).
+
+What the stand-in can NOT show, so a pass here is no proof for a real GPU:
+
+* asynchrony: every launch has finished when it returns, so a missing synchronisation before
+  reading a timer or a host buffer, or a race between streams, goes unseen (events record CPU time);
+* the GPU's arithmetic: g++ compiles the kernels (no FMA contraction unless the host does it,
+  no ``--use_fast_math``, no TF32), so float32 results can differ in the last bits from NVRTC's;
+* compilation by NVRTC: a missing CUDA header, an NVRTC-only error or warning, register or
+  shared-memory limits (tests/test_kernels_nvrtc.py and kernel_report cover the compile);
+* memory: no device memory limit, no out-of-bounds detection, no alignment faults beyond the
+  host's; the cost of an operation (a counted launch is a launch, whatever its size);
+* CuPy's exact launch count for composite functions (``einsum``, ``argsort``, ``concatenate``
+  are counted as one launch each) and its memory pool.
 """
 import operator
+import os
 import re
 import sys
 import time
+import traceback
 import types
 
 import numpy as np
 
 cupy = types.ModuleType("cupy", "Test-only CuPy stand-in (tests/fake_cupy.py).")
 _SCALARS = (int, float, bool, complex, np.generic)
+
+# What the stand-in has seen since the last reset_counts() (see the module docstring).
+counters = {"kernels": 0, "array_ops": 0, "syncs": 0, "to_device": 0}
+sync_sites = []  # (what, "file:line") of each sync
+_HERE = os.path.abspath(__file__)
+
+
+def _launch(n=1):
+    counters["array_ops"] += n
+
+
+def _sync(what):
+    """Note a device->host synchronisation and the first caller frame outside this file."""
+    counters["syncs"] += 1
+    for frame in reversed(traceback.extract_stack()[:-1]):
+        if os.path.abspath(frame.filename) != _HERE:
+            sync_sites.append((what, f"{frame.filename}:{frame.lineno}"))
+            break
+
+
+def counts():
+    """A copy of the counters, with ``launches`` = kernels + array_ops."""
+    out = dict(counters)
+    out["launches"] = out["kernels"] + out["array_ops"]
+    return out
+
+
+def reset_counts():
+    for k in counters:
+        counters[k] = 0
+    sync_sites.clear()
+
+
+def _copies(result, source):
+    """1 when `result` is a new buffer (a copy kernel ran), 0 for a view of `source`."""
+    return 0 if np.may_share_memory(result, source) else 1
 
 
 def _host_error(what):
@@ -101,6 +166,7 @@ class ndarray:
             return NotImplemented
         if "out" in kwargs:
             kwargs["out"] = tuple(_operand(o) for o in kwargs["out"])
+        _launch()
         return _wrap(ufunc(*(_operand(x) for x in inputs), **kwargs))
 
     def __array_function__(self, func, types, args, kwargs):
@@ -117,19 +183,31 @@ class ndarray:
     itemsize = property(lambda self: self._a.itemsize)
     nbytes = property(lambda self: self._a.nbytes)
     T = property(lambda self: ndarray._of(self._a.T))
+    # CuPy's MemoryPointer: .ptr is the device address kernels read (here: the host buffer's)
+    data = property(lambda self: types.SimpleNamespace(ptr=self._a.ctypes.data))
 
     def __len__(self):
         return len(self._a)
 
     def __repr__(self):
+        _sync("repr")
         return "fake_cupy." + repr(self._a)
 
     # CuPy converts through .get(), so NumPy's rules (and deprecation warnings) apply
-    __float__ = lambda self: float(self._a)
-    __int__ = lambda self: int(self._a)
-    __complex__ = lambda self: complex(self._a)
+    def __float__(self):
+        _sync("float()")
+        return float(self._a)
+
+    def __int__(self):
+        _sync("int()")
+        return int(self._a)
+
+    def __complex__(self):
+        _sync("complex()")
+        return complex(self._a)
 
     def __bool__(self):
+        _sync("bool()")
         if self._a.size > 1:
             raise ValueError("The truth value of an array with more than one element is ambiguous. "
                              "Use a.any() or a.all()")
@@ -137,34 +215,62 @@ class ndarray:
 
     # ---- host transfer ----
     def get(self, stream=None, order="C", out=None):
+        _sync(".get()")
         return np.array(self._a, order=order, copy=True)
 
     def item(self):
+        _sync(".item()")
         if self._a.size != 1:
             raise ValueError("can only convert an array of size 1 to a Python scalar")
         return self._a.item()
 
     def tolist(self):
+        _sync(".tolist()")
         return self._a.tolist()
 
     # ---- indexing (views stay views: a[...] += b writes through) ----
     def __getitem__(self, key):
-        return _wrap(self._a[_index(key)])
+        key = _index(key)
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, np.ndarray) and k.dtype == np.bool_ for k in keys):
+            _sync("boolean-mask indexing")  # the result's size is known only on the device
+        out = self._a[key]
+        if isinstance(out, np.ndarray):
+            _launch(_copies(out, self._a))  # advanced indexing gathers with a kernel
+        return _wrap(out)
 
     def __setitem__(self, key, value):
-        self._a[_index(key)] = _operand(value)
+        key = _index(key)
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, np.ndarray) and k.dtype == np.bool_ for k in keys):
+            _sync("boolean-mask assignment")
+        _launch()
+        self._a[key] = _operand(value)
 
     # ---- methods delegated to NumPy ----
-    def _method(name):
+    def _method(name, cost):
         def method(self, *args, **kwargs):
-            return _wrap(getattr(self._a, name)(*_unwrap(args, False), **_unwrap(kwargs, False)))
+            if cost == "sync":
+                _sync(f".{name}()")
+            out = getattr(self._a, name)(*_unwrap(args, False), **_unwrap(kwargs, False))
+            if cost == "view":  # a view, or a copy kernel when the layout needs one
+                _launch(_copies(out, self._a) if isinstance(out, np.ndarray) else 0)
+            elif cost == "sync":
+                _launch()
+            else:
+                _launch(cost)
+            return _wrap(out)
         method.__name__ = name
         return method
 
-    for _name in ("reshape", "transpose", "astype", "copy", "sum", "mean", "max", "min", "argmax",
-                  "argmin", "ravel", "fill", "any", "all", "var", "std", "prod", "clip", "cumsum",
-                  "squeeze", "swapaxes", "flatten", "nonzero", "round"):
-        locals()[_name] = _method(_name)
+    for _name in ("reshape", "transpose", "ravel", "squeeze", "swapaxes"):
+        locals()[_name] = _method(_name, "view")
+    for _name in ("astype", "copy", "sum", "mean", "max", "min", "argmax", "argmin", "fill", "any", "all",
+                  "prod", "clip", "cumsum", "flatten", "round"):
+        locals()[_name] = _method(_name, 1)
+    for _name in ("var", "std"):  # CuPy: the mean, then the reduction of squared deviations
+        locals()[_name] = _method(_name, 2)
+    locals()["nonzero"] = _method("nonzero", "sync")
     del _name, _method
 
 
@@ -181,6 +287,7 @@ def _operator(fn, reflected=False, inplace=False):
         if not inplace and not isinstance(other, ndarray) and _defers(other):
             return NotImplemented
         other = _operand(other)  # numpy.ndarray, list, an igc_np Tensor...: TypeError, as in CuPy
+        _launch()
         if inplace:
             fn(self._a, other)
             return self
@@ -197,7 +304,7 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
 for _name in ("lt", "le", "eq", "ne", "gt", "ge"):
     setattr(ndarray, f"__{_name}__", _operator(getattr(operator, _name)))
 for _name in ("neg", "pos", "abs", "invert"):
-    setattr(ndarray, f"__{_name}__", (lambda f: lambda self: _wrap(f(self._a)))(getattr(operator, _name)))
+    setattr(ndarray, f"__{_name}__", (lambda f: lambda self: (_launch(), _wrap(f(self._a)))[1])(getattr(operator, _name)))
 ndarray.__module__ = "cupy._core.core"  # igc_np.backend.device_of looks at the class's module
 
 
@@ -207,7 +314,9 @@ def array(a, dtype=None, copy=True, order="K"):
     if isinstance(a, ndarray):
         if not copy and (dtype is None or a.dtype == dtype):
             return a
-        return a.astype(a.dtype if dtype is None else dtype, order=order)
+        _launch()
+        return ndarray._of(a._a.astype(a.dtype if dtype is None else dtype, order=order))
+    counters["to_device"] += 1
     return ndarray._of(np.array(a, dtype=dtype, order=order, copy=True))
 
 
@@ -217,18 +326,35 @@ def asarray(a, dtype=None, order=None):
 
 
 def asnumpy(a, stream=None, order="C", out=None):
-    return a.get(order=order) if isinstance(a, ndarray) else np.asarray(a, order=order)
+    return a.get(order=order) if isinstance(a, ndarray) else np.asarray(a, order=order)  # .get() counts
 
 
 def get_array_module(*args):
     return cupy if any(isinstance(a, ndarray) for a in args) else np
 
 
+# launches of the module functions that are not one kernel each ("view": 0 unless it copies)
+_COST = {"empty": 0, "empty_like": 0, "broadcast_to": "view", "expand_dims": "view", "squeeze": "view",
+         "reshape": "view", "ravel": "view", "transpose": "view", "ascontiguousarray": "view",
+         "var": 2, "std": 2}
+
+
 def _device_function(np_fn):
-    """NumPy's function with stand-in arrays in and out; NumPy arrays refused."""
+    """NumPy's function with stand-in arrays in and out; NumPy arrays refused; launches counted."""
+    name = np_fn.__name__
+    cost = _COST.get(name, 1)
+
     def fn(*args, **kwargs):
-        return _wrap(np_fn(*_unwrap(args), **_unwrap(kwargs)))
-    fn.__name__ = fn.__qualname__ = np_fn.__name__
+        if name == "where" and len(args) + len(kwargs) == 1:
+            _sync("where(condition)")  # nonzero: the output size comes back to the host
+        out = np_fn(*_unwrap(args), **_unwrap(kwargs))
+        if cost == "view":
+            src = _unwrap(args[0]) if args and isinstance(args[0], ndarray) else None
+            _launch(0 if src is None or not isinstance(out, np.ndarray) else _copies(out, src))
+        else:
+            _launch(cost)
+        return _wrap(out)
+    fn.__name__ = fn.__qualname__ = name
     return fn
 
 
@@ -288,7 +414,6 @@ cupy.cuda = types.SimpleNamespace(runtime=_runtime, Device=_Device, Event=_Event
 
 # ---- RawModule, run by the CPU emulator ----
 class _RawKernel:
-    launches = 0  # kernels launched through the stand-in, all modules together (tests read it)
 
     def __init__(self, emu_function):
         self._fn = emu_function
@@ -308,7 +433,7 @@ class _RawKernel:
                             else np.float64(a))
             else:
                 raise _host_error(type(a))
-        _RawKernel.launches += 1
+        counters["kernels"] += 1
         self._fn(grid, block, tuple(host), shared_mem=int(shared_mem))
 
 
@@ -337,8 +462,8 @@ cupy.RawModule = RawModule
 
 
 def launches():
-    """How many kernels the stand-in's RawModules have launched so far."""
-    return _RawKernel.launches
+    """How many kernels the stand-in's RawModules have launched so far (our kernels only)."""
+    return counters["kernels"]
 
 
 def install(monkeypatch):
@@ -347,6 +472,7 @@ def install(monkeypatch):
     import igc_np.kernels.loader
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setattr(igc_np.backend, "_cupy", None)
+    monkeypatch.setattr(igc_np.backend, "_cuda_status", None)  # probed again, on the stand-in
     monkeypatch.setattr(igc_np.kernels.loader, "_modules", {})  # no kernel module outlives the test
     monkeypatch.setattr(_Device, "current", 0)
     return cupy

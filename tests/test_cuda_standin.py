@@ -228,21 +228,83 @@ def test_resnet_igc_forward_backward_on_cuda(cp):
         np.testing.assert_allclose(grads["cuda"][n], grads["cpu"][n], rtol=1e-4, atol=1e-5, err_msg=n)
 
 
+# ---- (6) launches and host syncs of one training step ------------------------------------------------
+def test_training_step_has_no_host_sync(cp, bench):
+    """One resnet_igc-20 L24M2 SGD step (batch 8; 8x8 images keep the emulator quick: the ops, so
+    the syncs, are those of 32x32) reads nothing back from the device."""
+    counts = bench.count_launches(8, size=8, fake=fake_cupy)
+    assert counts["syncs"] == 0, f"{counts['syncs']} device->host syncs in one step: {fake_cupy.sync_sites}"
+
+
+def test_training_step_launches(cp, bench, capsys):
+    """Fused BN+ReLU(+add) and the multi-tensor SGD: about 260 launches per step (1,437 before)."""
+    counts = bench.count_launches(2, size=4, fake=fake_cupy)
+    assert counts["launches"] <= 300, counts
+    assert counts["kernels"] >= 200  # our kernels do the work: conv, secondary, BN, SGD
+    assert capsys.readouterr().out.startswith(f"launches/step {counts['launches']}, host syncs/step ")
+
+
 # ---- the GPU benchmark (our kernels' half; no cuDNN here) ----------------------------------------
 @pytest.fixture
 def bench(monkeypatch):
     bench = _load("bench_gpu", "benchmarks")
     # two small IGC convs (name, C, H=W, L, M) instead of the real shapes: the emulator is slow
     monkeypatch.setattr(bench, "CASES", [("tiny L2M4", 8, 6, 2, 4), ("tiny L4M2 ", 8, 5, 4, 2)])
-    monkeypatch.setattr(bench, "find_cudnn", lambda cupy: None)  # no PyTorch CUDA, no cupyx here
+    monkeypatch.setattr(bench, "find_cudnn", lambda: (None, "no PyTorch with CUDA here"))
     return bench
 
 
-def test_gpu_benchmark_runs_on_cuda(cp, bench, capsys):
-    bench.main(["--batch", "2", "--repeat", "2", "--dtype", "float64"])
-    out = capsys.readouterr().out
-    assert out.startswith("GPU: fake_cupy") and out.count("secondary bwd-weight") == 2
+def test_gpu_benchmark_runs_every_version_on_cuda(cp, bench, capsys):
+    bench.main(["--batch", "2", "--loop", "2", "--repeat", "1", "--dtype", "float64"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert out.startswith("GPU: fake_cupy") and "NO cuDNN REFERENCE: no PyTorch with CUDA here" in captured.err
+    assert out.count("secondary bwd-weight") == 2 * len(bench.ladder.versions("interleaved_secondary"))
+    assert out.count("permutation") == 2 * 2 and out.count("sgd step") == len(bench.ladder.versions("sgd"))
 
 
-def test_gpu_benchmark_default_float32(cp, bench):
-    bench.main(["--batch", "2", "--repeat", "2"])
+def test_gpu_benchmark_default_float32(cp, bench, tmp_path):
+    import json
+    bench.main(["--batch", "2", "--loop", "1", "--repeat", "1", "--json", str(tmp_path / "r.json")])
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert {r["op"] for r in results} >= {"primary fwd", "secondary fwd", "bn+relu bwd", "sgd step"}
+    assert all(r["rel_err"] < 1e-4 for r in results if "rel_err" in r)
+
+
+@pytest.mark.parametrize("version,kernels", [("v2", 1), ("v1", 5)])
+def test_sgd_step_is_one_launch_on_cuda(cp, version, kernels):
+    """The optimizer step on "cuda": v2 one multi-tensor launch (v1 one per parameter), no array
+    op, no sync; the address table is the one host->device copy."""
+    net = tiny_igc_net().to("cuda")
+    params = [p for p in net.parameters() if p.ndim > 1][:5]
+    opt = ig.optim.SGD(params, lr=0.1)
+    for p in params:
+        p.grad = cp.ones(p.shape, p.dtype)
+    opt.step()  # the first step also allocates the velocities (one zero buffer)
+    fake_cupy.reset_counts()
+    with ig.kernels.ladder.use("sgd", version):
+        opt.step()
+    assert fake_cupy.counts() == dict(kernels=kernels, array_ops=0, syncs=0, to_device=int(version == "v2"),
+                                      launches=kernels)
+
+
+def test_standin_counts_launches_and_syncs(cp):
+    a = cp.asarray(np.arange(12.0).reshape(3, 4))
+    fake_cupy.reset_counts()
+    b = a.T.reshape(12)       # a copy: the transposed view is not contiguous
+    c = a.reshape(4, 3)[1:]   # views: no launch
+    d = (a * 2 + 1).sum(axis=0)
+    assert fake_cupy.counts()["array_ops"] == 4 and fake_cupy.counts()["syncs"] == 0
+    assert b.shape == (12,) and c.shape == (3, 3) and d.shape == (4,)
+    float(d[0])
+    a[a > 3]
+    d.get()
+    counts = fake_cupy.counts()
+    assert counts["syncs"] == 3 and [w for w, _ in fake_cupy.sync_sites] == \
+        ["float()", "boolean-mask indexing", ".get()"]
+    assert fake_cupy.sync_sites[0][1].endswith(f"test_cuda_standin.py:{_line_of('float(d[0])')}")
+
+
+def _line_of(text):
+    lines = Path(__file__).read_text().splitlines()
+    return next(i + 1 for i, line in enumerate(lines) if line.strip() == text)

@@ -7,7 +7,7 @@ import igc_np as ig
 from igc_np import functional as F
 
 DEVICES = ["emu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not ig.cuda_available(), reason="device 'cuda' needs CuPy and an NVIDIA GPU; none here"))]
+    not ig.cuda_available(), reason=str(ig.backend.cuda_unavailable_reason())))]
 
 
 def tiny_igc_net():
@@ -65,3 +65,22 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="device 'cuda'"):
         ig.Tensor(np.ones(2)).to("cuda")
+    assert ig.backend.cuda_unavailable_reason().startswith("device 'cuda' is unusable: ")
+
+
+def test_cuda_probe_reports_a_failing_compile(monkeypatch):
+    """CuPy imports and sees a GPU but cannot compile (no NVRTC or no CUDA headers): unavailable,
+    with CuPy's message in the reason, instead of every GPU test erroring at its first kernel."""
+    import sys
+    import types
+
+    def no_headers(*args, **kwargs):
+        raise RuntimeError("Failed to find CUDA headers")
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)),
+                                 zeros=lambda n, dtype: None, float32=np.float32, RawModule=no_headers)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(ig.backend, "_cupy", None)
+    monkeypatch.setattr(ig.backend, "_cuda_status", None)
+    assert not ig.cuda_available()
+    assert ig.backend.cuda_unavailable_reason() == \
+        "device 'cuda' is unusable: RuntimeError: Failed to find CUDA headers"

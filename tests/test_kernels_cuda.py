@@ -42,19 +42,8 @@ def test_conv_cuda(case, dtype, version):
     checks.check_conv(case, dtype, version=version, **DEVICE)
 
 
-@pytest.mark.parametrize("dtype", checks.DTYPES)
-@settings(max_examples=30, **checks.SETTINGS)
-@given(x_shape=checks.interleaved_cases().map(lambda c: c[0]), data=st.data())
-def test_permutation_cuda(x_shape, data, dtype):
-    b = data.draw(st.sampled_from(checks.divisors(x_shape[1])))
-    checks.check_permutation(x_shape, b, dtype, **DEVICE)
-
-
-@pytest.mark.parametrize("dtype", checks.DTYPES)
-@settings(max_examples=40, **checks.SETTINGS)
-@given(case=checks.interleaved_cases())
-def test_interleaved_secondary_cuda(case, dtype):
-    checks.check_interleaved(case, dtype, **DEVICE)
+# The permutation and the fused interleaved secondary conv, every version, with norm-relative
+# bounds against float64 references: tests/test_kernels_cuda_fused.py.
 
 
 @pytest.mark.parametrize("case", [

@@ -12,6 +12,9 @@ made C-contiguous here. ``stride`` and ``padding`` are (int, int) pairs. Shapes:
     interleaved_secondary_backward_data(gy, W2, L, S)                      -> gx (N,C,H,W)
     interleaved_secondary_backward_weight(x, gy, W2_shape, L, S)           -> gW2 (W2_shape)
 
+permute_channels and the interleaved_secondary_* launchers take ``version=None`` (the version of
+kernels/ladder.py's switch) or a version name ("v1", "v2"; "auto" for the permutation).
+
 with Ho = (H + 2*ph - kh) // sh + 1 (Wo likewise). Invalid shapes raise ValueError naming the
 op, the argument and the shapes.
 """
@@ -19,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from . import versions
+from . import ladder, versions
 from .loader import get_module
 
 THREADS = 256          # threads per block of the one-thread-per-element kernels
@@ -390,7 +393,17 @@ def conv2d_backward_weight(x, gy, W_shape, stride, padding, groups, device, vers
 
 # ---- channel permutation ---------------------------------------------------------------------
 
-def permute_channels(x, b, device):
+PERMUTE_ROWS_MIN_HW = 32  # "auto": rows of fewer pixels leave most threads of a v2 block idle
+
+
+def _ladder_version(op, version):
+    version = ladder.selected(op) if version is None else version
+    if version not in ladder.versions(op):
+        raise ValueError(f"{op}: version must be one of {ladder.versions(op)}, got {version!r}")
+    return version
+
+
+def permute_channels(x, b, device, version=None):
     """y (N,C,H,W): input channel i*(C/b) + j goes to output channel j*b + i (inverse: b' = C/b)."""
     op = "permute_channels"
     xp, (x,) = _prepare(op, device, x=x)
@@ -398,9 +411,17 @@ def permute_channels(x, b, device):
     b = int(b)
     if b < 1 or C % b:
         raise ValueError(f"{op}: b={b} must divide the channel count C={C} (x shape {tuple(x.shape)})")
+    version = _ladder_version(op, version)
+    if version == "auto":
+        version = "v2" if H * W >= PERMUTE_ROWS_MIN_HW else "v1"
     y = xp.empty_like(x)
-    fn = get_module("permutation.cu", x.dtype, device).get_function(op)
-    _elementwise_launch(fn, y.size, (x, y, i32(N), i32(C), i32(H * W), i32(b)))
+    args = (x, y, i32(N), i32(C), i32(H * W), i32(b))
+    module = get_module("permutation.cu", x.dtype, device)
+    if version == "v1":
+        _elementwise_launch(module.get_function(op), y.size, args)
+    else:  # one block per row of H*W pixels; a block no wider than the row (whole warps)
+        threads = min(THREADS, 32 * ((H * W + 31) // 32))
+        module.get_function("permute_channels_rows")((min(N * C, MAX_BLOCKS),), (threads,), args)
     return y
 
 
@@ -421,31 +442,53 @@ def _check_W2(op, W2_shape, C, S, shape_text):
                          f"({shape_text}, S={S})")
 
 
-def _interleaved_map(op, name, a, W2, L, S, device):
-    """Launch `op` of interleaved_secondary.cu, one thread per element of a (N,C,H,W) -> out like a.
-    Forward (a = x) and backward-data (a = gy, the transposed weight read in the kernel) share it."""
+TILE = 32            # v2 tiles: 32 output rows x 32 pixels (interleaved_secondary.cu's IS_TR, IS_TP)
+TILE_THREADS = 256   # its IS_THREADS
+WEIGHT_CHUNKS = 64   # v2 backward-weight: about this many partial sums per weight (pass 1's parallelism)
+
+
+def _tiles(N, S, K, HW):
+    return N * S * ((K + TILE - 1) // TILE) * ((HW + TILE - 1) // TILE)
+
+
+def _interleaved_map(op, name, a, W2, L, S, device, version):
+    """Launch `op` of interleaved_secondary.cu: a (N,C,H,W) -> out like a. Forward (a = x) and
+    backward-data (a = gy, the transposed weight read in the kernel) share it."""
     xp, (a, W2) = _prepare(op, device, **{name: a, "W2": W2})
     N, C, H, W = a.shape
     text = f"{name} shape {tuple(a.shape)}"
     L, S = _check_LS(op, C, L, S, text)
     _check_W2(op, W2.shape, C, S, text)
+    version = _ladder_version("interleaved_secondary", version)
     out = xp.empty_like(a)
-    fn = get_module("interleaved_secondary.cu", a.dtype, device).get_function(op)
-    _elementwise_launch(fn, out.size, (a, W2, out, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
+    module = get_module("interleaved_secondary.cu", a.dtype, device)
+    args = (a, W2, out, i32(N), i32(C), i32(H * W), i32(L), i32(S))
+    if version == "v1":
+        _elementwise_launch(module.get_function(op), out.size, args)
+    else:
+        tiles = _tiles(N, S, C // S, H * W)
+        module.get_function(op + "_tiled")((min(tiles, MAX_BLOCKS),), (TILE_THREADS,), args)
     return out
 
 
-def interleaved_secondary_forward(x, W2, L, S, device):
+def interleaved_secondary_forward(x, W2, L, S, device, version=None):
     """y = permute(conv1x1_groups_S(permute(x, L), W2), S), x (N,C,H,W), W2 (C,C/S,1,1)."""
-    return _interleaved_map("interleaved_secondary_forward", "x", x, W2, L, S, device)
+    return _interleaved_map("interleaved_secondary_forward", "x", x, W2, L, S, device, version)
 
 
-def interleaved_secondary_backward_data(gy, W2, L, S, device):
+def interleaved_secondary_backward_data(gy, W2, L, S, device, version=None):
     """gx (N,C,H,W) = gradient of interleaved_secondary_forward's x, from gy (N,C,H,W)."""
-    return _interleaved_map("interleaved_secondary_backward_data", "gy", gy, W2, L, S, device)
+    return _interleaved_map("interleaved_secondary_backward_data", "gy", gy, W2, L, S, device, version)
 
 
-def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device):
+def weight_chunks(terms):
+    """(chunk_len, n_chunks) of the v2 backward-weight: chunks of a multiple of 32 terms (the
+    kernel's IS_TT), about WEIGHT_CHUNKS of them."""
+    chunk_len = 32 * max(1, -(-terms // (32 * WEIGHT_CHUNKS)))
+    return chunk_len, -(-terms // chunk_len)
+
+
+def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device, version=None):
     """gW2 (C,C/S,1,1) = gradient of interleaved_secondary_forward's W2, from x and gy (N,C,H,W)."""
     op = "interleaved_secondary_backward_weight"
     xp, (x, gy) = _prepare(op, device, x=x, gy=gy)
@@ -456,8 +499,19 @@ def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device):
     L, S = _check_LS(op, C, L, S, text)
     W2_shape = _shape4(op, "W2_shape", W2_shape)
     _check_W2(op, W2_shape, C, S, text)
+    version = _ladder_version("interleaved_secondary", version)
     gW2 = xp.empty(W2_shape, dtype=x.dtype)
-    fn = get_module("interleaved_secondary.cu", x.dtype, device).get_function(op)
-    _reduce_launch(fn, gW2.size, N * H * W, x.dtype.itemsize,
-                   (x, gy, gW2, i32(N), i32(C), i32(H * W), i32(L), i32(S)))
+    module = get_module("interleaved_secondary.cu", x.dtype, device)
+    dims = (i32(N), i32(C), i32(H * W), i32(L), i32(S))
+    if version == "v1":
+        _reduce_launch(module.get_function(op), gW2.size, N * H * W, x.dtype.itemsize, (x, gy, gW2) + dims)
+        return gW2
+    chunk_len, n_chunks = weight_chunks(N * H * W)
+    partial = xp.empty((n_chunks,) + W2_shape, dtype=x.dtype)  # every element is written by pass 1
+    K = C // S
+    tiles = n_chunks * S * ((K + TILE - 1) // TILE) ** 2
+    module.get_function(op + "_partial")((min(tiles, MAX_BLOCKS),), (TILE_THREADS,),
+                                         (x, gy, partial) + dims + (i32(chunk_len), i32(n_chunks)))
+    _elementwise_launch(module.get_function(op + "_sum"), gW2.size,
+                        (partial, gW2, i32(gW2.size), i32(n_chunks)))
     return gW2

@@ -77,6 +77,9 @@ def _from_env():
             op, sep, v = item.partition("=")
             if not sep:
                 raise ValueError(f"${ENV}: {item!r} must be op=version, e.g. conv2d_forward=1")
+            from .ladder import LADDERS
+            if op.strip() in LADDERS:  # an op of kernels/ladder.py, which reads it
+                continue
             chosen[op.strip()] = _check(op.strip(), v.strip(), f"${ENV}")
         _env_cache = (text, chosen)
     return _env_cache[1]

@@ -9,7 +9,7 @@ conv's channel-first (C, H, W, N) memory (ops/layout.py) each channel is one con
 forward and backward work on slabs of a few channels that fit in cache, so their several passes
 (mean, variance, normalise; two sums and the input gradient) read main memory about once, with the
 slabs spread over threads (measured 4x faster than the whole-array passes); other layouts on the
-CPU, and the gpu tier, run the whole-array xp code below.
+CPU run the whole-array code below; the gpu tier ("cuda", "emu") runs igc_np/kernels/batch_norm.cu.
 """
 import numpy as np
 
@@ -58,14 +58,28 @@ class BatchNormFunction(Function):
         self.rows = rows(x)
         if self.rows is not None:
             return self._forward_rows(x, gamma, beta)
-        return self.forward_gpu(np, x, gamma, beta)
+        return self._forward_arrays(np, x, gamma, beta)
 
     def backward_cpu(self, gy):
         if self.rows is not None:
             return self._backward_rows(gy)
-        return self.backward_gpu(np, gy)
+        return self._backward_arrays(np, gy)
 
     def forward_gpu(self, xp, x, gamma, beta):
+        """igc_np/kernels/batch_norm.cu: 2 launches in training (statistics, apply), 1 in evaluation."""
+        from ..kernels import fused_ops
+        self.x, self.gamma = x, gamma
+        self.y, self.mean, self.stat = fused_ops.batch_norm_forward(
+            x, gamma, beta, self.running_mean, self.running_var, self.training, self.momentum, self.eps, self.device)
+        return self.y
+
+    def backward_gpu(self, xp, gy):
+        from ..kernels import fused_ops
+        gx, ggamma, gbeta, _ = fused_ops.batch_norm_backward(gy, self.y, self.x, self.mean, self.stat, self.gamma,
+                                                              self.training, self.eps, self.device)
+        return gx, ggamma, gbeta
+
+    def _forward_arrays(self, xp, x, gamma, beta):
         """The whole-array passes (any xp, any memory layout)."""
         axes = (0, 2, 3)
         if self.training:
@@ -138,7 +152,7 @@ class BatchNormFunction(Function):
         _over_slabs(C, K, gy.itemsize, slab)
         return from_rows(gx, gy.shape), ggamma, gbeta
 
-    def backward_gpu(self, xp, gy):
+    def _backward_arrays(self, xp, gy):
         axes = (0, 2, 3)
         gbeta = gy.sum(axis=axes)
         ggamma = (gy * self.xhat).sum(axis=axes)
@@ -168,6 +182,12 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
                momentum=0.9, eps=2e-5):
     """x (N, C, H, W); gamma, beta (C,) Tensors; running_mean/var (C,) arrays updated in place
     in training mode and used in evaluation mode."""
+    check_batch_norm_args(x, gamma, beta, running_mean, running_var, training)
+    return BatchNormFunction(running_mean, running_var, training, momentum, eps).apply(x, gamma, beta)
+
+
+def check_batch_norm_args(x, gamma, beta, running_mean, running_var, training):
+    """batch_norm's argument checks (also ops/fused.py's batch_norm_relu)."""
     if x.ndim != 4:
         raise ValueError(f"batch_norm: input must be 4-D (N, C, H, W), got shape {x.shape}")
     check_nonempty("batch_norm", "input", x.shape)
@@ -191,4 +211,3 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
     if training and x.size // C < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got input "
                          f"shape {x.shape}")
-    return BatchNormFunction(running_mean, running_var, training, momentum, eps).apply(x, gamma, beta)

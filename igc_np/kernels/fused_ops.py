@@ -1,0 +1,219 @@
+"""Launchers of the fused BatchNorm(+ReLU, +residual add) and SGD kernels (batch_norm.cu, sgd.cu).
+
+``device`` is "cuda" (cupy arrays) or "emu" (numpy arrays, run by the CPU emulator), as in
+kernels/ops.py. Shapes (x, residual, y, gy: (N, C, H, W); per-channel arrays: (C,)):
+
+    batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                       relu=False, residual=None, version=None, slices=None)  -> y, mean, stat
+    batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, relu=False,
+                        has_residual=False, version=None, slices=None)  -> gx, ggamma, gbeta, gresidual (or None)
+
+version: kernels/ladder.py's "batch_norm" (v1: one block per channel for the reductions; v2: each
+channel split over `slices` blocks, None: chosen from the shape by bn_slices()).
+    sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, device)  (in place)
+
+Training forward = 2 launches (statistics, apply), evaluation 1, backward 2. ``stat`` is the
+batch's 1/sqrt(var + eps) in training mode and the running variance in evaluation mode (the
+kernels compute 1/sqrt(var + eps) from it), so backward needs no extra launch in either mode.
+"""
+import numpy as np
+
+from . import ladder
+from .loader import get_module
+from .ops import MAX_BLOCKS, _elementwise_launch, _prepare, _xp, i32
+
+BN_THREADS = 256  # batch_norm.cu's BN_THREADS
+BN_TARGET_BLOCKS = 1024   # v2: about this many reduction blocks (several per SM of an H100)
+BN_SLICE_VALUES = 2048    # v2: at least this many values per slice (block)
+
+
+def bn_slices(C, m):
+    """v2's blocks per channel for C channels of m values: enough blocks to fill a GPU, slices of
+    at least BN_SLICE_VALUES values, at most 64 (the per-row kernels add the P partials)."""
+    return max(1, min(m // BN_SLICE_VALUES, -(-BN_TARGET_BLOCKS // C), 64))
+
+
+def _bn_version(version, slices, C, m):
+    version = ladder.selected("batch_norm") if version is None else version
+    if version not in ladder.versions("batch_norm"):
+        raise ValueError(f"batch_norm: version must be one of {ladder.versions('batch_norm')}, got {version!r}")
+    P = bn_slices(C, m) if slices is None else int(slices)
+    if not 1 <= P <= m:
+        raise ValueError(f"batch_norm: slices={slices} must lie in [1, N*H*W = {m}]")
+    return version, P
+
+
+def _row_threads(HW):
+    return min(BN_THREADS, 32 * ((HW + 31) // 32))
+
+
+def _scalar(dtype, v):
+    return np.dtype(dtype).type(v)
+
+
+def _check_channels(op, C, shape_text, **arrays):
+    for name, a in arrays.items():
+        if a is not None and tuple(a.shape) != (C,):
+            raise ValueError(f"{op}: {name} shape {tuple(a.shape)} != (C,) = ({C},) for {shape_text}")
+
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, device,
+                       relu=False, residual=None, version=None, slices=None):
+    """y = [relu](batch_norm(x) [+ residual]); running statistics updated in place (training).
+    Returns (y, mean, stat) for batch_norm_backward."""
+    op = "batch_norm_forward"
+    arrays = {"x": x} if residual is None else {"x": x, "residual": residual}
+    xp, prepared = _prepare(op, device, **arrays)
+    x = prepared[0]
+    res = prepared[1] if residual is not None else x  # read only when has_residual
+    if residual is not None and res.shape != x.shape:
+        raise ValueError(f"{op}: residual shape {tuple(res.shape)} must equal x shape {tuple(x.shape)}")
+    N, C, H, W = x.shape
+    text = f"x shape {tuple(x.shape)}"
+    _check_channels(op, C, text, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    dt = x.dtype
+    gamma, beta = (xp.ascontiguousarray(v) for v in (gamma, beta))
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        if v.dtype != dt:
+            raise ValueError(f"{op}: {name} dtype {v.dtype} != x dtype {dt} ({text})")
+    module = get_module("batch_norm.cu", dt, device)
+    dims = (i32(N), i32(C), i32(H * W))
+    version, P = _bn_version(version, slices, C, N * H * W)  # evaluation: one elementwise pass either way
+    if training:
+        if N * H * W < 2:
+            raise ValueError(f"{op}: training needs more than one value per channel ({text})")
+        mean, stat = xp.empty(C, dt), xp.empty(C, dt)
+        # the kernel updates the running statistics itself when they have x's dtype and layout
+        in_kernel = running_mean is not None and all(
+            v.dtype == dt and v.flags.c_contiguous for v in (running_mean, running_var))
+        rm, rv = (running_mean, running_var) if in_kernel else (mean, stat)  # unused when not in_kernel
+        hyper = (_scalar(dt, eps), _scalar(dt, momentum), _scalar(dt, 1 - momentum), i32(in_kernel))
+        if version == "v1":
+            module.get_function("bn_stats")((min(C, MAX_BLOCKS),), (BN_THREADS,), (x, mean, stat, rm, rv) + dims + hyper)
+        else:  # statistics by (channel, slice) blocks; the apply kernel combines them and writes y
+            partial = xp.empty((C, P, 2), dt)
+            module.get_function("bn_stats_partial")((min(C * P, MAX_BLOCKS),), (BN_THREADS,),
+                                                    (x, partial) + dims + (i32(P),))
+            y = xp.empty_like(x)
+            module.get_function("bn_apply_rows")(
+                (min(N * C, MAX_BLOCKS),), (_row_threads(H * W),),
+                (x, partial, gamma, beta, res, y, mean, stat, rm, rv) + dims + (i32(P),) + hyper
+                + (i32(bool(relu)), i32(residual is not None)))
+        if running_mean is not None and not in_kernel:
+            # e.g. float32 buffers with float64 x (gradient checks): array ops, as the CPU path;
+            # the variance is recomputed from x (1/stat^2 - eps would lose digits)
+            var = ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
+            running_mean *= momentum
+            running_mean += (1 - momentum) * mean
+            running_var *= momentum
+            running_var += (1 - momentum) * var
+        if version == "v2":
+            return y, mean, stat
+        stat_is_var = 0
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{op}: evaluation mode (training=False) needs running_mean and running_var")
+        mean, stat = (xp.ascontiguousarray(v.astype(dt, copy=False)) for v in (running_mean, running_var))
+        stat_is_var = 1
+    y = xp.empty_like(x)
+    _elementwise_launch(module.get_function("bn_apply"), y.size,
+                        (x, mean, stat, gamma, beta, res, y) + dims
+                        + (_scalar(dt, eps), i32(stat_is_var), i32(bool(relu)), i32(residual is not None)))
+    return y, mean, stat
+
+
+def batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, device, relu=False, has_residual=False,
+                        version=None, slices=None):
+    """Gradients of batch_norm_forward: (gx, ggamma, gbeta, gresidual or None). y is the forward's
+    output (its ReLU mask), mean and stat what the forward returned."""
+    op = "batch_norm_backward"
+    xp, (gy, y, x) = _prepare(op, device, gy=gy, y=y, x=x)
+    if not gy.shape == y.shape == x.shape:
+        raise ValueError(f"{op}: gy {tuple(gy.shape)}, y {tuple(y.shape)} and x {tuple(x.shape)} "
+                         "must have one shape")
+    N, C, H, W = x.shape
+    dt = x.dtype
+    gamma = xp.ascontiguousarray(gamma)
+    _check_channels(op, C, f"x shape {tuple(x.shape)}", mean=mean, stat=stat, gamma=gamma)
+    module = get_module("batch_norm.cu", dt, device)
+    dims = (i32(N), i32(C), i32(H * W))
+    stat_is_var = i32(not training)
+    ggamma, gbeta = xp.empty(C, dt), xp.empty(C, dt)
+    version, P = _bn_version(version, slices, C, N * H * W)
+    gx = xp.empty_like(x)
+    gres = xp.empty_like(x) if has_residual else gx  # gx: a placeholder the kernel does not write
+    flags = (i32(bool(relu)), i32(bool(training)), i32(bool(has_residual)))
+    if version == "v2":
+        partial = xp.empty((C, P, 2), dt)
+        module.get_function("bn_backward_partial")(
+            (min(C * P, MAX_BLOCKS),), (BN_THREADS,),
+            (gy, y, x, mean, stat, partial) + dims + (i32(P), _scalar(dt, eps), stat_is_var, i32(bool(relu))))
+        module.get_function("bn_backward_data_rows")(
+            (min(N * C, MAX_BLOCKS),), (_row_threads(H * W),),
+            (gy, y, x, mean, stat, gamma, partial, ggamma, gbeta, gx, gres) + dims
+            + (i32(P), _scalar(dt, eps), stat_is_var) + flags)
+        return gx, ggamma, gbeta, (gres if has_residual else None)
+    module.get_function("bn_backward_reduce")(
+        (min(C, MAX_BLOCKS),), (BN_THREADS,),
+        (gy, y, x, mean, stat, ggamma, gbeta) + dims + (_scalar(dt, eps), stat_is_var, i32(bool(relu))))
+    _elementwise_launch(module.get_function("bn_backward_data"), gx.size,
+                        (gy, y, x, mean, stat, gamma, ggamma, gbeta, gx, gres) + dims
+                        + (_scalar(dt, eps), stat_is_var) + flags)
+    return gx, ggamma, gbeta, (gres if has_residual else None)
+
+
+# ---- SGD ---------------------------------------------------------------------------------------
+
+SGD_CHUNK = 4096     # elements per block of the multi-tensor launch
+SGD_THREADS = 256
+
+
+def _address(a):
+    """The device address of an array's first element (CuPy: a.data.ptr; the emulator: host memory)."""
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, device, version=None):
+    """In place, for each i: the SGD step of igc_np.optim.SGD on weights[i] with grads[i] and
+    velocities[i] (ignored, may be None, when momentum is 0). Arrays of one dtype, C-contiguous,
+    on `device`. v1: one launch per tensor; v2: one launch for all."""
+    op = "sgd_step"
+    xp = _xp(device)
+    version = ladder.selected("sgd") if version is None else version
+    if version not in ladder.versions("sgd"):
+        raise ValueError(f"{op}: version must be one of {ladder.versions('sgd')}, got {version!r}")
+    if not (len(weights) == len(grads) == len(velocities)) or not weights:
+        raise ValueError(f"{op}: needs as many weights, grads and velocities (at least one), got "
+                         f"{len(weights)}, {len(grads)}, {len(velocities)}")
+    use_momentum = momentum != 0
+    dt = weights[0].dtype
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"{op}: weights must be float32 or float64, got {dt}")
+    for i, (w, g, v) in enumerate(zip(weights, grads, velocities)):
+        for name, a in (("weight", w), ("grad", g)) + ((("velocity", v),) if use_momentum else ()):
+            if not isinstance(a, xp.ndarray):
+                raise TypeError(f"{op}: {name} {i} must be a {xp.__name__}.ndarray on device {device!r}, "
+                                f"got {type(a).__module__}.{type(a).__name__}")
+            if a.dtype != dt or a.shape != w.shape or not a.flags.c_contiguous:
+                raise ValueError(f"{op}: {name} {i} (shape {tuple(a.shape)}, {a.dtype}) must be a C-contiguous "
+                                 f"{dt} array of the weight's shape {tuple(w.shape)}")
+        if w.size >= 2**31:
+            raise ValueError(f"{op}: weight {i} of {w.size} elements exceeds the kernel's int indexing")
+    hyper = (_scalar(dt, lr), _scalar(dt, momentum), _scalar(dt, weight_decay), i32(use_momentum),
+             i32(bool(nesterov)))
+    module = get_module("sgd.cu", dt, device)
+    if version == "v1":
+        fn = module.get_function("sgd_update")
+        for w, g, v in zip(weights, grads, velocities):
+            _elementwise_launch(fn, w.size, (w, g, v if use_momentum else w, i32(w.size)) + hyper)
+        return
+    rows, chunks = [], []
+    for t, (w, g, v) in enumerate(zip(weights, grads, velocities)):
+        rows.append((_address(w), _address(g), _address(v if use_momentum else w), w.size))
+        chunks.extend((t, start) for start in range(0, w.size, SGD_CHUNK))
+    table = np.array([c for row in rows for c in row] + [c for ch in chunks for c in ch], dtype=np.uint64)
+    table = xp.asarray(table)  # host -> device copy (asynchronous on a GPU); no sync
+    # CuPy's memory pool is stream-ordered: `table` may be freed on return, the launch still reads it
+    module.get_function("sgd_multi_tensor")(
+        (min(len(chunks), MAX_BLOCKS),), (SGD_THREADS,),
+        (table, i32(len(rows)), i32(len(chunks)), i32(SGD_CHUNK)) + hyper)

@@ -1,0 +1,370 @@
+"""The kernels of the cuda branch's ladder on the CPU emulator, against float64 NumPy references:
+every version of the permutation and of the fused interleaved secondary conv, the fused
+BatchNorm(+ReLU, +residual) and the fused SGD; plus the version switch (kernels/ladder.py).
+
+The check_* helpers take the device, so tests/test_kernels_cuda_fused.py runs them on a GPU.
+Errors are measured norm-relative against a float64 reference: ||ours - ref|| <= tol * ||ref||,
+tol 1e-12 for float64 and 1e-5 for float32 (a sum of K float32 products has a relative error of
+about sqrt(K) * 6e-8 at these sizes; an indexing bug gives errors of order 1).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import igc_np as ig
+from igc_np.kernels import fused_ops, ladder, ops
+from igc_np.ops import reference
+from igc_np.optim import SGD
+
+from strategies import divisors
+
+DTYPES = [np.float64, np.float32]
+NORM_TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+SETTINGS = dict(deadline=None)
+EMU = dict(device="emu", to_device=lambda a: a, to_host=lambda a: a)
+
+
+def assert_close(actual, ref64, dtype, what=""):
+    """Norm-relative error of `actual` (dtype) against the float64 reference."""
+    actual = np.asarray(actual)
+    assert actual.shape == ref64.shape and actual.dtype == dtype, (what, actual.shape, actual.dtype)
+    err = np.linalg.norm((actual.astype(np.float64) - ref64).ravel())
+    scale = max(np.linalg.norm(ref64.ravel()), 1e-30)
+    assert err <= NORM_TOL[np.dtype(dtype)] * scale, f"{what}: relative error {err / scale:.3g}"
+
+
+def _rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# ---- permutation (v1, v2, auto) ---------------------------------------------------------------
+def check_permutation(x_shape, b, dtype, version, device, to_device, to_host):
+    x = _rand(np.random.default_rng(1), x_shape, dtype)
+    y = to_host(ops.permute_channels(to_device(x), b, device, version=version))
+    np.testing.assert_array_equal(y, reference.permute_channels(x, b))  # a copy: bit-exact
+    back = to_host(ops.permute_channels(to_device(y), x_shape[1] // b, device, version=version))
+    np.testing.assert_array_equal(back, x)
+
+
+@st.composite
+def interleaved_cases(draw, max_C=24):
+    """(x shape, L, S): C <= max_C, any divisors L and S of C, odd sizes, H*W from 1 to 80."""
+    C = draw(st.integers(1, max_C))
+    L, S = draw(st.sampled_from(divisors(C))), draw(st.sampled_from(divisors(C)))
+    return (draw(st.integers(1, 3)), C, draw(st.integers(1, 8)), draw(st.integers(1, 10))), L, S
+
+
+@pytest.mark.parametrize("version", ladder.versions("permute_channels"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=15, **SETTINGS)
+@given(case=interleaved_cases(), data=st.data())
+def test_permutation_versions_emu(case, data, dtype, version):
+    x_shape = case[0]
+    check_permutation(x_shape, data.draw(st.sampled_from(divisors(x_shape[1]))), dtype, version, **EMU)
+
+
+# ---- interleaved secondary conv (v1, v2) --------------------------------------------------------
+def interleaved_reference(x, W2, gy, L, S):
+    """float64 y, gx, gW2 of the unfused chain permute(L) -> 1x1 conv with S groups -> permute(S)."""
+    x, W2, gy = (a.astype(np.float64) for a in (x, W2, gy))
+    xp = reference.permute_channels(x, L)
+    y = reference.permute_channels(reference.conv2d(xp, W2, groups=S), S)
+    gv = reference.permute_channels_backward(gy, S)
+    gxp, gW = reference.conv2d_backward(xp, W2, gv, groups=S)
+    return y, reference.permute_channels_backward(gxp, L), gW
+
+
+def check_interleaved(case, dtype, version, device, to_device, to_host, seed=2):
+    x_shape, L, S = case
+    C = x_shape[1]
+    rng = np.random.default_rng(seed)
+    x, W2, gy = _rand(rng, x_shape, dtype), _rand(rng, (C, C // S, 1, 1), dtype), _rand(rng, x_shape, dtype)
+    y_ref, gx_ref, gW_ref = interleaved_reference(x, W2, gy, L, S)
+    dx, dW2, dgy = to_device(x), to_device(W2), to_device(gy)
+    kw = dict(device=device, version=version)
+    assert_close(to_host(ops.interleaved_secondary_forward(dx, dW2, L, S, **kw)), y_ref, dtype, "forward")
+    assert_close(to_host(ops.interleaved_secondary_backward_data(dgy, dW2, L, S, **kw)), gx_ref, dtype, "bwd-data")
+    gW = to_host(ops.interleaved_secondary_backward_weight(dx, dgy, W2.shape, L, S, **kw))
+    assert_close(gW, gW_ref, dtype, "bwd-weight")
+    again = to_host(ops.interleaved_secondary_backward_weight(dx, dgy, W2.shape, L, S, **kw))
+    np.testing.assert_array_equal(again, gW)  # deterministic: no atomics, fixed reduction order
+
+
+@pytest.mark.parametrize("version", ladder.versions("interleaved_secondary"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=20, **SETTINGS)
+@given(case=interleaved_cases())
+def test_interleaved_versions_emu(case, dtype, version):
+    check_interleaved(case, dtype, version, **EMU)
+
+
+@pytest.mark.parametrize("version", ladder.versions("interleaved_secondary"))
+@pytest.mark.parametrize("case", [
+    ((1, 48, 6, 6), 24, 2),    # CIFAR IGC-L24M2 stage 1 (S = M)
+    ((2, 96, 3, 3), 24, 2),    # stage 2, first conv of a block: S = C_in/L, K = 48 > one 32-row tile
+    ((1, 200, 2, 3), 100, 2),  # ImageNet IGC-L100M2: K = 100, four row tiles, a ragged last one
+    ((3, 8, 7, 11), 2, 4),     # H*W = 77: a ragged pixel tile
+])
+def test_interleaved_igc_shapes_emu(case, version):
+    check_interleaved(case, np.float32, version, **EMU)
+
+
+def test_interleaved_v2_weight_chunks():
+    """Pass 1 of the v2 backward-weight splits the N*HW terms in chunks of whole 32-term steps."""
+    for terms in (1, 31, 32, 33, 2047, 2048, 64 * 1024, 64 * 3136):
+        chunk_len, n = ops.weight_chunks(terms)
+        assert chunk_len % 32 == 0 and (n - 1) * chunk_len < terms <= n * chunk_len and n <= 64
+
+
+# ---- fused BatchNorm + ReLU (+ residual) ---------------------------------------------------------
+def bn_reference(x, gamma, beta, rmean, rvar, gy, training, momentum, eps, relu, residual):
+    """float64 y, gx, ggamma, gbeta, gresidual and the new running statistics, by the formulas."""
+    x64, mean, invstd = _bn_normalise(x, rmean, rvar, training, eps)
+    xhat = (x64 - _ch(mean)) * _ch(invstd)
+    z = xhat * _ch(gamma.astype(np.float64)) + _ch(beta.astype(np.float64))
+    if residual is not None:
+        z = z + residual.astype(np.float64)
+    g = gy.astype(np.float64) * (z > 0) if relu else gy.astype(np.float64)
+    if training:
+        var = x64.var(axis=(0, 2, 3))
+        rmean, rvar = rmean * momentum + (1 - momentum) * mean, rvar * momentum + (1 - momentum) * var
+    y = np.maximum(z, 0) if relu else z
+    return (y,) + bn_reference_grads(x, gamma, rmean, rvar, g, training, eps, (mean, invstd)) + (g, rmean, rvar)
+
+
+def _ch(v):
+    return v.reshape(1, -1, 1, 1)
+
+
+def _bn_normalise(x, rmean, rvar, training, eps):
+    """x in float64, and the mean and 1/sqrt(var + eps) that normalise it."""
+    x = x.astype(np.float64)
+    mean, var = (x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))) if training else \
+        (rmean.astype(np.float64), rvar.astype(np.float64))
+    return x, mean, 1 / np.sqrt(var + eps)
+
+
+def bn_reference_grads(x, gamma, rmean, rvar, g, training, eps, stats=None):
+    """(gx, ggamma, gbeta) in float64 from the gradient g reaching the BN output; stats: the
+    (mean, invstd) of the forward (else found again from x or the running statistics)."""
+    x64, mean, invstd = _bn_normalise(x, rmean, rvar, training, eps)
+    if stats is not None:
+        mean, invstd = stats
+    xhat = (x64 - _ch(mean)) * _ch(invstd)
+    gbeta, ggamma = g.sum(axis=(0, 2, 3)), (g * xhat).sum(axis=(0, 2, 3))
+    m = x.size // x.shape[1]
+    gx = (g - _ch(gbeta) / m - xhat * _ch(ggamma) / m if training else g) * _ch(gamma.astype(np.float64) * invstd)
+    return gx, ggamma, gbeta
+
+
+def check_batch_norm(shape, dtype, training, relu, with_residual, device, to_device, to_host, seed=3,
+                     version=None, slices=None):
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    x = (_rand(rng, shape, np.float64) * 2 + 0.5).astype(dtype)
+    gamma, beta = _rand(rng, C, dtype), _rand(rng, C, dtype)
+    rmean, rvar = _rand(rng, C, dtype), (rng.random(C) + 0.5).astype(dtype)
+    res = _rand(rng, shape, dtype) if with_residual else None
+    gy = _rand(rng, shape, dtype)
+    momentum, eps = 0.9, 2e-5
+    ref = bn_reference(x, gamma, beta, rmean, rvar, gy, training, momentum, eps, relu, res)
+    d_rmean, d_rvar = to_device(rmean), to_device(rvar)
+    kw = dict(version=version, slices=slices)
+    y, mean, stat = fused_ops.batch_norm_forward(
+        to_device(x), to_device(gamma), to_device(beta), d_rmean, d_rvar, training, momentum, eps, device,
+        relu=relu, residual=None if res is None else to_device(res), **kw)
+    assert_close(to_host(y), ref[0], dtype, "y")
+    assert_close(to_host(d_rmean), ref[5].astype(np.float64), dtype, "running_mean")
+    assert_close(to_host(d_rvar), ref[6].astype(np.float64), dtype, "running_var")
+    gx, ggamma, gbeta, gres = fused_ops.batch_norm_backward(
+        to_device(gy), y, to_device(x), mean, stat, to_device(gamma), training, eps, device,
+        relu=relu, has_residual=with_residual, **kw)
+    # the ReLU's mask is taken from the kernel's own y: where the float32 z rounds to the other side
+    # of 0 the reference differs, so compare the masked gradient with the kernel's mask
+    if relu and dtype == np.float32:
+        keep = to_host(y) > 0
+        ref = list(ref)
+        ref[4] = gy.astype(np.float64) * keep
+        ref[1:4] = bn_reference_grads(x, gamma, rmean, rvar, ref[4], training, eps)  # the pre-step statistics
+    assert_close(to_host(gx), ref[1], dtype, "gx")
+    assert_close(to_host(ggamma), ref[2], dtype, "ggamma")
+    assert_close(to_host(gbeta), ref[3], dtype, "gbeta")
+    if with_residual:
+        assert_close(to_host(gres), ref[4], dtype, "gresidual")
+    else:
+        assert gres is None
+
+
+@st.composite
+def bn_shapes(draw):
+    """(N, C, H, W) with N*H*W >= 2, from 2 up to 600 values per channel (several 256-thread strides)."""
+    N, C = draw(st.integers(1, 4)), draw(st.integers(1, 7))
+    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 13))
+    return (N if N * H * W >= 2 else 2, C, H, W)
+
+
+@pytest.mark.parametrize("version", ladder.versions("batch_norm"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=20, **SETTINGS)
+@given(shape=bn_shapes(), training=st.booleans(), relu=st.booleans(), with_residual=st.booleans(),
+       slices=st.integers(1, 7))
+def test_batch_norm_fused_emu(shape, dtype, training, relu, with_residual, slices, version):
+    """v2 with 1 to 7 blocks per channel (slices of 0 values too, when N*H*W < 7)."""
+    slices = min(slices, shape[0] * shape[2] * shape[3]) if version == "v2" else None
+    check_batch_norm(shape, dtype, training, relu, with_residual, **EMU, version=version, slices=slices)
+
+
+def test_batch_norm_v2_slices():
+    assert fused_ops.bn_slices(48, 64 * 1024) == 22 and fused_ops.bn_slices(192, 64 * 64) == 2
+    assert fused_ops.bn_slices(16, 10) == 1 and fused_ops.bn_slices(1, 10**7) == 64
+    with pytest.raises(ValueError, match=r"batch_norm: slices=9 must lie in \[1, N\*H\*W = 8\]"):
+        fused_ops.batch_norm_forward(np.zeros((2, 1, 2, 2)), np.ones(1), np.zeros(1), None, None, True, 0.9,
+                                     2e-5, "emu", version="v2", slices=9)
+
+
+def test_batch_norm_relu_op_cpu_equals_unfused_ops():
+    """On "cpu" the fused op is the unfused ops' maths: same values and gradients, bit for bit."""
+    from igc_np import functional as F
+    from igc_np.ops.fused import batch_norm_relu
+    rng = np.random.default_rng(4)
+    x0, r0 = rng.standard_normal((3, 4, 5, 5)), rng.standard_normal((3, 4, 5, 5))
+    out = {}
+    for fused in (False, True):
+        x, r = ig.Tensor(x0, requires_grad=True), ig.Tensor(r0, requires_grad=True)
+        gamma = ig.Tensor(rng.standard_normal(4) * 0 + 1.5, requires_grad=True)
+        beta = ig.Tensor(np.full(4, 0.1), requires_grad=True)
+        rm, rv = np.zeros(4), np.ones(4)
+        if fused:
+            y = batch_norm_relu(x, gamma, beta, rm, rv, True, 0.9, 2e-5, residual=r)
+        else:
+            y = F.relu(F.batch_norm(x, gamma, beta, rm, rv, True, 0.9, 2e-5) + r)
+        (y * y).sum().backward()
+        out[fused] = [y.numpy(), x.grad, r.grad, gamma.grad, beta.grad, rm, rv]
+    for a, b in zip(out[False], out[True]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("residual", [False, True])
+def test_batch_norm_relu_gradcheck_emu(training, residual):
+    from igc_np.ops.fused import batch_norm_relu
+    rng = np.random.default_rng(5)
+    x = ig.Tensor(rng.standard_normal((2, 3, 4, 5)), requires_grad=True).to("emu")
+    r = ig.Tensor(rng.standard_normal((2, 3, 4, 5)), requires_grad=True).to("emu")
+    gamma = ig.Tensor(rng.standard_normal(3), requires_grad=True).to("emu")
+    beta = ig.Tensor(rng.standard_normal(3), requires_grad=True).to("emu")
+    rm, rv = np.zeros(3), np.ones(3)
+    if residual:
+        assert ig.gradcheck(lambda x, g, b, r: batch_norm_relu(x, g, b, rm, rv, training, residual=r),
+                            [x, gamma, beta, r])
+    else:
+        assert ig.gradcheck(lambda x, g, b: batch_norm_relu(x, g, b, rm, rv, training), [x, gamma, beta])
+
+
+def test_batch_norm_float64_input_float32_running_statistics_emu():
+    """Buffers of another dtype than x are updated outside the kernel, with the CPU's maths."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 4, 4))
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    fused_ops.batch_norm_forward(x, np.ones(3), np.zeros(3), rm, rv, True, 0.9, 2e-5, "emu")
+    np.testing.assert_allclose(rm, 0.1 * x.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * x.var(axis=(0, 2, 3)), rtol=1e-6)
+
+
+# ---- fused SGD -------------------------------------------------------------------------------------
+def sgd_reference(ws, gs, vs, lr, momentum, nesterov, wd):
+    """optim.SGD's maths, float64, one step, on copies; returns (weights, velocities)."""
+    ws, vs = [w.astype(np.float64) for w in ws], [v.astype(np.float64) for v in vs]
+    for i, g in enumerate(gs):
+        g = g.astype(np.float64) + wd * ws[i]
+        if momentum:
+            vs[i] = momentum * vs[i] + g
+            g = g + momentum * vs[i] if nesterov else vs[i]
+        ws[i] = ws[i] - lr * g
+    return ws, vs
+
+
+def check_sgd(shapes, dtype, momentum, nesterov, wd, version, device, to_device, to_host, steps=3):
+    rng = np.random.default_rng(7)
+    ws = [_rand(rng, s, dtype) for s in shapes]
+    vs = [_rand(rng, s, dtype) for s in shapes]
+    dws, dvs = [to_device(w) for w in ws], [to_device(v) for v in vs]
+    for _ in range(steps):
+        gs = [_rand(rng, s, dtype) for s in shapes]
+        ws, vs = sgd_reference(ws, gs, vs, 0.05, momentum, nesterov, wd)
+        fused_ops.sgd_step(dws, [to_device(g) for g in gs], dvs, 0.05, momentum, nesterov, wd, device,
+                           version=version)
+        for w, dw in zip(ws, dws):
+            assert_close(to_host(dw), w, dtype, "weight")
+        if momentum:
+            for v, dv in zip(vs, dvs):
+                assert_close(to_host(dv), v, dtype, "velocity")
+        ws = [to_host(dw).copy() for dw in dws]  # the next step starts where the kernel ended
+        vs = [to_host(dv).copy() for dv in dvs]
+
+
+@pytest.mark.parametrize("version", ladder.versions("sgd"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=15, **SETTINGS)
+@given(shapes=st.lists(st.sampled_from([(1,), (7,), (4097,), (3, 5), (16, 2, 3, 3), (10, 300)]),
+                       min_size=1, max_size=5),
+       momentum=st.sampled_from([0.0, 0.9]), nesterov=st.booleans(), wd=st.sampled_from([0.0, 1e-4]))
+def test_sgd_versions_emu(shapes, dtype, momentum, nesterov, wd, version):
+    check_sgd(shapes, dtype, momentum, nesterov, wd, version, **EMU)
+
+
+@pytest.mark.parametrize("version", ladder.versions("sgd"))
+def test_sgd_optimizer_on_emu_matches_cpu(version):
+    """optim.SGD on "emu" (the fused kernel) ends where the CPU's array-op step ends, including
+    the first step (velocity None on the CPU, zeros on the device) and a parameter with no grad."""
+    rng = np.random.default_rng(8)
+    init = [rng.standard_normal(s).astype(np.float32) for s in [(6, 3, 3, 3), (6,), (4, 6), (5,)]]
+    grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in init] for _ in range(3)]
+    final = {}
+    with ladder.use("sgd", version):
+        for dev in ("cpu", "emu"):
+            params = [ig.nn.Parameter(w.copy()).to(dev) for w in init]
+            opt = SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+            for step in grads:
+                for i, (p, g) in enumerate(zip(params, step)):
+                    p.grad = None if i == 3 else g.copy()  # the last parameter never gets a gradient
+                opt.step()
+            final[dev] = [p.numpy() for p in params], opt.state_dict()
+    for a, b in zip(final["cpu"][0], final["emu"][0]):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(final["emu"][0][3], init[3])
+    for k, v in final["cpu"][1].items():
+        np.testing.assert_allclose(final["emu"][1][k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_sgd_step_rejects_mismatched_arrays():
+    w = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"sgd_step: grad 0 \(shape \(3, 2\), float32\) must be a C-contiguous "
+                                         r"float32 array of the weight's shape \(2, 3\)"):
+        fused_ops.sgd_step([w], [np.zeros((3, 2), np.float32)], [w.copy()], 0.1, 0.9, True, 0, "emu")
+    with pytest.raises(TypeError, match="grad 0 must be a numpy.ndarray on device 'emu'"):
+        fused_ops.sgd_step([w], [[0.0] * 6], [w.copy()], 0.1, 0.9, True, 0, "emu")
+    with pytest.raises(ValueError, match="sgd_step: version must be one of"):
+        fused_ops.sgd_step([w], [w.copy()], [w.copy()], 0.1, 0.9, True, 0, "emu", version="v9")
+
+
+# ---- the version switch ------------------------------------------------------------------------------
+def test_ladder_switch(monkeypatch):
+    assert ladder.versions("interleaved_secondary") == ("v1", "v2")
+    assert ladder.selected("sgd") == ladder.default("sgd") == "v2"
+    monkeypatch.setenv("IGC_NP_KERNELS", "sgd=v1, permute_channels=v2")
+    assert ladder.selected("sgd") == "v1" and ladder.selected("permute_channels") == "v2"
+    with ladder.use("sgd", "v2"):
+        assert ladder.selected("sgd") == "v2"
+    assert ladder.selected("sgd") == "v1"
+    monkeypatch.setenv("IGC_NP_KERNELS", "sgd=v7")
+    with pytest.raises(ValueError, match="IGC_NP_KERNELS: sgd has versions v1, v2, not 'v7'"):
+        ladder.selected("sgd")
+    monkeypatch.setenv("IGC_NP_KERNELS", "sgd")
+    with pytest.raises(ValueError, match="must be op=version"):
+        ladder.selected("sgd")
+    with pytest.raises(KeyError, match="unknown kernel op 'conv9'"):
+        ladder.versions("conv9")
+    with pytest.raises(ValueError, match="permute_channels: version must be one of"):
+        ops.permute_channels(np.zeros((1, 2, 1, 1)), 1, "emu", version="v3")
