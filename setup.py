@@ -2,6 +2,9 @@
 from setuptools import find_packages, setup
 
 EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "scipy>=1.10"]
+# data-parallel training over processes (igc_np/distributed.py): mpi4py, and MPICH from PyPI
+# whose mpiexec launches the ranks (Windows gets mpich's empty placeholder wheel)
+DIST = ["mpi4py>=3.1", "mpich"]
 
 setup(
     name="igc_np",
@@ -19,8 +22,9 @@ setup(
         # the teaching trainer: embedded digits data set, curves, progress bar, SVHN .mat files
         "examples": EXAMPLES,
         # the test suite: property tests, the trainer end to end, and the NVRTC compile check
-        # of every .cu file (libnvrtc works without a GPU)
-        "test": ["pytest>=7", "hypothesis>=6.80", "nvidia-cuda-nvrtc-cu12"] + EXAMPLES,
+        # of every .cu file (libnvrtc works without a GPU), mpiexec -n 2/3 training runs
+        "test": ["pytest>=7", "hypothesis>=6.80", "nvidia-cuda-nvrtc-cu12"] + EXAMPLES + DIST,
+        "dist": DIST,
         "cuda": ["cupy-cuda12x"],
     },
 )
