@@ -626,6 +626,14 @@ class GracefulStop:
 # --------------------------------------------------------------------------------------------
 # --gpus 0,1,2,3: one process per GPU, started here
 # --------------------------------------------------------------------------------------------
+def _die_with_parent():
+    """In a child, before exec: get SIGTERM when the parent dies (Linux), not linger in NCCL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
     """Run ``python argv...`` once per GPU id (NCCL ranks) and wait; returns the exit status.
 
@@ -646,23 +654,24 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
     size = len(gpu_ids)
     threads = threads_per_rank(size)
     children = []
-    for rank in range(size):
-        env = dict(os.environ, **{ENV_RANK: str(rank), ENV_SIZE: str(size), ENV_LOCAL_RANK: str(rank),
-                                  ENV_NCCL_ID: uid, "IGC_NP_THREADS": str(threads)})
-        children.append(subprocess.Popen([executable or sys.executable, *argv], env=env,
-                                         start_new_session=True))
 
     def forward(signum, frame):
         for c in children:
             if c.poll() is None:
                 c.send_signal(signum)
-    previous = {}
+    previous = {}  # installed before the children start: no signal falls between
     for name in GracefulStop.SIGNALS:
         try:
             previous[name] = signal.signal(getattr(signal, name), forward)
         except ValueError:  # not the main thread: no forwarding
             break
     try:
+        for rank in range(size):
+            env = dict(os.environ, **{ENV_RANK: str(rank), ENV_SIZE: str(size),
+                                      ENV_LOCAL_RANK: str(rank), ENV_NCCL_ID: uid,
+                                      "IGC_NP_THREADS": str(threads)})
+            children.append(subprocess.Popen([executable or sys.executable, *argv], env=env,
+                                             start_new_session=True, preexec_fn=_die_with_parent))
         codes, failed_at, status = [None] * size, None, 0
         while any(c is None for c in codes):
             for i, c in enumerate(children):
@@ -678,6 +687,11 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
                     if c.poll() is None:
                         c.kill()
             time.sleep(0.05)
+    except BaseException:  # a rank that cannot start: the others would wait for it forever
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+        raise
     finally:
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)

@@ -471,6 +471,38 @@ def test_spawn_returns_the_failing_rank_status_and_stops_the_others(tmp_path):
         dist.spawn("0,0", ["-c", "pass"], nccl=FakeNccl())
 
 
+FORWARDED = """
+import os, signal, sys, time
+out, rank = sys.argv[1], os.environ["IGC_NP_DIST_RANK"]
+got = []
+signal.signal(signal.SIGINT, lambda s, f: got.append("SIGINT"))
+signal.signal(signal.SIGTERM, lambda s, f: got.append("SIGTERM"))
+open(os.path.join(out, rank + ".ready"), "w").close()
+t0 = time.monotonic()
+while not got and time.monotonic() - t0 < 60:
+    time.sleep(0.01)
+time.sleep(0.5)  # a second, duplicated signal would arrive in this time
+open(os.path.join(out, rank + ".got"), "w").write(",".join(got))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_spawn_forwards_a_signal_to_every_rank_exactly_once(tmp_path, sig):
+    parent = ("import sys, types; from igc_np import distributed as d; "
+              "fake = types.SimpleNamespace(get_unique_id=lambda: (0,) * 128); "
+              f"sys.exit(d.spawn([0, 1], ['-c', {FORWARDED!r}, {str(tmp_path)!r}], nccl=fake))")
+    p = subprocess.Popen([sys.executable, "-c", parent],
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    t0 = time.monotonic()
+    while not all((tmp_path / f"{r}.ready").exists() for r in (0, 1)):
+        assert time.monotonic() - t0 < 60 and p.poll() is None, "the ranks did not start"
+        time.sleep(0.02)
+    time.sleep(0.2)  # the parent has installed its forwarding handlers before the children start
+    p.send_signal(getattr(signal, sig))
+    assert p.wait(60) == 0
+    assert [(tmp_path / f"{r}.got").read_text() for r in (0, 1)] == [sig, sig]
+
+
 def test_graceful_stop_turns_sigterm_and_sigusr1_into_a_flag():
     for name in ("SIGTERM", "SIGUSR1"):
         previous = signal.getsignal(getattr(signal, name))
