@@ -116,13 +116,14 @@ class SingleProcess(Communicator):
         pass
 
 
-def ordered_sum(parts, out=None):
+def ordered_sum(parts):
     """parts[0] + parts[1] + ... left to right (parts: (P, n) array or list of (n,) arrays).
 
-    The one summation order of this module, used by the reduction and by the micro-batch twin,
-    so both give the same bits (NumPy's own reductions may pair terms differently).
+    The one summation order of this module, used by the reduction and by the micro-batch twin
+    (``dp_step`` adds its pieces the same way), so both give the same bits; NumPy's own
+    reductions may pair the terms differently.
     """
-    out = parts[0].copy() if out is None else _assign(out, parts[0])
+    out = parts[0].copy()
     for p in parts[1:]:
         out += p
     return out
@@ -157,9 +158,9 @@ class MPI(Communicator):
         node.Free()
 
     def allreduce(self, buf):
-        host = np.ascontiguousarray(backend.to_device(buf, "cpu")).reshape(-1)
         if self.size == 1:
             return buf
+        host = np.ascontiguousarray(backend.to_device(buf, "cpu")).reshape(-1)
         P, chunk = self.size, _chunked(host.size, self.size)
         send = np.zeros(P * chunk, host.dtype)
         send[:host.size] = host
@@ -171,7 +172,7 @@ class MPI(Communicator):
         return _like(full[:host.size].reshape(np.shape(buf)), buf)
 
     def broadcast(self, buf, root=0):
-        host = np.ascontiguousarray(backend.to_device(buf, "cpu"))
+        host = np.array(backend.to_device(buf, "cpu"), order="C")  # a copy: buf stays as it is
         self.comm.Bcast(host, root=root)
         return _like(host, buf)
 

@@ -100,11 +100,17 @@ def main():
                            for n in sorted(final) if final[n].dtype.kind == "f"])
     same = np.array_equal(comm.broadcast(mine.copy(), root=0), mine)
     identical = not distributed.reduce_flag(comm, not same)
+    # the test set split over the ranks, metrics reduced
+    model, _ = make_model()
+    model.load_state_dict({k[6:]: v for k, v in final.items() if k.startswith("model/")})
+    x, y = make_data()
+    tested = distributed.evaluate(model, x, y, (0, 0, 0), (1, 1, 1), comm, batch_size=5,
+                                  dtype=np.float64)
     # the stop flag: one rank asking is every rank stopping
     flags = [distributed.reduce_flag(comm, comm.rank == comm.size - 1),
              distributed.reduce_flag(comm, False)]
     if comm.is_root:
-        final.update(flags=np.array(flags))
+        final.update(flags=np.array(flags), test_sums=np.asarray(tested.sums))
         final.update(world_size=np.int64(comm.size), kind=np.array(comm.kind),
                      identical=np.bool_(identical), threads=np.int64(_threads()))
         os.makedirs(a.out_dir, exist_ok=True)

@@ -281,6 +281,14 @@ def test_mpi_ranks_equal_the_micro_batch_twin_bit_for_bit(tmp_path, P):
     twin = dist_worker.run(dist.SingleProcess(), 4, micro_batches=P)
     assert _equal_states(twin, got) == []
     assert got["sums"][1] == 31
+    # the test pass over ranks counts what one process counts (the loss sum up to rounding)
+    model, _ = dist_worker.make_model()
+    model.load_state_dict({k[6:]: v for k, v in twin.items() if k.startswith("model/")})
+    from igc_np.training import evaluate
+    one = evaluate(model, *dist_worker.make_data(), (0, 0, 0), (1, 1, 1), batch_size=5,
+                   dtype=np.float64).sums
+    assert np.array_equal(got["test_sums"][1:], one[1:]) and one[1] == dist_worker.N_IMAGES
+    np.testing.assert_allclose(got["test_sums"][0], one[0], rtol=1e-12)
     # and the comparison can fail: one piece (the plain run) is another result
     assert _equal_states(dist_worker.run(dist.SingleProcess(), 4), got) != []
 
