@@ -448,7 +448,7 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
             global_batch=None):
     """One data-parallel training step; returns a StepResult (the same on every rank).
 
-    xb (B, C, H, W), yb (B,): the global batch, of which this rank uses ``slice_of(B, rank,
+    xb (B, C, H, W), yb (B,): arrays (NumPy, CuPy) or Tensors; the global batch, of which this rank uses ``slice_of(B, rank,
     size)``; or, with ``global_batch=B``, this rank's slice already (a loader that builds only
     its rows). micro_batches K: the rank's slice is cut into K pieces run one after another
     (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits, labels) -> mean loss
@@ -457,6 +457,7 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
     """
     from . import functional as F
     loss_fn = loss_fn or F.cross_entropy
+    xb, yb = (v.data if isinstance(v, Tensor) else v for v in (xb, yb))  # arrays, any device
     K, P = int(micro_batches), comm.size
     if K < 1:
         raise ValueError(f"dp_step: micro_batches must be >= 1, got {micro_batches}")
@@ -477,7 +478,7 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
         x, y = Tensor(xb, device=device), Tensor(yb, device=device)
         logits = model(x)
         loss = loss_fn(logits, y)
-        sums = _sums(loss.item(), logits.numpy(), np.asarray(yb))
+        sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
         finite = bool(np.isfinite(sums[0]))
         if finite:
             optimizer.zero_grad()
@@ -504,7 +505,7 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
         logits = model(Tensor(xb[lo:hi], device=device))
         loss = loss_fn(logits, Tensor(yb[lo:hi], device=device))
         value = loss.item()
-        sums += _sums(value, logits.numpy(), np.asarray(yb[lo:hi]))
+        sums += _sums(value, logits.numpy(), backend.to_device(yb[lo:hi], "cpu"))
         if np.isfinite(value):  # else the step is skipped anyway: no need for a backward pass
             (loss * (n / B)).backward()
         grads = _flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype) for p in params],

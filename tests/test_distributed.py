@@ -549,3 +549,24 @@ def test_nccl_on_real_gpus_equals_the_micro_batch_twin(tmp_path):  # pragma: no 
     assert str(got["kind"]) == "nccl" and bool(got["identical"])
     twin = dist_worker.run(dist.SingleProcess(), 4, micro_batches=2, device="cuda")
     assert _equal_states(twin, got) == []
+
+
+def test_pieces_on_the_cuda_path_match_the_cpu(monkeypatch):
+    """dp_step with device "cuda" (CuPy replaced by tests/fake_cupy.py's stand-in): the pieces,
+    the flat buffers and the BN averaging run on device arrays and agree with the CPU."""
+    import fake_cupy
+    fake_cupy.install(monkeypatch)
+    xb, yb = _data(steps=1)[0]
+    cpu, opt_cpu = _bn_model()
+    r_cpu = dist.dp_step(cpu, opt_cpu, xb, yb, dist.SingleProcess(), micro_batches=2)
+    gpu, _ = _bn_model()
+    gpu.to("cuda")
+    opt_gpu = optim.SGD(gpu.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x, y = ig.Tensor(xb, device="cuda"), ig.Tensor(yb, device="cuda")
+    r_gpu = dist.dp_step(gpu, opt_gpu, x, y, dist.SingleProcess(), micro_batches=2)
+    np.testing.assert_allclose(r_gpu.sums, r_cpu.sums, rtol=1e-12)
+    for p, q in zip(gpu.parameters(), cpu.parameters()):
+        np.testing.assert_allclose(p.numpy(), q.data, rtol=1e-10, atol=1e-13)
+    for (_, m, k), (_, n, l) in zip(gpu.named_buffers(), cpu.named_buffers()):
+        assert ig.backend.device_of(getattr(m, k)) == "cuda"
+        np.testing.assert_allclose(getattr(m, k).get(), getattr(n, l), rtol=1e-12)
