@@ -11,7 +11,8 @@
    buffer (what every step sends), measured separately in the same processes.
 2. A model of the reduction time per step for 2..64 ranks over typical links (nominal bandwidths
    and latencies, stated in the table: assumptions, not measurements): the all-to-all + ordered
-   sum + all-gather moves 2 (P-1)/P of the buffer per rank, as a ring all-reduce does.
+   sum + all-gather moves 2 (P-1)/P of the buffer per rank, as a ring all-reduce does; and the
+   images/s of P machines like this one that it implies.
 
 The set-ups run one after another, ``--rounds`` times, interleaved, and each figure is the median
 over rounds: the machine's load moves absolute speeds, the interleaving keeps the ratios fair.
@@ -151,6 +152,17 @@ def main(argv=None):
         cells = [f"{1e3 * reduce_model_s(nbytes, P, bw, lat):.2f} ms" for P in Ps]
         cells += [f"{1e3 * reduce_model_s(big, P, bw, lat):.1f} ms" for P in (8, 64)]
         print(f"| {link} ({bw:g}, {lat:g}) | " + " | ".join(cells) + " |")
+
+    # machines like this one (1 process x 2 threads each), the batch split P ways: the compute
+    # shrinks as 1/P (optimistic for small slices), the reduction is the model's
+    step = statistics.median(x["step_s"] for x in results[SETUPS[0][0]])
+    print(f"\nModelled images/s of P machines like this one (measured step {step:.2f} s at batch "
+          f"{BATCH}, divided by P, plus the reduction):\n")
+    print("| link | " + " | ".join(f"P={P}" for P in (1,) + Ps[:2]) + " |")
+    print("|---|---|---|---|")
+    for link, bw, lat in LINKS[2:]:
+        cells = [f"{BATCH / (step / P + reduce_model_s(nbytes, P, bw, lat)):.0f}" for P in (1,) + Ps[:2]]
+        print(f"| {link} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

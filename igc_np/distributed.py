@@ -52,7 +52,7 @@ from .autograd import Tensor
 
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
-           "evaluate", "GracefulStop", "spawn", "set_threads", "threads_per_rank"]
+           "evaluate", "GracefulStop", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
 ENV_NCCL_ID = "IGC_NP_NCCL_ID"
@@ -628,6 +628,15 @@ class GracefulStop:
 # --------------------------------------------------------------------------------------------
 # --gpus 0,1,2,3: one process per GPU, started here
 # --------------------------------------------------------------------------------------------
+def should_spawn(kind, gpus, environ=None):
+    """True when a trainer given these options should start one process per GPU (``spawn``):
+    several --gpus, --dist auto or nccl, and not already a rank (of spawn or of an MPI launcher)."""
+    env = os.environ if environ is None else environ
+    launcher = launched_by_mpi(env)
+    return (kind in ("auto", "nccl") and len(_parse_gpus(gpus)) > 1 and ENV_SIZE not in env
+            and not (launcher and launcher[0] > 1))
+
+
 def _die_with_parent():
     """In a child, before exec: get SIGTERM when the parent dies (Linux), not linger in NCCL."""
     if sys.platform.startswith("linux"):

@@ -456,6 +456,16 @@ sys.exit(int(sys.argv[2]) if os.environ["IGC_NP_DIST_RANK"] == "1" else 0)
 """
 
 
+def test_several_gpus_spawn_unless_already_a_rank():
+    assert dist.should_spawn("auto", "0,1", {})
+    assert dist.should_spawn("nccl", [0, 1, 2], {})
+    assert not dist.should_spawn("auto", "0", {})          # one GPU: this process trains
+    assert not dist.should_spawn("mpi", "0,1", {})         # mpiexec starts the ranks
+    assert not dist.should_spawn("auto", "0,1", {dist.ENV_SIZE: "2"})       # a spawned rank
+    assert not dist.should_spawn("auto", "0,1", {"PMI_SIZE": "2"})          # an MPI rank
+    assert dist.should_spawn("auto", "0,1", {"PMI_SIZE": "1"})  # mpiexec -n 1: spawn from it
+
+
 def test_spawn_starts_one_rank_per_gpu_with_the_id_and_threads(tmp_path):
     fake = FakeNccl()
     ids = []
