@@ -23,8 +23,9 @@ Semantics, and why
   applied after the reduction, by the unchanged optimizer.
 * BatchNorm. Each piece normalises with its own statistics (as the reference: per device). Its
   running statistics are updated from the same starting values on every piece and then averaged
-  over the non-empty pieces, so all ranks hold the same model after every step (MXNet keeps
-  one copy per device and averages them when it saves: the same numbers at every checkpoint).
+  over the non-empty pieces, so all ranks hold the same model after every step. MXNet keeps
+  one copy per device and averages the copies when it saves; the update is linear and the batch
+  statistics do not depend on it, so averaging every step gives the same numbers.
 * Determinism. Sums run in a fixed order: pieces in order inside a rank, then ranks in order
   (``ordered_sum``). The MPI/NCCL reduction sends chunk c of every rank's buffer to rank c
   (all-to-all), which sums the P parts in rank order and all-gathers the result: the same bytes
