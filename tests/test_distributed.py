@@ -580,3 +580,20 @@ def test_pieces_on_the_cuda_path_match_the_cpu(monkeypatch):
     for (_, m, k), (_, n, l) in zip(gpu.named_buffers(), cpu.named_buffers()):
         assert ig.backend.device_of(getattr(m, k)) == "cuda"
         np.testing.assert_allclose(getattr(m, k).get(), getattr(n, l), rtol=1e-12)
+
+
+def test_missing_engines_are_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
+    with pytest.raises(dist.DistError, match=r"--dist mpi needs mpi4py .*pip install -e \"\.\[dist\]\""):
+        dist.init("mpi")
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", None)
+    with pytest.raises(dist.DistError, match="--dist nccl needs CuPy with NCCL"):
+        dist.spawn("0,1", ["-c", "pass"])  # the parent makes the NCCL id: it needs CuPy too
+    monkeypatch.setenv(dist.ENV_SIZE, "2")  # a rank started by spawn, on a machine without CuPy
+    monkeypatch.setenv(dist.ENV_RANK, "0")
+    monkeypatch.setenv(dist.ENV_NCCL_ID, "00" * 128)
+    with pytest.raises(RuntimeError, match="needs CuPy"):
+        dist.init("auto", gpus="0,1")
+    with pytest.raises(dist.DistError, match="--dist nccl needs --gpus, one id per process"):
+        dist.init("nccl", gpus="")
