@@ -9,7 +9,7 @@ already exist; it has no transport of its own.
     comm = distributed.init("auto")            # SingleProcess, MPI or NCCL, threads set per rank
     for xb, yb in iterate_batches(...):        # every rank draws the same (global) batches
         r = distributed.dp_step(model, optimizer, xb, yb, comm, micro_batches=1)
-        metrics.sums += r.sums                 # reduced over ranks: the same on every rank
+        sums += r.sums                         # reduced over ranks: the same on every rank
         if not r.finite or r.stop: ...         # every rank sees the same flags, stops together
 
 Semantics, and why
@@ -331,8 +331,8 @@ def init(kind="auto", gpus=None, threads=True):
 
     kind: "none" (one process), "mpi" (mpi4py, CPU or GPU arrays through the host), "nccl"
     (one process per GPU; rank and unique id from ``spawn``'s environment, else from MPI), or
-    "auto": nccl under ``spawn``, else mpi when an MPI launcher started more than one rank (nccl
-    if `gpus` names several GPUs), else none. gpus: GPU ids, e.g. "0,1,2,3" or [0, 1]; the rank
+    "auto": nccl under ``spawn``; under an MPI launcher that started more than one rank, nccl
+    if `gpus` names GPUs, else mpi; otherwise none. gpus: GPU ids, e.g. "0,1,2,3" or [0, 1]; the rank
     with local rank i uses gpus[i]. threads: give every rank its share of the CPU cores.
     """
     gpu_ids = _parse_gpus(gpus)
@@ -341,7 +341,7 @@ def init(kind="auto", gpus=None, threads=True):
         if ENV_SIZE in os.environ:
             kind = "nccl"
         elif launcher and launcher[0] > 1:
-            kind = "nccl" if len(gpu_ids) > 1 else "mpi"
+            kind = "nccl" if gpu_ids else "mpi"
         else:
             kind = "none"
     if kind == "none":
