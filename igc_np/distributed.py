@@ -54,6 +54,7 @@ from .autograd import Tensor
 
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
+           "root_first",
            "evaluate", "GracefulStop", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
@@ -567,6 +568,22 @@ def reduce_sums(comm, sums):
 def reduce_flag(comm, flag):
     """True on every rank if `flag` is true on any rank (stop requests, errors)."""
     return bool(reduce_sums(comm, [float(bool(flag))])[0] > 0)
+
+
+def root_first(comm, fn, errors=(Exception,)):
+    """Run ``fn()`` on rank 0 alone (a check, a lock, a file); if it raises one of `errors`,
+    every rank raises (rank 0 that error, the others a DistError saying so), so that no rank
+    goes on training alone or waits forever for rank 0 in the next collective."""
+    error = None
+    if comm.is_root:
+        try:
+            fn()
+        except errors as e:
+            error = e
+    if reduce_flag(comm, error is not None):
+        if error is not None:
+            raise error
+        raise DistError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
 
 
 def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=np.float32):

@@ -122,5 +122,33 @@ def _threads():
     return parallel.THREADS
 
 
+def trainer_main(argv):
+    """``dist_worker.py trainer ARGS``: examples/cifar10_igc.py's main(ARGS) on this rank, where
+    IGC_NP_TEST_SIGNAL="STEP,RANK,NAME" raises signal NAME on rank RANK right after its
+    optimizer step number STEP (a signal on one rank only, at a known batch)."""
+    import importlib.util
+    import signal
+    from igc_np import optim as optim_module
+    spec = importlib.util.spec_from_file_location(
+        "cifar10_igc", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "examples", "cifar10_igc.py"))
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    plan = os.environ.get("IGC_NP_TEST_SIGNAL")
+    if plan:
+        at, rank, name = plan.split(",")
+        real_step, calls = optim_module.SGD.step, []
+
+        def step_then_signal(self):
+            real_step(self)
+            calls.append(1)
+            if len(calls) == int(at) and os.environ.get("PMI_RANK", "0") == rank:
+                signal.raise_signal(getattr(signal, name))
+        optim_module.SGD.step = step_then_signal
+    return trainer.main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["trainer"]:
+        sys.exit(trainer_main(sys.argv[2:]))
     main()

@@ -597,3 +597,101 @@ def test_missing_engines_are_named(monkeypatch):
         dist.init("auto", gpus="0,1")
     with pytest.raises(dist.DistError, match="--dist nccl needs --gpus, one id per process"):
         dist.init("nccl", gpus="")
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer: mpiexec -n P examples/cifar10_igc.py == --micro-batches P, bit for bit
+# --------------------------------------------------------------------------------------------
+# resnet_igc-8 L2M2 on 72 digits, batch 16: 5 batches an epoch, the last one of 8
+TRAINER = ["--network", "resnet_igc", "--depth", "8", "--primary-partition", "2",
+           "--secondary-partition", "2", "--batch-size", "16", "--subset", "72", "--dtype",
+           "float64", "--log-iters", "2", "--lr-steps", "1", "--checkpoint-every", "1"]
+
+
+def _trainer_ranks(P, out, *extra, signal_plan=None):
+    """mpiexec -n P of the trainer (through dist_worker.py trainer); returns the exit status."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("IGC_NP_THREADS", None)
+    if signal_plan:
+        env["IGC_NP_TEST_SIGNAL"] = signal_plan
+    p = subprocess.run(["mpiexec", "-n", str(P), sys.executable, WORKER, "trainer", *TRAINER,
+                        "--output-dir", str(out), *map(str, extra)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode in (0, 130, 138, 143), f"mpiexec -n {P} failed:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def _trainer_here(out, *extra, signal_plan=None, monkeypatch=None):
+    """The trainer's main() in this process (the micro-batch twin); returns the exit status."""
+    if signal_plan:
+        monkeypatch.setenv("IGC_NP_TEST_SIGNAL", signal_plan)
+        monkeypatch.setenv("PMI_RANK", signal_plan.split(",")[1])  # "this rank" gets the signal
+    try:
+        return dist_worker.trainer_main(TRAINER + ["--output-dir", str(out), *map(str, extra)])
+    finally:
+        if signal_plan:
+            monkeypatch.delenv("IGC_NP_TEST_SIGNAL")
+            monkeypatch.delenv("PMI_RANK")
+            ig.optim.SGD.step = _REAL_STEP
+
+
+_REAL_STEP = optim.SGD.step
+
+
+def _same_checkpoints(a, b):
+    """Names of the arrays that differ between two checkpoint files (times and paths aside)."""
+    with np.load(a) as za, np.load(b) as zb:
+        assert sorted(za.files) == sorted(zb.files)
+        differ = [k for k in za.files if k not in ("history", "args")
+                  and not np.array_equal(za[k], zb[k])]
+        untimed = [[{k: v for k, v in r.items() if k not in ("epoch_time", "elapsed")}
+                    for r in json.loads(str(z["history"]))] for z in (za, zb)]
+    return differ + (["history"] if untimed[0] != untimed[1] else [])
+
+
+def _files(out):
+    return sorted(p.name for p in out.iterdir())
+
+
+@needs_mpi
+def test_trainer_on_two_ranks_equals_two_micro_batches(tmp_path):
+    _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "2")
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "2", "--micro-batches", "2") == 0
+    # rank 0 alone wrote: the same files as the one process, no second log, no temp files
+    assert _files(tmp_path / "ranks") == _files(tmp_path / "micro")
+    for name in ("model-0001.npz", "model-0002.npz"):
+        assert _same_checkpoints(tmp_path / "ranks" / name, tmp_path / "micro" / name) == []
+    assert (tmp_path / "ranks" / "log.jsonl").read_text().count("\n") == 2
+
+
+@needs_mpi
+def test_trainer_resumes_two_ranks_on_three_exactly(tmp_path):
+    _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "1")
+    _trainer_ranks(3, tmp_path / "ranks", "--num-epochs", "2", "--load-epoch", "1")
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "1", "--micro-batches", "2") == 0
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "2", "--load-epoch", "1",
+                         "--micro-batches", "3") == 0
+    assert _same_checkpoints(tmp_path / "ranks" / "model-0002.npz",
+                             tmp_path / "micro" / "model-0002.npz") == []
+
+
+@needs_mpi
+def test_trainer_ranks_stop_together_on_a_signal_to_one_rank(tmp_path, monkeypatch):
+    """SIGUSR1 to rank 1 alone after its 7th step (epoch 1, batch 2): the flag is reduced with
+    the next step, so every rank stops after batch 3, and rank 0 writes the checkpoint."""
+    p = _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "3", signal_plan="7,1,SIGUSR1")
+    assert p.returncode in (130, 138), p.stderr  # 128 + SIGUSR1 on rank 1, 130 on rank 0
+    stopped = tmp_path / "ranks" / "model-interrupted.npz"
+    with np.load(stopped) as z:
+        assert (int(z["epoch"]), int(z["batch"])) == (1, 3)
+    assert "--resume" in p.stderr and "mpiexec -n 2" in p.stderr
+    status = _trainer_here(tmp_path / "micro", "--num-epochs", "3", "--micro-batches", "2",
+                           signal_plan="7,1,SIGUSR1", monkeypatch=monkeypatch)
+    assert status == 138
+    assert _same_checkpoints(stopped, tmp_path / "micro" / "model-interrupted.npz") == []
+    # resumed mid-epoch on 3 ranks == resumed with 3 micro-batches
+    _trainer_ranks(3, tmp_path / "ranks", "--resume", stopped)
+    assert _trainer_here(tmp_path / "micro", "--resume", tmp_path / "micro" /
+                         "model-interrupted.npz", "--micro-batches", "3") == 0
+    assert _same_checkpoints(tmp_path / "ranks" / "model-0003.npz",
+                             tmp_path / "micro" / "model-0003.npz") == []
