@@ -4,6 +4,9 @@
     python examples/cifar10_igc.py                      # resnet_igc-8 IGC-L4M4 on the 8x8 digits
     python examples/cifar10_igc.py --dataset cifar10 --download   # resnet_igc-20 IGC-L24M2, CPU
     python examples/cifar10_igc.py --load-epoch 10      # resume exactly after epoch 10
+    mpiexec -n 4 python examples/cifar10_igc.py ...     # 4 CPU processes (MPI), one batch split 4 ways
+    python examples/cifar10_igc.py --gpus 0,1,2,3 ...   # one process per GPU (NCCL)
+    python examples/cifar10_igc.py --micro-batches 4    # one process, bit for bit the 4-rank run
 
 The protocol is the reference code's (docs/reference_protocol.md): SGD with Nesterov momentum 0.9,
 weight decay 1e-4 on every parameter, learning rate 0.1 divided by 10 at 1/2, 3/4 and 7/8 of the
@@ -26,7 +29,10 @@ Ctrl-C or SIGTERM: the current batch is finished, then ``<prefix>-interrupted.np
 state after that batch, with the batch index and the data rng state of the epoch's start, so
 ``--resume <prefix>-interrupted.npz`` continues *exactly* (the full command is printed). Exit status
 130 (SIGINT) or 143 (SIGTERM). A second signal quits at once without saving; every file is written
-atomically, so nothing half-written is ever left behind.
+atomically, so nothing half-written is ever left behind. Data parallel (``--dist``, ``--gpus``
+with several ids, ``--micro-batches``; igc_np/distributed.py): ``--batch-size`` is the global
+batch; a signal on any rank (SIGUSR1 too: Open MPI forwards it, not SIGINT) stops every rank
+after the same batch, and rank 0 alone writes files.
 """
 import argparse
 import os

@@ -55,7 +55,7 @@ from .autograd import Tensor
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
            "root_first",
-           "evaluate", "GracefulStop", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
+           "evaluate", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
 ENV_NCCL_ID = "IGC_NP_NCCL_ID"
@@ -456,7 +456,8 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
     its rows). micro_batches K: the rank's slice is cut into K pieces run one after another
     (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits, labels) -> mean loss
     Tensor (default cross entropy). stop: this rank wants to stop after this step (Ctrl-C,
-    SIGTERM); it is reduced with the metrics so all ranks stop after the same batch.
+    SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with the metrics,
+    so all ranks stop after the same batch.
     """
     from . import functional as F
     loss_fn = loss_fn or F.cross_entropy
@@ -598,50 +599,9 @@ def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=n
     return Metrics(reduce_sums(comm, local.sums))
 
 
-# --------------------------------------------------------------------------------------------
-# Signals: every rank stops after the same batch
-# --------------------------------------------------------------------------------------------
-class GracefulStop:
-    """Turn SIGINT, SIGTERM and SIGUSR1 into a flag that the loop reduces between batches.
-
-    Open MPI's mpirun forwards SIGTERM and SIGUSR1 to the ranks but not SIGINT, Slurm sends
-    SIGTERM before killing a job, and a terminal's Ctrl-C reaches every local rank: all three
-    only set ``requested``. Pass it to ``dp_step(stop=...)`` (or ``reduce_flag``) so all ranks
-    see the same decision after the same batch. A second SIGINT raises KeyboardInterrupt.
-    """
-    SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
-
-    def __init__(self, quiet=False):
-        self.requested, self.signal_name, self.quiet = False, None, quiet
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT and self.signal_name == "SIGINT":
-            raise KeyboardInterrupt
-        if not self.requested:
-            self.signal_name = signal.Signals(signum).name
-            if not self.quiet:
-                print(f"\n{self.signal_name}: stopping after this batch and saving a checkpoint"
-                      + (" (press Ctrl-C again to quit without saving)" if signum == signal.SIGINT
-                         else ""), file=sys.stderr, flush=True)
-        self.requested = True
-
-    def __enter__(self):
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is None:
-                continue
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                break
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
-        return False
+# Signals (SIGINT, SIGTERM, SIGUSR1) are caught by training.GracefulInterrupt; a loop passes its
+# flag to dp_step(stop=...) or reduce_flag() so that every rank stops after the same batch.
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,7 +650,7 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
             if c.poll() is None:
                 c.send_signal(signum)
     previous = {}  # installed before the children start: no signal falls between
-    for name in GracefulStop.SIGNALS:
+    for name in FORWARDED_SIGNALS:
         try:
             previous[name] = signal.signal(getattr(signal, name), forward)
         except ValueError:  # not the main thread: no forwarding

@@ -13,10 +13,11 @@
 Everything else lives here: ``Run`` (the run folder, its lock, resume state, progress, stops),
 ``TrainingData`` (the data source: batches of an epoch from the epoch's rng state), ``Metrics``,
 ``evaluate`` and ``precise_bn_statistics``, checkpoint files, ``JsonLinesLog`` and ``plot_curves``.
-Seams for later work: a data-parallel step replaces ``train_step`` (slice, forward/backward per
-slice, all-reduce, step) and only rank 0 would call ``Run``'s writers (``Run.save``,
-``Run._write_log``, ``plot_curves``), which are the only places files are written; a streamed data
-set (ImageNet) replaces ``TrainingData`` by any object with the same four members.
+Data parallel (``igc_np/distributed.py``): ``distributed.dp_step`` replaces ``train_step`` (slice,
+forward/backward per slice, rank-ordered reduction, step) and ``Run.after_step`` replaces
+``after_batch``; ``Run(comm=...)`` lets rank 0 alone call the writers (``Run.save``,
+``Run._write_log``, ``plot_curves``, the console), which are the only places files are written. A
+streamed data set (ImageNet) replaces ``TrainingData`` by any object with the same four members.
 
 Checkpoint files
 ----------------
@@ -345,8 +346,7 @@ def train_step(model, optimizer, x, y):
     """One SGD step on the batch (x, y); returns (loss, logits) as Tensors, still on the device.
 
     Nothing here reads a value back to the host: on a GPU the step stays asynchronous.
-    A data-parallel version would slice (x, y), run forward/backward per slice, all-reduce
-    the gradients and then step.
+    The data-parallel version is ``distributed.dp_step`` (slices, a rank-ordered reduction).
     """
     logits = model(x)
     loss = F.cross_entropy(logits, y)

@@ -122,18 +122,24 @@ def _threads():
     return parallel.THREADS
 
 
-def trainer_main(argv):
-    """``dist_worker.py trainer ARGS``: examples/cifar10_igc.py's main(ARGS) on this rank, where
-    IGC_NP_TEST_SIGNAL="STEP,RANK,NAME" raises signal NAME on rank RANK right after its
-    optimizer step number STEP (a signal on one rank only, at a known batch)."""
+def load_trainer():
+    """examples/cifar10_igc.py as a module."""
     import importlib.util
-    import signal
-    from igc_np import optim as optim_module
     spec = importlib.util.spec_from_file_location(
         "cifar10_igc", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "examples", "cifar10_igc.py"))
     trainer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trainer)
+    return trainer
+
+
+def trainer_main(argv):
+    """``dist_worker.py trainer ARGS``: examples/cifar10_igc.py's main(ARGS) on this rank, where
+    IGC_NP_TEST_SIGNAL="STEP,RANK,NAME" raises signal NAME on rank RANK right after its
+    optimizer step number STEP (a signal on one rank only, at a known batch)."""
+    import signal
+    from igc_np import optim as optim_module
+    trainer = load_trainer()
     plan = os.environ.get("IGC_NP_TEST_SIGNAL")
     if plan:
         at, rank, name = plan.split(",")

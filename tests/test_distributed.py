@@ -521,23 +521,6 @@ def test_spawn_forwards_a_signal_to_every_rank_exactly_once(tmp_path, sig):
     assert [(tmp_path / f"{r}.got").read_text() for r in (0, 1)] == [sig, sig]
 
 
-def test_graceful_stop_turns_sigterm_and_sigusr1_into_a_flag():
-    for name in ("SIGTERM", "SIGUSR1"):
-        previous = signal.getsignal(getattr(signal, name))
-        with dist.GracefulStop(quiet=True) as stop:
-            os.kill(os.getpid(), getattr(signal, name))
-            time.sleep(0.05)
-            assert stop.requested and stop.signal_name == name
-        assert signal.getsignal(getattr(signal, name)) is previous
-    with dist.GracefulStop(quiet=True) as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        assert stop.requested
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-
-
 def _gpu_count():
     try:
         import cupy
@@ -695,3 +678,33 @@ def test_trainer_ranks_stop_together_on_a_signal_to_one_rank(tmp_path, monkeypat
                          "model-interrupted.npz", "--micro-batches", "3") == 0
     assert _same_checkpoints(tmp_path / "ranks" / "model-0003.npz",
                              tmp_path / "micro" / "model-0003.npz") == []
+
+
+def test_root_first_makes_every_rank_leave_when_rank_0_fails():
+    def refuse():
+        raise OSError("no space left")
+    with pytest.raises(OSError, match="no space left"):
+        dist.root_first(dist.SingleProcess(), refuse, (OSError,))
+    calls = []
+    dist.root_first(dist.SingleProcess(), lambda: calls.append(1))
+    assert calls == [1]
+
+    class Rank1SeesRank0Fail(dist.SingleProcess):
+        rank, size = 1, 2
+
+        def allreduce(self, buf):  # rank 0 contributed a failure flag of 1
+            return buf + 1.0
+    with pytest.raises(dist.DistError, match="rank 1: stopping because rank 0 failed"):
+        dist.root_first(Rank1SeesRank0Fail(), lambda: calls.append("rank 1 must not run this"))
+    assert calls == [1]
+
+
+def test_trainer_with_several_gpus_starts_one_process_per_gpu(monkeypatch):
+    trainer = dist_worker.load_trainer()
+    started = []
+    monkeypatch.setattr(dist, "spawn", lambda gpus, argv: started.append((gpus, argv)) or 7)
+    monkeypatch.delenv(dist.ENV_SIZE, raising=False)
+    assert trainer.main(["--gpus", "0,1", "--subset", "64"]) == 7  # the ranks' status
+    (gpus, argv), = started
+    assert gpus == "0,1" and argv[0].endswith("cifar10_igc.py")
+    assert argv[1:] == ["--gpus", "0,1", "--subset", "64"]  # each rank gets the same options
