@@ -2,6 +2,10 @@
 from setuptools import find_packages, setup
 
 EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "scipy>=1.10"]
+# data-parallel training over processes (igc_np/distributed.py): mpi4py, and MPICH from PyPI
+# whose mpiexec launches the ranks (Windows gets mpich's empty placeholder wheel)
+DIST = ["mpi4py>=3.1", "mpich"]
+NVIDIA_WHEELS = "platform_system == 'Linux' or platform_system == 'Windows'"
 
 setup(
     name="igc_np",
@@ -19,9 +23,11 @@ setup(
         # the teaching trainer: embedded digits data set, curves, progress bar, SVHN .mat files
         "examples": EXAMPLES,
         # the test suite: property tests, the trainer end to end, and the NVRTC compile check
-        # of every .cu file (libnvrtc works without a GPU)
-        "test": ["pytest>=7", "hypothesis>=6.80",
-                 "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' or platform_system == 'Windows'"] + EXAMPLES,
+        # of every .cu file (libnvrtc works without a GPU) with cuobjdump/nvdisasm for the SASS report
+        # (those wheels exist for Linux and Windows only), and mpiexec -n 2/3 training runs
+        "test": ["pytest>=7", "hypothesis>=6.80"] + [f"{w}; {NVIDIA_WHEELS}" for w in (
+            "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm")] + EXAMPLES + DIST,
+        "dist": DIST,
         # [ctk]: CuPy's extra that brings NVRTC and the CUDA headers (a driver-only machine lacks both)
         "cuda": ["cupy-cuda12x[ctk]>=14,<15"],
     },

@@ -4,6 +4,9 @@
     python examples/cifar10_igc.py                      # resnet_igc-8 IGC-L4M4 on the 8x8 digits
     python examples/cifar10_igc.py --dataset cifar10 --download   # resnet_igc-20 IGC-L24M2, CPU
     python examples/cifar10_igc.py --load-epoch 10      # resume exactly after epoch 10
+    mpiexec -n 4 python examples/cifar10_igc.py ...     # 4 CPU processes (MPI), one batch split 4 ways
+    python examples/cifar10_igc.py --gpus 0,1,2,3 ...   # one process per GPU (NCCL)
+    python examples/cifar10_igc.py --micro-batches 4    # one process, bit for bit the 4-rank run
 
 The protocol is the reference code's (docs/reference_protocol.md): SGD with Nesterov momentum 0.9,
 weight decay 1e-4 on every parameter, learning rate 0.1 divided by 10 at 1/2, 3/4 and 7/8 of the
@@ -26,7 +29,10 @@ Ctrl-C or SIGTERM: the current batch is finished, then ``<prefix>-interrupted.np
 state after that batch, with the batch index and the data rng state of the epoch's start, so
 ``--resume <prefix>-interrupted.npz`` continues *exactly* (the full command is printed). Exit status
 130 (SIGINT) or 143 (SIGTERM). A second signal quits at once without saving; every file is written
-atomically, so nothing half-written is ever left behind.
+atomically, so nothing half-written is ever left behind. Data parallel (``--dist``, ``--gpus``
+with several ids, ``--micro-batches``; igc_np/distributed.py): ``--batch-size`` is the global
+batch; a signal on any rank (SIGUSR1 too: Open MPI forwards it, not SIGINT) stops every rank
+after the same batch, and rank 0 alone writes files.
 """
 import argparse
 import os
@@ -46,7 +52,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
-from igc_np import training  # noqa: E402
+from igc_np import distributed, training  # noqa: E402
 from igc_np.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
 from igc_np.training import CheckpointError, NETWORKS, OptionError  # noqa: E402
 
@@ -62,14 +68,15 @@ DATASET_DEFAULTS = {
     "svhn": dict(_CIFAR_NET, num_epochs=40, log_iters=50, checkpoint_every=1),
 }
 DEFAULTS = dict(dataset="digits", batch_size=64, lr=0.1, lr_factor=0.1, momentum=0.9, wd=1e-4,
-                rand_seed=0, dtype="float32", eval_bn="auto")
+                rand_seed=0, dtype="float32", eval_bn="auto", dist="auto", micro_batches=1)
 
 # On resume these must equal the checkpoint's: they decide the parameter shapes and the data.
 STRUCTURAL = ("network", "depth", "primary_partition", "secondary_partition", "dataset", "subset",
               "dtype")
 # Never taken from a checkpoint: paths (a file being read must not decide where we write or
 # read) and the machine's devices.
-NOT_FROM_CHECKPOINT = ("output_dir", "model_prefix", "data_dir", "device", "gpus")
+NOT_FROM_CHECKPOINT = ("output_dir", "model_prefix", "data_dir", "device", "gpus", "dist",
+                       "micro_batches")
 COMMAND_ONLY = ("load_epoch", "resume", "download", "overwrite")
 
 
@@ -148,9 +155,23 @@ def parse_args(argv=None):
     dev.add_argument("--device", choices=("cpu", "cuda", "emu"),
                      help="cpu: NumPy; cuda: CuPy and our CUDA kernels; emu: the same kernels run "
                           "by the CPU emulator (slow) [cuda if --gpus is given, else cpu]")
-    dev.add_argument("--gpus", metavar="IDS", help="GPU ids as in the reference, e.g. 0 or 0,1; only the FIRST id "
-                                                   "is used (igc_np trains on one GPU): "
-                                                   "cupy.cuda.Device(id).use()")
+    dev.add_argument("--gpus", metavar="IDS",
+                     help="GPU ids as in the reference, e.g. 0 or 0,1,2,3: with several ids one "
+                          "process per GPU is started (NCCL), each taking its slice of every "
+                          "batch; under mpiexec the rank with local rank i uses the i-th id")
+    par = p.add_argument_group("data parallel (the reference's --gpus / --kv-store dist_sync)")
+    par.add_argument("--dist", choices=("auto", "none", "mpi", "nccl"),
+                     help="how ranks talk: mpi (mpi4py; start with mpiexec -n N or srun), nccl "
+                          "(one process per GPU), none; auto: nccl for several --gpus (one "
+                          "process each is started) or under mpiexec/srun with --gpus, mpi under "
+                          "mpiexec/srun without, else none [auto]. --batch-size "
+                          "stays the global batch, cut into near-equal slices, one per rank; "
+                          "gradients are summed (the mean loss of the whole batch, lr unchanged); "
+                          "BatchNorm per rank; rank 0 writes every file")
+    par.add_argument("--micro-batches", type=int, metavar="K",
+                     help="cut every batch into K slices run one after another (BatchNorm per "
+                          "slice, gradients summed in slice order): on one process, the exact "
+                          "twin of K ranks, bit for bit [1]")
     args = p.parse_args(argv)
     if args.load_epoch is not None and args.resume:
         p.error("give --load-epoch or --resume, not both")
@@ -233,9 +254,13 @@ def resolve_options(args):
 _KNOWN = set(DEFAULTS) | set(DATASET_DEFAULTS["digits"]) | set(STRUCTURAL) | {"lr_steps"}
 
 
-def resume_command(o, path):
+def resume_command(o, path, comm=None):
     """The command line that continues exactly from ``path`` (printed after Ctrl-C)."""
     cmd = ["python", os.path.relpath(os.path.abspath(__file__)), "--resume", str(path)]
+    if comm is not None and comm.kind == "mpi":  # any world size resumes exactly; this one:
+        cmd = ["mpiexec", "-n", str(comm.size)] + cmd
+    if o.get("micro_batches", 1) > 1:
+        cmd += ["--micro-batches", str(o["micro_batches"])]
     if os.path.normpath(prefix_of(path)) != os.path.normpath(o["model_prefix"]):
         cmd += ["--model-prefix", o["model_prefix"]]
     if os.path.normpath(os.path.dirname(o["model_prefix"]) or ".") != os.path.normpath(o["output_dir"]):
@@ -282,6 +307,13 @@ class _QuietPipe:
 def main(argv=None):
     """Parse the command line and train; returns the exit status (0, 1, 2, 130 or 143)."""
     args = parse_args(argv)  # usage errors: argparse prints one line and exits with 2
+    if distributed.should_spawn(args.dist or "auto", args.gpus):  # --gpus 0,1,..: this process
+        try:                                                        # only starts the ranks
+            return distributed.spawn(args.gpus, [os.path.abspath(__file__)]
+                                     + list(sys.argv[1:] if argv is None else argv))
+        except distributed.DistError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
 
@@ -301,13 +333,24 @@ def train(o, ckpt=None, download=False, overwrite=False):
     device = o["device"]
     try:
         ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
-        if device == "cuda" and o["gpus"]:
+        # the ranks: MPI, NCCL or this process alone; threads per rank; a GPU per rank
+        comm = distributed.init(o["dist"], gpus=o["gpus"] if device == "cuda" else None)
+        if comm.size == 1 and device == "cuda" and o["gpus"]:
             ig.backend.cupy_module().cuda.Device(int(o["gpus"].split(",")[0])).use()
     except (RuntimeError, ValueError) as e:
-        raise OptionError(f"--device {device} --gpus {o['gpus']}: {e}") from None
+        raise OptionError(f"--device {device} --gpus {o['gpus']} --dist {o['dist']}: {e}") from None
+    if not comm.is_root:  # rank 0 alone writes the console lines (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")
+    data_parallel = comm.size > 1 or o["micro_batches"] > 1
+    if data_parallel:
+        print(f"Data parallel: {comm.size} {comm.kind} rank(s) x {o['micro_batches']} "
+              f"micro-batch(es) of the global batch {o['batch_size']}, "
+              f"{ig.ops.parallel.THREADS} thread(s) per rank")
 
     # a quick answer before loading data: is the output folder usable (writable, no other run)?
-    training.check_run_folder(o["output_dir"], o["model_prefix"], ckpt, overwrite)
+    # (rank 0's folder: the others write nothing)
+    distributed.root_first(comm, lambda: training.check_run_folder(
+        o["output_dir"], o["model_prefix"], ckpt, overwrite), (training.RunFolderError, OSError))
 
     # ---- data ---------------------------------------------------------------------------------
     try:
@@ -345,11 +388,17 @@ def train(o, ckpt=None, download=False, overwrite=False):
 
     # ---- the loop: the step is train_step; Run restores a checkpoint and writes every file ----
     run = training.Run(o, model, optimizer, data, ckpt, rng=np.random.default_rng(data_seed),
-                       resume_command=lambda path: resume_command(o, path), overwrite=overwrite)
+                       resume_command=lambda path: resume_command(o, path, comm),
+                       overwrite=overwrite, comm=comm)
     with run:
         for epoch in run.epochs():
             lr = schedule.step(epoch)
             for x, y in run.batches(epoch):
+                if data_parallel:  # this rank's slice, reduction over ranks, the same step
+                    run.after_step(distributed.dp_step(model, optimizer, x, y, comm,
+                                                       o["micro_batches"],
+                                                       stop=run.interrupt.requested))
+                    continue
                 loss, logits = training.train_step(model, optimizer, x, y)
                 run.after_batch(loss, logits, y)  # metrics stay on the device; Ctrl-C checked
             run.end_epoch(epoch, lr)              # test, log.jsonl, curves, checkpoint

@@ -13,10 +13,11 @@
 Everything else lives here: ``Run`` (the run folder, its lock, resume state, progress, stops),
 ``TrainingData`` (the data source: batches of an epoch from the epoch's rng state), ``Metrics``,
 ``evaluate`` and ``precise_bn_statistics``, checkpoint files, ``JsonLinesLog`` and ``plot_curves``.
-Seams for later work: a data-parallel step replaces ``train_step`` (slice, forward/backward per
-slice, all-reduce, step) and only rank 0 would call ``Run``'s writers (``Run.save``,
-``Run._write_log``, ``plot_curves``), which are the only places files are written; a streamed data
-set (ImageNet) replaces ``TrainingData`` by any object with the same four members.
+Data parallel (``igc_np/distributed.py``): ``distributed.dp_step`` replaces ``train_step`` (slice,
+forward/backward per slice, rank-ordered reduction, step) and ``Run.after_step`` replaces
+``after_batch``; ``Run(comm=...)`` lets rank 0 alone call the writers (``Run.save``,
+``Run._write_log``, ``plot_curves``, the console), which are the only places files are written. A
+streamed data set (ImageNet) replaces ``TrainingData`` by any object with the same four members.
 
 Checkpoint files
 ----------------
@@ -61,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, distributed
 from . import functional as F
 from .autograd import Tensor, no_grad
 from .data import DATASETS, DatasetError, iterate_batches
@@ -92,7 +93,8 @@ class OptionError(ValueError):
 _INT_LIMITS = {  # option: (smallest, largest)
     "depth": (1, 2000), "primary_partition": (1, 4096), "secondary_partition": (1, 4096),
     "batch_size": (1, 1 << 16), "num_epochs": (1, 100_000), "log_iters": (1, 1 << 30),
-    "checkpoint_every": (1, 100_000), "subset": (1, 1 << 40), "rand_seed": (0, 2 ** 63 - 1)}
+    "checkpoint_every": (1, 100_000), "subset": (1, 1 << 40), "rand_seed": (0, 2 ** 63 - 1),
+    "micro_batches": (1, 1 << 16)}
 _FLOAT_LIMITS = {  # option: (lower, upper, lower included)
     "lr": (0.0, 1e6, False), "lr_factor": (0.0, 1.0, False), "momentum": (0.0, 1.0, True),
     "wd": (0.0, 1.0, True)}
@@ -131,7 +133,7 @@ def check_options(o, where=""):
                                  "it by 10; a negative factor would climb the loss)"}.get(key, "")
             bad(key, f"must be in {rng}, got {v:g}{hint}")
     choices = {"network": NETWORKS, "dataset": DATASETS, "dtype": ("float32", "float64"),
-               "eval_bn": ("auto", "running", "precise")}
+               "eval_bn": ("auto", "running", "precise"), "dist": ("auto", "none", "mpi", "nccl")}
     for key, valid in choices.items():
         if key in o and o[key] not in valid:
             bad(key, f"must be one of {', '.join(valid)}, got {o[key]!r}")
@@ -344,8 +346,7 @@ def train_step(model, optimizer, x, y):
     """One SGD step on the batch (x, y); returns (loss, logits) as Tensors, still on the device.
 
     Nothing here reads a value back to the host: on a GPU the step stays asynchronous.
-    A data-parallel version would slice (x, y), run forward/backward per slice, all-reduce
-    the gradients and then step.
+    The data-parallel version is ``distributed.dp_step`` (slices, a rank-ordered reduction).
     """
     logits = model(x)
     loss = F.cross_entropy(logits, y)
@@ -434,6 +435,10 @@ class Metrics:
                           (logits.argmax(axis=1) == labels).sum().astype(xp.float64),
                           (top5 == labels[:, None]).sum().astype(xp.float64)])
         self._pending = batch if self._pending is None else self._pending + batch
+
+    def add(self, sums):
+        """Add sums already computed (and reduced over ranks) by ``distributed.dp_step``."""
+        self._host = self._host + np.asarray(sums, dtype=np.float64)
 
     @property
     def sums(self):
@@ -643,25 +648,33 @@ class GracefulInterrupt:
     thread signals cannot be caught: there it does nothing.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # SIGUSR1: what Open MPI's mpirun forwards to the ranks (with SIGTERM; not SIGINT)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ())
 
-    def __init__(self):
+    def __init__(self, quiet=False):
         self.requested = False
         self.signum = None
+        self.quiet = quiet  # the ranks other than 0 of a data-parallel run say nothing
         self._previous = {}
 
     @property
     def name(self):
-        return "Ctrl-C" if self.signum in (None, signal.SIGINT) else "SIGTERM"
+        if self.signum in (None, signal.SIGINT):
+            return "Ctrl-C"
+        return signal.Signals(self.signum).name
 
     @property
     def exit_status(self):
-        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
+        if self.signum in (None, signal.SIGINT):
+            return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else 128 + self.signum
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
+        if self.quiet:
+            return
         try:
             print(f"\n{self.name}: stopping after this batch and saving a checkpoint "
                   f"(send it again to quit without saving)", file=sys.stderr, flush=True)
@@ -857,8 +870,11 @@ class Run:
     """
 
     def __init__(self, o, model, optimizer, data, ckpt=None, rng=None, resume_command=None,
-                 overwrite=False):
+                 overwrite=False, comm=None):
         self.o, self.model, self.optimizer, self.data, self.ckpt = o, model, optimizer, data, ckpt
+        # data-parallel runs: every rank trains, rank 0 alone writes files and the console
+        self.comm = comm if comm is not None else distributed.SingleProcess()
+        self.writer = self.comm.is_root
         self.rng = rng if rng is not None else np.random.default_rng()
         self.resume_command = resume_command or (lambda path: f"--resume {path}")
         self.overwrite = overwrite
@@ -870,19 +886,17 @@ class Run:
         self.last_checkpoint = None
         self.failed_save = None
         self.top5 = data.num_classes >= 100  # reported for 100+ classes, as in the paper
-        self.show_bar = _isatty(sys.stdout) and _have_tqdm()
+        self.show_bar = self.writer and _isatty(sys.stdout) and _have_tqdm()
         self.bar = None
-        self.interrupt = GracefulInterrupt()
+        self.interrupt = GracefulInterrupt(quiet=not self.writer)
 
     # ---- opening: folder checks, lock, resume state --------------------------------------------
     def __enter__(self):
         if self.ckpt is not None:  # does it fit? (before touching any folder)
             restore(self.ckpt, self.model, self.optimizer)
             self._check_position(self.ckpt)
-        check_writable(self.out_dir, "--output-dir")  # the lock lives there
-        self.lock.acquire(note=lambda m: print(m, file=sys.stderr))
+        self._open_folder()
         try:
-            self._refuse_earlier_run()
             if self.ckpt is not None:
                 self.rng.bit_generator.state = self.ckpt.rng_state
                 self.start_epoch, self.start_batch = self.ckpt.epoch, self.ckpt.batch
@@ -894,7 +908,7 @@ class Run:
                 print(f"Resumed from {self.ckpt.path}: continuing with {where}")
             print(f"Output: {self.out_dir} (log.jsonl, loss.png, accuracy.png, "
                   f"{self.prefix.name}-NNNN.npz)")
-            self.log = JsonLinesLog(self.out_dir / "log.jsonl", self.history)
+            self.log = JsonLinesLog(self.out_dir / "log.jsonl", self.history) if self.writer else None
         except BaseException:
             self.lock.release()
             raise
@@ -925,6 +939,19 @@ class Run:
                                   f"{ckpt.train_sums[1]:.0f} samples after {ckpt.batch} batches "
                                   f"of {self.data.batch_size} (expected {seen})")
 
+    def _open_folder(self):
+        """Rank 0 checks the folder, takes the lock, refuses an earlier run; every rank learns
+        whether that worked (data parallel: the others do not train on alone)."""
+        def open_it():
+            check_writable(self.out_dir, "--output-dir")  # the lock lives there
+            self.lock.acquire(note=lambda m: print(m, file=sys.stderr))
+            try:
+                self._refuse_earlier_run()
+            except BaseException:
+                self.lock.release()
+                raise
+        distributed.root_first(self.comm, open_it, (RunFolderError, OSError))
+
     def _refuse_earlier_run(self):
         check_run_folder(self.out_dir, self.prefix, self.ckpt, self.overwrite, delete=True)
 
@@ -935,7 +962,7 @@ class Run:
         self._close_bar()
         self.lock.release()
         if isinstance(exc, Stop):
-            if exc.message:
+            if exc.message and self.writer:
                 print(exc.message, file=sys.stderr)
             self.status = exc.status
             return True
@@ -965,13 +992,27 @@ class Run:
         return self.data.batches(self.rng, self.start_batch)
 
     def say(self, line):
-        (self.bar.write if self.bar else print)(line)
+        if self.writer:
+            (self.bar.write if self.bar else print)(line)
 
     def after_batch(self, loss, logits, y):
         """Metrics (on the device), the log line and the NaN check every --log-iters, Ctrl-C."""
         self.metrics.update(loss, logits, y)
+        self._after(y.shape[0], self.interrupt.requested)
+
+    def after_step(self, result):
+        """``after_batch`` for ``distributed.dp_step``: its sums and flags are the same on every
+        rank (reduced), so every rank stops after the same batch, on a NaN loss at once."""
+        self.metrics.add(result.sums)
+        if not result.finite:  # dp_step did not apply the update
+            self._check_finite(result.loss, f"Epoch[{self.epoch}] Batch [{self.b + 1}]")
+        # stop on the reduced flag only: a signal that struck this rank during the step counts
+        # from the next step on, for every rank together
+        self._after(int(result.sums[1]), result.stop)
+
+    def _after(self, rows, stop):
         self.b += 1
-        self.seen += y.shape[0]
+        self.seen += rows
         if self.bar:
             self.bar.update(1)
         if self.b % self.o["log_iters"] == 0:
@@ -983,7 +1024,7 @@ class Run:
             if self.bar:
                 self.bar.set_postfix(loss=f"{m.loss:.4f}", top1=f"{m.top1:.4f}", refresh=False)
             self.tic, self.seen = time.perf_counter(), 0
-        if self.interrupt.requested:  # this batch is complete: save and leave
+        if stop:  # this batch is complete: save and leave
             self._close_bar()
             self._check_finite(self.metrics.loss, f"Epoch[{self.epoch}] Batch [{self.b}]")
             path = self.prefix.with_name(self.prefix.name + "-interrupted.npz")
@@ -1033,7 +1074,9 @@ class Run:
         self._plot()
         done = epoch + 1
         last = done == self.o["num_epochs"]
-        if done % self.o["checkpoint_every"] == 0 or last or self.interrupt.requested \
+        # a signal during the test pass: all ranks decide together (no-op on one process)
+        stop = distributed.reduce_flag(self.comm, self.interrupt.requested)
+        if done % self.o["checkpoint_every"] == 0 or last or stop \
                 or self.failed_save:
             path = checkpoint_path(self.prefix, done)
             if self.save(path, done, 0, self.rng.bit_generator.state, np.zeros(4)):
@@ -1043,7 +1086,7 @@ class Run:
                 raise Stop(EXIT_ERROR, f"the final checkpoint {path} could not be written (see "
                                        "above); the training of this run is lost after "
                                        f"{self.last_checkpoint or 'its start'}")
-        if self.interrupt.requested:  # during the test pass: the epoch is complete (and saved)
+        if stop:  # during the test pass: the epoch is complete (and saved)
             if self.failed_save:
                 raise Stop(EXIT_ERROR, f"{self.interrupt.name}: Epoch[{epoch}] is complete but "
                                        f"could not be saved (see above); last checkpoint on disk: "
@@ -1067,6 +1110,9 @@ class Run:
     # ---- files (the only writers: rank 0 alone would call them) ---------------------------------
     def save(self, path, epoch, batch, epoch_rng_state, sums):
         """Write a checkpoint; on failure say what and where the retry goes, keep training state."""
+        if not self.writer:  # rank 0 writes; the others hold the same state
+            self.last_checkpoint = str(path)
+            return True
         try:
             save_checkpoint(path, self.model, self.optimizer, epoch=epoch, batch=batch,
                             rng_state=epoch_rng_state, train_sums=sums, history=self.history,
@@ -1086,12 +1132,14 @@ class Run:
     def _remove_resumed_interrupt_file(self):
         """Once resumed and a later checkpoint is safe, our own -interrupted.npz is obsolete."""
         own = self.prefix.with_name(self.prefix.name + "-interrupted.npz")
-        if self.ckpt is not None and self.ckpt.path.resolve() == own.resolve() and own.is_file():
+        if self.writer and self.ckpt is not None and self.ckpt.path.resolve() == own.resolve() and own.is_file():
             own.unlink()
             self.say(f"Removed {own} (resumed, and {self.last_checkpoint} is written)")
             self.ckpt = None
 
     def _write_log(self, record):
+        if not self.writer:
+            return
         try:
             self.log.append(record)
         except OSError as e:
@@ -1099,6 +1147,8 @@ class Run:
                   "also kept in the checkpoints", file=sys.stderr)
 
     def _plot(self):
+        if not self.writer:
+            return
         o = self.o
         title = (f"{o.get('network')}-{o.get('depth')} L{o.get('primary_partition')}"
                  f"M{o.get('secondary_partition')} on {o.get('dataset')} ({self.out_dir.name})")
@@ -1125,7 +1175,7 @@ def run_command(body):
     except (OptionError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (CheckpointError, DatasetError, ImportError) as e:
+    except (CheckpointError, DatasetError, ImportError, distributed.DistError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started

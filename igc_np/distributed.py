@@ -1,0 +1,688 @@
+"""Data-parallel training over several processes: MPI (mpi4py) for CPU ranks, NCCL for GPUs.
+
+The reference trains with ``--gpus 0,1`` and ``--kv-store dist_sync`` (IGC_SPEC.md section 7):
+one replica per device, each ``--batch-size`` batch split evenly over the replicas, gradients
+summed so that the update is the one of the mean loss over the whole batch (lr unchanged),
+BatchNorm statistics per replica (not synchronised). This module does the same on engines that
+already exist; it has no transport of its own.
+
+    comm = distributed.init("auto")            # SingleProcess, MPI or NCCL, threads set per rank
+    for xb, yb in iterate_batches(...):        # every rank draws the same (global) batches
+        r = distributed.dp_step(model, optimizer, xb, yb, comm, micro_batches=1)
+        sums += r.sums                         # reduced over ranks: the same on every rank
+        if not r.finite or r.stop: ...         # every rank sees the same flags, stops together
+
+Semantics, and why
+------------------
+* Slicing. Rank r of P takes rows ``slice_of(B, r, P)`` of each global batch of B rows
+  (near-equal, contiguous); with ``micro_batches=K`` its slice is cut the same way into K
+  pieces. Every rank draws the same permutation and augmentation numbers (same rng seed), so the
+  data order does not depend on the world size.
+* Gradients. Piece j (n_j rows) back-propagates ``(n_j / B) * mean loss of piece j``; the sum over
+  pieces is the gradient of the mean loss over the whole batch. Weight decay and momentum are
+  applied after the reduction, by the unchanged optimizer.
+* BatchNorm. Each piece normalises with its own statistics (as the reference: per device). Its
+  running statistics are updated from the same starting values on every piece and then averaged
+  over the non-empty pieces, so all ranks hold the same model after every step. MXNet keeps
+  one copy per device and averages the copies when it saves; the update is linear and the batch
+  statistics do not depend on it, so averaging every step gives the same numbers.
+* Determinism. Sums run in a fixed order: pieces in order inside a rank, then ranks in order
+  (``ordered_sum``). The MPI/NCCL reduction sends chunk c of every rank's buffer to rank c
+  (all-to-all), which sums the P parts in rank order and all-gathers the result: the same bytes
+  move as in a ring all-reduce, 2 (P-1)/P of the buffer, but the result does not depend on the
+  library, the network or the arrival order. Hence P ranks give bit for bit the result of
+  ``micro_batches=P`` on one process: how a user checks a cluster run on a laptop.
+
+The launching side (``spawn`` for ``--gpus 0,1,..``, ``mpiexec``/``srun`` for MPI) is in the
+same module. Environment set by ``spawn`` for each child: ``IGC_NP_DIST_RANK``,
+``IGC_NP_DIST_SIZE``, ``IGC_NP_DIST_LOCAL_RANK``, ``IGC_NP_NCCL_ID`` (hex of the NCCL unique id),
+``IGC_NP_THREADS``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backend
+from .autograd import Tensor
+
+__all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
+           "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
+           "root_first",
+           "evaluate", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
+
+ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
+ENV_NCCL_ID = "IGC_NP_NCCL_ID"
+
+# (world size, rank, local size, local rank) as set by the MPI launchers we know: MPICH/Intel MPI
+# (hydra), Open MPI, MVAPICH2, Slurm's srun. Only used to tell *whether* we run under a launcher
+# (before importing mpi4py) and to size threads; the ranks themselves come from MPI.
+_LAUNCHER_ENV = (("PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"),
+                 ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                  "OMPI_COMM_WORLD_LOCAL_RANK"),
+                 ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_SIZE",
+                  "MV2_COMM_WORLD_LOCAL_RANK"),
+                 ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_STEP_TASKS_PER_NODE", "SLURM_LOCALID"))
+
+
+class DistError(RuntimeError):
+    """A distributed set-up that cannot work; the message says which option or engine and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Communicators
+# --------------------------------------------------------------------------------------------
+class Communicator:
+    """What data-parallel training needs from an engine, on flat 1-D buffers.
+
+    ``allreduce(buf)`` returns the element-wise sum over ranks, summed in rank order (identical
+    bits on every rank); ``broadcast(buf, root)`` returns root's buffer; ``barrier()`` waits for
+    all. Buffers may be NumPy or (for NCCL) CuPy arrays; the result has buf's type and dtype.
+    """
+    kind = "none"
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+
+    @property
+    def is_root(self):
+        """Rank 0: the one rank that writes checkpoints, logs and curves."""
+        return self.rank == 0
+
+    def allreduce(self, buf):
+        raise NotImplementedError
+
+    def broadcast(self, buf, root=0):
+        raise NotImplementedError
+
+    def barrier(self):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
+
+
+class SingleProcess(Communicator):
+    """One process: every collective returns its input (the default, and `--micro-batches`)."""
+
+    def allreduce(self, buf):
+        return buf
+
+    def broadcast(self, buf, root=0):
+        return buf
+
+    def barrier(self):
+        pass
+
+
+def ordered_sum(parts):
+    """parts[0] + parts[1] + ... left to right (parts: (P, n) array or list of (n,) arrays).
+
+    The one summation order of this module, used by the reduction and by the micro-batch twin
+    (``dp_step`` adds its pieces the same way), so both give the same bits; NumPy's own
+    reductions may pair the terms differently.
+    """
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+def _assign(out, value):
+    out[...] = value
+    return out
+
+
+def _chunked(n, size):
+    """Chunk length so that `size` equal chunks cover n elements (the last ones zero-padded)."""
+    return max(1, -(-n // size))
+
+
+class MPI(Communicator):
+    """mpi4py's COMM_WORLD (or `comm`); device arrays are staged through host memory."""
+    kind = "mpi"
+
+    def __init__(self, comm=None):
+        try:
+            from mpi4py import MPI as mpi
+        except ImportError:
+            raise DistError("--dist mpi needs mpi4py and an MPI library: pip install -e \".[dist]\" "
+                            "(brings mpi4py and the mpich wheel, whose mpiexec launches the ranks)") \
+                from None
+        self._mpi = mpi
+        self.comm = comm if comm is not None else mpi.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)  # ranks on this machine
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+
+    def allreduce(self, buf):
+        if self.size == 1:
+            return buf
+        host = np.ascontiguousarray(backend.to_device(buf, "cpu")).reshape(-1)
+        P, chunk = self.size, _chunked(host.size, self.size)
+        send = np.zeros(P * chunk, host.dtype)
+        send[:host.size] = host
+        parts = np.empty((P, chunk), host.dtype)
+        self.comm.Alltoall(send, parts)          # parts[r] = rank r's piece of my chunk
+        mine = ordered_sum(parts)
+        full = np.empty(P * chunk, host.dtype)
+        self.comm.Allgather(mine, full)
+        return _like(full[:host.size].reshape(np.shape(buf)), buf)
+
+    def broadcast(self, buf, root=0):
+        host = np.array(backend.to_device(buf, "cpu"), order="C")  # a copy: buf stays as it is
+        self.comm.Bcast(host, root=root)
+        return _like(host, buf)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def bcast_object(self, obj, root=0):
+        return self.comm.bcast(obj, root=root)
+
+
+def _like(host, buf):
+    """`host` (NumPy) back on buf's device."""
+    return backend.to_device(host, backend.device_of(buf))
+
+
+def _pointer(a):
+    """Device address of a CuPy array; the host address of a NumPy one (fake-NCCL tests)."""
+    return a.data.ptr if hasattr(a.data, "ptr") else a.ctypes.data
+
+
+class NCCL(Communicator):
+    """One process per GPU, on `cupy.cuda.nccl` (NCCL >= 2.7 for send/recv).
+
+    unique_id: what ``nccl.get_unique_id()`` returned on one rank, handed to all (by ``spawn``
+    through the environment, or by MPI). The deterministic all-reduce is a grouped send/recv
+    all-to-all, an ordered sum on the GPU, then ``allGather`` (see the module docstring).
+    ``nccl`` and ``xp`` are replaceable for tests (a fake module driving NumPy buffers).
+    """
+    kind = "nccl"
+
+    def __init__(self, rank, size, unique_id, local_rank=None, local_size=None, nccl=None, xp=None):
+        if nccl is None:
+            nccl = _cupy_nccl()
+        self._nccl, self._xp = nccl, xp if xp is not None else backend.cupy_module()
+        self.rank, self.size = int(rank), int(size)
+        self.local_rank = self.rank if local_rank is None else int(local_rank)
+        self.local_size = self.size if local_size is None else int(local_size)
+        self.comm = nccl.NcclCommunicator(self.size, tuple(unique_id), self.rank)
+        self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+
+    def _stream(self):
+        return self._xp.cuda.get_current_stream().ptr if self._xp is not np else 0
+
+    def _nccl_type(self, dtype):
+        try:
+            return self._types[np.dtype(dtype)]
+        except KeyError:
+            raise DistError(f"NCCL allreduce: buffers must be float32 or float64, got {dtype}") from None
+
+    def allreduce(self, buf):
+        xp, nccl, P = self._xp, self._nccl, self.size
+        dev = xp.ascontiguousarray(xp.asarray(buf)).reshape(-1)
+        if P == 1:
+            return buf
+        t, s, chunk = self._nccl_type(dev.dtype), self._stream(), _chunked(dev.size, P)
+        send = xp.zeros(P * chunk, dev.dtype)
+        send[:dev.size] = dev
+        parts = xp.empty((P, chunk), dev.dtype)
+        nccl.groupStart()  # all sends and receives of the all-to-all in flight together
+        for peer in range(P):
+            self.comm.send(_pointer(send[peer * chunk:]), chunk, t, peer, s)
+            self.comm.recv(_pointer(parts[peer]), chunk, t, peer, s)
+        nccl.groupEnd()
+        mine = ordered_sum(parts)
+        full = xp.empty(P * chunk, dev.dtype)
+        self.comm.allGather(_pointer(mine), _pointer(full), chunk, t, s)
+        out = full[:dev.size].reshape(np.shape(buf))
+        return out if backend.device_of(buf) == backend.device_of(out) else out.get()
+
+    def broadcast(self, buf, root=0):
+        xp = self._xp
+        dev = xp.ascontiguousarray(xp.asarray(buf))
+        self.comm.bcast(_pointer(dev), dev.size, self._nccl_type(dev.dtype), root, self._stream())
+        return dev if backend.device_of(buf) == backend.device_of(dev) else dev.get()
+
+    def barrier(self):
+        # NCCL has no barrier: an all-reduce of one number is one
+        self.allreduce(self._xp.zeros(1, np.float32))
+        if self._xp is not np:
+            self._xp.cuda.get_current_stream().synchronize()
+
+
+def _cupy_nccl():
+    try:
+        from cupy.cuda import nccl
+    except ImportError as e:
+        raise DistError(f"--dist nccl needs CuPy with NCCL: pip install cupy-cuda12x "
+                        f"nvidia-nccl-cu12 ({e})") from None
+    if not getattr(nccl, "available", True):
+        raise DistError("--dist nccl: CuPy was built without NCCL (cupy.cuda.nccl.available is "
+                        "False): pip install nvidia-nccl-cu12")
+    return nccl
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up: which engine, which rank, how many threads, which GPU
+# --------------------------------------------------------------------------------------------
+def launched_by_mpi(environ=None):
+    """(world size, local size) if an MPI launcher (mpiexec, mpirun, srun) started us, else None."""
+    env = os.environ if environ is None else environ
+    for size_key, _, local_key, _ in _LAUNCHER_ENV:
+        if env.get(size_key, "").isdigit():
+            local = env.get(local_key, "").split("(")[0]  # Slurm writes e.g. "4(x2)"
+            return int(env[size_key]), int(local) if local.isdigit() else None
+    return None
+
+
+def threads_per_rank(local_size, environ=None):
+    """Threads for one of `local_size` ranks on this machine: its share of the cores.
+
+    IGC_NP_THREADS wins when set. A rank the launcher bound to some cores (affinity smaller than
+    the machine) uses those; otherwise the machine's cores are divided by the ranks on it.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("IGC_NP_THREADS", "").isdigit():
+        return max(1, int(env["IGC_NP_THREADS"]))
+    cores = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    if allowed < cores:
+        return allowed
+    return max(1, cores // max(1, local_size))
+
+
+_blas_limit = None  # kept alive: threadpoolctl undoes the limit when this object is collected
+
+
+def set_threads(n):
+    """Use `n` threads in igc_np's CPU ops and in BLAS from now on (for this process).
+
+    ops/parallel.py reads IGC_NP_THREADS once at import and creates its pool on first use, so we
+    set its count and drop a pool made with the old one.
+    """
+    global _blas_limit
+    from .ops import parallel
+    n = max(1, int(n))
+    os.environ["IGC_NP_THREADS"] = str(n)
+    if parallel.THREADS != n:
+        parallel.THREADS = n
+        if parallel._pool is not None:
+            parallel._pool.shutdown()
+            parallel._pool = None
+    try:
+        from threadpoolctl import threadpool_limits
+        if _blas_limit is not None:  # limits do not stack: start from the original ones
+            _blas_limit.restore_original_limits()
+        _blas_limit = threadpool_limits(limits=n, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        pass
+    return n
+
+
+def init(kind="auto", gpus=None, threads=True):
+    """Create the communicator of this process and set it up (threads; the GPU for NCCL).
+
+    kind: "none" (one process), "mpi" (mpi4py, CPU or GPU arrays through the host), "nccl"
+    (one process per GPU; rank and unique id from ``spawn``'s environment, else from MPI), or
+    "auto": nccl under ``spawn``; under an MPI launcher that started more than one rank, nccl
+    if `gpus` names GPUs, else mpi; otherwise none. gpus: GPU ids, e.g. "0,1,2,3" or [0, 1]; the rank
+    with local rank i uses gpus[i]. threads: give every rank its share of the CPU cores.
+    """
+    gpu_ids = _parse_gpus(gpus)
+    if kind == "auto":
+        launcher = launched_by_mpi()
+        if ENV_SIZE in os.environ:
+            kind = "nccl"
+        elif launcher and launcher[0] > 1:
+            kind = "nccl" if gpu_ids else "mpi"
+        else:
+            kind = "none"
+    if kind == "none":
+        comm = SingleProcess()
+    elif kind == "mpi":
+        comm = MPI()
+    elif kind == "nccl":
+        comm = _init_nccl(gpu_ids)
+    else:
+        raise DistError(f"--dist {kind!r}: expected one of auto, mpi, nccl, none")
+    if kind == "mpi" and gpu_ids:
+        _use_gpu(gpu_ids, comm)
+    if threads and comm.size > 1:
+        set_threads(threads_per_rank(comm.local_size))
+    return comm
+
+
+def _parse_gpus(gpus):
+    if gpus is None or gpus == "":
+        return []
+    if isinstance(gpus, str):
+        try:
+            return [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise DistError(f"--gpus must be comma-separated GPU ids such as 0,1,2,3, got {gpus!r}") \
+                from None
+    return [int(g) for g in gpus]
+
+
+def _use_gpu(gpu_ids, comm):
+    if comm.local_rank >= len(gpu_ids):
+        raise DistError(f"rank {comm.rank} is local rank {comm.local_rank} of {comm.local_size} on "
+                        f"this machine, but --gpus lists only {len(gpu_ids)} ids ({gpu_ids}): "
+                        "give one GPU per rank on each machine")
+    backend.cupy_module().cuda.Device(gpu_ids[comm.local_rank]).use()
+
+
+def _init_nccl(gpu_ids):
+    if not gpu_ids:
+        raise DistError("--dist nccl needs --gpus, one id per process on each machine (e.g. 0,1,2,3)")
+    if ENV_SIZE in os.environ:  # started by spawn(): everything is in the environment
+        rank, size = int(os.environ[ENV_RANK]), int(os.environ[ENV_SIZE])
+        local_rank, local_size = int(os.environ.get(ENV_LOCAL_RANK, rank)), size
+        uid = _decode_id(os.environ[ENV_NCCL_ID])
+    else:  # under an MPI launcher: rank 0 makes the id, MPI hands it to the others
+        mpi = MPI()
+        rank, size, local_rank, local_size = mpi.rank, mpi.size, mpi.local_rank, mpi.local_size
+        uid = mpi.bcast_object(_cupy_nccl().get_unique_id() if rank == 0 else None)
+    if local_rank >= len(gpu_ids):
+        raise DistError(f"rank {rank}: local rank {local_rank} but --gpus lists {len(gpu_ids)} ids "
+                        f"({gpu_ids}): give one GPU per rank on each machine")
+    backend.cupy_module().cuda.Device(gpu_ids[local_rank]).use()  # before NCCL binds to a device
+    return NCCL(rank, size, uid, local_rank, local_size)
+
+
+def _encode_id(uid):
+    """NCCL's unique id (a tuple of 128 signed chars) as hex, for an environment variable."""
+    return bytes(b & 0xFF for b in uid).hex()
+
+
+def _decode_id(text):
+    return tuple(b - 256 if b > 127 else b for b in bytes.fromhex(text))
+
+
+# --------------------------------------------------------------------------------------------
+# The data-parallel step
+# --------------------------------------------------------------------------------------------
+def slice_of(batch_size, rank, size):
+    """Rows of a `batch_size` batch that rank `rank` of `size` takes: contiguous, near-equal.
+
+    Rank r gets [B*r//P, B*(r+1)//P): sizes differ by at most one, the larger ones last.
+    """
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"slice_of: rank {rank} is not in 0..{size - 1}")
+    return slice(batch_size * rank // size, batch_size * (rank + 1) // size)
+
+
+@dataclass
+class StepResult:
+    """What ``dp_step`` returns, identical on every rank.
+
+    sums: (4,) float64 [sum of loss * rows, rows, top-1 hits, top-5 hits] over the global batch
+    (``training.Metrics.sums``); stop: some rank asked to stop after this step; finite: the
+    global loss is finite (when False nothing was changed: no update, BN statistics restored).
+    """
+    sums: np.ndarray
+    stop: bool
+    finite: bool
+
+    @property
+    def loss(self):
+        return float(self.sums[0] / max(self.sums[1], 1))
+
+
+def _bn_buffers(model):
+    """The running statistics (every Module buffer) as (module, attribute) pairs, in order."""
+    return [(m, key) for _, m, key in model.named_buffers()]
+
+
+def _flatten(arrays, xp, dtype):
+    return xp.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in arrays]) \
+        if arrays else xp.zeros(0, dtype)
+
+
+def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=False,
+            global_batch=None):
+    """One data-parallel training step; returns a StepResult (the same on every rank).
+
+    xb (B, C, H, W), yb (B,): arrays (NumPy, CuPy) or Tensors; the global batch, of which this rank uses ``slice_of(B, rank,
+    size)``; or, with ``global_batch=B``, this rank's slice already (a loader that builds only
+    its rows). micro_batches K: the rank's slice is cut into K pieces run one after another
+    (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits, labels) -> mean loss
+    Tensor (default cross entropy). stop: this rank wants to stop after this step (Ctrl-C,
+    SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with the metrics,
+    so all ranks stop after the same batch.
+    """
+    from . import functional as F
+    loss_fn = loss_fn or F.cross_entropy
+    xb, yb = (v.data if isinstance(v, Tensor) else v for v in (xb, yb))  # arrays, any device
+    K, P = int(micro_batches), comm.size
+    if K < 1:
+        raise ValueError(f"dp_step: micro_batches must be >= 1, got {micro_batches}")
+    B = len(xb) if global_batch is None else int(global_batch)
+    mine = slice_of(B, comm.rank, P)
+    if global_batch is not None:
+        if len(xb) != mine.stop - mine.start:
+            raise ValueError(f"dp_step: rank {comm.rank} of {P} should get rows {mine.start}.."
+                             f"{mine.stop} ({mine.stop - mine.start}) of the global batch of {B}, "
+                             f"got {len(xb)} rows")
+        mine = slice(0, len(xb))
+    if len(yb) != len(xb):
+        raise ValueError(f"dp_step: {len(xb)} images but {len(yb)} labels")
+    device = model.device
+    params = optimizer.params
+
+    if P == 1 and K == 1:  # one process, one piece: exactly the plain step, no copies
+        x, y = Tensor(xb, device=device), Tensor(yb, device=device)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
+        finite = bool(np.isfinite(sums[0]))
+        if finite:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return StepResult(sums, bool(stop), finite)
+
+    xp = backend.get_array_module(device)
+    buffers = _bn_buffers(model)
+    start = [getattr(m, key).copy() for m, key in buffers]
+    dtype = np.result_type(*[p.dtype for p in params], *[s.dtype for s in start])
+    rows = mine.stop - mine.start
+    sums, acc, bn_acc = np.zeros(4), None, None
+    for k in range(K):
+        piece = slice_of(rows, k, K)
+        n = piece.stop - piece.start
+        if n == 0:  # fewer rows than pieces (a small last batch): this piece adds nothing
+            continue
+        lo, hi = mine.start + piece.start, mine.start + piece.stop
+        if acc is not None:  # every piece starts from the same running statistics
+            for (m, key), s in zip(buffers, start):
+                _assign(getattr(m, key), s)
+        optimizer.zero_grad()
+        logits = model(Tensor(xb[lo:hi], device=device))
+        loss = loss_fn(logits, Tensor(yb[lo:hi], device=device))
+        value = loss.item()
+        sums += _sums(value, logits.numpy(), backend.to_device(yb[lo:hi], "cpu"))
+        if np.isfinite(value):  # else the step is skipped anyway: no need for a backward pass
+            (loss * (n / B)).backward()
+        grads = _flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype) for p in params],
+                         xp, dtype)
+        stats = _flatten([getattr(m, key) for m, key in buffers], xp, dtype)
+        if acc is None:
+            acc, bn_acc = grads, stats
+        else:  # pieces in order, as ordered_sum
+            acc += grads
+            bn_acc += stats
+    if acc is None:  # this rank has no rows at all: it still takes part in every collective
+        acc = xp.zeros(sum(p.size for p in params), dtype)
+        bn_acc = xp.zeros(sum(s.size for s in start), dtype)
+
+    small = comm.allreduce(np.concatenate([sums, [float(bool(stop))]]))
+    sums, stop, finite = small[:4].copy(), bool(small[4] > 0), bool(np.isfinite(small[0]))
+    if not finite:  # leave the model exactly as it was before this step
+        for (m, key), s in zip(buffers, start):
+            _assign(getattr(m, key), s)
+        optimizer.zero_grad()
+        return StepResult(sums, stop, finite)
+
+    # one buffer, one reduction: the gradients and the running statistics together
+    total = comm.allreduce(xp.concatenate([acc, bn_acc]))
+    pieces = sum(1 for r in range(P) for k in range(K)
+                 if _piece_rows(B, r, P, k, K) > 0)  # the same count on every rank
+    offset = 0
+    for p in params:
+        p.grad = total[offset:offset + p.size].reshape(p.shape).astype(p.dtype, copy=False)
+        offset += p.size
+    for (m, key), s in zip(buffers, start):  # plain arrays, in place: the modules see them
+        _assign(getattr(m, key), (total[offset:offset + s.size] / pieces).reshape(s.shape))
+        offset += s.size
+    optimizer.step()
+    return StepResult(sums, stop, finite)
+
+
+def _piece_rows(B, r, P, k, K):
+    mine = slice_of(B, r, P)
+    piece = slice_of(mine.stop - mine.start, k, K)
+    return piece.stop - piece.start
+
+
+def _sums(loss, logits, labels):
+    """training.Metrics' sums of one piece: [loss * rows, rows, top-1 hits, top-5 hits]."""
+    from .training import Metrics
+    m = Metrics()
+    m.update(loss, logits, labels)
+    return m.sums
+
+
+def reduce_sums(comm, sums):
+    """Element-wise sum over ranks (float64, rank order) of metric sums; the same on every rank."""
+    return comm.allreduce(np.asarray(sums, dtype=np.float64))
+
+
+def reduce_flag(comm, flag):
+    """True on every rank if `flag` is true on any rank (stop requests, errors)."""
+    return bool(reduce_sums(comm, [float(bool(flag))])[0] > 0)
+
+
+def root_first(comm, fn, errors=(Exception,)):
+    """Run ``fn()`` on rank 0 alone (a check, a lock, a file); if it raises one of `errors`,
+    every rank raises (rank 0 that error, the others a DistError saying so), so that no rank
+    goes on training alone or waits forever for rank 0 in the next collective."""
+    error = None
+    if comm.is_root:
+        try:
+            fn()
+        except errors as e:
+            error = e
+    if reduce_flag(comm, error is not None):
+        if error is not None:
+            raise error
+        raise DistError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
+
+
+def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=np.float32):
+    """Test-set Metrics with the images split over ranks (rank r: ``slice_of(N, r, P)``), reduced.
+
+    Same arguments as ``training.evaluate`` plus `comm`; every rank gets the same Metrics.
+    """
+    from .training import Metrics, evaluate as evaluate_one
+    part = slice_of(len(x), comm.rank, comm.size)
+    local = evaluate_one(model, x[part], y[part], mean, std, batch_size, device, dtype) \
+        if part.stop > part.start else Metrics()
+    return Metrics(reduce_sums(comm, local.sums))
+
+
+# Signals (SIGINT, SIGTERM, SIGUSR1) are caught by training.GracefulInterrupt; a loop passes its
+# flag to dp_step(stop=...) or reduce_flag() so that every rank stops after the same batch.
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+# --------------------------------------------------------------------------------------------
+# --gpus 0,1,2,3: one process per GPU, started here
+# --------------------------------------------------------------------------------------------
+def should_spawn(kind, gpus, environ=None):
+    """True when a trainer given these options should start one process per GPU (``spawn``):
+    several --gpus, --dist auto or nccl, and not already a rank (of spawn or of an MPI launcher)."""
+    env = os.environ if environ is None else environ
+    launcher = launched_by_mpi(env)
+    return (kind in ("auto", "nccl") and len(_parse_gpus(gpus)) > 1 and ENV_SIZE not in env
+            and not (launcher and launcher[0] > 1))
+
+
+def _die_with_parent():
+    """In a child, before exec: get SIGTERM when the parent dies (Linux), not linger in NCCL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
+    """Run ``python argv...`` once per GPU id (NCCL ranks) and wait; returns the exit status.
+
+    Each child gets ``IGC_NP_DIST_RANK/SIZE/LOCAL_RANK``, the NCCL unique id made here, and its
+    share of the cores in ``IGC_NP_THREADS``; ``init("auto")`` in the child reads them. The
+    children run in their own process group, so a terminal's Ctrl-C reaches this parent only,
+    which forwards SIGINT, SIGTERM and SIGUSR1 to every child exactly once. When a child fails,
+    the others (which would wait forever in a collective) get SIGTERM, then SIGKILL after
+    `grace_s` seconds. The status is the one of the first child that failed, else 0.
+    """
+    gpu_ids = _parse_gpus(gpus)
+    if not gpu_ids:
+        raise DistError("spawn: --gpus names no GPU")
+    if len(set(gpu_ids)) != len(gpu_ids):
+        raise DistError(f"--gpus {gpus}: an id appears twice; one process per GPU needs distinct ids")
+    nccl = nccl if nccl is not None else _cupy_nccl()
+    uid = _encode_id(nccl.get_unique_id())
+    size = len(gpu_ids)
+    threads = threads_per_rank(size)
+    children = []
+
+    def forward(signum, frame):
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+    previous = {}  # installed before the children start: no signal falls between
+    for name in FORWARDED_SIGNALS:
+        try:
+            previous[name] = signal.signal(getattr(signal, name), forward)
+        except ValueError:  # not the main thread: no forwarding
+            break
+    try:
+        for rank in range(size):
+            env = dict(os.environ, **{ENV_RANK: str(rank), ENV_SIZE: str(size),
+                                      ENV_LOCAL_RANK: str(rank), ENV_NCCL_ID: uid,
+                                      "IGC_NP_THREADS": str(threads)})
+            children.append(subprocess.Popen([executable or sys.executable, *argv], env=env,
+                                             start_new_session=True, preexec_fn=_die_with_parent))
+        codes, failed_at, status = [None] * size, None, 0
+        while any(c is None for c in codes):
+            for i, c in enumerate(children):
+                if codes[i] is None:
+                    codes[i] = c.poll()
+                    if codes[i] not in (None, 0) and failed_at is None:
+                        failed_at, status = time.monotonic(), codes[i]
+                        for other in children:
+                            if other.poll() is None:
+                                other.terminate()
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                for c in children:
+                    if c.poll() is None:
+                        c.kill()
+            time.sleep(0.05)
+    except BaseException:  # a rank that cannot start: the others would wait for it forever
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+        raise
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    return status
