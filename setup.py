@@ -22,5 +22,6 @@ setup(
         # of every .cu file (libnvrtc works without a GPU)
         "test": ["pytest>=7", "hypothesis>=6.80", "nvidia-cuda-nvrtc-cu12"] + EXAMPLES,
         "cuda": ["cupy-cuda12x"],
+        "imagenet": ["Pillow>=9.1"],  # JPEG decoding for igc_np.imagenet (Image.draft, transform fillcolor)
     },
 )

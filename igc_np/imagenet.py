@@ -1,0 +1,418 @@
+"""ImageNet for igc_np: the seed's data (RecordIO or image folders), its augmentation, and batches.
+
+    from igc_np.imagenet import load_imagenet
+    data = load_imagenet("data/imagenet")            # imagenet_{train,val}.rec/.idx, or train/ val/ folders
+    for x, y in data.train.batches(256, rng=np.random.default_rng(0)):
+        ...                                          # x (256, 3, 224, 224) float32 normalised, y (256,) int64
+
+Layouts (``load_imagenet`` takes the first it finds in ``data_dir``):
+
+* RecordIO, as the seed trains: ``imagenet_train.rec`` + ``imagenet_train.idx`` and
+  ``imagenet_val.rec`` + ``.idx`` (also ``train.rec`` / ``val.rec``); labels are the records' float
+  labels (IGC_SPEC.md section 6: JPEGs stored with the short side at 480).
+* Image folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``; class k is the k-th wnid of
+  ``train/`` in sorted order (the usual torchvision ImageFolder convention).
+
+The seed's protocol (IGC_SPEC.md section 6), as we read MXNet's default image augmenter:
+
+* training: short side scaled to a random size in [256, 480] (the seed's scale 0.533..1 of 480),
+  aspect ratio jittered by a factor r in [0.75, 1.25] (x scaled by 2s/(1+r), y by r times that, the
+  content centred on a canvas of the scaled size, the fill value (123, 113, 99) where it does not
+  reach), a random 224x224 crop, a mirror with probability 1/2, a colour jitter in OpenCV's 8-bit
+  HLS space (hue +-36 in half-degrees, lightness and saturation +-50 on 0..255, clamped as MXNet
+  does), then ``(x - mean) / std`` with the ImageNet mean/std of section 4;
+* validation: short side 256, the centre 224x224 crop, the same normalisation.
+
+Scale, crop and mirror are one affine resampling (bilinear, Pillow's C code) from the decoded image
+straight to the 224x224 output, so the full-size canvas is never built; JPEGs are decoded with
+Pillow, at a reduced DCT scale when the output needs fewer pixels (``Image.draft``). The colour
+jitter and the normalisation run vectorised over the whole batch.
+
+Reproducibility: ``batches(batch_size, rng, start_batch)`` draws, from ``rng`` and before any
+image is read, the epoch's permutation and then every image's augmentation numbers (one block of
+uniforms per image). Batch k is therefore a function of the rng state at the call, whatever the
+number of workers; to resume mid-epoch, restore that state and pass ``start_batch=k``.
+
+Workers: ``workers`` threads each build whole batches (decode, warp, jitter, normalise), at most
+``prefetch`` batches ahead of the consumer (a bounded queue: memory stays at a few batches). Pillow
+and NumPy release the GIL in their loops, so threads scale without pickling images between processes.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .mxnet_io import RecordIO
+
+__all__ = ["load_imagenet", "ImageNet", "ImageNetSource", "RecordSamples", "FolderSamples",
+           "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
+           "IMAGENET_MEAN", "IMAGENET_STD", "FILL_VALUE"]
+
+IMAGENET_MEAN = (123.370, 112.757, 99.406)   # IGC_SPEC.md section 4, 0..255 scale, RGB
+IMAGENET_STD = (68.998, 66.093, 68.292)
+FILL_VALUE = (123, 113, 99)
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
+RECORD_NAMES = (("imagenet_train", "imagenet_val"), ("train", "val"))
+
+
+class ImageNetNotFoundError(FileNotFoundError):
+    """No ImageNet layout in the folder; the message lists what was looked for."""
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - Pillow comes with the 'imagenet' extra
+        raise ImportError("ImageNet needs Pillow to decode JPEGs: pip install 'igc_np[imagenet]'") from e
+    return Image
+
+
+# ---- samples: (label, encoded image bytes) by index ------------------------------------------
+class RecordSamples:
+    """The images of a RecordIO pair: ``len()``, ``[i] -> (label int, JPEG bytes)``."""
+
+    def __init__(self, rec_path, idx_path=None):
+        self.records = RecordIO(rec_path, idx_path)
+        self.where = str(rec_path)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        label, payload = self.records[i]
+        if isinstance(label, np.ndarray):  # a label vector: the class is its first entry
+            label = label[0]
+        return int(label), payload
+
+
+class FolderSamples:
+    """The images of ``root/<class>/*.<ext>``: ``len()``, ``[i] -> (label int, file bytes)``.
+
+    classes: the class folder names, in the order that gives their labels (default: sorted
+    folders of root). Files are sorted within a class, so the order is the same on every machine.
+    """
+
+    def __init__(self, root, classes=None):
+        root = Path(root)
+        self.where = str(root)
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if classes is None else list(classes)
+        index = {c: k for k, c in enumerate(self.classes)}
+        self.files, self.labels = [], []
+        for c in sorted(d.name for d in root.iterdir() if d.is_dir()):
+            if c not in index:
+                raise ValueError(f"{root / c}: class folder not among the {len(self.classes)} training classes")
+            for f in sorted((root / c).iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    self.files.append(f)
+                    self.labels.append(index[c])
+        if not self.files:
+            raise ImageNetNotFoundError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.labels[i], self.files[i].read_bytes()
+
+
+# ---- the transforms ---------------------------------------------------------------------------
+def open_image(payload, where="image"):
+    """Encoded bytes -> a lazy Pillow image: its size is known, no pixel is decoded yet."""
+    Image = _pil()
+    try:
+        return Image.open(io.BytesIO(payload))
+    except Exception as e:  # Pillow raises several types for a broken file
+        raise ValueError(f"{where}: not an image Pillow can read ({type(e).__name__}: {e})") from e
+
+
+def decode(img, need=None, where="image"):
+    """A lazy Pillow image (open_image) -> its RGB pixels. need: (w, h), the fewest pixels the
+    caller needs; a JPEG is then decoded at 1/2, 1/4 or 1/8 scale if that keeps at least this many
+    (Image.draft: the DCT skips the detail a downscale would discard anyway)."""
+    try:
+        if need is not None and img.format == "JPEG":
+            img.draft("RGB", (max(1, math.ceil(need[0])), max(1, math.ceil(need[1]))))
+        return img.convert("RGB")
+    except Exception as e:
+        raise ValueError(f"{where}: cannot decode the image ({type(e).__name__}: {e})") from e
+
+
+def warp(img, full_size, sx, sy, corner, shift, crop, mirror, fill=FILL_VALUE):
+    """Scale, crop and mirror in one bilinear resampling -> (crop, crop, 3) uint8.
+
+    The content (the image of full_size = (W, H), img possibly decoded smaller) is scaled by
+    (sx, sy) and shifted by shift = (tx, ty) onto a canvas; the crop's corner in the canvas is
+    corner = (ox, oy); mirror flips the crop left-right; fill where no source pixel falls.
+    """
+    Image = _pil()
+    W, H = full_size
+    (ox, oy), (tx, ty) = corner, shift
+    # output x (continuous) -> canvas ox + x (ox + crop - x when mirrored) -> source (canvas - tx) / sx
+    if mirror:
+        a, c = -1.0 / sx, (ox + crop - tx) / sx
+    else:
+        a, c = 1.0 / sx, (ox - tx) / sx
+    e, f = 1.0 / sy, (oy - ty) / sy
+    kx, ky = img.size[0] / W, img.size[1] / H  # the decoder may have reduced the image
+    data = (a * kx, 0.0, c * kx, 0.0, e * ky, f * ky)
+    out = img.transform((crop, crop), Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=tuple(fill))
+    return np.asarray(out)
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """The seed's training augmentation (aug_type 1). ``draw(rng, n)`` -> (n, 8) uniforms, one row
+    per image; ``__call__(payload, u)`` -> (crop, crop, 3) uint8 before the colour jitter."""
+    crop: int = 224
+    short_side: tuple = (256, 480)
+    max_aspect_ratio: float = 0.25
+    hls: tuple = (36.0, 50.0, 50.0)        # hue (half-degrees), lightness, saturation amplitudes
+    mirror: bool = True
+    fill: tuple = FILL_VALUE
+    NUMBERS = 8  # scale, aspect, crop x, crop y, mirror, hue, lightness, saturation
+
+    def draw(self, rng, n):
+        return rng.random((n, self.NUMBERS))
+
+    def geometry(self, u, W, H):
+        """(sx, sy, canvas (w, h), crop corner (ox, oy), content offset (tx, ty), mirror) for one
+        image of W x H from its row of uniforms u."""
+        lo, hi = self.short_side
+        s = (lo + u[0] * (hi - lo)) / min(W, H)
+        r = 1 + self.max_aspect_ratio * (2 * u[1] - 1)
+        sx = 2 * s / (1 + r)            # MXNet's hs, ws: x and y scales around s, their ratio r
+        sy = r * sx
+        cw, ch = int(s * W), int(s * H)
+        tx, ty = (cw - sx * W) / 2, (ch - sy * H) / 2
+        ox = _crop_start(u[2], cw, self.crop)
+        oy = _crop_start(u[3], ch, self.crop)
+        return sx, sy, (ox, oy), (tx, ty), bool(self.mirror and u[4] < 0.5)
+
+    def offsets(self, u):
+        """(n, 3) HLS offsets (hue, lightness, saturation) from the last three uniforms."""
+        amp = np.asarray(self.hls, dtype=np.float32)
+        return (2 * u[:, 5:8].astype(np.float32) - 1) * amp
+
+    def __call__(self, payload, u, where="image"):
+        img = open_image(payload, where)
+        W, H = img.size
+        sx, sy, corner, shift, mirror = self.geometry(u, W, H)
+        # keep at least one decoded pixel per output pixel along each axis: no detail is lost
+        img = decode(img, need=(W * min(sx, 1.0), H * min(sy, 1.0)), where=where)
+        return warp(img, (W, H), sx, sy, corner, shift, self.crop, mirror, self.fill)
+
+
+@dataclass(frozen=True)
+class ValTransform:
+    """The seed's validation preprocessing: short side 256, centre crop 224, nothing random."""
+    crop: int = 224
+    short_side: int = 256
+    fill: tuple = FILL_VALUE
+    NUMBERS = 0
+
+    def draw(self, rng, n):
+        return np.zeros((n, 0))
+
+    def offsets(self, u):
+        return None
+
+    def __call__(self, payload, u=None, where="image"):
+        img = open_image(payload, where)
+        W, H = img.size
+        s = self.short_side / min(W, H)
+        cw, ch = int(s * W), int(s * H)
+        shift = ((cw - s * W) / 2, (ch - s * H) / 2)
+        corner = ((cw - self.crop) // 2, (ch - self.crop) // 2)
+        img = decode(img, need=(W * min(s, 1.0), H * min(s, 1.0)), where=where)
+        return warp(img, (W, H), s, s, corner, shift, self.crop, False, self.fill)
+
+
+def _crop_start(u, size, crop):
+    """A uniform u in [0, 1) -> the crop's first pixel, uniform over the size - crop + 1 positions;
+    a canvas smaller than the crop is centred (the rest is fill)."""
+    if size < crop:
+        return (size - crop) // 2
+    return min(int(u * (size - crop + 1)), size - crop)
+
+
+def hls_jitter(x, offsets):
+    """Shift each image's colours in OpenCV's 8-bit HLS space and clamp, as MXNet's augmenter.
+
+    x: (B, H, W, 3) RGB on 0..255 (any float or uint8 dtype); offsets: (B, 3) float, the shifts
+    of hue (half-degrees, range 0..180), lightness and saturation (0..255). -> (B, H, W, 3) float32.
+    Offsets of 0 give back x (up to float rounding).
+    """
+    rgb = np.asarray(x, dtype=np.float32) / 255.0
+    offsets = np.asarray(offsets, dtype=np.float32).reshape(-1, 1, 1, 3)
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    chroma = mx - mn
+    light = (mx + mn) / 2
+    denom = np.where(light < 0.5, mx + mn, 2.0 - mx - mn)
+    sat = np.divide(chroma, denom, out=np.zeros_like(chroma), where=denom > 0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    safe = np.where(chroma > 0, chroma, 1.0)
+    hue = np.where(mx == r, (g - b) / safe, np.where(mx == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = np.where(chroma > 0, np.mod(hue * 60.0, 360.0), 0.0)
+    # the shift: hue in half-degrees (OpenCV stores H/2 in a byte), all three clamped, not wrapped
+    hue = np.clip(hue + 2.0 * offsets[..., 0], 0.0, 360.0)
+    light = np.clip(light + offsets[..., 1] / 255.0, 0.0, 1.0)
+    sat = np.clip(sat + offsets[..., 2] / 255.0, 0.0, 1.0)
+    # HLS -> RGB: channel value for n = 0 (R), 8 (G), 4 (B)
+    a = sat * np.minimum(light, 1.0 - light)
+    out = np.empty_like(rgb)
+    for ch, n in enumerate((0.0, 8.0, 4.0)):
+        k = np.mod(n + hue / 30.0, 12.0)
+        out[..., ch] = light - a * np.clip(np.minimum(k - 3.0, 9.0 - k), -1.0, 1.0)
+    return out * 255.0
+
+
+def normalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """(B, H, W, 3) on 0..255 -> (B, 3, H, W) float32 ``(x - mean) / std`` per channel."""
+    mean = np.asarray(mean, np.float32)
+    inv = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
+    out = (np.asarray(x, np.float32) - mean) * inv
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+# ---- batches ------------------------------------------------------------------------------------
+class ImageNetSource:
+    """One split as the trainer reads it: ``batches(batch_size, rng, start_batch)`` yields
+    ``(x (B, 3, crop, crop) float32 normalised, y (B,) int64)``; ``len()`` images.
+
+    samples: RecordSamples or FolderSamples (anything with len() and [i] -> (label, bytes));
+    transform: TrainAugment() (shuffled, random) or ValTransform() (in order, deterministic).
+    The last batch of an epoch is smaller unless drop_last.
+    """
+
+    def __init__(self, samples, transform, num_classes, workers=2, prefetch=4, drop_last=False,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        if workers < 1:
+            raise ValueError(f"ImageNetSource: workers must be >= 1, got {workers}")
+        self.samples, self.transform = samples, transform
+        self.num_classes, self.workers, self.prefetch = num_classes, workers, max(prefetch, workers)
+        self.drop_last, self.mean, self.std = drop_last, mean, std
+        self.train = isinstance(transform, TrainAugment)
+        self.image_size = transform.crop
+
+    def __len__(self):
+        return len(self.samples)
+
+    def num_batches(self, batch_size):
+        n = len(self.samples)
+        return n // batch_size if self.drop_last else -(-n // batch_size)
+
+    def plan(self, batch_size, rng=None):
+        """The epoch drawn from rng: (order (N,), uniforms (N, k)) - all the randomness of it."""
+        n = len(self.samples)
+        if not self.train:
+            return np.arange(n), self.transform.draw(None, n)
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError("ImageNetSource.batches: a training split needs rng, a numpy.random.Generator")
+        order = rng.permutation(n)
+        return order, self.transform.draw(rng, n)
+
+    def make_batch(self, idx, u):
+        """The batch of samples idx with their uniforms u -> (x, y)."""
+        labels = np.empty(len(idx), np.int64)
+        images = np.empty((len(idx), self.transform.crop, self.transform.crop, 3), np.uint8)
+        for j, (i, row) in enumerate(zip(idx, u)):
+            label, payload = self.samples[int(i)]
+            if not 0 <= label < self.num_classes:
+                raise ValueError(f"{self.samples.where}: image {i} has label {label}, outside 0..{self.num_classes - 1}")
+            labels[j] = label
+            images[j] = self.transform(payload, row, where=f"{self.samples.where} image {i}")
+        offsets = self.transform.offsets(u)
+        x = images if offsets is None or not offsets.any() else hls_jitter(images, offsets)
+        return normalize(x, self.mean, self.std), labels
+
+    def batches(self, batch_size, rng=None, start_batch=0):
+        """The epoch's batches from start_batch on (see the module docstring on resuming)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        order, u = self.plan(batch_size, rng)
+        n_b = self.num_batches(batch_size)
+        # row k of u belongs to the k-th image of the epoch (position, not image index)
+        jobs = ((order[b * batch_size:(b + 1) * batch_size], u[b * batch_size:(b + 1) * batch_size])
+                for b in range(start_batch, n_b))
+        if self.workers == 1 and self.prefetch <= 1:
+            for idx, uu in jobs:
+                yield self.make_batch(idx, uu)
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="imagenet") as pool:
+            pending = deque()
+            try:
+                for idx, uu in jobs:
+                    pending.append(pool.submit(self.make_batch, idx, uu))
+                    if len(pending) >= self.prefetch:  # the bounded queue: wait for the oldest
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:  # an abandoned epoch: drop the batches not started
+                    fut.cancel()
+
+    def __repr__(self):
+        return (f"ImageNetSource({self.samples.where!r}, {len(self)} images, "
+                f"{'train' if self.train else 'val'}, workers={self.workers})")
+
+
+@dataclass
+class ImageNet:
+    """The two splits of an ImageNet layout; ``classes`` the wnids (folders) or None (RecordIO)."""
+    train: ImageNetSource
+    val: ImageNetSource
+    num_classes: int
+    layout: str
+    classes: list = field(default=None)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    image_size: int = 224
+
+
+def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=None, val_transform=None):
+    """Find the ImageNet files in data_dir (RecordIO pairs, else train/ and val/ folders) -> ImageNet.
+
+    num_classes: default 1000 for RecordIO (the labels are checked per batch), the number of class
+    folders otherwise. augment / val_transform replace TrainAugment() / ValTransform().
+    """
+    root = Path(data_dir).expanduser()
+    looked = []
+    for train_name, val_name in RECORD_NAMES:
+        rec = {s: root / f"{name}.rec" for s, name in (("train", train_name), ("val", val_name))}
+        looked.append(f"{rec['train'].name} + {rec['val'].name} (with .idx)")
+        if rec["train"].is_file() and rec["val"].is_file():
+            splits = {}
+            for s, path in rec.items():
+                idx = path.with_suffix(".idx")
+                splits[s] = RecordSamples(path, idx if idx.is_file() else None)
+            return _assemble(splits, num_classes or 1000, "recordio", None, workers, prefetch, augment,
+                             val_transform)
+    looked.append("train/<wnid>/*.JPEG + val/<wnid>/*.JPEG")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = FolderSamples(root / "train")
+        val = FolderSamples(root / "val", classes=train.classes)
+        return _assemble({"train": train, "val": val}, num_classes or len(train.classes), "folders",
+                         train.classes, workers, prefetch, augment, val_transform)
+    raise ImageNetNotFoundError(f"no ImageNet in {root}: looked for {'; '.join(looked)}"
+                                + ("" if root.is_dir() else f" ({root} does not exist)"))
+
+
+def _assemble(splits, num_classes, layout, classes, workers, prefetch, augment, val_transform):
+    train = ImageNetSource(splits["train"], augment or TrainAugment(), num_classes, workers, prefetch)
+    val = ImageNetSource(splits["val"], val_transform or ValTransform(), num_classes, workers, prefetch)
+    return ImageNet(train, val, num_classes, layout, classes)
+
+
+def default_workers():
+    """One worker per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
