@@ -33,9 +33,12 @@ image is read, the epoch's permutation and then every image's augmentation numbe
 uniforms per image). Batch k is therefore a function of the rng state at the call, whatever the
 number of workers; to resume mid-epoch, restore that state and pass ``start_batch=k``.
 
-Workers: ``workers`` threads each build whole batches (decode, warp, jitter, normalise), at most
-``prefetch`` batches ahead of the consumer (a bounded queue: memory stays at a few batches). Pillow
-and NumPy release the GIL in their loops, so threads scale without pickling images between processes.
+Workers: ``workers`` threads (or, with ``processes=True``, worker processes) each build whole
+batches (decode, warp, jitter, normalise), at most ``prefetch`` batches ahead of the consumer (a
+bounded queue: memory stays at a few batches). Pillow and NumPy release the GIL inside their loops,
+so threads overlap without copying batches between processes; the Python between those loops still
+takes the GIL, which processes avoid at the price of sending every finished batch back (a float32
+batch of 256 is 154 MB).
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ import io
 import math
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,40 +249,52 @@ def _crop_start(u, size, crop):
 def hls_jitter(x, offsets):
     """Shift each image's colours in OpenCV's 8-bit HLS space and clamp, as MXNet's augmenter.
 
-    x: (B, H, W, 3) RGB on 0..255 (any float or uint8 dtype); offsets: (B, 3) float, the shifts
-    of hue (half-degrees, range 0..180), lightness and saturation (0..255). -> (B, H, W, 3) float32.
-    Offsets of 0 give back x (up to float rounding).
+    x: (B, 3, H, W) RGB planes on 0..255 (uint8 or float); offsets: (B, 3), the shifts of hue
+    (half-degrees: OpenCV's byte holds degrees / 2, range 0..180), lightness and saturation (both
+    on 0..255). -> (B, 3, H, W) float32. All three are clamped, hue too (MXNet does not wrap it).
+    Offsets of 0 give back x (up to float rounding). One image at a time, on its contiguous
+    planes, so the temporaries stay in cache.
     """
-    rgb = np.asarray(x, dtype=np.float32) / 255.0
-    offsets = np.asarray(offsets, dtype=np.float32).reshape(-1, 1, 1, 3)
-    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
-    chroma = mx - mn
-    light = (mx + mn) / 2
-    denom = np.where(light < 0.5, mx + mn, 2.0 - mx - mn)
-    sat = np.divide(chroma, denom, out=np.zeros_like(chroma), where=denom > 0)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    safe = np.where(chroma > 0, chroma, 1.0)
-    hue = np.where(mx == r, (g - b) / safe, np.where(mx == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = np.where(chroma > 0, np.mod(hue * 60.0, 360.0), 0.0)
-    # the shift: hue in half-degrees (OpenCV stores H/2 in a byte), all three clamped, not wrapped
-    hue = np.clip(hue + 2.0 * offsets[..., 0], 0.0, 360.0)
-    light = np.clip(light + offsets[..., 1] / 255.0, 0.0, 1.0)
-    sat = np.clip(sat + offsets[..., 2] / 255.0, 0.0, 1.0)
-    # HLS -> RGB: channel value for n = 0 (R), 8 (G), 4 (B)
-    a = sat * np.minimum(light, 1.0 - light)
-    out = np.empty_like(rgb)
-    for ch, n in enumerate((0.0, 8.0, 4.0)):
-        k = np.mod(n + hue / 30.0, 12.0)
-        out[..., ch] = light - a * np.clip(np.minimum(k - 3.0, 9.0 - k), -1.0, 1.0)
-    return out * 255.0
+    x = np.asarray(x)
+    offsets = np.asarray(offsets, np.float64).reshape(-1, 3)
+    out = np.empty(x.shape, np.float32)
+    for i in range(x.shape[0]):
+        dh, dl, ds = offsets[i]
+        r, g, b = (x[i, c].astype(np.float32) for c in range(3))
+        mx = np.maximum(np.maximum(r, g), b)
+        mn = np.minimum(np.minimum(r, g), b)
+        chroma = mx - mn
+        light = (mx + mn) * 0.5
+        span = 255.0 - np.abs(2.0 * light - 255.0)       # 2 min(L, 255 - L): the chroma at S = 1
+        sat = np.divide(chroma, span, out=np.zeros_like(chroma), where=span > 0)
+        inv = np.divide(1.0, chroma, out=np.zeros_like(chroma), where=chroma > 0)
+        # hue in sextants [0, 6), by which channel is the largest (a grey gets hue 0, as in OpenCV)
+        hue = np.where(mx == r, (g - b) * inv, np.where(mx == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+        hue[hue < 0] += 6.0
+        hue += dh / 30.0                                   # half-degrees -> sextants
+        np.clip(hue, 0.0, 6.0, out=hue)
+        light += dl
+        np.clip(light, 0.0, 255.0, out=light)
+        sat += ds / 255.0
+        np.clip(sat, 0.0, 1.0, out=sat)
+        amp = sat * (127.5 - np.abs(light - 127.5))        # S min(L, 255 - L): half the new chroma
+        hue *= 2.0                                         # k below counts in 30-degree steps
+        for c, n in enumerate((0.0, 8.0, 4.0)):            # HLS -> R, G, B
+            k = np.mod(hue + n, 12.0)
+            w = np.minimum(k - 3.0, 9.0 - k)
+            np.clip(w, -1.0, 1.0, out=w)
+            w *= amp
+            np.subtract(light, w, out=out[i, c])
+    return out
 
 
-def normalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """(B, H, W, 3) on 0..255 -> (B, 3, H, W) float32 ``(x - mean) / std`` per channel."""
-    mean = np.asarray(mean, np.float32)
-    inv = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
-    out = (np.asarray(x, np.float32) - mean) * inv
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+def normalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD, inplace=False):
+    """(B, 3, H, W) on 0..255 -> (B, 3, H, W) float32 ``(x - mean) / std`` per channel. inplace:
+    x is a float32 array that may be overwritten (saves a batch-sized copy)."""
+    x = np.asarray(x, np.float32) if inplace else np.array(x, np.float32)
+    x -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    x *= (1.0 / np.asarray(std, np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
+    return x
 
 
 # ---- batches ------------------------------------------------------------------------------------
@@ -292,9 +308,10 @@ class ImageNetSource:
     """
 
     def __init__(self, samples, transform, num_classes, workers=2, prefetch=4, drop_last=False,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, processes=False):
         if workers < 1:
             raise ValueError(f"ImageNetSource: workers must be >= 1, got {workers}")
+        self.processes = processes
         self.samples, self.transform = samples, transform
         self.num_classes, self.workers, self.prefetch = num_classes, workers, max(prefetch, workers)
         self.drop_last, self.mean, self.std = drop_last, mean, std
@@ -328,9 +345,13 @@ class ImageNetSource:
                 raise ValueError(f"{self.samples.where}: image {i} has label {label}, outside 0..{self.num_classes - 1}")
             labels[j] = label
             images[j] = self.transform(payload, row, where=f"{self.samples.where} image {i}")
+        planes = images.transpose(0, 3, 1, 2)  # NHWC (what Pillow gives) -> NCHW, a view
         offsets = self.transform.offsets(u)
-        x = images if offsets is None or not offsets.any() else hls_jitter(images, offsets)
-        return normalize(x, self.mean, self.std), labels
+        if offsets is None or not offsets.any():
+            x = planes.astype(np.float32)
+        else:
+            x = hls_jitter(planes, offsets)
+        return normalize(x, self.mean, self.std, inplace=True), labels
 
     def batches(self, batch_size, rng=None, start_batch=0):
         """The epoch's batches from start_batch on (see the module docstring on resuming)."""
@@ -345,11 +366,20 @@ class ImageNetSource:
             for idx, uu in jobs:
                 yield self.make_batch(idx, uu)
             return
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="imagenet") as pool:
+        if self.processes:
+            # the source is sent to each worker once (initializer), then only indices travel there
+            # and finished batches back; forkserver: no fork of this (threaded) process
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            pool = ProcessPoolExecutor(self.workers, mp.get_context(method), _worker_init, (self,))
+            work = _worker_batch
+        else:
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imagenet")
+            work = self.make_batch
+        with pool:
             pending = deque()
             try:
                 for idx, uu in jobs:
-                    pending.append(pool.submit(self.make_batch, idx, uu))
+                    pending.append(pool.submit(work, idx, uu))
                     if len(pending) >= self.prefetch:  # the bounded queue: wait for the oldest
                         yield pending.popleft().result()
                 while pending:
@@ -360,7 +390,20 @@ class ImageNetSource:
 
     def __repr__(self):
         return (f"ImageNetSource({self.samples.where!r}, {len(self)} images, "
-                f"{'train' if self.train else 'val'}, workers={self.workers})")
+                f"{'train' if self.train else 'val'}, workers={self.workers}"
+                f"{' processes' if self.processes else ''})")
+
+
+_WORKER_SOURCE = None  # the ImageNetSource of this worker process
+
+
+def _worker_init(source):
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = source
+
+
+def _worker_batch(idx, u):
+    return _WORKER_SOURCE.make_batch(idx, u)
 
 
 @dataclass
@@ -376,11 +419,13 @@ class ImageNet:
     image_size: int = 224
 
 
-def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=None, val_transform=None):
+def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=None, val_transform=None,
+                  processes=False):
     """Find the ImageNet files in data_dir (RecordIO pairs, else train/ and val/ folders) -> ImageNet.
 
     num_classes: default 1000 for RecordIO (the labels are checked per batch), the number of class
-    folders otherwise. augment / val_transform replace TrainAugment() / ValTransform().
+    folders otherwise. augment / val_transform replace TrainAugment() / ValTransform(); workers,
+    prefetch, processes: see ImageNetSource.
     """
     root = Path(data_dir).expanduser()
     looked = []
@@ -392,21 +437,24 @@ def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=Non
             for s, path in rec.items():
                 idx = path.with_suffix(".idx")
                 splits[s] = RecordSamples(path, idx if idx.is_file() else None)
-            return _assemble(splits, num_classes or 1000, "recordio", None, workers, prefetch, augment,
-                             val_transform)
+            return _assemble(splits, num_classes or 1000, "recordio", None, (workers, prefetch, processes),
+                             augment, val_transform)
     looked.append("train/<wnid>/*.JPEG + val/<wnid>/*.JPEG")
     if (root / "train").is_dir() and (root / "val").is_dir():
         train = FolderSamples(root / "train")
         val = FolderSamples(root / "val", classes=train.classes)
         return _assemble({"train": train, "val": val}, num_classes or len(train.classes), "folders",
-                         train.classes, workers, prefetch, augment, val_transform)
+                         train.classes, (workers, prefetch, processes), augment, val_transform)
     raise ImageNetNotFoundError(f"no ImageNet in {root}: looked for {'; '.join(looked)}"
                                 + ("" if root.is_dir() else f" ({root} does not exist)"))
 
 
-def _assemble(splits, num_classes, layout, classes, workers, prefetch, augment, val_transform):
-    train = ImageNetSource(splits["train"], augment or TrainAugment(), num_classes, workers, prefetch)
-    val = ImageNetSource(splits["val"], val_transform or ValTransform(), num_classes, workers, prefetch)
+def _assemble(splits, num_classes, layout, classes, pool, augment, val_transform):
+    workers, prefetch, processes = pool
+    train = ImageNetSource(splits["train"], augment or TrainAugment(), num_classes, workers, prefetch,
+                           processes=processes)
+    val = ImageNetSource(splits["val"], val_transform or ValTransform(), num_classes, workers, prefetch,
+                         processes=processes)
     return ImageNet(train, val, num_classes, layout, classes)
 
 
@@ -416,3 +464,61 @@ def default_workers():
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+def evaluate(model, source, batch_size=256, device="cpu", dtype=np.float32, limit=None, log=None):
+    """Metrics (loss, top-1, top-5; igc_np.training.Metrics) of model on an ImageNetSource (its
+    validation transform), in inference mode. limit: stop after that many images; log: a function
+    called with a line every 10 batches."""
+    from . import functional as F
+    from .autograd import Tensor, no_grad
+    from .training import Metrics
+    model.eval()
+    metrics = Metrics()
+    with no_grad():
+        for b, (xb, yb) in enumerate(source.batches(batch_size)):
+            if limit is not None and metrics.count >= limit:
+                break
+            logits = model(Tensor(xb.astype(dtype, copy=False), device=device))
+            loss = F.cross_entropy(logits, Tensor(yb, device=device))
+            metrics.update(loss.item(), logits.numpy(), yb)
+            if log is not None and (b + 1) % 10 == 0:
+                log(f"Batch [{b + 1}] {metrics.count} images  top1 {metrics.top1:.4f}  top5 {metrics.top5:.4f}")
+    return metrics
+
+
+def main(argv=None):
+    """python -m igc_np.imagenet --model igc_l4m32 --weights seed-0001.params --data-dir DIR:
+    top-1 / top-5 of a released (or any .params) model on the validation split."""
+    import argparse
+    import sys
+
+    from . import nets
+    from .mxnet_io import MXNetFormatError
+    p = argparse.ArgumentParser(description="Top-1 / top-5 of an ImageNet model on the validation split "
+                                            "(short side 256, centre crop 224).")
+    p.add_argument("--model", required=True, choices=list(nets.IMAGENET_CONFIGS))
+    p.add_argument("--weights", required=True, metavar="PARAMS", help="an MXNet .params file")
+    p.add_argument("--data-dir", required=True, help="imagenet_val.rec/.idx or val/<wnid>/ (with train/)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--limit", type=int, help="only the first N validation images")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "emu"))
+    args = p.parse_args(argv)
+    try:
+        data = load_imagenet(args.data_dir, workers=args.workers)
+        model = nets.imagenet_model(args.model, num_classes=data.num_classes, weights=args.weights)
+    except (OSError, ValueError, MXNetFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    model.to(args.device)
+    print(f"{args.model} from {args.weights}; {data.val}")
+    m = evaluate(model, data.val, args.batch_size, device=args.device, limit=args.limit, log=print)
+    print(f"Validation: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}  top5 {m.top5:.4f}  "
+          f"(error {1 - m.top1:.4f} / {1 - m.top5:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -82,11 +82,12 @@ def test_validation_is_short_side_256_centre_crop():
 
 def test_hls_jitter_zero_is_the_identity_and_matches_colorsys():
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (3, 4, 5, 3)).astype(np.float32)
-    x[0, 0, 0] = (7, 7, 7)  # grey: hue undefined
+    x = rng.integers(0, 256, (3, 3, 4, 5)).astype(np.uint8)
+    x[0, :, 0, 0] = (7, 7, 7)  # grey: hue undefined
     np.testing.assert_allclose(hls_jitter(x, np.zeros((3, 3))), x, atol=1e-3)
     offsets = np.array([[10.0, 20.0, -30.0], [-36.0, -50.0, 50.0], [36.0, 50.0, 50.0]])
-    got = hls_jitter(x, offsets)
+    got = hls_jitter(x, offsets).transpose(0, 2, 3, 1)
+    x = x.transpose(0, 2, 3, 1).astype(np.float64)
     for b in range(3):
         for px, want in zip(x[b].reshape(-1, 3), got[b].reshape(-1, 3)):
             h, l, s = colorsys.rgb_to_hls(*(px / 255))
@@ -99,16 +100,15 @@ def test_hls_jitter_zero_is_the_identity_and_matches_colorsys():
 
 @given(st.floats(-50, 50), st.integers(0, 255))
 def test_hls_jitter_lightness_moves_a_grey_and_clamps(dl, grey):
-    x = np.full((1, 2, 2, 3), grey, np.float32)
+    x = np.full((1, 3, 2, 2), grey, np.float32)
     out = hls_jitter(x, [[0.0, dl, 0.0]])
     np.testing.assert_allclose(out, np.clip(grey + dl, 0, 255), atol=1e-3)
 
 
 def test_normalize_is_nchw_per_channel():
-    x = np.broadcast_to(np.asarray(IMAGENET_MEAN, np.float32) + np.asarray(IMAGENET_STD, np.float32),
-                        (2, 3, 4, 3))
-    out = normalize(x)
-    assert out.shape == (2, 3, 3, 4) and out.dtype == np.float32
+    x = np.asarray(IMAGENET_MEAN, np.float32) + np.asarray(IMAGENET_STD, np.float32)
+    out = normalize(np.broadcast_to(x.reshape(1, 3, 1, 1), (2, 3, 4, 5)))
+    assert out.shape == (2, 3, 4, 5) and out.dtype == np.float32
     np.testing.assert_allclose(out, 1.0, rtol=1e-6)
 
 
@@ -213,6 +213,11 @@ def test_batches_are_a_function_of_the_rng_state_and_resume_mid_epoch(tmp_path):
     for (xa, ya), (xb, yb) in zip(full[1:], resumed):
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(xa, xb)
+    procs = load_imagenet(root, workers=2, processes=True).train
+    rng.bit_generator.state = state
+    for (xa, ya), (xb, yb) in zip(full, procs.batches(5, rng=rng)):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
     other = list(one.batches(5, rng=np.random.default_rng(6)))
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(full, other))
 
@@ -232,3 +237,26 @@ def test_an_abandoned_epoch_stops_its_workers(tmp_path):
     next(it)
     it.close()  # runs the generator's finally: pending batches cancelled, the pool shut down
     assert not any(t.name.startswith("imagenet") for t in __import__("threading").enumerate())
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+def test_evaluate_counts_top1_top5_on_the_validation_transform(tmp_path):
+    import igc_np as ig
+    data = load_imagenet(make_folders(tmp_path, per_class=2), workers=1)
+    net = ig.nets.get_network("resnet_igc", depth=8, num_classes=3, primary_partition=2,
+                              secondary_partition=2, rng=0)
+    m = inet.evaluate(net, data.val, batch_size=4)
+    assert m.count == 6 and m.top5 == 1.0  # 3 classes: the top 5 always holds the label
+    with ig.no_grad():
+        hits = sum(int((net(ig.Tensor(x)).numpy().argmax(1) == y).sum()) for x, y in data.val.batches(6))
+    assert m.top1 == pytest.approx(hits / 6)
+    assert inet.evaluate(net, data.val, batch_size=2, limit=3).count == 4  # whole batches up to the limit
+
+
+def test_the_command_line_reports_a_bad_weights_file(tmp_path, capsys):
+    root = make_folders(tmp_path / "d", per_class=1)
+    bad = tmp_path / "x-0001.params"
+    bad.write_bytes(b"\x12\x01" + b"\0" * 18)  # magic, reserved, and half the array count
+    assert inet.main(["--model", "igc_l100m2", "--weights", str(bad), "--data-dir", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "x-0001.params" in err and "truncated" in err
