@@ -92,7 +92,9 @@ class RecordSamples:
     def __getitem__(self, i):
         label, payload = self.records[i]
         if isinstance(label, np.ndarray):  # a label vector: the class is its first entry
-            label = label[0]
+            label = label[0] if len(label) else np.nan
+        if not float(label).is_integer():
+            raise ValueError(f"{self.where} record {i}: label {label} is not a class number")
         return int(label), payload
 
 
@@ -143,7 +145,8 @@ def decode(img, need=None, where="image"):
     try:
         if need is not None and img.format == "JPEG":
             img.draft("RGB", (max(1, math.ceil(need[0])), max(1, math.ceil(need[1]))))
-        return img.convert("RGB")
+        img.load()
+        return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
     except Exception as e:
         raise ValueError(f"{where}: cannot decode the image ({type(e).__name__}: {e})") from e
 

@@ -253,7 +253,7 @@ def load_params(model, path, strict=True):
             f"{path}: does not match {_model_label(model)}: "
             f"{len(missing)} missing ({_names(missing)}), {len(unexpected)} unexpected ({_names(unexpected)})"
             + ("; a model of another configuration?" if missing and unexpected else ""))
-    state, cast = {}, set()
+    state, cast, wrong_shape = {}, set(), []
     for name, (kind, a) in stored.items():
         if name not in targets:
             continue
@@ -263,13 +263,16 @@ def load_params(model, path, strict=True):
                                    f"{'a learned parameter' if want_kind == 'arg' else 'a BN statistic'} "
                                    f"('{want_kind}:')")
         if a.shape != want_shape:
-            raise MXNetFormatError(f"{path}: {name!r} has shape {a.shape} in the file, {want_shape} in "
-                                   f"{_model_label(model)} (a model of another configuration?)")
+            wrong_shape.append(f"{name} {a.shape} in the file, {want_shape} in the model")
+            continue
         if a.dtype.kind != "f":
             raise MXNetFormatError(f"{path}: {name!r} is stored as {a.dtype.name}; weights must be floating point")
         if a.dtype != want_dtype:
             cast.add(a.dtype.name)
         state[name] = a
+    if wrong_shape:
+        raise MXNetFormatError(f"{path}: {len(wrong_shape)} arrays do not fit {_model_label(model)} "
+                               f"(a model of another configuration?): {_names(wrong_shape, 3)}")
     if cast:
         warnings.warn(f"{path}: {', '.join(sorted(cast))} arrays cast to the model's dtype "
                       f"({', '.join(sorted({t[2].name for t in targets.values()}))})", stacklevel=2)

@@ -260,3 +260,15 @@ def test_the_command_line_reports_a_bad_weights_file(tmp_path, capsys):
     assert inet.main(["--model", "igc_l100m2", "--weights", str(bad), "--data-dir", str(root)]) == 1
     err = capsys.readouterr().err
     assert "x-0001.params" in err and "truncated" in err
+
+
+def test_grey_and_cmyk_jpegs_decode_to_rgb():
+    """ImageNet holds a few greyscale and CMYK JPEGs: both come out as 3 RGB channels."""
+    buf = io.BytesIO()
+    Image.new("L", (300, 256), 77).save(buf, "JPEG", quality=95)
+    grey = ValTransform()(buf.getvalue())
+    assert grey.shape == (224, 224, 3) and np.abs(grey.astype(int) - 77).max() <= 1
+    buf = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 40, 40)).convert("CMYK").save(buf, "JPEG", quality=95)
+    cmyk = ValTransform()(buf.getvalue())
+    assert cmyk.shape == (224, 224, 3) and np.abs(cmyk.astype(int) - (200, 40, 40)).max() <= 4
