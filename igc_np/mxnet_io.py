@@ -197,6 +197,9 @@ def _atomic_write(path, payload):
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); a saved model is not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -6,6 +6,7 @@ cancelled by the same bug in the writer. Every corruption must raise MXNetFormat
 file, and leave the model exactly as it was.
 """
 import json
+import os
 import struct
 import warnings
 from pathlib import Path
@@ -117,6 +118,9 @@ def test_save_params_writes_section_8_byte_for_byte(tmp_path):
     mxnet_io.save_params(model, path)
     assert path.read_bytes() == params_bytes(model_entries(model))
     assert [p.name for p in tmp_path.iterdir()] == ["out.params"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
 
 
 @pytest.mark.parametrize("name", list(ig.nets.IMAGENET_CONFIGS))
