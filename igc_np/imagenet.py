@@ -23,6 +23,12 @@ The seed's protocol (IGC_SPEC.md section 6), as we read MXNet's default image au
   does), then ``(x - mean) / std`` with the ImageNet mean/std of section 4;
 * validation: short side 256, the centre 224x224 crop, the same normalisation.
 
+Checked against MXNet 1.9.1's ImageRecordIter (pip-installed in a separate venv, once): its
+validation output (resize=256, centre crop) differs from ValTransform's by 0.64 grey levels on
+average (p99: 3, the two JPEG decoders and resamplers), with no pixel shift; with scale fixed and
+max_aspect_ratio 0.25 its x and y scales are 2/(1+r) and r times that (they sum to 2, ratio in
+[0.75, 1.25]), as here; random_h 36 turns a red by at most ~72 degrees and never below 0 (the clamp).
+
 Scale, crop and mirror are one affine resampling (bilinear, Pillow's C code) from the decoded image
 straight to the 224x224 output, so the full-size canvas is never built; JPEGs are decoded with
 Pillow, at a reduced DCT scale when the output needs fewer pixels (``Image.draft``). The colour

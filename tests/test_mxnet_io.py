@@ -337,9 +337,12 @@ def write_rec(tmp_path, payloads, name="data"):
     return rec, idx
 
 
+BODIES = [b"plain jpeg bytes", b"ab" + b"cd" + MAGIC + b"efgh" + MAGIC + MAGIC + b"xyz", b"", b"z" * 9]
+LABELS = [3.0, 7.0, [1.0, 2.5, 4.0], 0.0]
+
+
 def test_recordio_single_multipart_and_vector_labels(tmp_path):
-    bodies = [b"plain jpeg bytes", b"ab" + b"cd" + MAGIC + b"efgh" + MAGIC + MAGIC + b"xyz", b"", b"z" * 9]
-    labels = [3.0, 7.0, [1.0, 2.5, 4.0], 0.0]
+    bodies, labels = BODIES, LABELS
     payloads = [image_record(l, b, k) for k, (l, b) in enumerate(zip(labels, bodies))]
     # the multi-part record really is split: the header is 24 bytes, so b'abcd' + MAGIC is aligned
     assert record_bytes(payloads[1]).count(MAGIC) == 4
@@ -377,3 +380,58 @@ def test_recordio_corruption_names_file_and_offset(tmp_path):
         RecordIO(rec, idx)
     with pytest.raises(IndexError, match="out of range"):
         RecordIO(rec)[5]
+
+
+# ---- files written by MXNet itself ---------------------------------------------------------------
+# Made once with MXNet 1.9.1 (pip install mxnet==1.9.1 in a separate venv; igc_np never imports it):
+#   mx.nd.save('mxdtypes.params', {'arg:' + t: mx.nd.array(np.arange(6).reshape(2, 3), dtype=t)
+#                                   for t in ['float32', 'float64', 'float16', 'uint8', 'int32', 'int8', 'int64']})
+#   mx.npx.set_np(); mx.npx.save('mxnp.params', {'arg:s': mx.np.array(2.5), 'arg:v': mx.np.arange(4).reshape(2, 2)})
+#   MXIndexedRecordIO('t.idx', 't.rec', 'w').write_idx(k, mx.recordio.pack(IRHeader(0, LABELS[k], k, 0), BODIES[k]))
+# (the same session checked that mx.nd.load reads save_params's file of IGC-L100M2, value for value,
+# and that mx.nd.save of that state writes the very same bytes)
+MX_DTYPES = bytes.fromhex(
+    "120100000000000000000000000000000700000000000000c9fa93f90000000002000000020000000000000003000000"
+    "00000000010000000000000000000000000000000000803f0000004000004040000080400000a040c9fa93f900000000"
+    "02000000020000000000000003000000000000000100000000000000010000000000000000000000000000000000f03f"
+    "0000000000000040000000000000084000000000000010400000000000001440c9fa93f9000000000200000002000000"
+    "0000000003000000000000000100000000000000020000000000003c0040004200440045c9fa93f90000000002000000"
+    "02000000000000000300000000000000010000000000000003000000000102030405c9fa93f900000000020000000200"
+    "000000000000030000000000000001000000000000000400000000000000010000000200000003000000040000000500"
+    "0000c9fa93f9000000000200000002000000000000000300000000000000010000000000000005000000000102030405"
+    "c9fa93f90000000002000000020000000000000003000000000000000100000000000000060000000000000000000000"
+    "010000000000000002000000000000000300000000000000040000000000000005000000000000000700000000000000"
+    "0b000000000000006172673a666c6f617433320b000000000000006172673a666c6f617436340b000000000000006172"
+    "673a666c6f6174313609000000000000006172673a75696e743809000000000000006172673a696e7433320800000000"
+    "0000006172673a696e743809000000000000006172673a696e743634")
+MX_NP_SHAPES = bytes.fromhex(
+    "120100000000000000000000000000000200000000000000cafa93f90000000000000000010000000000000000000000"
+    "00002040cafa93f900000000020000000200000000000000020000000000000001000000000000000000000000000000"
+    "0000803f0000004000004040020000000000000005000000000000006172673a7305000000000000006172673a76")
+MX_REC = bytes.fromhex(
+    "0a23d7ce28000000000000000000404000000000000000000000000000000000706c61696e206a706567206279746573"
+    "0a23d7ce1c000020000000000000e04001000000000000000000000000000000616263640a23d7ce0400004065666768"
+    "0a23d7ce000000400a23d7ce0300006078797a000a23d7ce240000000300000000000000020000000000000000000000"
+    "000000000000803f00002040000080400a23d7ce21000000000000000000000003000000000000000000000000000000"
+    "7a7a7a7a7a7a7a7a7a000000")
+
+
+def test_files_written_by_mxnet(tmp_path):
+    path = tmp_path / "mxdtypes.params"
+    path.write_bytes(MX_DTYPES)
+    arrays, names = mxnet_io.read_ndarray_list(path)
+    kinds = ["float32", "float64", "float16", "uint8", "int32", "int8", "int64"]
+    assert names == [f"arg:{k}" for k in kinds]
+    for a, k in zip(arrays, kinds):
+        assert a.dtype == np.dtype(k) and a.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert params_bytes(list(zip(names, arrays))) == MX_DTYPES  # the test-side writer is MXNet's format
+    path.write_bytes(MX_NP_SHAPES)  # V3 arrays, a 0-d scalar among them
+    (s, v), names = mxnet_io.read_ndarray_list(path)
+    assert names == ["arg:s", "arg:v"] and s.shape == () and s == 2.5 and v.tolist() == [[0, 1], [2, 3]]
+    # RecordIO: MXNet's writer split the record with the magic inside exactly as record_bytes does
+    data = b"".join(record_bytes(image_record(l, b, k)) for k, (l, b) in enumerate(zip(LABELS, BODIES)))
+    assert data == MX_REC
+    rec = tmp_path / "t.rec"
+    rec.write_bytes(MX_REC)
+    assert [b for _, b in RecordIO(rec)] == BODIES
+    np.testing.assert_array_equal(RecordIO(rec)[2][0], np.float32([1.0, 2.5, 4.0]))
