@@ -255,7 +255,7 @@ def load_params(model, path, strict=True):
         raise MXNetFormatError(
             f"{path}: does not match {_model_label(model)}: "
             f"{len(missing)} missing ({_names(missing)}), {len(unexpected)} unexpected ({_names(unexpected)})"
-            + ("; a model of another configuration?" if missing and unexpected else ""))
+            f"; a model of another configuration?{_released_hint(arg)}")
     state, cast, wrong_shape = {}, set(), []
     for name, (kind, a) in stored.items():
         if name not in targets:
@@ -275,7 +275,8 @@ def load_params(model, path, strict=True):
         state[name] = a
     if wrong_shape:
         raise MXNetFormatError(f"{path}: {len(wrong_shape)} arrays do not fit {_model_label(model)} "
-                               f"(a model of another configuration?): {_names(wrong_shape, 3)}")
+                               f"(a model of another configuration?{_released_hint(arg)}): "
+                               f"{_names(wrong_shape, 3)}")
     if cast:
         warnings.warn(f"{path}: {', '.join(sorted(cast))} arrays cast to the model's dtype "
                       f"({', '.join(sorted({t[2].name for t in targets.values()}))})", stacklevel=2)
@@ -295,6 +296,19 @@ def save_params(model, path):
         warnings.warn(f"save_params: {len(unnamed)} arrays have no reference name ({_names(unnamed)}); "
                       f"they are saved under their attribute paths", stacklevel=2)
     write_ndarray_list(path, list(state.values()), names)
+
+
+def _released_hint(arg):
+    """' The file looks like <name>' when its stem conv is that of one of the five released
+    ImageNet models (their stem widths C0 all differ), else ''."""
+    from .nets import IMAGENET_CONFIGS  # only for this message
+    for stem_name in ("g0_conv_weight", "g0_weight"):
+        shape = getattr(arg.get(stem_name), "shape", None)
+        if shape is not None and len(shape) == 4 and shape[1:] == (3, 7, 7):
+            for name, (C0, _, Ls) in IMAGENET_CONFIGS.items():
+                if C0 == shape[0] and (Ls is not None) == (stem_name == "g0_conv_weight"):
+                    return f" The file's stem is that of {name!r}: imagenet_model({name!r}, weights=...)"
+    return ""
 
 
 def _names(names, k=5):
