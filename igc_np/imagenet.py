@@ -61,7 +61,7 @@ import numpy as np
 
 from .mxnet_io import RecordIO
 
-__all__ = ["load_imagenet", "ImageNet", "ImageNetSource", "RecordSamples", "FolderSamples",
+__all__ = ["load_imagenet", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples", "FolderSamples",
            "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
            "IMAGENET_MEAN", "IMAGENET_STD", "FILL_VALUE"]
 
@@ -426,6 +426,41 @@ class ImageNet:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     image_size: int = 224
+
+
+class ImageNetTrainingData:
+    """An ImageNet as the trainer's data source: ``batches(rng, start_batch)`` (x, y) Tensors on
+    ``device``, ``len()`` batches per epoch, ``test_batches()`` / ``test_len()`` (the validation
+    split), ``plain_train_batches(count)`` (training images in file order through the validation
+    transform, e.g. to re-estimate BN statistics), and ``name``, ``num_classes``, ``train_size``."""
+
+    def __init__(self, data, batch_size, dtype=np.float32, device="cpu", test_batch_size=256):
+        self.data, self.batch_size, self.dtype, self.device = data, batch_size, np.dtype(dtype), device
+        self.test_batch_size = test_batch_size
+        self.name, self.num_classes, self.train_size = "imagenet", data.num_classes, len(data.train)
+
+    def __len__(self):
+        return self.data.train.num_batches(self.batch_size)
+
+    def _tensors(self, batches):
+        from .autograd import Tensor
+        for xb, yb in batches:
+            yield Tensor(xb.astype(self.dtype, copy=False), device=self.device), Tensor(yb, device=self.device)
+
+    def batches(self, rng, start_batch=0):
+        return self._tensors(self.data.train.batches(self.batch_size, rng=rng, start_batch=start_batch))
+
+    def plain_train_batches(self, count):
+        t = self.data.train
+        plain = ImageNetSource(t.samples, ValTransform(t.transform.crop), t.num_classes, t.workers, t.prefetch,
+                               mean=t.mean, std=t.std, processes=t.processes)
+        return self._tensors(b for _, b in zip(range(count), plain.batches(self.batch_size)))
+
+    def test_batches(self):
+        return self._tensors(self.data.val.batches(self.test_batch_size))
+
+    def test_len(self):
+        return self.data.val.num_batches(self.test_batch_size)
 
 
 def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=None, val_transform=None,

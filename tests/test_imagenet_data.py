@@ -272,3 +272,21 @@ def test_grey_and_cmyk_jpegs_decode_to_rgb():
     Image.new("RGB", (256, 256), (200, 40, 40)).convert("CMYK").save(buf, "JPEG", quality=95)
     cmyk = ValTransform()(buf.getvalue())
     assert cmyk.shape == (224, 224, 3) and np.abs(cmyk.astype(int) - (200, 40, 40)).max() <= 4
+
+
+def test_the_trainer_data_source(tmp_path):
+    import igc_np as ig
+    data = load_imagenet(make_folders(tmp_path, per_class=3), workers=2)
+    td = inet.ImageNetTrainingData(data, batch_size=4, test_batch_size=5)
+    assert (len(td), td.test_len(), td.train_size, td.num_classes, td.name) == (3, 2, 9, 3, "imagenet")
+    state = np.random.default_rng(3).bit_generator.state
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    first = [(x.numpy(), y.numpy()) for x, y in td.batches(rng)]
+    assert isinstance(next(td.test_batches())[0], ig.Tensor)
+    assert [len(y) for _, y in first] == [4, 4, 1]
+    rng.bit_generator.state = state
+    again = [(x.numpy(), y.numpy()) for x, y in td.batches(rng, start_batch=2)]
+    np.testing.assert_array_equal(again[0][0], first[2][0])
+    plain = [y.numpy() for _, y in td.plain_train_batches(2)]
+    assert [list(y) for y in plain] == [[0, 0, 0, 1], [1, 1, 2, 2]]  # file order, not shuffled
