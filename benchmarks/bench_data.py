@@ -58,6 +58,10 @@ class Samples:
         return i % 1000, self.payloads[i]
 
 
+def row(what, images_per_s, note=""):
+    print(f"{what:<44}{images_per_s:7.0f} images/s" + (f" ({note})" if note else ""))
+
+
 def rate(fn, n, repeats):
     fn()  # warm-up
     times = []
@@ -82,15 +86,14 @@ def main():
     def pil_decode():
         for b in payloads:
             Image.open(io.BytesIO(b)).convert("RGB").load()
-    print(f"decode, Pillow {Image.__version__}:                 {rate(pil_decode, len(payloads), repeats):7.0f} images/s (1 core)")
+    row("decode, Pillow " + Image.__version__, rate(pil_decode, len(payloads), repeats), "1 core")
     try:
         import simplejpeg
 
         def sj_decode():
             for b in payloads:
                 simplejpeg.decode_jpeg(b, colorspace="RGB")
-        print(f"decode, simplejpeg {simplejpeg.__version__}:              "
-              f"{rate(sj_decode, len(payloads), repeats):7.0f} images/s (1 core)")
+        row("decode, simplejpeg " + simplejpeg.__version__, rate(sj_decode, len(payloads), repeats), "1 core")
     except ImportError:
         print("decode, simplejpeg: not installed")
 
@@ -103,8 +106,8 @@ def main():
 
     def val_one_core():
         inet.normalize(np.stack([val(b) for b in payloads]).transpose(0, 3, 1, 2))
-    print(f"decode + train augmentation + normalise: {rate(train_one_core, len(payloads), repeats):7.0f} images/s (1 core)")
-    print(f"decode + validation transform + normalise: {rate(val_one_core, len(payloads), repeats):5.0f} images/s (1 core)")
+    row("decode + train augmentation + normalise", rate(train_one_core, len(payloads), repeats), "1 core")
+    row("decode + validation transform + normalise", rate(val_one_core, len(payloads), repeats), "1 core")
 
     for processes in (False, True):
         for workers in (1, 2):
@@ -114,9 +117,8 @@ def main():
             def epoch():
                 for _ in src.batches(32, rng=np.random.default_rng(1)):
                     pass
-            label = f"{workers} {'process' if processes else 'thread'}{'es' * processes if workers > 1 else ''}"
-            label += "" if processes or workers == 1 else "s"
-            print(f"ImageNetSource.batches(32), {label:<11}: {rate(epoch, len(payloads), repeats):7.0f} images/s")
+            kind = ("process" if processes else "thread") + (("es" if processes else "s") if workers > 1 else "")
+            row(f"ImageNetSource.batches(32), {workers} {kind}", rate(epoch, len(payloads), repeats))
 
     model = ig.nets.imagenet_model("igc_l16m16", rng=0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,8 +61,8 @@ import numpy as np
 
 from .mxnet_io import RecordIO
 
-__all__ = ["load_imagenet", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples", "FolderSamples",
-           "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
+__all__ = ["load_imagenet", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples",
+           "FolderSamples", "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
            "IMAGENET_MEAN", "IMAGENET_STD", "FILL_VALUE"]
 
 IMAGENET_MEAN = (123.370, 112.757, 99.406)   # IGC_SPEC.md section 4, 0..255 scale, RGB
@@ -195,8 +195,9 @@ class TrainAugment:
         return rng.random((n, self.NUMBERS))
 
     def geometry(self, u, W, H):
-        """(sx, sy, canvas (w, h), crop corner (ox, oy), content offset (tx, ty), mirror) for one
-        image of W x H from its row of uniforms u."""
+        """(sx, sy, crop corner (ox, oy), content shift (tx, ty), mirror) for one image of W x H
+        from its row of uniforms u: the canvas is (int(s W), int(s H)), the content scaled by
+        (sx, sy) is centred on it (shift), the crop starts at the corner."""
         lo, hi = self.short_side
         s = (lo + u[0] * (hi - lo)) / min(W, H)
         r = 1 + self.max_aspect_ratio * (2 * u[1] - 1)
@@ -351,7 +352,8 @@ class ImageNetSource:
         for j, (i, row) in enumerate(zip(idx, u)):
             label, payload = self.samples[int(i)]
             if not 0 <= label < self.num_classes:
-                raise ValueError(f"{self.samples.where}: image {i} has label {label}, outside 0..{self.num_classes - 1}")
+                raise ValueError(f"{self.samples.where}: image {i} has label {label}, "
+                                 f"outside 0..{self.num_classes - 1}")
             labels[j] = label
             images[j] = self.transform(payload, row, where=f"{self.samples.where} image {i}")
         planes = images.transpose(0, 3, 1, 2)  # NHWC (what Pillow gives) -> NCHW, a view
