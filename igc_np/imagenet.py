@@ -419,7 +419,8 @@ def _worker_batch(idx, u):
 
 @dataclass
 class ImageNet:
-    """The two splits of an ImageNet layout; ``classes`` the wnids (folders) or None (RecordIO)."""
+    """The two splits of an ImageNet layout; ``classes`` the wnids (folders) or None (RecordIO);
+    ``train`` is None when loaded with val_only."""
     train: ImageNetSource
     val: ImageNetSource
     num_classes: int
@@ -466,40 +467,46 @@ class ImageNetTrainingData:
 
 
 def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=None, val_transform=None,
-                  processes=False):
+                  processes=False, val_only=False):
     """Find the ImageNet files in data_dir (RecordIO pairs, else train/ and val/ folders) -> ImageNet.
 
     num_classes: default 1000 for RecordIO (the labels are checked per batch), the number of class
     folders otherwise. augment / val_transform replace TrainAugment() / ValTransform(); workers,
-    prefetch, processes: see ImageNetSource.
+    prefetch, processes: see ImageNetSource. val_only: the validation split alone is enough (to
+    evaluate a released model); ``train`` is then None, and folder classes are val/'s sorted wnids.
     """
     root = Path(data_dir).expanduser()
     looked = []
-    for train_name, val_name in RECORD_NAMES:
-        rec = {s: root / f"{name}.rec" for s, name in (("train", train_name), ("val", val_name))}
-        looked.append(f"{rec['train'].name} + {rec['val'].name} (with .idx)")
-        if rec["train"].is_file() and rec["val"].is_file():
-            splits = {}
+    splits = ("val",) if val_only else ("train", "val")
+    pool = (workers, prefetch, processes)
+    for names in RECORD_NAMES:
+        rec = {s: root / f"{name}.rec" for s, name in zip(("train", "val"), names) if s in splits}
+        looked.append(" + ".join(p.name for p in rec.values()) + " (.idx beside them, optional)")
+        if all(p.is_file() for p in rec.values()):
+            samples = {}
             for s, path in rec.items():
                 idx = path.with_suffix(".idx")
-                splits[s] = RecordSamples(path, idx if idx.is_file() else None)
-            return _assemble(splits, num_classes or 1000, "recordio", None, (workers, prefetch, processes),
-                             augment, val_transform)
-    looked.append("train/<wnid>/*.JPEG + val/<wnid>/*.JPEG")
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train = FolderSamples(root / "train")
-        val = FolderSamples(root / "val", classes=train.classes)
-        return _assemble({"train": train, "val": val}, num_classes or len(train.classes), "folders",
-                         train.classes, (workers, prefetch, processes), augment, val_transform)
+                samples[s] = RecordSamples(path, idx if idx.is_file() else None)
+            return _assemble(samples, num_classes or 1000, "recordio", None, pool, augment, val_transform)
+    looked.append(" + ".join(f"{s}/<wnid>/*.JPEG" for s in splits))
+    if all((root / s).is_dir() for s in splits):
+        samples = {}
+        if not val_only:
+            samples["train"] = FolderSamples(root / "train")
+        samples["val"] = FolderSamples(root / "val", classes=samples["train"].classes if not val_only else None)
+        classes = samples["val"].classes
+        return _assemble(samples, num_classes or len(classes), "folders", classes, pool, augment, val_transform)
     raise ImageNetNotFoundError(f"no ImageNet in {root}: looked for {'; '.join(looked)}"
                                 + ("" if root.is_dir() else f" ({root} does not exist)"))
 
 
-def _assemble(splits, num_classes, layout, classes, pool, augment, val_transform):
+def _assemble(samples, num_classes, layout, classes, pool, augment, val_transform):
     workers, prefetch, processes = pool
-    train = ImageNetSource(splits["train"], augment or TrainAugment(), num_classes, workers, prefetch,
-                           processes=processes)
-    val = ImageNetSource(splits["val"], val_transform or ValTransform(), num_classes, workers, prefetch,
+    train = None
+    if "train" in samples:
+        train = ImageNetSource(samples["train"], augment or TrainAugment(), num_classes, workers, prefetch,
+                               processes=processes)
+    val = ImageNetSource(samples["val"], val_transform or ValTransform(), num_classes, workers, prefetch,
                          processes=processes)
     return ImageNet(train, val, num_classes, layout, classes)
 
@@ -546,14 +553,14 @@ def main(argv=None):
                                             "(short side 256, centre crop 224).")
     p.add_argument("--model", required=True, choices=list(nets.IMAGENET_CONFIGS))
     p.add_argument("--weights", required=True, metavar="PARAMS", help="an MXNet .params file")
-    p.add_argument("--data-dir", required=True, help="imagenet_val.rec/.idx or val/<wnid>/ (with train/)")
+    p.add_argument("--data-dir", required=True, help="holds imagenet_val.rec (+ .idx) or val/<wnid>/*.JPEG")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--limit", type=int, help="only the first N validation images")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "emu"))
     args = p.parse_args(argv)
     try:
-        data = load_imagenet(args.data_dir, workers=args.workers)
+        data = load_imagenet(args.data_dir, workers=args.workers, val_only=True)
         model = nets.imagenet_model(args.model, num_classes=data.num_classes, weights=args.weights)
     except (OSError, ValueError, MXNetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)

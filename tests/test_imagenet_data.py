@@ -177,6 +177,11 @@ def test_recordio_layout(tmp_path, with_idx):
 def test_missing_layout_says_what_it_looked_for(tmp_path):
     with pytest.raises(ImageNetNotFoundError, match=r"imagenet_train.rec \+ imagenet_val.rec.*train/<wnid>"):
         load_imagenet(tmp_path)
+    (tmp_path / "imagenet_val.rec").write_bytes(b"")
+    with pytest.raises(ImageNetNotFoundError, match=r"imagenet_train.rec \+ imagenet_val.rec"):
+        load_imagenet(tmp_path)  # the validation file alone is not a training set
+    assert load_imagenet(tmp_path, val_only=True).train is None
+    (tmp_path / "imagenet_val.rec").unlink()
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(ImageNetNotFoundError, match="no images"):
@@ -290,3 +295,18 @@ def test_the_trainer_data_source(tmp_path):
     np.testing.assert_array_equal(again[0][0], first[2][0])
     plain = [y.numpy() for _, y in td.plain_train_batches(2)]
     assert [list(y) for y in plain] == [[0, 0, 0, 1], [1, 1, 2, 2]]  # file order, not shuffled
+
+
+def test_the_command_line_evaluates_a_params_file(tmp_path, capsys):
+    """python -m igc_np.imagenet on a validation folder alone, with a .params of IGC-L100M2."""
+    import igc_np as ig
+    from igc_np import mxnet_io
+    root = make_folders(tmp_path / "d", per_class=1)
+    (root / "train").rename(tmp_path / "elsewhere")  # evaluating needs the validation split only
+    weights = tmp_path / "igc_l100m2-0001.params"
+    mxnet_io.save_params(ig.nets.imagenet_model("igc_l100m2", num_classes=3, rng=0), weights)
+    argv = ["--model", "igc_l100m2", "--weights", str(weights), "--data-dir", str(root), "--limit", "1",
+            "--batch-size", "1", "--workers", "1"]
+    assert inet.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Validation: 1 images" in out and "top5 1.0000" in out  # 3 classes: always in the top 5
