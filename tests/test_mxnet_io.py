@@ -27,11 +27,15 @@ FLAG = {np.float32: 0, np.float64: 1, np.float16: 2, np.uint8: 3, np.int32: 4, n
 
 # ---- a test-side writer of section 8 ---------------------------------------------------------
 def array_bytes(a, version="v2"):
-    """One NDArray as section 8 lays it out: v2 / v3 (magic, stype, ndim, int64 shape) or legacy
-    (uint32 ndim, uint32 shape); then device type, device id, type flag, the raw data."""
+    """One NDArray as section 8 lays it out: v2 / v3 (magic, stype, ndim, int64 shape), v1 (MXNet's
+    first versioned header: magic, ndim, int64 shape; no storage type) or legacy (uint32 ndim,
+    uint32 shape); then device type, device id, type flag, the raw data."""
     a = np.array(a, order="C")  # (not ascontiguousarray: it turns a 0-d array into 1-d)
     if version == "legacy":
         head = struct.pack("<I", a.ndim) + b"".join(struct.pack("<I", d) for d in a.shape)
+    elif version == "v1":
+        head = struct.pack("<I", 0xF993FAC8) + struct.pack("<I", a.ndim)
+        head += b"".join(struct.pack("<q", d) for d in a.shape)
     else:
         magic = {"v2": 0xF993FAC9, "v3": 0xF993FACA}[version]
         head = struct.pack("<I", magic) + struct.pack("<i", 0) + struct.pack("<I", a.ndim)
@@ -76,7 +80,7 @@ def small_model(rng=0):
 
 
 # ---- reading what section 8 describes --------------------------------------------------------
-@pytest.mark.parametrize("version", ["v2", "v3", "legacy"])
+@pytest.mark.parametrize("version", ["v2", "v3", "v1", "legacy"])
 def test_load_params_reads_every_array_header_version(tmp_path, version):
     src, dst = small_model(0), small_model(1)
     path = tmp_path / f"m-{version}.params"
@@ -241,6 +245,21 @@ def test_corrupt_files_are_clear_errors(tmp_path, case, match):
     path = tmp_path / "bad.params"
     path.write_bytes(bytes(data))
     _expect_error(model, path, match)
+
+
+def test_a_none_array_reads_as_none_and_is_refused_as_a_weight(tmp_path):
+    """MXNet writes an empty NDArray as its header up to the shape, ndim 0 (V2) or -1 (V3)."""
+    entries = model_entries(small_model(1))
+    none_v2 = struct.pack("<IiI", 0xF993FAC9, 0, 0)
+    none_v3 = struct.pack("<Iii", 0xF993FACA, 0, -1)
+    for none in (none_v2, none_v3):
+        data = params_bytes(entries)
+        a0 = len(array_bytes(entries[0][1]))
+        path = tmp_path / "none.params"
+        path.write_bytes(data[:24] + none + data[24 + a0:])
+        arrays, _ = mxnet_io.read_ndarray_list(path)
+        assert arrays[0] is None and np.array_equal(arrays[1], entries[1][1])
+        _expect_error(small_model(0), path, "empty .none. array")
 
 
 def test_foreign_and_missing_files(tmp_path):
