@@ -5,9 +5,11 @@ read by ``igc_np.mxnet_graph``) and ``<prefix>-<epoch:04d>.params``, and trains 
 files. Both formats are read here with the standard library and NumPy only (IGC_SPEC.md section 8).
 
     import igc_np as ig
+    from igc_np import mxnet_io
     model = ig.nets.imagenet_model("igc_l4m32", weights="seed-0001.params")   # or:
-    ig.mxnet_io.load_params(model, "seed-0001.params")
-    ig.mxnet_io.save_params(model, "mine-0120.params")    # mx.nd.load() reads it
+    mxnet_io.load_params(model, "seed-0001.params")
+    mxnet_io.save_params(model, "mine-0120.params")       # mx.nd.load() reads it
+    model, name = mxnet_io.load_checkpoint("resnet_gcwf_noshare_imagenet_d18b4", 120)  # the seed's pair
 
 ``.params`` (an NDArray list, all integers little-endian)::
 
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["MXNetFormatError", "read_ndarray_list", "write_ndarray_list", "load_params", "save_params",
-           "read_params", "RecordIO", "unpack_image_record"]
+           "read_params", "load_checkpoint", "RecordIO", "unpack_image_record"]
 
 LIST_MAGIC = 0x112
 V1_MAGIC, V2_MAGIC, V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -296,6 +298,21 @@ def save_params(model, path):
         warnings.warn(f"save_params: {len(unnamed)} arrays have no reference name ({_names(unnamed)}); "
                       f"they are saved under their attribute paths", stacklevel=2)
     write_ndarray_list(path, list(state.values()), names)
+
+
+def load_checkpoint(prefix, epoch):
+    """What MXNet's ``mx.model.load_checkpoint(prefix, epoch)`` gives the seed's users, as an igc_np
+    model: ``<prefix>-symbol.json`` says which released model it is (mxnet_graph.identify_graph),
+    ``<prefix>-<epoch:04d>.params`` holds its weights. Returns (model, name)."""
+    from .mxnet_graph import identify_graph, num_classes_of_graph
+    from .nets import imagenet_model
+    symbol = Path(f"{prefix}-symbol.json")
+    params = Path(f"{prefix}-{int(epoch):04d}.params")
+    for path in (symbol, params):
+        if not path.is_file():
+            raise FileNotFoundError(f"load_checkpoint: {path} does not exist")
+    name = identify_graph(symbol)
+    return imagenet_model(name, num_classes=num_classes_of_graph(symbol), weights=params), name
 
 
 def _released_hint(arg):

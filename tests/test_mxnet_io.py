@@ -313,6 +313,19 @@ def test_identify_graph_names_each_released_model(name):
     assert identify_graph(SYMBOLS / ig.nets.IMAGENET_GRAPHS[name]) == name
 
 
+@needs_graphs
+def test_load_checkpoint_from_a_prefix_like_mxnet(tmp_path):
+    prefix = tmp_path / "resnet_gcwf_noshare_imagenet_d18b100"
+    (tmp_path / f"{prefix.name}-symbol.json").write_bytes((SYMBOLS / f"{prefix.name}.json").read_bytes())
+    src = ig.nets.imagenet_model("igc_l100m2", rng=4)
+    mxnet_io.save_params(src, f"{prefix}-0120.params")
+    model, name = mxnet_io.load_checkpoint(prefix, 120)
+    assert name == "igc_l100m2"
+    assert_same_state(model, src)
+    with pytest.raises(FileNotFoundError, match="-0007.params does not exist"):
+        mxnet_io.load_checkpoint(prefix, 7)
+
+
 def _conv_graph(tmp_path, filters):
     nodes = [{"op": "null", "name": "data", "inputs": []},
              {"op": "null", "name": "g0_weight", "inputs": []},
