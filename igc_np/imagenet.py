@@ -175,7 +175,8 @@ def warp(img, full_size, sx, sy, corner, shift, crop, mirror, fill=FILL_VALUE):
     e, f = 1.0 / sy, (oy - ty) / sy
     kx, ky = img.size[0] / W, img.size[1] / H  # the decoder may have reduced the image
     data = (a * kx, 0.0, c * kx, 0.0, e * ky, f * ky)
-    out = img.transform((crop, crop), Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=tuple(fill))
+    out = img.transform((crop, crop), Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR,
+                        fillcolor=tuple(fill))
     return np.asarray(out)
 
 
