@@ -430,6 +430,13 @@ class ImageNet:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     image_size: int = 224
+    name: str = "imagenet"
+
+    def __repr__(self):
+        train = f"train={len(self.train)}" if self.train is not None else "no train split"
+        return (f"ImageNet({self.layout}: {train}, val={len(self.val)}, classes={self.num_classes}, "
+                f"{self.image_size}x{self.image_size}, workers={self.val.workers}"
+                f"{' processes' if self.val.processes else ''})")
 
 
 class ImageNetTrainingData:

@@ -154,6 +154,7 @@ def _colour_class(x):
 def test_folder_layout_labels_by_sorted_wnid(tmp_path):
     data = load_imagenet(make_folders(tmp_path), workers=1)
     assert data.layout == "folders" and data.classes == ["n01", "n02", "n03"] and data.num_classes == 3
+    assert repr(data) == "ImageNet(folders: train=9, val=9, classes=3, 224x224, workers=1)"
     assert len(data.train) == len(data.val) == 9
     x, y = next(data.val.batches(9))
     assert x.shape == (9, 3, 224, 224) and x.dtype == np.float32 and y.dtype == np.int64
