@@ -1,68 +1,76 @@
 #!/usr/bin/env python
 """Train an IGC network (or a plain / ResNet baseline) with the reference protocol.
 
-    python examples/cifar10_igc.py          # resnet_igc-8 IGC-L4M4 on the 8x8 digits: ~25 s on 2 cores
-    python examples/cifar10_igc.py --dataset cifar10 --download \\
-        --network resnet_igc --depth 20 --primary-partition 8 --secondary-partition 4
-    python examples/cifar10_igc.py --load-epoch 10     # resume exactly after epoch 10
+    python examples/cifar10_igc.py                      # resnet_igc-8 IGC-L4M4 on the 8x8 digits
+    python examples/cifar10_igc.py --dataset cifar10 --download   # resnet_igc-20 IGC-L24M2, CPU
+    python examples/cifar10_igc.py --load-epoch 10      # resume exactly after epoch 10
 
-The protocol is the reference code's (IGC_SPEC.md section 4): SGD with Nesterov momentum 0.9,
+The protocol is the reference code's (docs/reference_protocol.md): SGD with Nesterov momentum 0.9,
 weight decay 1e-4 on every parameter, learning rate 0.1 divided by 10 at 1/2, 3/4 and 7/8 of the
 epochs, batch 64, He-normal conv initialisation, pad-4/crop/mirror augmentation on CIFAR.
 
-Read ``train()`` from top to bottom: data, network, optimizer, (resume), then the epoch loop.
-Everything that is not the loop (checkpoint files, metrics, log, curves, Ctrl-C) is in
-``igc_np/training.py``.
+Read ``train()`` from top to bottom: data, network, optimizer, then the loop, whose step is
+``training.train_step``. Everything around the step (run folder, lock, checkpoints, resume,
+metrics, log, curves, Ctrl-C/SIGTERM) is ``igc_np/training.py``; examples/minimal_train.py is the
+same loop in 40 lines without any of it.
 
 Numbering follows the reference (MXNet): the console counts epochs from 0 (``Epoch[0]`` is the first
 one), and the checkpoint written after it is ``<prefix>-0001.npz``: the number of epochs completed.
 ``--load-epoch k`` loads ``<prefix>-<k:04d>.npz`` and goes on with ``Epoch[k]``.
 
-Ctrl-C: the current batch is finished, then ``<prefix>-interrupted.npz`` is written: the state after
-that batch, with the batch index and the data rng state of the epoch's start, so
-``--resume <prefix>-interrupted.npz`` continues *exactly* (the epoch's shuffle is drawn again and the
-finished batches skipped). Exit status 130. A second Ctrl-C quits at once without saving; every file
-is written atomically, so nothing half-written is ever left behind.
+Files: paths come from the command line only (``--output-dir``, ``--model-prefix``, the folder of
+``--resume FILE``), never from a checkpoint. A folder that holds a run is refused unless the run
+resumes its own latest checkpoint, or ``--overwrite`` deletes it; a lock keeps a second trainer out.
+
+Ctrl-C or SIGTERM: the current batch is finished, then ``<prefix>-interrupted.npz`` is written: the
+state after that batch, with the batch index and the data rng state of the epoch's start, so
+``--resume <prefix>-interrupted.npz`` continues *exactly* (the full command is printed). Exit status
+130 (SIGINT) or 143 (SIGTERM). A second signal quits at once without saving; every file is written
+atomically, so nothing half-written is ever left behind.
 """
 import argparse
-import math
 import os
+import shlex
 import sys
-import time
 
-import numpy as np
+# The engine reads IGC_NP_THREADS when it is imported: check it first, for a message, not a traceback
+_threads = os.environ.get("IGC_NP_THREADS")
+if _threads is not None and not (_threads.strip().isdigit() and int(_threads) >= 1):
+    print(f"error: IGC_NP_THREADS={_threads!r}: must be a positive integer (the number of CPU "
+          "threads), or unset for all cores", file=sys.stderr)
+    sys.exit(2)
+
+import numpy as np  # noqa: E402
 
 # run from a source checkout without installing: the package is one folder up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
-from igc_np import functional as F, training  # noqa: E402
-from igc_np.data import DATASETS, DatasetError, iterate_batches, load_dataset  # noqa: E402
-from igc_np.training import CheckpointError  # noqa: E402
-
-NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
+from igc_np import training  # noqa: E402
+from igc_np.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
+from igc_np.training import CheckpointError, NETWORKS, OptionError  # noqa: E402
 
 # Options that depend on the data set. digits is tuned so that the run with no options reaches
-# >= 97% test accuracy well inside 2 minutes on 2 CPU cores (~25 s measured); the others are the
-# reference's.
+# >= 97% test accuracy well inside 2 minutes on 2 CPU cores; the others are the reference's, with
+# its CIFAR network resnet_igc-20 IGC-L24M2 (the network is the same for all three).
+_CIFAR_NET = dict(network="resnet_igc", depth=20, primary_partition=24, secondary_partition=2)
 DATASET_DEFAULTS = {
-    "digits": dict(num_epochs=20, log_iters=10, checkpoint_every=5),
-    "cifar10": dict(num_epochs=400, log_iters=50, checkpoint_every=10),
-    "cifar100": dict(num_epochs=400, log_iters=50, checkpoint_every=10),
-    "svhn": dict(num_epochs=40, log_iters=50, checkpoint_every=1),
+    "digits": dict(network="resnet_igc", depth=8, primary_partition=4, secondary_partition=4,
+                   num_epochs=20, log_iters=10, checkpoint_every=5),
+    "cifar10": dict(_CIFAR_NET, num_epochs=400, log_iters=50, checkpoint_every=10),
+    "cifar100": dict(_CIFAR_NET, num_epochs=400, log_iters=50, checkpoint_every=10),
+    "svhn": dict(_CIFAR_NET, num_epochs=40, log_iters=50, checkpoint_every=1),
 }
-DEFAULTS = dict(network="resnet_igc", depth=8, primary_partition=4, secondary_partition=4,
-                dataset="digits", batch_size=64, lr=0.1, lr_factor=0.1, rand_seed=0, dtype="float32")
+DEFAULTS = dict(dataset="digits", batch_size=64, lr=0.1, lr_factor=0.1, momentum=0.9, wd=1e-4,
+                rand_seed=0, dtype="float32", eval_bn="auto")
 
 # On resume these must equal the checkpoint's: they decide the parameter shapes and the data.
 STRUCTURAL = ("network", "depth", "primary_partition", "secondary_partition", "dataset", "subset",
               "dtype")
-
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-
-
-class OptionError(ValueError):
-    """A command-line option that cannot work (the message says which and why)."""
+# Never taken from a checkpoint: paths (a file being read must not decide where we write or
+# read) and the machine's devices.
+NOT_FROM_CHECKPOINT = ("output_dir", "model_prefix", "data_dir", "device", "gpus")
+COMMAND_ONLY = ("load_epoch", "resume", "download", "overwrite")
 
 
 def parse_args(argv=None):
@@ -70,65 +78,84 @@ def parse_args(argv=None):
         description="Train plain / resnet / plain_igc / resnet_igc networks (Interleaved Group "
                     "Convolutions, ICCV 2017) on CIFAR-10/100, SVHN or the 8x8 digits.",
         epilog="Defaults are in [brackets]. When resuming, options left out take the value stored "
-               "in the checkpoint. The console counts epochs from 0 like the reference: the "
-               "checkpoint written after Epoch[k] is <prefix>-<k+1:04d>.npz. Ctrl-C finishes the "
-               "current batch, saves <prefix>-interrupted.npz (resume it exactly with --resume) and "
-               "exits with status 130; a second Ctrl-C quits without saving. Exit status 1: an "
-               "error, or the loss became NaN/inf (the run stops; earlier checkpoints stay intact).")
+               "in the checkpoint, except paths and devices (from this command line only). The "
+               "console counts epochs from 0 like the reference: the checkpoint written after "
+               "Epoch[k] is <prefix>-<k+1:04d>.npz. Ctrl-C or SIGTERM finishes the current batch, "
+               "saves <prefix>-interrupted.npz (resume it exactly with --resume) and exits with "
+               "status 130 (143 for SIGTERM); a second one quits without saving. Exit status 1: an "
+               "error, or the loss became NaN/inf (noticed within --log-iters batches; earlier "
+               "checkpoints stay intact). Exit status 2: a bad option. IGC_NP_DEBUG=1 shows the "
+               "traceback of an unexpected error.")
     # None means "not given": filled from the checkpoint or the defaults by resolve_options()
     net = p.add_argument_group("network")
-    net.add_argument("--network", choices=NETWORKS, help=f"architecture [{DEFAULTS['network']}]")
-    net.add_argument("--depth", type=int, metavar="N", help=f"number of layers (plain: 3n+2, resnet: 6n+2) "
-                                              f"[{DEFAULTS['depth']}]")
+    net.add_argument("--network", choices=NETWORKS,
+                     help="architecture [resnet_igc; digits: depth 8 L4M4, cifar/svhn: depth 20 L24M2]")
+    net.add_argument("--depth", type=int, metavar="N", help="number of layers (plain: 3n+2, resnet: 6n+2) "
+                                                            "[digits 8, others 20]")
     net.add_argument("--primary-partition", type=int, metavar="L",
                      help="primary partitions of every IGC conv; the first stage has C = L*M "
                           "channels (plain/resnet: the width is L*M too, so use M=1 there) "
-                          f"[{DEFAULTS['primary_partition']}]")
+                          "[digits 4, others 24]")
     net.add_argument("--secondary-partition", type=int, metavar="M",
-                     help="channels per primary partition = secondary partitions "
-                          f"[{DEFAULTS['secondary_partition']}]")
+                     help="channels per primary partition = secondary partitions [digits 4, others 2]")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help=f"[{DEFAULTS['dataset']}]")
     data.add_argument("--data-dir", metavar="DIR", help="where the data sets live [$IGC_NP_DATA or ./data]")
     data.add_argument("--download", action="store_true", help="fetch a missing data set")
     data.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only "
-                                                "(quick experiments; the test set stays complete)")
+                                                              "(quick experiments; the test set stays complete)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}]")
-    opt.add_argument("--num-epochs", type=int, metavar="E",
+    opt.add_argument("--num-epochs", "--epochs", type=int, metavar="E", dest="num_epochs",
                      help="[digits 20, cifar10/cifar100 400, svhn 40]")
     opt.add_argument("--lr", type=float, help=f"initial learning rate [{DEFAULTS['lr']}]")
     opt.add_argument("--lr-factor", type=float,
-                     help=f"multiply the learning rate by this at each step [{DEFAULTS['lr_factor']}]")
-    opt.add_argument("--lr-steps", metavar="E1,E2,..", help="comma-separated epochs at which to multiply by --lr-factor "
-                                        "[1/2, 3/4, 7/8 of --num-epochs]")
-    opt.add_argument("--rand-seed", type=int, metavar="S", help=f"seed of the initialisation and the data order "
-                                                   f"[{DEFAULTS['rand_seed']}]")
+                     help=f"multiply the learning rate by this at each step, in (0, 1] "
+                          f"[{DEFAULTS['lr_factor']}]")
+    opt.add_argument("--lr-steps", metavar="E1,E2,..", help="comma-separated epochs at which to multiply by "
+                                                            "--lr-factor [1/2, 3/4, 7/8 of --num-epochs]")
+    opt.add_argument("--momentum", type=float, help=f"Nesterov momentum [{DEFAULTS['momentum']}]")
+    opt.add_argument("--wd", "--weight-decay", type=float, dest="wd",
+                     help=f"weight decay on every parameter [{DEFAULTS['wd']}]")
+    opt.add_argument("--rand-seed", "--seed", type=int, metavar="S", dest="rand_seed",
+                     help=f"seed of the initialisation and the data order [{DEFAULTS['rand_seed']}]")
     opt.add_argument("--dtype", choices=("float32", "float64"), help=f"[{DEFAULTS['dtype']}]")
+    opt.add_argument("--eval-bn", choices=("auto", "running", "precise"),
+                     help="BN statistics for the test pass: running (the reference), precise "
+                          "(recalibrated on 20 training batches, for a copy of the statistics only), "
+                          "auto: precise while the running ones still hold > 1%% of their initial "
+                          "values (short runs of plain nets, BN momentum 0.99) [auto]")
     out = p.add_argument_group("output and checkpoints")
     out.add_argument("--log-iters", type=int, metavar="N", help="print speed and metrics every N batches "
-                                                  "[digits 10, others 50]")
-    out.add_argument("--output-dir", metavar="DIR", help="folder for log.jsonl, the curves and the checkpoints "
-                                         "[runs/<dataset>-<network><depth>-L<L>M<M>]")
+                                                                "[digits 10, others 50]")
+    out.add_argument("--output-dir", metavar="DIR",
+                     help="folder for log.jsonl, the curves and the checkpoints [the folder of "
+                          "--resume/--model-prefix, else runs/<dataset>-<network><depth>-L<L>M<M>]")
     out.add_argument("--model-prefix", metavar="P", help="checkpoints are <prefix>-<epoch:04d>.npz "
-                                           "[<output-dir>/model]")
+                                                         "[<output-dir>/model]")
     out.add_argument("--checkpoint-every", type=int, metavar="K",
                      help="save every K epochs, and after the last one [digits 5, cifar 10, svhn 1]")
     out.add_argument("--load-epoch", type=int, metavar="K",
                      help="resume from <model-prefix>-<K:04d>.npz (exactly: same result as a run "
                           "never stopped)")
     out.add_argument("--resume", metavar="FILE",
-                     help="resume from a checkpoint file, e.g. <prefix>-interrupted.npz")
+                     help="resume from a checkpoint file, e.g. <prefix>-interrupted.npz; the run "
+                          "goes on in FILE's folder unless --output-dir says otherwise")
+    out.add_argument("--overwrite", action="store_true",
+                     help="start in a folder that holds an earlier run, deleting its log, curves "
+                          "and checkpoints (without it such a folder is refused)")
     dev = p.add_argument_group("device")
     dev.add_argument("--device", choices=("cpu", "cuda", "emu"),
                      help="cpu: NumPy; cuda: CuPy and our CUDA kernels; emu: the same kernels run "
                           "by the CPU emulator (slow) [cuda if --gpus is given, else cpu]")
     dev.add_argument("--gpus", metavar="IDS", help="GPU ids as in the reference, e.g. 0 or 0,1; only the FIRST id "
-                                    "is used (igc_np trains on one GPU): "
-                                    "cupy.cuda.Device(id).use()")
+                                                   "is used (igc_np trains on one GPU): "
+                                                   "cupy.cuda.Device(id).use()")
     args = p.parse_args(argv)
     if args.load_epoch is not None and args.resume:
         p.error("give --load-epoch or --resume, not both")
+    if args.load_epoch is not None and args.load_epoch < 0:
+        p.error(f"--load-epoch must be >= 0, got {args.load_epoch}")
     return args
 
 
@@ -137,35 +164,51 @@ def default_output_dir(o):
                                 f"L{o['primary_partition']}M{o['secondary_partition']}")
 
 
+def prefix_of(checkpoint_file):
+    """runs/x/model-0003.npz -> runs/x/model (the prefix a resume from that file writes with)."""
+    head, name = os.path.split(str(checkpoint_file))
+    stem = name[:-4] if name.endswith(".npz") else name
+    return os.path.join(head, stem.rsplit("-", 1)[0] if "-" in stem else stem)
+
+
 def resolve_options(args):
     """Options not given on the command line: the resumed checkpoint's, else the defaults.
 
-    Returns (options as a dict, the Checkpoint to resume from or None).
+    Paths are never taken from the checkpoint. Returns (options as a dict, the Checkpoint to
+    resume from or None); raises OptionError / CheckpointError with a message.
     """
-    o = {k: v for k, v in vars(args).items()
-         if v is not None and k not in ("load_epoch", "resume", "download")}
+    o = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_ONLY}
     ckpt = None
     if args.resume or args.load_epoch is not None:
         path = args.resume
-        if path is None:  # --load-epoch: the prefix is given, or the default one of these options
-            guess = {**DEFAULTS, **o}
+        if path is None:  # --load-epoch: the prefix is given, or derived from the output folder
+            guess = {**DEFAULTS, **DATASET_DEFAULTS[o.get("dataset", DEFAULTS["dataset"])], **o}
             prefix = o.get("model_prefix") or os.path.join(
                 o.get("output_dir") or default_output_dir(guess), "model")
             path = training.checkpoint_path(prefix, args.load_epoch)
         ckpt = training.load_checkpoint(path)
+        if ckpt.nonfinite:
+            raise CheckpointError(
+                f"checkpoint {path} holds NaN/inf values ({', '.join(ckpt.nonfinite[:3])}"
+                f"{' ...' if len(ckpt.nonfinite) > 3 else ''}): not a state to resume from; "
+                "resume an earlier checkpoint")
         for key in STRUCTURAL + (("batch_size",) if ckpt.batch else ()):
             if key in o and key in ckpt.args and o[key] != ckpt.args[key]:
                 raise CheckpointError(
                     f"checkpoint {path} was trained with --{key.replace('_', '-')} "
                     f"{ckpt.args[key]}, this run asks for {o[key]}: leave the option out to resume")
         for key, value in ckpt.args.items():
-            if key not in o and key not in ("device", "gpus"):  # those belong to this machine
+            if key not in o and key not in NOT_FROM_CHECKPOINT and key in _KNOWN:
                 o[key] = value
+        if args.resume and "model_prefix" not in o and "output_dir" not in o:
+            o["model_prefix"] = prefix_of(args.resume)  # go on beside the file given
     for key, value in DEFAULTS.items():
         o.setdefault(key, value)
     for key, value in DATASET_DEFAULTS[o["dataset"]].items():
         o.setdefault(key, value)
-    o.setdefault("output_dir", default_output_dir(o))
+    if "output_dir" not in o:
+        o["output_dir"] = (os.path.dirname(o["model_prefix"]) or ".") if "model_prefix" in o \
+            else default_output_dir(o)
     o.setdefault("model_prefix", os.path.join(o["output_dir"], "model"))
     o.setdefault("subset", None)
     o.setdefault("data_dir", None)
@@ -175,36 +218,83 @@ def resolve_options(args):
     steps = o.get("lr_steps")
     if steps is None:
         n = o["num_epochs"]
-        steps = sorted({int(n * f) for f in (1 / 2, 3 / 4, 7 / 8)} - {0})
+        steps = sorted({int(n * f) for f in (1 / 2, 3 / 4, 7 / 8)} - {0}) if isinstance(n, int) else []
     elif isinstance(steps, str):
         try:
-            steps = sorted(int(s) for s in steps.split(",") if s.strip())
+            steps = sorted({int(s) for s in steps.split(",") if s.strip()})
         except ValueError:
-            raise OptionError(f"--lr-steps must be comma-separated integers, got {steps!r}") from None
+            raise OptionError(f"--lr-steps must be comma-separated epochs like 200,300,350, "
+                              f"got {steps!r}") from None
     o["lr_steps"] = steps
-    for key in ("depth", "primary_partition", "secondary_partition", "batch_size", "num_epochs",
-                "log_iters", "checkpoint_every", "subset"):
-        if o[key] is not None and o[key] < 1:
-            raise OptionError(f"--{key.replace('_', '-')} must be positive, got {o[key]}")
+    training.check_options(o)
     return o, ckpt
 
 
+_KNOWN = set(DEFAULTS) | set(DATASET_DEFAULTS["digits"]) | set(STRUCTURAL) | {"lr_steps"}
+
+
+def resume_command(o, path):
+    """The command line that continues exactly from ``path`` (printed after Ctrl-C)."""
+    cmd = ["python", os.path.relpath(os.path.abspath(__file__)), "--resume", str(path)]
+    if os.path.normpath(prefix_of(path)) != os.path.normpath(o["model_prefix"]):
+        cmd += ["--model-prefix", o["model_prefix"]]
+    if os.path.normpath(os.path.dirname(o["model_prefix"]) or ".") != os.path.normpath(o["output_dir"]):
+        cmd += ["--output-dir", o["output_dir"]]
+    for key in ("data_dir", "device", "gpus"):  # not stored for reuse: give them again
+        if o.get(key) is not None and not (key == "device" and o[key] == "cpu"):
+            cmd += [f"--{key.replace('_', '-')}", str(o[key])]
+    return shlex.join(cmd)
+
+
+class _QuietPipe:
+    """A stream that stops writing once its reader is gone (``... | head -1``): the training
+    goes on and its checkpoints are written; only the console output is dropped."""
+
+    def __init__(self, stream):
+        self.stream, self.broken = stream, False
+
+    def _broke(self):
+        self.broken = True
+        try:  # the interpreter flushes the real stream at exit: point it at /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._broke()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._broke()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv=None):
-    """Parse the command line and train; returns the exit status (0, 1 or 130)."""
-    args = parse_args(argv)
-    try:
+    """Parse the command line and train; returns the exit status (0, 1, 2, 130 or 143)."""
+    args = parse_args(argv)  # usage errors: argparse prints one line and exits with 2
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
+
+    def body():
         opts, ckpt = resolve_options(args)
-        return train(opts, ckpt, download=args.download)
-    except (CheckpointError, DatasetError, OptionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
-        print("\ninterrupted: quit without saving (checkpoints already on disk are complete)",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return train(opts, ckpt, download=args.download, overwrite=args.overwrite)
+    try:
+        return training.run_command(body)  # errors: one line, exit 1 or 2 (see --help)
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
-def train(o, ckpt=None, download=False):
+def train(o, ckpt=None, download=False, overwrite=False):
     print("Configuration: " + " ".join(f"{k}={v}" for k, v in sorted(o.items())))
 
     # ---- device: the model and every batch go there; the code below is the same for all ------
@@ -217,9 +307,17 @@ def train(o, ckpt=None, download=False):
         raise OptionError(f"--device {device} --gpus {o['gpus']}: {e}") from None
 
     # ---- data ---------------------------------------------------------------------------------
-    ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
+    try:
+        ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
+    except DatasetNotFoundError as e:
+        stored = ckpt.args.get("data_dir") if ckpt is not None else None
+        if isinstance(stored, str) and stored != o["data_dir"]:  # a hint only: never used as a path
+            raise DatasetNotFoundError(f"{e}\n(the checkpoint was trained with --data-dir "
+                                       f"{stored!r}: give --data-dir again to resume)") from None
+        raise
     print(f"Data: {ds}")
     dtype = np.dtype(o["dtype"])
+    data = training.TrainingData(ds, o["batch_size"], dtype, device)
 
     # ---- network ------------------------------------------------------------------------------
     # two independent random streams: the initialisation, and the data order/augmentation
@@ -238,146 +336,21 @@ def train(o, ckpt=None, download=False):
     print(f"Parameters: {ig.nets.count_params(model)}")
 
     # ---- optimizer: Nesterov SGD, weight decay on every parameter; multi-step schedule ---------
-    optimizer = ig.optim.SGD(model.parameters(), lr=o["lr"], momentum=0.9, nesterov=True,
-                             weight_decay=1e-4)
+    optimizer = ig.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"], nesterov=True,
+                             weight_decay=o["wd"])
     schedule = ig.optim.MultiStepLR(optimizer, o["lr_steps"], factor=o["lr_factor"])
-    rng = np.random.default_rng(data_seed)
 
-    # ---- resume: weights, velocities, the data rng, and how far we got ------------------------
-    start_epoch, start_batch, train_sums, history = 0, 0, None, []
-    if ckpt is not None:
-        training.restore(ckpt, model, optimizer)
-        rng.bit_generator.state = ckpt.rng_state
-        start_epoch, start_batch, history = ckpt.epoch, ckpt.batch, ckpt.history
-        train_sums = ckpt.train_sums if ckpt.batch else None
-        where = f"Epoch[{start_epoch}] Batch [{start_batch}]" if start_batch else f"Epoch[{start_epoch}]"
-        print(f"Resumed from {ckpt.path}: continuing with {where}")
-
-    out_dir = o["output_dir"]
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"Output: {out_dir} (log.jsonl, loss.png, accuracy.png, "
-          f"{os.path.basename(o['model_prefix'])}-NNNN.npz)")
-    log = training.JsonLinesLog(os.path.join(out_dir, "log.jsonl"), history)
-    last_checkpoint = str(ckpt.path) if ckpt is not None else None
-    n_batches = math.ceil(len(ds.train_x) / o["batch_size"])
-    show_bar = sys.stdout.isatty() and _have_tqdm()
-    top5 = ds.num_classes >= 100  # top-5 is reported for 100+ classes, as in the paper
-    elapsed_before = history[-1]["elapsed"] if history else 0.0
-    t_start = time.perf_counter()
-
-    def save(path, epoch, batch, epoch_rng_state, sums):
-        return str(training.save_checkpoint(
-            path, model, optimizer, epoch=epoch, batch=batch, rng_state=epoch_rng_state,
-            train_sums=sums, history=history, args=o))
-
-    # ---- the loop -----------------------------------------------------------------------------
-    with training.GracefulInterrupt() as interrupt:
-        for epoch in range(start_epoch, o["num_epochs"]):
+    # ---- the loop: the step is train_step; Run restores a checkpoint and writes every file ----
+    run = training.Run(o, model, optimizer, data, ckpt, rng=np.random.default_rng(data_seed),
+                       resume_command=lambda path: resume_command(o, path), overwrite=overwrite)
+    with run:
+        for epoch in run.epochs():
             lr = schedule.step(epoch)
-            model.train()
-            # the rng state *before* this epoch's shuffle: a mid-epoch checkpoint stores it, and
-            # resuming draws the same shuffle again and skips the batches already done
-            # (on a mid-epoch resume the rng was set back to exactly that state above)
-            epoch_rng_state = rng.bit_generator.state
-            metrics = training.Metrics(train_sums)
-            t_epoch = tic = time.perf_counter()
-            seen = 0
-            bar = _progress_bar(n_batches, start_batch, epoch) if show_bar else None
-            say = bar.write if bar else print
-            batches = iterate_batches(ds.train_x, ds.train_y, o["batch_size"], shuffle=True, rng=rng,
-                                      augment=ds.augment, mean=ds.mean, std=ds.std, dtype=dtype,
-                                      start_batch=start_batch)
-            for b, (xb, yb) in enumerate(batches, start=start_batch):
-                x, y = ig.Tensor(xb, device=device), ig.Tensor(yb, device=device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    # stop before the step: the weights (and the checkpoints) stay as they were
-                    if bar:
-                        bar.close()
-                    print(f"Epoch[{epoch}] Batch [{b + 1}]: the loss is {loss_value}; stopping. The "
-                          f"training diverged: is the learning rate ({lr:g}) too high? Last good "
-                          f"checkpoint: {last_checkpoint or 'none written yet'}", file=sys.stderr)
-                    return EXIT_ERROR
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-
-                metrics.update(loss_value, logits.numpy(), yb)
-                seen += len(yb)
-                if bar:  # redrawn by update() at most 10 times a second
-                    bar.set_postfix(loss=f"{metrics.loss:.4f}", top1=f"{metrics.top1:.4f}",
-                                    refresh=False)
-                    bar.update(1)
-                if (b + 1) % o["log_iters"] == 0:
-                    speed = seen / (time.perf_counter() - tic)
-                    say(f"Epoch[{epoch}] Batch [{b + 1}]\tSpeed: {speed:.2f} samples/sec\t"
-                        f"loss: {metrics.loss:.6f}\ttop1: {metrics.top1:.6f}")
-                    tic, seen = time.perf_counter(), 0
-                if interrupt.requested:  # Ctrl-C: this batch is complete, save and leave
-                    if bar:
-                        bar.close()
-                    path = save(f"{o['model_prefix']}-interrupted.npz", epoch, b + 1,
-                                epoch_rng_state, metrics.sums)
-                    print(f"Saved {path} (Epoch[{epoch}] after batch {b + 1}); continue exactly "
-                          f"with:  --resume {path}", file=sys.stderr)
-                    return EXIT_INTERRUPTED
-            if bar:
-                bar.close()
-            start_batch, train_sums = 0, None
-
-            # ---- end of epoch: test, log, curves, checkpoint ----------------------------------
-            test = training.evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std,
-                                     batch_size=256, device=device, dtype=dtype)
-            model.train()
-            if not math.isfinite(test.loss):
-                print(f"Epoch[{epoch}]: the test loss is {test.loss}; stopping (diverged; is the "
-                      f"learning rate {lr:g} too high?). Last good checkpoint: "
-                      f"{last_checkpoint or 'none written yet'}", file=sys.stderr)
-                return EXIT_ERROR
-            now = time.perf_counter()
-            record = dict(epoch=epoch, lr=lr, train_loss=metrics.loss, train_top1=metrics.top1,
-                          test_loss=test.loss, test_top1=test.top1)
-            if top5:
-                record.update(train_top5=metrics.top5, test_top5=test.top5)
-            record.update(epoch_time=now - t_epoch, elapsed=elapsed_before + now - t_start)
-            history.append(record)
-            log.append(record)
-            print(f"Epoch[{epoch}] lr {lr:g}  train loss {metrics.loss:.4f} top1 {metrics.top1:.4f}"
-                  + (f" top5 {metrics.top5:.4f}" if top5 else "")
-                  + f"  test loss {test.loss:.4f} top1 {test.top1:.4f}"
-                  + (f" top5 {test.top5:.4f}" if top5 else "")
-                  + f"  time {record['epoch_time']:.1f}s (total {record['elapsed']:.1f}s)")
-            training.plot_curves(history, out_dir)
-
-            done = epoch + 1
-            if done % o["checkpoint_every"] == 0 or done == o["num_epochs"] or interrupt.requested:
-                last_checkpoint = save(training.checkpoint_path(o["model_prefix"], done), done, 0,
-                                       rng.bit_generator.state, np.zeros(4))
-                print(f"Saved {last_checkpoint}")
-            if interrupt.requested:  # Ctrl-C during the test pass: the epoch is complete and saved
-                print(f"Stopped after Epoch[{epoch}]; continue with --load-epoch {done}",
-                      file=sys.stderr)
-                return EXIT_INTERRUPTED
-    if start_epoch >= o["num_epochs"]:
-        print(f"Nothing to train: the checkpoint is at epoch {start_epoch} >= --num-epochs "
-              f"{o['num_epochs']}")
-    return 0
-
-
-def _have_tqdm():
-    try:
-        import tqdm  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _progress_bar(total, initial, epoch):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc=f"Epoch[{epoch}]", leave=False,
-                dynamic_ncols=True, file=sys.stdout)
+            for x, y in run.batches(epoch):
+                loss, logits = training.train_step(model, optimizer, x, y)
+                run.after_batch(loss, logits, y)  # metrics stay on the device; Ctrl-C checked
+            run.end_epoch(epoch, lr)              # test, log.jsonl, curves, checkpoint
+    return run.status
 
 
 if __name__ == "__main__":

@@ -1,24 +1,31 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint of examples/cifar10_igc.py on a test set.
+"""Evaluate a checkpoint of examples/cifar10_igc.py on its test set.
 
     python examples/evaluate.py --checkpoint runs/digits-resnet_igc8-L4M4/model-0020.npz
 
 The network (architecture, depth, L, M, dtype) and the data set are read from the options stored
-in the checkpoint; --dataset evaluates on another data set with the same number of classes.
-Prints the test loss and top-1 accuracy (and top-5 for 100+ classes). Exit status 1 on a missing
-or unreadable checkpoint, with a message naming the file.
+in the checkpoint (paths are not: give --data-dir). The BN statistics are chosen as the trainer
+chose them for its log (``--eval-bn``, stored), so the printed numbers are the logged ones.
+Prints the test loss and top-1 accuracy (and top-5 for 100+ classes). Exit status 1 on a missing,
+unreadable or unsuitable checkpoint, 2 on a bad option, with a message naming the file or option.
 """
 import argparse
 import os
 import sys
 
-import numpy as np
+# the engine reads IGC_NP_THREADS when imported: a message, not a traceback (as cifar10_igc.py)
+_threads = os.environ.get("IGC_NP_THREADS")
+if _threads is not None and not (_threads.strip().isdigit() and int(_threads) >= 1):
+    print(f"error: IGC_NP_THREADS={_threads!r}: must be a positive integer", file=sys.stderr)
+    sys.exit(2)
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
 from igc_np import training  # noqa: E402
-from igc_np.data import DATASETS, DatasetError, load_dataset  # noqa: E402
+from igc_np.data import DATASETS, load_dataset  # noqa: E402
 from igc_np.training import CheckpointError  # noqa: E402
 
 
@@ -27,52 +34,73 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="a <prefix>-<epoch>.npz written by cifar10_igc.py")
     p.add_argument("--dataset", choices=DATASETS,
-                   help="the test set [the one the checkpoint was trained on]")
-    p.add_argument("--data-dir", help="where the data sets live [the checkpoint's, else "
-                                      "$IGC_NP_DATA or ./data]")
+                   help="the test set; must be the one the checkpoint was trained on [that one]")
+    p.add_argument("--data-dir", help="where the data sets live [$IGC_NP_DATA or ./data]")
     p.add_argument("--download", action="store_true", help="fetch a missing data set")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size [256]")
+    p.add_argument("--eval-bn", choices=("auto", "running", "precise"),
+                   help="BN statistics for the test pass (see cifar10_igc.py --help) [the stored one]")
     p.add_argument("--device", choices=("cpu", "cuda", "emu"),
                    help="[cuda if --gpus is given, else cpu]")
     p.add_argument("--gpus", help="GPU id(s); only the first is used")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 1 <= args.batch_size <= 1 << 16:
+        p.error(f"--batch-size must be in 1..65536, got {args.batch_size}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    return training.run_command(lambda: _evaluate(args))  # errors: one line, exit 1 or 2
+
+
+def _evaluate(args):
     try:
         ckpt = training.load_checkpoint(args.checkpoint)
-        o = ckpt.args
-        dataset = args.dataset or o["dataset"]
-        data_dir = args.data_dir if args.data_dir is not None else o.get("data_dir")
-        ds = load_dataset(dataset, data_dir, download=args.download)
-        device = args.device or ("cuda" if args.gpus else "cpu")
+    except CheckpointError as e:
+        raise CheckpointError(f"--checkpoint: {e}") from None
+    o = ckpt.args
+    missing = [k for k in ("network", "depth", "primary_partition", "secondary_partition",
+                           "dataset") if k not in o]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt.path}: its stored options lack {missing}")
+    dataset = args.dataset or o["dataset"]
+    if dataset != o["dataset"]:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} was trained on {o['dataset']}; --dataset {dataset} is another "
+            "data set (other images, normalisation and classes): its number would mean nothing")
+    if ckpt.nonfinite:
+        print(f"WARNING: checkpoint {ckpt.path} holds NaN/inf values in "
+              f"{', '.join(ckpt.nonfinite[:3])}{' ...' if len(ckpt.nonfinite) > 3 else ''}: "
+              "the training had diverged; the numbers below are not those of a usable model",
+              file=sys.stderr)
+    ds = load_dataset(dataset, args.data_dir, download=args.download, subset=o.get("subset"))
+    device = args.device or ("cuda" if args.gpus else "cpu")
+    try:
         ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
         if device == "cuda" and args.gpus:
             ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
-        model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
-                                    primary_partition=o["primary_partition"],
-                                    secondary_partition=o["secondary_partition"])
-        dtype = np.dtype(o.get("dtype", "float32"))
-        model.to(device, dtype)
-        training.restore(ckpt, model)  # no optimizer: only the weights and BN statistics
-    except (CheckpointError, DatasetError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyError as e:
-        print(f"error: checkpoint {args.checkpoint}: its stored options lack {e}", file=sys.stderr)
-        return 1
+    except (RuntimeError, ValueError) as e:
+        raise training.OptionError(f"--device {device} --gpus {args.gpus}: {e}") from None
+    model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
+                                primary_partition=o["primary_partition"],
+                                secondary_partition=o["secondary_partition"])
+    dtype = np.dtype(o.get("dtype", "float32"))
+    model.to(device, dtype)
+    training.restore(ckpt, model)  # no optimizer: only the weights and BN statistics
     print(f"Checkpoint: {ckpt.path} ({o['network']}-{o['depth']} L={o['primary_partition']} "
           f"M={o['secondary_partition']}, {ckpt.epoch} epochs"
           + (f" + {ckpt.batch} batches" if ckpt.batch else "") + ")")
     print(f"Parameters: {ig.nets.count_params(model)}")
     print(f"Data: {ds}")
-    m = training.evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std,
-                          batch_size=args.batch_size, device=device, dtype=dtype)
+    data = training.TrainingData(ds, o.get("batch_size", 64), dtype, device,
+                                 test_batch_size=args.batch_size)
+    updates = ckpt.epoch * len(data) + ckpt.batch
+    m, note = training.test_pass(model, data, args.eval_bn or o.get("eval_bn", "auto"), updates)
     line = f"Test {dataset}: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}"
     if ds.num_classes >= 100:
         line += f"  top5 {m.top5:.4f}"
-    print(line)
+    print(line + f"  (BN statistics: {note})")
     return 0
 
 

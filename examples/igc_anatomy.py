@@ -1,9 +1,10 @@
 """Anatomy of one interleaved group convolution: its weights, its permutation, what it composes to.
 
     pip install -e ".[examples]"          # matplotlib, for the pictures
-    python examples/igc_anatomy.py --L 4 --M 3 --out anatomy/
+    python examples/igc_anatomy.py --primary-partition 4 --secondary-partition 3 --output-dir anatomy/
 
-Writes into --out (paper section 3, helpers in igc_np/igc.py):
+Writes into --output-dir (paper section 3, helpers in igc_np/igc.py; the options are named as in
+examples/cifar10_igc.py, --L/--M/--out are accepted too):
     masks.png         the primary (L blocks, k x k) and secondary (M blocks, 1x1) block-diagonal weights
     permutation.png   P = permute_channels(., L) and P^T = permute_channels(., M) as 0/1 matrices
     composition.png   P^T W_d P W_p = W, the chain of the IGC conv as matrices (per spatial tap)
@@ -20,8 +21,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from igc_np import igc  # noqa: E402
 
-# The paper's ImageNet IGC models (IGC_SPEC.md section 3), first stage: (name, L, M).
+# The paper's ImageNet IGC models (docs/reference_protocol.md), first stage: (name, L, M).
 PAPER_IMAGENET = [("IGC-L4M32", 4, 32), ("IGC-L16M16", 16, 16), ("IGC-L100M2", 100, 2)]
+MAX_C = 512  # the largest C = L*M the pictures draw (C x C matrices)
 
 
 # ---- the "wider" table (text) ------------------------------------------------------------------
@@ -43,7 +45,7 @@ def widths_markdown(width, k=3, Ls=(1, 2, 4, 8, 16, 32, 64)):
     lines += ["", f"The widest split has L = {L_best}, M = {M_best} (L close to {k * k}M: then the primary "
               f"and the secondary cost the same, L*M*M*{k * k} = M*L*L). A regular conv's width grows like "
               f"budget^(1/2), an IGC conv's at best like budget^(2/3).", "",
-              "The paper's ImageNet IGC models, first stage (IGC_SPEC.md section 3), against ResNet (C=64):", "",
+              "The paper's ImageNet IGC models, first stage, against ResNet (C=64):", "",
               "| model | L | M | width C | weights per 3x3 conv | vs regular C=64 |", "|---|---|---|---|---|---|",
               f"| ResNet (C=64) | - | - | 64 | {igc.regular_params(64):,} | 1.00 |"]
     for name, L_, M_ in PAPER_IMAGENET:
@@ -68,13 +70,24 @@ def label_of(mask, colour):
     return np.where(mask, colour + 1, 0)
 
 
+def palette(n):
+    """n distinct RGB colours: tab10 / tab20 while they suffice, else hues spaced by the golden
+    angle at three lightness levels (IGC-L100M2 has 100 primary partitions to tell apart)."""
+    import colorsys
+    import matplotlib
+    if n <= 20:
+        base = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+        return [tuple(base(i)[:3]) for i in range(n)]
+    golden = (5 ** 0.5 - 1) / 2
+    return [colorsys.hls_to_rgb((i * golden) % 1.0, (0.35, 0.55, 0.72)[i % 3], 0.75)
+            for i in range(n)]
+
+
 def draw(ax, labels, title, n_colours, xlabel="input channel c", ylabel="output channel o", grey=False):
-    """A labelled 0/1-or-category matrix: white = 0, categories 1..n in tab10/tab20 colours (or all
+    """A labelled 0/1-or-category matrix: white = 0, categories 1..n in distinct colours (or all
     dark grey, for permutations), grid lines between cells."""
     from matplotlib.colors import ListedColormap
-    import matplotlib.pyplot as plt
-    base = plt.get_cmap("tab10" if n_colours <= 10 else "tab20")
-    colours = [(0.3, 0.3, 0.3) if grey else base(i % base.N) for i in range(max(n_colours, 1))]
+    colours = [(0.3, 0.3, 0.3)] * max(n_colours, 1) if grey else palette(max(n_colours, 1))
     cmap = ListedColormap([(1, 1, 1)] + colours)
     ax.imshow(labels, cmap=cmap, vmin=0, vmax=max(n_colours, 1), interpolation="nearest")
     rows, cols = labels.shape
@@ -166,14 +179,27 @@ def figures(plt, L, M, k, out, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--L", type=int, default=4, help="primary partitions (default 4)")
-    parser.add_argument("--M", type=int, default=3, help="channels per primary partition (default 3)")
+    parser.add_argument("--primary-partition", "--L", type=int, default=4, dest="L", metavar="L",
+                        help="primary partitions (default 4)")
+    parser.add_argument("--secondary-partition", "--M", type=int, default=3, dest="M", metavar="M",
+                        help="channels per primary partition = secondary partitions (default 3)")
     parser.add_argument("--k", type=int, default=3, help="primary kernel size (default 3)")
     parser.add_argument("--width", type=int, default=64,
                         help="the regular conv whose parameter count the widths table keeps (default 64)")
-    parser.add_argument("--out", default="anatomy", help="output folder (default anatomy/)")
+    parser.add_argument("--output-dir", "--out", default="anatomy", dest="out", metavar="DIR",
+                        help="output folder (default anatomy/)")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    for flag, value, hi in (("--primary-partition", args.L, MAX_C), ("--secondary-partition", args.M, MAX_C),
+                            ("--k", args.k, 15), ("--width", args.width, 1 << 16)):
+        if not 1 <= value <= hi:
+            parser.error(f"{flag} must be in 1..{hi}, got {value}")
+    if args.L * args.M > MAX_C:
+        parser.error(f"--primary-partition x --secondary-partition = C = {args.L * args.M} channels; the "
+                     f"pictures draw C x C matrices, at most {MAX_C}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--output-dir {args.out}: cannot create it ({e.strerror})")
 
     table = widths_markdown(args.width, args.k)
     print(table)

@@ -8,13 +8,16 @@
 from . import ops  # noqa: F401
 from .autograd import Function, Tensor, no_grad, is_grad_enabled
 from .ops import math as _math  # noqa: F401  (attaches +, *, reshape, ... to Tensor)
+from .ops import indexing as _indexing  # noqa: F401  (attaches x[key] to Tensor)
+from .random import manual_seed
 from . import functional, nn, optim
 from .gradcheck import gradcheck
 from .backend import cuda_available
+from .serialization import save, load  # .npz state dicts: ig.save(model.state_dict(), "m.npz")
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",
-           "gradcheck", "cuda_available"]
+           "gradcheck", "cuda_available", "save", "load"]
 
 
 def __getattr__(name):
@@ -23,3 +26,6 @@ def __getattr__(name):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'igc_np' has no attribute {name!r}")
+
+
+__all__ += ["manual_seed"]  # the default generator of layer initialisation and dropout (random.py)

@@ -5,12 +5,23 @@ function and itself as the ``creator`` of its outputs. ``Tensor.backward`` walks
 in reverse topological order, calling each function's ``backward`` with the gradients of its
 outputs. The graph is touched in those two places only.
 
-An op is a subclass of ``Function`` with
+An op is a subclass of ``Function``. An op whose maths is plain array code (ops/math.py) defines
 
     forward(self, xp, *arrays)   -> array or tuple of arrays   (saves what backward needs on self)
     backward(self, xp, *grads)   -> one gradient (or None) per input
 
-where ``xp`` is ``numpy`` or ``cupy`` (see ``backend.py``), so one code path serves both devices.
+where ``xp`` is ``numpy`` or ``cupy`` (see ``backend.py``), so one code path serves every device.
+An op with tiers of its own (conv, BatchNorm, the permutation, ...) defines instead, per tier,
+
+    forward_reference / backward_reference   the reference tier (ops/reference.py), NumPy
+    forward_cpu / backward_cpu               the fast CPU tier (NumPy; ops/cpu_conv.py ...)
+    forward_gpu(xp, ...) / backward_gpu      our CUDA kernels (igc_np/kernels): xp = cupy on
+                                             'cuda'; on 'emu' the same kernels run in the CPU
+                                             emulator and xp = numpy
+
+and ``Function.apply`` picks the tier once (``backend.tier``): 'gpu' on 'cuda' and 'emu',
+'reference' on 'cpu' inside ``backend.use_reference()`` (or with IGC_NP_REFERENCE=1), else 'cpu'.
+Backward runs on the tier its forward ran on.
 """
 import contextlib
 
@@ -41,9 +52,22 @@ class Tensor:
 
     data:  the numpy/cupy array;  grad: array of the same shape, or None until backward;
     device: 'cpu', 'cuda' or 'emu';  creator: the Function that produced it (None for leaves).
+
+    Array habits from NumPy and PyTorch (see also ops/math.py and ops/indexing.py):
+
+    * ``t.size`` is NumPy's element count (an int); calling it, ``t.size()`` / ``t.size(d)``,
+      answers as PyTorch does (the shape / one dimension). ``numel()`` and ``dim()`` exist too.
+    * ``np.asarray(t)``, ``float(t)``, ``int(t)``, ``t.tolist()``, ``t.item()`` give the data
+      (copied from the GPU); none of them is recorded in the graph.
+    * Comparisons (``t < 0``, ``t == u``) return a plain boolean array, not a Tensor: they have
+      no gradient. ``t.argmax()`` likewise returns an integer array.
+    * NumPy functions refuse Tensors (``np.exp(t)`` is a TypeError): they would act on the data
+      and silently drop the graph. Use the Tensor's methods, or ``np.exp(t.numpy())`` for data.
     """
 
-    __array_priority__ = 100  # so that ndarray * Tensor calls Tensor.__rmul__
+    # NumPy defers every operator (ndarray * Tensor -> Tensor.__rmul__) and refuses ufuncs
+    __array_ufunc__ = None
+    __hash__ = object.__hash__  # identity, although __eq__ compares values
 
     def __init__(self, data, requires_grad=False, device=None):
         if isinstance(data, Tensor):
@@ -65,14 +89,70 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.size, self.data.shape))
+
+    def numel(self):
+        """Number of elements (PyTorch's name for ``.size``)."""
+        return self.data.size
+
+    def dim(self):
+        """Number of dimensions (PyTorch's name for ``.ndim``)."""
+        return self.data.ndim
 
     def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d Tensor (a scalar): use .item() or float(t)")
         return len(self.data)
+
+    def __iter__(self):  # rows, each a Tensor in the graph (x[0], x[1], ...)
+        return (self[i] for i in range(len(self)))
+
+    # ---- conversions to Python and NumPy: data only, never recorded --------------------------
+    def __array__(self, dtype=None, copy=None):
+        """np.asarray(t): the data as a NumPy array (NumPy 2's copy=: True always copies,
+        False refuses when a copy is needed - always for a GPU tensor)."""
+        on_gpu = backend.device_of(self.data) == "cuda"
+        if copy is False and (on_gpu or (dtype is not None and np.dtype(dtype) != self.dtype)):
+            raise ValueError(f"np.asarray(Tensor, copy=False): a copy is needed (device "
+                             f"'{self.device}', dtype {self.dtype} -> {dtype})")
+        a = self.numpy()
+        if dtype is not None:
+            a = a.astype(dtype, copy=False)
+        return a.copy() if copy and a is self.data else a
+
+    def _scalar(self, kind):
+        if self.data.size != 1:
+            raise TypeError(f"{kind}(Tensor): only a one-element Tensor converts to a Python "
+                            f"{kind}, got shape {self.shape}")
+        return self.item()
+
+    def __float__(self):
+        return float(self._scalar("float"))
+
+    def __int__(self):
+        return int(self._scalar("int"))
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous: "
+                             "use (t > 0).any() or .all() on the comparison's array")
+        return bool(self.item())
+
+    def tolist(self):
+        """The data as (nested) Python lists, as ndarray.tolist."""
+        return self.numpy().tolist()
+
+    def __setitem__(self, key, value):
+        raise TypeError("Tensor does not support item assignment (an in-place change would corrupt "
+                        "the graph of every op that saved this tensor): build a new Tensor, or edit "
+                        "t.data inside ig.no_grad() for data that needs no gradient")
 
     def __repr__(self):
         flag = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor(shape={self.shape}, dtype={self.dtype}, device='{self.device}'{flag})"
+        if self.data.size > _REPR_MAX_ELEMENTS:  # a big (maybe GPU) array: no copy just to print it
+            return f"Tensor(shape={self.shape}, dtype={self.dtype}, device='{self.device}'{flag})"
+        values = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
+        return f"Tensor({values}, dtype={self.dtype}, device='{self.device}'{flag})"
 
     def numpy(self):
         """The data as a NumPy array (copied from the GPU if needed)."""
@@ -152,6 +232,25 @@ class Tensor:
     # Arithmetic operators (+, *, reshape, sum, ...) are attached in ops/math.py.
 
 
+_REPR_MAX_ELEMENTS = 1000  # NumPy's own summarisation threshold
+
+
+class _Size(int):
+    """``Tensor.size``: NumPy's element count, an int. Called, it answers as PyTorch's
+    ``size()``: ``t.size()`` is the shape, ``t.size(d)`` its d-th entry."""
+
+    def __new__(cls, n, shape):
+        self = super().__new__(cls, n)
+        self.shape = shape
+        return self
+
+    def __call__(self, dim=None):
+        return tuple(self.shape) if dim is None else self.shape[dim]
+
+    def __reduce__(self):  # pickles (and deep-copies) as the plain int it is
+        return int, (int(self),)
+
+
 def _topological_order(root):
     """Functions reachable from `root`, each after every function that consumes its outputs.
 
@@ -212,6 +311,7 @@ class Function:
                 raise ValueError(f"{type(self).__name__}: inputs on different devices "
                                  f"({', '.join(repr(u.device) for u in tensors)}); move them with .to(device)")
         self.device = device
+        self.tier = backend.tier(device)
         xp = backend.get_array_module(device)
         outputs = self.forward(xp, *[t.data for t in tensors])
         single = not isinstance(outputs, tuple)
@@ -229,11 +329,38 @@ class Function:
                 r.creator, r.index = self, i
         return results[0] if single else tuple(results)
 
+    # ---- the one dispatch: plain-xp ops override forward/backward, tiered ops the methods below --
     def forward(self, xp, *xs):
-        raise NotImplementedError
+        if self.tier == "gpu":
+            return self.forward_gpu(xp, *xs)
+        return getattr(self, "forward_" + self.tier)(*xs)
 
     def backward(self, xp, *gys):
-        raise NotImplementedError
+        if self.tier == "gpu":
+            return self.backward_gpu(xp, *gys)
+        return getattr(self, "backward_" + self.tier)(*gys)
+
+    def _missing(self, method):
+        raise NotImplementedError(f"{type(self).__name__} defines neither forward/backward(xp, ...) "
+                                  f"nor {method} (tier {self.tier!r}, device {self.device!r})")
+
+    def forward_reference(self, *xs):
+        self._missing("forward_reference")
+
+    def backward_reference(self, *gys):
+        self._missing("backward_reference")
+
+    def forward_cpu(self, *xs):
+        self._missing("forward_cpu")
+
+    def backward_cpu(self, *gys):
+        self._missing("backward_cpu")
+
+    def forward_gpu(self, xp, *xs):
+        self._missing("forward_gpu")
+
+    def backward_gpu(self, xp, *gys):
+        self._missing("backward_gpu")
 
     def release(self):
         """Drop inputs and saved arrays once backward has used them."""

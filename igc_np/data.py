@@ -45,6 +45,12 @@ arrays and nothing more. Every other global (``os.system``, ``builtins.eval``, .
 ``DatasetError`` before it is looked up. Files are loaded with ``encoding='bytes'`` because the
 CIFAR pickles come from Python 2 (dict keys arrive as ``b'data'``).
 
+Pickles written by Python 3 rebuild arrays with two more callables, admitted in checked form:
+protocol 2 stores bytes as ``_codecs.encode(text, 'latin1')`` (admitted: a str and that one
+encoding, giving bytes), protocol 5 stores array data as
+``numpy._core.numeric._frombuffer(buffer, dtype, shape, order)`` (admitted: a bytes-like buffer,
+a dtype without Python objects, a tuple of sizes matching the buffer).
+
 Download
 --------
 ``download=True`` fetches the official archive with urllib, verifies its MD5, and unpacks it into a
@@ -70,6 +76,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -120,7 +127,8 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------
-# The catalogue: file names, URLs, checksums and normalisation constants (IGC_SPEC.md section 4)
+# The catalogue: file names, URLs, checksums and normalisation constants
+# (the reference code's: docs/reference_protocol.md)
 # --------------------------------------------------------------------------------------------
 CIFAR = {
     "cifar10": dict(
@@ -183,6 +191,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         # copy, so that the full array can be freed
         ds.train_x = ds.train_x[:subset].copy()
         ds.train_y = ds.train_y[:subset].copy()
+    for split, images in (("training", ds.train_x), ("test", ds.test_x)):
+        if len(images) == 0:  # a run would report 0.0000 and save a checkpoint of nothing
+            raise DatasetError(f"{name}: the {split} split under {root} has no images")
     return ds
 
 
@@ -271,10 +282,7 @@ def _read_cifar_pickle(path: Path, spec: dict) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(data, "shape", None)
         raise DatasetError(f"{where}: 'data' should be a (N, {IMAGE_BYTES}) uint8 array, got "
                            f"{type(data).__name__} {shape} {getattr(data, 'dtype', '')}")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise DatasetError(f"{where}: labels are not integers ({e})") from None
+    y = _integer_labels(labels, where)
     if y.shape != (len(data),):
         raise DatasetError(f"{where}: {y.size} labels for {len(data)} images")
     _check_labels(y, spec["num_classes"], where)
@@ -287,6 +295,20 @@ def _get_key(batch: dict, key: str, where: str):
         if k in batch:
             return batch[k]
     raise DatasetError(f"{where}: no {key!r} entry (keys: {sorted(map(repr, batch))})")
+
+
+def _integer_labels(labels, where: str) -> np.ndarray:
+    """Labels as int64; floats only when they are whole numbers (never silently truncated)."""
+    try:
+        raw = np.asarray(labels)
+        if raw.dtype.kind == "f" and np.all(np.isfinite(raw)) and np.all(raw == np.round(raw)):
+            raw = raw.astype(np.int64)  # e.g. MATLAB or MXNet files store labels as floats
+        if raw.dtype.kind not in "iub":
+            bad = raw.reshape(-1)[:3].tolist() if raw.size else []
+            raise TypeError(f"dtype {raw.dtype}, first values {bad}")
+        return raw.astype(np.int64).reshape(-1) if raw.ndim > 1 else raw.astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DatasetError(f"{where}: labels must be whole numbers ({e})") from None
 
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
@@ -303,6 +325,37 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as protocol 2 uses it for bytes: latin-1 text to bytes, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, "
+                                     f"{encoding!r}): only latin-1 text to bytes is allowed")
+    return text.encode("latin-1")
+
+
+def _checked_frombuffer(buffer, dtype, shape, order="C"):
+    """``numpy._core.numeric._frombuffer`` (protocol 5) with its arguments checked first."""
+    if not isinstance(buffer, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+        raise pickle.UnpicklingError(f"refusing _frombuffer of a {type(buffer).__name__}")
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing _frombuffer with dtype {dtype!r}")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"refusing _frombuffer with shape {shape!r}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * dtype.itemsize != memoryview(buffer).nbytes or order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"_frombuffer: {memoryview(buffer).nbytes} bytes for shape "
+                                     f"{shape} of {dtype}, order {order!r}")
+    array = np.frombuffer(buffer, dtype=dtype, count=count)
+    return array.reshape(shape[::-1]).T if order == "F" else array.reshape(shape)
+
+
+_ALLOWED_GLOBALS.update({
+    ("_codecs", "encode"): _latin1_encode,
+    ("numpy.core.numeric", "_frombuffer"): _checked_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _checked_frombuffer,
+})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -402,7 +455,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     X, y = mat["X"], mat["y"]
     if X.dtype != np.uint8 or X.ndim != 4 or X.shape[:3] != (32, 32, 3):
         raise DatasetError(f"{where}: X should be (32, 32, 3, N) uint8, got {X.shape} {X.dtype}")
-    y = y.reshape(-1).astype(np.int64)
+    y = _integer_labels(y.reshape(-1), where)
     if y.shape != (X.shape[3],):
         raise DatasetError(f"{where}: {y.size} labels for {X.shape[3]} images")
     if y.size and (y.min() < 1 or y.max() > 10):
@@ -449,18 +502,58 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, dest: Path, md5: str, offline_hint: str) -> None:
-    """Download ``url`` to ``dest`` (through ``dest.part``) and check its MD5."""
+#: Download limits: an overall deadline, and a minimum rate averaged over a window (a server
+#: trickling bytes must not keep a run alive for days; the per-read timeout alone cannot see it).
+DOWNLOAD_DEADLINE_S = 6 * 3600.0
+DOWNLOAD_MIN_RATE = 10_000          # bytes/s, averaged over DOWNLOAD_RATE_WINDOW_S
+DOWNLOAD_RATE_WINDOW_S = 60.0
+DOWNLOAD_READ_TIMEOUT_S = 60.0
+
+
+def _fetch(url: str, dest: Path, md5: str, offline_hint: str, *, deadline_s=None, min_rate=None,
+           window_s=None, timeout_s=None) -> None:
+    """Download ``url`` to ``dest`` (through ``dest.part``) and check its MD5.
+
+    Resumable: a ``.part`` left by an interrupted or too slow download is continued with an HTTP
+    Range request (a server that ignores it sends everything again). The download stops with
+    DatasetError after ``deadline_s`` or when the rate over the last ``window_s`` seconds falls
+    below ``min_rate`` bytes/s, keeping the ``.part`` for the next try. The final name only ever
+    holds a file whose MD5 matched.
+    """
+    deadline_s = DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
+    min_rate = DOWNLOAD_MIN_RATE if min_rate is None else min_rate
+    window_s = DOWNLOAD_RATE_WINDOW_S if window_s is None else window_s
+    timeout_s = DOWNLOAD_READ_TIMEOUT_S if timeout_s is None else timeout_s
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = url if not have else urllib.request.Request(url, headers={"Range": f"bytes={have}-"})
+    keep = f"the partial file {part} is kept: run again to continue"
     try:
-        with _urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            with _progress(total, dest.name) as advance:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    advance(len(chunk))
+        try:
+            response = _urlopen(request, timeout=timeout_s)
+        except urllib.error.HTTPError as e:
+            if e.code != 416 or not have:  # 416: nothing left to send, the .part is complete
+                raise
+            response = None
+        if response is not None:
+            with response:
+                status = getattr(response, "status", 200)
+                if have and status != 206:  # the server ignored the Range: start again
+                    have = 0
+                length = int(response.headers.get("Content-Length") or 0)
+                total = have + length if length else 0
+                _copy_with_limits(response, part, have, total, dest.name, url, deadline_s,
+                                  min_rate, window_s, keep)
+                got = part.stat().st_size
+                if total and got < total:
+                    raise DatasetError(f"download of {url}: the connection closed after {got} of "
+                                       f"{total} bytes; {keep}")
+    except DatasetError:
+        raise
     except (urllib.error.URLError, OSError) as e:  # offline, DNS, timeout, reset, disk full
+        if part.is_file() and part.stat().st_size:
+            raise DatasetError(f"cannot download {url} ({e}); {keep}.\n{offline_hint}") from None
         part.unlink(missing_ok=True)
         raise DatasetError(f"cannot download {url} ({e}).\n{offline_hint}") from None
     got = _md5(part)
@@ -469,6 +562,37 @@ def _fetch(url: str, dest: Path, md5: str, offline_hint: str) -> None:
         raise DatasetError(f"{dest.name}: md5 mismatch, got {got}, expected {md5} "
                            f"(download from {url} is corrupt; try again)")
     os.replace(part, dest)  # atomic: the final name only ever holds a verified file
+
+
+def _copy_with_limits(response, part, have, total, label, url, deadline_s, min_rate, window_s,
+                      keep):
+    """Append the response body to ``part`` (truncated to ``have`` bytes first), with limits."""
+    read = getattr(response, "read1", response.read)  # read1: whatever arrived, never waits for 64 KiB
+    start = time.monotonic()
+    marks = [(start, 0)]  # (time, bytes this session) to measure the rate over the window
+    done = 0
+    with open(part, "r+b" if have else "wb") as out, _progress(total, label, have) as advance:
+        out.truncate(have)
+        out.seek(have)
+        while True:
+            chunk = read(1 << 16)
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            advance(len(chunk))
+            now = time.monotonic()
+            if now - start > deadline_s:
+                raise DatasetError(f"download of {url}: not finished after {deadline_s:g} s "
+                                   f"(deadline); {keep}")
+            marks.append((now, done))
+            while len(marks) > 2 and now - marks[1][0] >= window_s:
+                marks.pop(0)
+            t0, b0 = marks[0]
+            if now - t0 >= window_s and (done - b0) / (now - t0) < min_rate:
+                raise DatasetError(f"download of {url} is too slow: {(done - b0) / (now - t0):.0f} "
+                                   f"bytes/s over the last {now - t0:.0f} s (minimum {min_rate}); "
+                                   f"{keep}")
 
 
 def _download_and_extract(url: str, md5: str, root: Path, folder: str) -> None:
@@ -517,16 +641,18 @@ def _safe_extract(archive: Path, dest: Path) -> None:
 
 
 class _progress:
-    """Context manager yielding ``advance(n)``: tqdm if installed, else a percentage line."""
+    """Context manager yielding ``advance(n)``: tqdm (bytes and rate) if installed, else a
+    percentage line with the rate."""
 
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.last = total, label, 0, -1
-        self.bar = None
+    def __init__(self, total: int, label: str, initial: int = 0):
+        self.total, self.label, self.done, self.last = total, label, initial, -1
+        self.initial, self.bar, self.t0 = initial, None, time.monotonic()
 
     def __enter__(self):
         try:
             from tqdm import tqdm
-            self.bar = tqdm(total=self.total or None, unit="B", unit_scale=True, desc=self.label)
+            self.bar = tqdm(total=self.total or None, initial=self.initial, unit="B",
+                            unit_scale=True, unit_divisor=1024, desc=self.label)
             return self.bar.update
         except ImportError:
             return self._advance
@@ -537,7 +663,9 @@ class _progress:
             pct = 100 * self.done // self.total
             if pct != self.last:
                 self.last = pct
-                print(f"\r{self.label}: {pct:3d}%", end="", file=sys.stderr, flush=True)
+                rate = (self.done - self.initial) / max(time.monotonic() - self.t0, 1e-9)
+                print(f"\r{self.label}: {pct:3d}% ({rate / 1e6:.2f} MB/s)", end="",
+                      file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor
-from .ops.permutation import interleave_index
+from .ops.reference import permutation_index
 
 __all__ = ["interleave_permutation", "permutation_matrix", "block_diagonal", "compose", "connectivity",
            "four_branch", "tile_input", "cross_summation", "four_branch_conv",
@@ -42,7 +42,7 @@ def interleave_permutation(C, b):
     """
     if C % b:
         raise ValueError(f"interleave_permutation: b={b} does not divide C={C}")
-    return interleave_index(C, b)
+    return permutation_index(C, b)
 
 
 def permutation_matrix(C, b):
@@ -88,10 +88,10 @@ def compose(W_primary, W_secondary, L, S):
     if W_secondary.shape[:1] != (C,) or W_secondary.shape[2:] != (1, 1):
         raise ValueError(f"compose: secondary weight {W_secondary.shape} must be (C_out, C_out/S, 1, 1) "
                          f"with C_out={C}")
-    Wp = block_diagonal(W_primary, L)                 # (C, C_in, k, k)
-    Wd = block_diagonal(W_secondary, S)[:, :, 0, 0]   # (C, C)
-    A = permutation_matrix(C, S) @ Wd @ permutation_matrix(C, L)  # the 1x1 part: P_S W_d P_L
-    return np.einsum("oc,cikl->oikl", A, Wp)
+    dense_p = block_diagonal(W_primary, L)                 # blockdiag(W_p, L), (C, C_in, k, k)
+    dense_d = block_diagonal(W_secondary, S)[:, :, 0, 0]   # blockdiag(W_d, S), (C, C)
+    A = permutation_matrix(C, S) @ dense_d @ permutation_matrix(C, L)  # the 1x1 part: P_S W_d P_L
+    return np.einsum("oc,cikl->oikl", A, dense_p)
 
 
 def connectivity(W, tol=0.0):

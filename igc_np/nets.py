@@ -25,7 +25,7 @@ import numpy as np
 from . import functional as F
 from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, IGCConv, Linear, MaxPool2d, AvgPool2d,
                  Module, ReLU, Sequential)
-from .ops.conv import output_size, pair
+from .ops.checks import output_size, pair
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 

@@ -5,8 +5,14 @@ Parameter names. Every layer takes an optional ``name``; a named layer's paramet
 ``<name>_moving_var``, exactly as the reference MXNet code stores them (IGC_SPEC.md section 5), so
 weights trained by the reference code map by name. Unnamed layers fall back to the attribute
 path (``block.conv.weight``) as in PyTorch.
+
+Conventions kept from the reference (MXNet) code, which differ from PyTorch's: ``Conv2d`` has no
+bias by default (a BatchNorm follows every conv); ``BatchNorm2d(momentum=0.9)`` is the weight of
+the *old* running value (PyTorch's 0.1 is the weight of the new batch); weights are initialised
+from the default generator that ``ig.manual_seed`` seeds, unless a layer gets ``rng=``.
 """
 import math
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -14,6 +20,8 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor
+from .ops.checks import divisors
+from .random import default_generator
 
 
 class Parameter(Tensor):
@@ -40,22 +48,31 @@ class Module:
     def __setattr__(self, key, value):
         if "_modules" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        _refuse_plain_container(self, key, value)
+        self._params.pop(key, None)  # a reassigned attribute (self.fc = None) stops being registered
+        self._modules.pop(key, None)
         if isinstance(value, Parameter):
             self._params[key] = value
         elif isinstance(value, Module):
             self._modules[key] = value
         object.__setattr__(self, key, value)
 
+    def __delattr__(self, key):
+        self._params.pop(key, None)
+        self._modules.pop(key, None)
+        self._buffers.pop(key, None)
+        object.__delattr__(self, key)
+
     def register_buffer(self, key, array, name=None):
         """A non-learned array saved in state_dict (BatchNorm running mean/var)."""
         self._buffers[key] = name
         object.__setattr__(self, key, array)
 
-    def __call__(self, *args):
-        return self.forward(*args)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no forward(self, x)")
 
     # ---- traversal -------------------------------------------------------------------------
     def named_modules(self, prefix=""):
@@ -66,6 +83,24 @@ class Module:
             yield path, m
             children = [(f"{path}.{k}" if path else k, c) for k, c in m._modules.items()]
             stack.extend(reversed(children))
+
+    def modules(self):
+        """self and every sub-module, depth first (as named_modules, without the paths)."""
+        return (m for _, m in self.named_modules())
+
+    def named_children(self):
+        """(attribute, module) for the direct sub-modules only, in assignment order."""
+        return iter(list(self._modules.items()))
+
+    def children(self):
+        return (m for _, m in self.named_children())
+
+    def apply(self, fn):
+        """fn(m) for every sub-module, children before parents (as PyTorch); returns self.
+        E.g. ``net.apply(my_init)`` to re-initialise every layer that my_init recognises."""
+        for m in reversed(list(self.modules())):
+            fn(m)
+        return self
 
     def named_parameters(self):
         """(name, Parameter) pairs; the reference name where the layer has one."""
@@ -159,20 +194,67 @@ def _pname(name, suffix):
     return f"{name}_{suffix}" if name else None
 
 
+def _refuse_plain_container(module, key, value):
+    """A list, tuple or dict holding Modules or Parameters is not seen by parameters(): training
+    would silently skip them (a test network once registered 306 of its 658 parameters)."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, dict):
+        items = list(value.values())
+    else:
+        return
+    kinds = {type(v).__name__ for v in items if isinstance(v, (Module, Parameter))}
+    if not kinds:
+        return
+    hint = {"list": "nn.ModuleList([...])", "tuple": "nn.ModuleList([...])",
+            "dict": "nn.ModuleDict({...})"}.get(type(value).__name__, "nn.ModuleList([...])")
+    if any(isinstance(v, Parameter) for v in items):
+        hint += " of modules, or nn.ParameterList([...]) for Parameters"
+    raise TypeError(f"{type(module).__name__}.{key}: a plain {type(value).__name__} of "
+                    f"{', '.join(sorted(kinds))} is not registered, so parameters(), state_dict(), "
+                    f".to() and the optimizer would not see them; wrap it: self.{key} = {hint}")
+
+
+def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"), nonnegative=("padding",),
+                     **args):
+    """Validate a layer's size arguments: each an int > 0 (>= 0 for `nonnegative`; an int or a
+    pair of ints for `pairs`). The error names the layer (its reference name when it has one),
+    the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``."""
+    where = f"{layer} {name!r}" if name else layer
+    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    for k, v in args.items():
+        pair = k in pairs and isinstance(v, (tuple, list))
+        values = tuple(v) if pair else (v,)
+        if (pair and len(values) != 2) or any(isinstance(u, bool) or not isinstance(u, (int, np.integer))
+                                              for u in values):
+            kind = "an int or a pair of ints" if k in pairs else "an int"
+            raise TypeError(f"{where}({shown}): {k} must be {kind}, got {v!r}")
+        low = 0 if k in nonnegative else 1
+        if any(u < low for u in values):
+            raise ValueError(f"{where}({shown}): {k} must be {'>= 0' if low == 0 else '>= 1'}, got {v!r}")
+
+
 def he_normal(rng, shape, fan_in, dtype=np.float32):
     """Normal with std sqrt(2 / fan_in): the reference code's conv initialisation."""
     return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
 
 
-_default_rng = np.random.default_rng(0)
+_default_rng = default_generator()  # the very object ig.manual_seed reseeds in place
 
 
 class Conv2d(Module):
-    """Grouped k x k convolution, NCHW; weight (C_out, C_in/groups, k, k); no bias by default."""
+    """Grouped k x k convolution, NCHW: x (N, C_in, H, W) -> (N, C_out, H', W');
+    weight (C_out, C_in/groups, k, k), He-normal.
+
+    No bias by default (bias=False), unlike PyTorch: the reference code follows every conv with a
+    BatchNorm, whose beta makes a bias redundant; pass bias=True for one.
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=False, name=None, rng=None):
         super().__init__()
+        check_layer_args("Conv2d", name, in_channels=in_channels, out_channels=out_channels,
+                         kernel_size=kernel_size, stride=stride, padding=padding, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d {name or ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must both be divisible by groups={groups}")
@@ -194,10 +276,18 @@ class Conv2d(Module):
 
 
 class BatchNorm2d(Module):
-    """BatchNorm over (N, H, W); eps 2e-5 and momentum 0.9 as the reference (0.99 in plain nets)."""
+    """BatchNorm over (N, H, W) of x (N, C, H, W); eps 2e-5 and momentum 0.9 as the reference
+    (0.99 in its plain nets).
+
+    momentum is MXNet's: the weight of the OLD running value,
+        running = momentum * running + (1 - momentum) * batch statistic,
+    the opposite of PyTorch's (where 0.1 is the weight of the new batch: PyTorch's 0.1 is 0.9
+    here). A momentum below 0.5 is almost always a PyTorch habit, so it gets a warning.
+    """
 
     def __init__(self, num_features, momentum=0.9, eps=2e-5, name=None):
         super().__init__()
+        _check_batch_norm(type(self).__name__, name, num_features, momentum, eps)
         self.num_features, self.momentum, self.eps = num_features, momentum, eps
         self.gamma = Parameter(np.ones(num_features, np.float32), name=_pname(name, "gamma"))
         self.beta = Parameter(np.zeros(num_features, np.float32), name=_pname(name, "beta"))
@@ -209,17 +299,45 @@ class BatchNorm2d(Module):
                             self.training, self.momentum, self.eps)
 
     def __repr__(self):
-        return f"BatchNorm2d({self.num_features}, momentum={self.momentum})"
+        return f"{type(self).__name__}({self.num_features}, momentum={self.momentum})"
+
+
+def _check_batch_norm(layer, name, num_features, momentum, eps):
+    check_layer_args(layer, name, num_features=num_features)
+    where = f"{layer} {name!r}" if name else layer
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{where}({num_features}): momentum must lie in [0, 1], got {momentum}")
+    if not eps > 0:
+        raise ValueError(f"{where}({num_features}): eps must be > 0, got {eps}")
+    if momentum < 0.5:
+        warnings.warn(f"{where}(momentum={momentum}): momentum here is MXNet's, the weight of the OLD "
+                      f"running value (running = {momentum} * running + {1 - momentum:g} * batch); "
+                      f"PyTorch's momentum={momentum} is momentum={1 - momentum:g} here",
+                      UserWarning, stacklevel=3)
+
+
+class BatchNorm1d(BatchNorm2d):
+    """BatchNorm over N of x (N, C) (PyTorch's BatchNorm1d on 2-D input), same conventions as
+    BatchNorm2d; runs as BatchNorm2d on (N, C, 1, 1)."""
+
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm1d({self.num_features}): expected input (N, {self.num_features}), "
+                             f"got shape {x.shape}")
+        return super().forward(x.reshape(x.shape + (1, 1))).reshape(x.shape)
 
 
 class Linear(Module):
-    """y = x W^T + b; W uniform in +-sqrt(3 / fan_in) (the reference FC initialisation)."""
+    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the reference FC initialisation)."""
 
     def __init__(self, in_features, out_features, bias=True, name=None, rng=None):
+        check_layer_args("Linear", name, in_features=in_features, out_features=out_features)
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = rng or _default_rng
-        bound = math.sqrt(3.0 / in_features)
+        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the reference code
+        # uses: bound sqrt(magnitude / fan_in) (not sqrt(3 / fan_in): that would be magnitude 3)
+        bound = math.sqrt(1.0 / in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32),
                                 name=_pname(name, "weight"))
         self.bias = Parameter(np.zeros(out_features, np.float32), name=_pname(name, "bias")) if bias else None
@@ -234,6 +352,48 @@ class Linear(Module):
 class ReLU(Module):
     def forward(self, x):
         return F.relu(x)
+
+
+class Identity(Module):
+    """y = x (a placeholder, e.g. to replace a layer)."""
+
+    def forward(self, x):
+        return x
+
+
+class Dropout(Module):
+    """Inverted dropout (F.dropout): drops with probability p in training, identity in eval().
+    rng: a numpy Generator; None uses the default one (ig.manual_seed)."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p is the probability of dropping an element, in [0, 1], got {p}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self.rng)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class CrossEntropyLoss(Module):
+    """F.cross_entropy as a module: logits (N, K), integer labels (N,) -> the mean loss."""
+
+    def forward(self, logits, labels):
+        return F.cross_entropy(logits, labels)
+
+
+class MSELoss(Module):
+    """F.mse_loss as a module; reduction 'mean' (default), 'sum' or 'none'."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, self.reduction)
 
 
 class MaxPool2d(Module):
@@ -275,12 +435,106 @@ class Sequential(Module):
         return len(self._modules)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        layers = list(self._modules.values())
+        return Sequential(*layers[i]) if isinstance(i, slice) else layers[i]
 
     def forward(self, x):
         for layer in self._modules.values():
             x = layer(x)
         return x
+
+
+class ModuleList(Module):
+    """A list of Modules that registers them (sub-modules '0', '1', ...). Unlike Sequential it has
+    no forward: the owner decides how to call them."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList.append: expected a Module, got {type(module).__name__}")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        layers = list(self._modules.values())
+        return ModuleList(layers[i]) if isinstance(i, slice) else layers[i]
+
+
+class ModuleDict(Module):
+    """A dict of Modules that registers them under their keys (strings)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        for key, m in dict(modules or {}).items():
+            self[key] = m
+
+    def __setitem__(self, key, module):
+        if not isinstance(key, str) or not isinstance(module, Module):
+            raise TypeError(f"ModuleDict[{key!r}]: expected a str key and a Module, got {type(module).__name__}")
+        if hasattr(ModuleDict, key) or key.startswith("_") or key in ("training", "device"):
+            raise KeyError(f"ModuleDict[{key!r}]: the key would hide the attribute {key!r} of every "
+                           "Module; choose another name")
+        setattr(self, key, module)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+
+class ParameterList(Module):
+    """A list of Parameters that registers them (named '0', '1', ... or their reference names)."""
+
+    def __init__(self, params=()):
+        super().__init__()
+        for p in params:
+            self.append(p)
+
+    def append(self, p):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"ParameterList.append: expected a Parameter, got {type(p).__name__}")
+        setattr(self, str(len(self._params)), p)
+        return self
+
+    def __iter__(self):
+        return iter(self._params.values())
+
+    def __len__(self):
+        return len(self._params)
+
+    def __getitem__(self, i):
+        return list(self._params.values())[i]
 
 
 class PermuteChannels(Module):
@@ -295,19 +549,22 @@ class PermuteChannels(Module):
 
 
 class IGCConv(Module):
-    """An interleaved group convolution (paper section 3), BN and ReLU not included.
+    """An interleaved group convolution (paper section 3), BN and ReLU not included:
 
-    primary:   k x k group conv, L groups, C_in -> C_out, stride s, pad k//2   (W_p)
-    P:         permute_channels(L)
-    secondary: 1 x 1 group conv, S groups, C_out -> C_out                      (W_d)
-    P^T:       permute_channels(S)
+        y = P_S W_d P W_p x        (P_S = P^T when S = C_out/L, every network of the paper)
 
-    With S = C_out / L (every network of the paper) the three steps after the primary run as one
-    fused op (F.interleaved_secondary) that never copies the permuted tensor. Parameter names
-    follow the reference: ``<name>_conv1_weight`` (primary), ``<name>_conv2_weight`` (secondary).
+    primary    W_p: k x k group conv, L groups, C_in -> C_out, stride s, pad k//2
+    permute    P:   permute_channels(., L): secondary partition m gets member m of every primary one
+    secondary  W_d: 1 x 1 group conv, S groups, C_out -> C_out
+    unpermute  P_S: permute_channels(., S), back to primary order
+
+    With S = C_out / L the last three steps run as ONE op, F.interleaved_secondary (P, W_d, P^T
+    without a permuted copy); the result is the same. Parameter names follow the reference:
+    ``<name>_conv1_weight`` (W_p), ``<name>_conv2_weight`` (W_d).
     """
 
     def __init__(self, in_channels, out_channels, L, S, kernel_size=3, stride=1, name=None, rng=None):
+        check_layer_args("IGCConv", name, in_channels=in_channels, out_channels=out_channels, L=L, S=S, kernel_size=kernel_size, stride=stride)
         super().__init__()
         if in_channels % L or out_channels % L:
             raise ValueError(f"IGCConv {name or ''}: in_channels={in_channels} and out_channels="
@@ -315,20 +572,21 @@ class IGCConv(Module):
                              f"one of {_common_divisors(in_channels, out_channels)}")
         if out_channels % S:
             raise ValueError(f"IGCConv {name or ''}: out_channels={out_channels} must be divisible by "
-                             f"S={S} secondary partitions; S could be one of {[d for d in range(1, out_channels + 1) if out_channels % d == 0]}")
+                             f"S={S} secondary partitions; S could be one of {divisors(out_channels)}")
         self.L, self.S, self.name = L, S, name
         self.in_channels, self.out_channels = in_channels, out_channels
         self.primary = Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=L,
                               name=_pname(name, "conv1"), rng=rng)
+        self.permute = PermuteChannels(L)
         self.secondary = Conv2d(out_channels, out_channels, 1, groups=S, name=_pname(name, "conv2"), rng=rng)
+        self.unpermute = PermuteChannels(S)
+        self.fused = S * L == out_channels  # P_S is P^T: the interleaved secondary of the paper
 
     def forward(self, x):
-        y = self.primary(x)
-        if self.S * self.L == self.out_channels:
+        y = self.primary(x)                                                   # W_p
+        if self.fused:                                                        # P, W_d, P^T in one op
             return F.interleaved_secondary(y, self.secondary.weight, self.L)
-        y = F.permute_channels(y, self.L)
-        y = self.secondary(y)
-        return F.permute_channels(y, self.S)
+        return self.unpermute(self.secondary(self.permute(y)))               # P_S W_d P
 
     def __repr__(self):
         return f"IGCConv({self.in_channels}, {self.out_channels}, L={self.L}, S={self.S})"

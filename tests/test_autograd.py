@@ -202,3 +202,60 @@ def test_integer_constants_take_the_float_type():
     assert (a + np.arange(3)).dtype == np.float32
     with pytest.raises(ValueError, match="dtypes differ"):
         a + ig.Tensor(np.arange(3))
+
+
+class _Tiered(ig.Function):
+    """A toy tiered op that records which tier ran: y = 2x on every tier."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def forward_reference(self, x):
+        self.log.append("forward_reference")
+        return 2 * x
+
+    def backward_reference(self, gy):
+        self.log.append("backward_reference")
+        return 2 * gy
+
+    def forward_cpu(self, x):
+        self.log.append("forward_cpu")
+        return 2 * x
+
+    def backward_cpu(self, gy):
+        self.log.append("backward_cpu")
+        return 2 * gy
+
+    def forward_gpu(self, xp, x):
+        self.log.append(f"forward_gpu {xp.__name__}")
+        return 2 * x
+
+    def backward_gpu(self, xp, gy):
+        self.log.append(f"backward_gpu {xp.__name__}")
+        return 2 * gy
+
+
+@pytest.mark.parametrize("device, reference, expected", [
+    ("cpu", False, ["forward_cpu", "backward_cpu"]),
+    ("cpu", True, ["forward_reference", "backward_reference"]),
+    ("emu", False, ["forward_gpu numpy", "backward_gpu numpy"]),  # 'emu': GPU kernels, NumPy arrays
+])
+def test_function_apply_picks_one_tier_and_backward_stays_on_it(device, reference, expected):
+    log = []
+    x = ig.Tensor(np.ones(3), requires_grad=True, device=device)
+    with ig.backend.use_reference(reference):
+        y = _Tiered(log).apply(x)
+    with ig.backend.use_reference(not reference):  # the switch flipped: backward keeps its tier
+        y.backward(np.ones(3))
+    assert log == expected
+    np.testing.assert_array_equal(x.grad, [2, 2, 2])
+
+
+def test_a_function_without_its_tier_names_what_is_missing():
+    class Half(ig.Function):
+        def forward_cpu(self, x):
+            return x
+    x = ig.Tensor(np.ones(2))
+    with ig.backend.use_reference(), pytest.raises(NotImplementedError, match="Half defines neither .* "
+                                                                               "forward_reference"):
+        Half().apply(x)

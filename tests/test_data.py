@@ -564,3 +564,156 @@ def test_deterministic_and_resumable():
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     assert rng2.bit_generator.state == rng.bit_generator.state
+
+
+# ---------------------------------------------------------------------------------------------
+# pickles written by Python 3, labels, empty splits
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar_pickles_of_every_python3_protocol_load(tmp_path, protocol):
+    """What pickle.dump writes by default (4/5) or with protocol=2 (bytes via _codecs.encode)."""
+    rng = np.random.default_rng(protocol)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    want = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x, y = images(rng, 2), rng.integers(0, 10, 2)
+        batch = {"batch_label": b"a batch", "labels": y.tolist(), "data": x.reshape(2, -1),
+                 "filenames": [b"a.png", b"b.png"]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+        want[name] = x
+    ds = load_dataset("cifar10", tmp_path)
+    np.testing.assert_array_equal(ds.test_x, want["test_batch"])
+    np.testing.assert_array_equal(ds.train_x[:2], want["data_batch_1"])
+
+
+@pytest.mark.parametrize("payload,message", [
+    # _codecs.encode with another codec than latin-1
+    (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00rot13\x86R.", "latin-1"),
+    # _frombuffer of an object dtype (protocol 5 form)
+    (None, "refusing _frombuffer with dtype"),
+    # a protocol-5 os.system is still refused
+    (b"\x80\x05\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R.", "refusing to load global os.system"),
+])
+def test_python3_pickle_helpers_are_admitted_only_in_checked_form(tmp_path, payload, message):
+    if payload is None:
+        class ObjectArray:
+            def __reduce__(self):
+                return np._core.numeric._frombuffer, (bytes(8), np.dtype("O"), (1,), "C")
+        payload = pickle.dumps(ObjectArray(), protocol=5)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.parent.mkdir()
+    path.write_bytes(payload)
+    with pytest.raises(DatasetError, match=message):
+        data._read_cifar_pickle(path, data.CIFAR["cifar10"])
+
+
+@pytest.mark.parametrize("labels,ok", [([1.0, 2.0], True), ([1.5, 2.0], False),
+                                       ([float("nan"), 1.0], False), (["1", "2"], False)])
+def test_float_labels_must_be_whole_numbers(tmp_path, labels, ok):
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.parent.mkdir()
+    x = images(np.random.default_rng(0), 2)
+    path.write_bytes(pickle.dumps({"data": x.reshape(2, -1), "labels": labels}))
+    if ok:
+        _, y = data._read_cifar_pickle(path, data.CIFAR["cifar10"])
+        assert y.dtype == np.int64 and y.tolist() == [1, 2]
+    else:
+        with pytest.raises(DatasetError, match="labels must be whole numbers"):
+            data._read_cifar_pickle(path, data.CIFAR["cifar10"])
+
+
+def test_an_empty_svhn_split_is_an_error(tmp_path):
+    pytest.importorskip("scipy")
+    folder = tmp_path / "svhn"
+    write_svhn(folder, "train_32x32.mat", 3, 0)
+    write_svhn(folder, "extra_32x32.mat", 2, 1)
+    write_svhn(folder, "test_32x32.mat", 0, 2, labels=np.zeros((0, 1), np.uint8))
+    with pytest.raises(DatasetError, match="the test split .* has no images"):
+        load_dataset("svhn", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# download against a real HTTP server on 127.0.0.1 (started here, stops by itself)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def http_server():
+    """Serves PAYLOAD at /f.bin; modes: 'slow' (1 byte per 20 ms), 'cut' (first response stops
+    half-way), 'full'. Records the Range headers asked. Threads end within a few seconds."""
+    import http.server
+    import threading
+    import time as _time
+
+    state = {"payload": bytes(range(256)) * 400, "mode": "full", "ranges": [], "served": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            payload, start = state["payload"], 0
+            asked = self.headers.get("Range")
+            state["ranges"].append(asked)
+            if asked:
+                start = int(asked.split("=")[1].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(payload) - start))
+            self.end_headers()
+            body = payload[start:]
+            state["served"] += 1
+            try:
+                if state["mode"] == "slow":
+                    t_end = _time.monotonic() + 5  # bounded: gives up after 5 s
+                    for i in range(len(body)):
+                        if _time.monotonic() > t_end:
+                            break
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        _time.sleep(0.02)
+                elif state["mode"] == "cut" and state["served"] == 1:
+                    self.wfile.write(body[:len(body) // 2])
+                else:
+                    self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}/f.bin"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_of_a_trickling_server_stops_at_the_minimum_rate(tmp_path, http_server):
+    http_server["mode"] = "slow"
+    dest = tmp_path / "f.bin"
+    t0 = __import__("time").monotonic()
+    with pytest.raises(DatasetError, match=r"too slow: \d+ bytes/s over the last .* \(minimum 1000\).*kept"):
+        data._fetch(http_server["url"], dest, md5(http_server["payload"]), "hint",
+                    min_rate=1000, window_s=0.5, timeout_s=5)
+    assert __import__("time").monotonic() - t0 < 4
+    assert not dest.exists() and (tmp_path / "f.bin.part").stat().st_size > 0
+
+
+def test_download_has_an_overall_deadline(tmp_path, http_server):
+    http_server["mode"] = "slow"
+    with pytest.raises(DatasetError, match="deadline"):
+        data._fetch(http_server["url"], tmp_path / "f.bin", md5(http_server["payload"]), "hint",
+                    deadline_s=0.3, min_rate=0, timeout_s=5)
+
+
+def test_download_resumes_a_partial_file_with_http_range(tmp_path, http_server, capsys):
+    http_server["mode"] = "cut"
+    dest, payload = tmp_path / "f.bin", http_server["payload"]
+    with pytest.raises(DatasetError, match="closed after 51200 of 102400 bytes.*run again"):
+        data._fetch(http_server["url"], dest, md5(payload), "hint", timeout_s=5)
+    assert (tmp_path / "f.bin.part").stat().st_size == len(payload) // 2
+    data._fetch(http_server["url"], dest, md5(payload), "hint", timeout_s=5)
+    assert dest.read_bytes() == payload and not (tmp_path / "f.bin.part").exists()
+    assert http_server["ranges"] == [None, f"bytes={len(payload) // 2}-"]

@@ -2,7 +2,7 @@
 
 Each test states its claim in the first line of its docstring. The dense objects (block-diagonal
 kernels, permutation matrices, the composed kernel) come from igc_np/igc.py; the engine's ops are
-checked against them and against the direct conv of tests/reference.py.
+checked against them and against the reference tier (igc_np/ops/reference.py).
 """
 import numpy as np
 from hypothesis import given, strategies as st
@@ -10,9 +10,9 @@ from hypothesis import given, strategies as st
 import igc_np as ig
 from igc_np import functional as F
 from igc_np import igc
-from igc_np.ops.permutation import interleave_index
+from igc_np.ops import reference
+from igc_np.ops.reference import permutation_index
 
-from reference import conv2d_direct, permute_by_formula
 from strategies import arrays, channels_and_factor, conv_cases, divisors, igc_cases
 
 seeds = st.integers(0, 2**32 - 1)
@@ -41,8 +41,11 @@ def test_group_conv_is_regular_conv_with_block_diagonal_weight(case, seed):
     x, W = rng.standard_normal(x_shape), rng.standard_normal(W_shape)
     dense = igc.block_diagonal(W, groups)
     assert dense.shape == (W_shape[0], x_shape[1]) + W_shape[2:]
-    y = F.conv2d(ig.Tensor(x), ig.Tensor(W), stride=stride, padding=padding, groups=groups).numpy()
-    np.testing.assert_allclose(y, conv2d_direct(x, dense, stride, padding), rtol=1e-10, atol=1e-10)
+    # the layer the networks use (the primary conv of IGCConv is one), with the drawn weight
+    layer = ig.nn.Conv2d(x_shape[1], W_shape[0], W_shape[2], stride, padding, groups=groups).to(dtype=np.float64)
+    layer.weight.data = W
+    y = layer(ig.Tensor(x)).numpy()
+    np.testing.assert_allclose(y, reference.conv2d(x, dense, stride, padding), rtol=1e-10, atol=1e-10)
     # off the diagonal blocks there is nothing: the connectivity is exactly block-diagonal
     blocks = np.kron(np.eye(groups, dtype=bool),
                      np.ones((W_shape[0] // groups, x_shape[1] // groups), dtype=bool))
@@ -59,10 +62,10 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
     rng = np.random.default_rng(seed)
     x, gy = rng.standard_normal((N, C, 3, 2)), rng.standard_normal((N, C, 3, 2))
     xt = ig.Tensor(x, requires_grad=True)
-    y = F.permute_channels(xt, b)
-    np.testing.assert_array_equal(y.numpy(), permute_by_formula(x, b))
+    y = ig.nn.PermuteChannels(b)(xt)  # the layer IGCConv uses for P (and P_S)
+    np.testing.assert_array_equal(y.numpy(), reference.permute_channels(x, b))
     perm = igc.interleave_permutation(C, b)
-    np.testing.assert_array_equal(perm, interleave_index(C, b))
+    np.testing.assert_array_equal(perm, permutation_index(C, b))
     for i in range(b):
         for j in range(C // b):
             assert perm[j * b + i] == i * (C // b) + j
@@ -82,8 +85,8 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
 # ---- 3. IGC conv == one regular conv ---------------------------------------------------------
 @given(igc_cases(), seeds)
 def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
-    """An IGC conv (primary, P, secondary, P back) is the regular conv with kernel W = P^T W_d P W_p, forward and
-    input gradient (paper sec. 3, composition).
+    """An IGC conv (primary, P, secondary, P back) is the regular conv with kernel W = P^T W_d P W_p: forward, input
+    gradient and the gradient of both weights (paper sec. 3, composition).
     """
     layer, Wp, Wd = make_igc(case, seed)
     L, S, k, s = case["L"], case["S"], case["k"], case["stride"]
@@ -92,21 +95,35 @@ def test_igc_conv_equals_regular_conv_with_composed_kernel(case, seed):
     W = igc.compose(Wp, Wd, L, S)
     assert W.shape == (case["C_out"], case["C_in"], k, k)
     pad = (k // 2, k // 2)
+    conv = lambda v, K: reference.conv2d(v, K, (s, s), pad)  # noqa: E731
 
     xt = ig.Tensor(x, requires_grad=True)
     y = layer(xt)
-    y_regular = conv2d_direct(x, W, (s, s), pad)
-    np.testing.assert_allclose(y.numpy(), y_regular, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), conv(x, W), rtol=1e-10, atol=1e-10)
 
     gy = rng.standard_normal(y.shape)
     y.backward(gy)
     xr = ig.Tensor(x, requires_grad=True)
     F.conv2d(xr, ig.Tensor(W), stride=s, padding=k // 2).backward(gy)
     np.testing.assert_allclose(xt.grad, xr.grad, rtol=1e-10, atol=1e-10)
-    # independent of the engine's conv backward: gx is the adjoint, <gx, v> = <gy, conv(v, W)>
-    v = rng.standard_normal(x.shape)
-    np.testing.assert_allclose(np.vdot(xt.grad, v), np.vdot(gy, conv2d_direct(v, W, (s, s), pad)),
-                               rtol=1e-9, atol=1e-9)
+    # Independent of every backward in the engine: <gy, layer(x)> = <gy, conv(x, compose(W_p, W_d))>
+    # is linear in x and in each weight separately, so its gradients are the adjoints
+    #   <gx, v> = <gy, conv(v, W)>,  <gW_p, V> = <gy, conv(x, compose(V, W_d))>,
+    #   <gW_d, U> = <gy, conv(x, compose(W_p, U))>.
+    v, V, U = rng.standard_normal(x.shape), rng.standard_normal(Wp.shape), rng.standard_normal(Wd.shape)
+    np.testing.assert_allclose(np.vdot(xt.grad, v), np.vdot(gy, conv(v, W)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.vdot(layer.primary.weight.grad, V),
+                               np.vdot(gy, conv(x, igc.compose(V, Wd, L, S))), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.vdot(layer.secondary.weight.grad, U),
+                               np.vdot(gy, conv(x, igc.compose(Wp, U, L, S))), rtol=1e-9, atol=1e-9)
+    # and on the reference tier the layer gives the same gradients
+    layer_ref, _, _ = make_igc(case, seed)
+    with ig.backend.use_reference():
+        xq = ig.Tensor(x, requires_grad=True)
+        layer_ref(xq).backward(gy)
+    for a, b in ((xq.grad, xt.grad), (layer_ref.primary.weight.grad, layer.primary.weight.grad),
+                 (layer_ref.secondary.weight.grad, layer.secondary.weight.grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 # ---- 4. complementarity -----------------------------------------------------------------------
@@ -123,6 +140,10 @@ def test_interleaving_makes_every_output_depend_on_every_input(L, M, m_in, data)
     # secondary partition s reads C/S consecutive channels after P, which come from C/S
     # consecutive primary partitions (mod L): all L of them iff C/S >= L, i.e. S <= M.
     assert conn.all() == (S <= M)
+    # the layer the networks use has exactly that connectivity (fused path when S = M)
+    layer = ig.nn.IGCConv(C_in, C, L, S).to(dtype=np.float64)
+    layer.primary.weight.data, layer.secondary.weight.data = Wp, Wd
+    np.testing.assert_array_equal(layer_connectivity(layer, C_in), conn)
     if S == M:
         assert conn.all()
     # Break the interleaving: drop both permutations (secondary with M groups straight on the
@@ -130,6 +151,17 @@ def test_interleaving_makes_every_output_depend_on_every_input(L, M, m_in, data)
     Wp, Wd = random_weights(rng, C_in, C, L, M, 3)
     no_perm = np.einsum("oc,cikl->oikl", igc.block_diagonal(Wd, M)[:, :, 0, 0], igc.block_diagonal(Wp, L))
     assert igc.connectivity(no_perm).all() == (L == 1 or M == 1)
+
+
+def layer_connectivity(layer, C_in):
+    """(C_out, C_in) bool measured on the layer: output o responds to a signal in input channel c only."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for c in range(C_in):
+        x = np.zeros((1, C_in, 4, 4))
+        x[:, c] = rng.standard_normal((4, 4)) + 3.0  # no exact zeros: a response is never cancelled by chance
+        columns.append(np.abs(layer(ig.Tensor(x)).numpy()).max(axis=(0, 2, 3)) > 1e-12)
+    return np.stack(columns, axis=1)
 
 
 # ---- 5. special cases -------------------------------------------------------------------------
@@ -145,6 +177,12 @@ def test_L1_is_a_regular_conv(case, seed):
     np.testing.assert_allclose(igc.compose(Wp, Wd, 1, C), Wd[:, 0, 0, 0, None, None, None] * Wp, rtol=1e-12)
     # any regular conv W is an IGC conv with L = 1: primary W, secondary all ones
     np.testing.assert_allclose(igc.compose(Wp, np.ones_like(Wd), 1, C), Wp, rtol=1e-12)
+    # and the layer computes it: IGCConv(L=1) == regular conv with kernel diag(W_d) W_p
+    x = np.random.default_rng(seed + 1).standard_normal(case["x_shape"])
+    k, s = case["k"], case["stride"]
+    np.testing.assert_allclose(layer(ig.Tensor(x)).numpy(),
+                               reference.conv2d(x, Wd[:, 0, 0, 0, None, None, None] * Wp, (s, s), (k // 2, k // 2)),
+                               rtol=1e-10, atol=1e-10)
 
 
 @given(st.integers(1, 8), st.sampled_from([1, 3]), st.integers(1, 2), seeds)
@@ -190,7 +228,7 @@ def _check_four_branch(x, W, G, stride):
     pad = (k // 2, k // 2)
     xt = ig.Tensor(x, requires_grad=True)
     y = igc.four_branch_conv(xt, W, G, stride=stride)
-    np.testing.assert_allclose(y.numpy(), conv2d_direct(x, W, (stride, stride), pad), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), reference.conv2d(x, W, (stride, stride), pad), rtol=1e-10, atol=1e-10)
     gy = np.random.default_rng(0).standard_normal(y.shape)
     y.backward(gy)
     xr = ig.Tensor(x, requires_grad=True)
@@ -210,7 +248,7 @@ def test_four_branch_form_G2_as_in_the_figure(x, W):
     np.testing.assert_array_equal(igc.tile_input(ig.Tensor(x), 2).numpy(), np.concatenate([x1, x2, x1, x2], 1))
     # the fixed secondary: in each of the 3 groups, row i sums branches (i, 1) and (i, 2)
     np.testing.assert_array_equal(W_sum[:, :, 0, 0], np.tile([[1, 1, 0, 0], [0, 0, 1, 1]], (3, 1)))
-    conv = lambda a, w: conv2d_direct(a, w, padding=(1, 1))
+    conv = lambda a, w: reference.conv2d(a, w, padding=(1, 1))
     np.testing.assert_allclose(conv(x, W), np.concatenate([conv(x1, W11) + conv(x2, W12),
                                                            conv(x1, W21) + conv(x2, W22)], 1), rtol=1e-10)
     _check_four_branch(x, W, 2, 1)

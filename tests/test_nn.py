@@ -57,8 +57,13 @@ def test_igc_conv_is_primary_permute_secondary_permute():
     x = ig.Tensor(rng.standard_normal((2, 12, 5, 5)))
     for L, S in ((4, 3), (4, 2), (3, 6)):
         igc = ig.nn.IGCConv(12, 12, L=L, S=S).to(dtype=np.float64)
+        assert igc.fused == (L * S == 12)
         chain = F.permute_channels(igc.secondary(F.permute_channels(igc.primary(x), L)), S)
         np.testing.assert_allclose(igc(x).data, chain.data, atol=1e-12)
+        # its own modules are the paper's chain: primary -> P -> secondary -> P_S
+        modules = igc.unpermute(igc.secondary(igc.permute(igc.primary(x))))
+        np.testing.assert_allclose(modules.data, chain.data, atol=1e-12)
+        assert (igc.permute.branch_factor, igc.unpermute.branch_factor) == (L, S)
     with pytest.raises(ValueError, match="divisible by L=5"):
         ig.nn.IGCConv(12, 12, L=5, S=2)
 
@@ -124,17 +129,48 @@ def test_module_to_emu_keeps_values():
 
 
 def test_initialisation_follows_the_reference():
-    """Conv weights N(0, 2/fan_in) (He), FC weights U(+-sqrt(3/fan_in)), BN gamma 1 / beta 0, running var 1."""
+    """Conv weights N(0, 2/fan_in) (He), FC weights U(+-sqrt(1/fan_in)) (MXNet Xavier uniform, factor 'in',
+    magnitude 1, as the reference), BN gamma 1 / beta 0, running var 1."""
     rng = np.random.default_rng(0)
     conv = ig.nn.Conv2d(64, 128, 3, groups=4, rng=rng)
     fan_in = 64 // 4 * 9
     assert abs(conv.weight.data.std() - np.sqrt(2 / fan_in)) < 0.03 * np.sqrt(2 / fan_in)
     assert abs(conv.weight.data.mean()) < 0.01
     fc = ig.nn.Linear(300, 200, rng=rng)
-    bound = np.sqrt(3 / 300)
+    bound = np.sqrt(1 / 300)  # 0.0577; the old sqrt(3 / 300) = 0.1 fails both checks below
     assert fc.weight.data.min() >= -bound and fc.weight.data.max() <= bound
+    assert fc.weight.data.max() > 0.99 * bound and fc.weight.data.min() < -0.99 * bound  # the bound, not less
     assert abs(fc.weight.data.std() - bound / np.sqrt(3)) < 0.02 * bound
     np.testing.assert_array_equal(fc.bias.data, 0)
     bn = ig.nn.BatchNorm2d(5)
     assert (bn.gamma.data == 1).all() and (bn.beta.data == 0).all()
     assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: ig.nn.IGCConv(8, 8, L=0, S=2, name="g1_b1"), ValueError,
+     r"IGCConv 'g1_b1'\(in_channels=8, out_channels=8, L=0, S=2, .*\): L must be >= 1, got 0"),
+    (lambda: ig.nn.IGCConv(8, 8, L=4, S=0), ValueError, r"IGCConv\(.*S=0.*\): S must be >= 1, got 0"),
+    (lambda: ig.nn.Linear(0, 10, name="fc"), ValueError,
+     r"Linear 'fc'\(in_features=0, out_features=10\): in_features must be >= 1"),
+    (lambda: ig.nn.Linear(2.5, 10), TypeError, "in_features must be an int, got 2.5"),
+    (lambda: ig.nn.BatchNorm2d(-1, name="g0_bn"), ValueError,
+     r"BatchNorm2d 'g0_bn'\(num_features=-1\): num_features must be >= 1, got -1"),
+    (lambda: ig.nn.BatchNorm2d(4, momentum=1.5), ValueError, r"momentum must lie in \[0, 1\], got 1.5"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, groups=0, name="g0_conv"), ValueError,
+     r"Conv2d 'g0_conv'\(in_channels=4, out_channels=8, kernel_size=3, .*groups=0\): groups must be >= 1"),
+    (lambda: ig.nn.Conv2d(4, 8, 0), ValueError, "kernel_size must be >= 1, got 0"),
+    (lambda: ig.nn.Conv2d(4, 8, (3, 0)), ValueError, r"kernel_size must be >= 1, got \(3, 0\)"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, padding=-1), ValueError, "padding must be >= 0, got -1"),
+    (lambda: ig.nn.Conv2d(4, 8, "3"), TypeError, "kernel_size must be an int or a pair of ints, got '3'"),
+    (lambda: ig.nn.Conv2d(True, 8, 3), TypeError, "in_channels must be an int, got True"),
+])
+def test_layer_arguments_are_validated_with_the_layer_and_sizes_named(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_valid_layer_arguments_still_build():
+    assert ig.nn.Conv2d(4, 8, (3, 1), stride=(2, 1), padding=(1, 0), groups=2).weight.shape == (8, 2, 3, 1)
+    assert ig.nn.Conv2d(np.int64(4), 4, 1).weight.shape == (4, 4, 1, 1)  # NumPy integers are ints
+    assert ig.nn.IGCConv(8, 8, L=1, S=8).secondary.weight.shape == (8, 1, 1, 1)

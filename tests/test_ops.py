@@ -5,10 +5,8 @@ from hypothesis import assume, given, strategies as st
 
 import igc_np as ig
 from igc_np import functional as F
-from igc_np.ops.conv import (conv2d_backward_data_numpy, conv2d_backward_weight_numpy,
-                             conv2d_forward_numpy)
-from igc_np.ops.permutation import interleave_index, permute_channels_numpy
-from reference import conv2d_direct, permute_by_formula
+from igc_np.ops import cpu_conv, reference
+from igc_np.ops.permutation import permute_channels_cpu
 from strategies import arrays, conv_cases, divisors
 
 
@@ -17,12 +15,11 @@ def T(a, grad=True):
 
 
 @given(conv_cases(), st.data())
-def test_conv2d_forward_matches_direct_definition(case, data):
+def test_conv2d_forward_matches_the_reference_tier(case, data):
     xs, ws, stride, padding, groups = case
     x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
     y = F.conv2d(T(x), T(W), stride=stride, padding=padding, groups=groups)
-    np.testing.assert_allclose(y.data, conv2d_direct(x, W, stride, padding, groups), atol=1e-12)
-    np.testing.assert_allclose(conv2d_forward_numpy(x, W, stride, padding, groups), y.data, atol=1e-12)
+    np.testing.assert_allclose(y.data, reference.conv2d(x, W, stride, padding, groups), atol=1e-12)
 
 
 @given(conv_cases(), st.data())
@@ -33,14 +30,15 @@ def test_conv2d_gradients(case, data):
 
 
 @given(conv_cases(), st.data())
-def test_conv2d_numpy_backward_functions_are_the_adjoints(case, data):
+def test_conv2d_cpu_engine_backward_functions_are_the_adjoints(case, data):
     """<conv(x, W), gy> == <x, backward_data(gy)> == <W, backward_weight(gy)>: exact adjoints."""
     xs, ws, stride, padding, groups = case
     x, W = data.draw(arrays(xs)), data.draw(arrays(ws))
-    y = conv2d_direct(x, W, stride, padding, groups)
+    y = reference.conv2d(x, W, stride, padding, groups)
     gy = data.draw(arrays(y.shape))
-    gx = conv2d_backward_data_numpy(gy, W, xs, stride, padding, groups)
-    gW = conv2d_backward_weight_numpy(x, gy, ws, stride, padding, groups)
+    _, x_pad = cpu_conv.conv2d_forward(x, W, stride, padding, groups)
+    gx = cpu_conv.conv2d_backward_data(gy, W, xs, stride, padding, groups)
+    gW = cpu_conv.conv2d_backward_weight(x_pad, gy, ws, stride, groups)
     inner = (y * gy).sum()
     np.testing.assert_allclose((gx * x).sum(), inner, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose((gW * W).sum(), inner, rtol=1e-10, atol=1e-10)
@@ -53,7 +51,7 @@ def test_conv2d_with_bias_and_float32():
     b = rng.standard_normal(6).astype(np.float32)
     y = F.conv2d(T(x), T(W), T(b), padding=1, groups=2)
     assert y.dtype == np.float32
-    np.testing.assert_allclose(y.data, conv2d_direct(x, W, (1, 1), (1, 1), 2) + b[:, None, None], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y.data, reference.conv2d(x, W, (1, 1), (1, 1), 2) + b[:, None, None], rtol=1e-4, atol=1e-4)
     xb, Wb, bb = T(x.astype(np.float64)), T(W.astype(np.float64)), T(b.astype(np.float64))
     assert ig.gradcheck(lambda x, W, b: F.conv2d(x, W, b, padding=1, groups=2), [xb, Wb, bb])
 
@@ -81,16 +79,16 @@ def test_permute_channels_every_divisor(C, data):
     x = data.draw(arrays((2, C, 3, 2)))
     for b in divisors(C):
         y = F.permute_channels(T(x), b)
-        np.testing.assert_array_equal(y.data, permute_by_formula(x, b))
-        np.testing.assert_array_equal(y.data, x[:, interleave_index(C, b)])
+        np.testing.assert_array_equal(y.data, reference.permute_channels(x, b))
+        np.testing.assert_array_equal(y.data, x[:, reference.permutation_index(C, b)])
         assert ig.gradcheck(lambda x: F.permute_channels(x, b), [T(x)])
 
 
 def test_permute_channels_keeps_channel_first_memory():
     x = np.random.default_rng(0).standard_normal((3, 6, 4, 5)).transpose(0, 1, 2, 3)
     chwn = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
-    y = permute_channels_numpy(chwn, 2)
-    np.testing.assert_array_equal(y, permute_by_formula(x, 2))
+    y = permute_channels_cpu(chwn, 2)
+    np.testing.assert_array_equal(y, reference.permute_channels(x, 2))
     assert y.transpose(1, 2, 3, 0).flags.c_contiguous
 
 
@@ -245,3 +243,97 @@ def test_threaded_relu_writes_every_element():
         gy = channel_first(rng.standard_normal(x.shape).astype(np.float32))
         y.backward(gy)
         np.testing.assert_array_equal(xt.grad, gy * (x > 0))
+
+
+# ---- silent garbage and API errors (issue 10) -------------------------------------------------
+def test_max_pool_propagates_nan_wherever_it_sits_in_the_window():
+    """NumPy's max returns NaN when any element is NaN; so must every window, NaN first or not."""
+    rng = np.random.default_rng(0)
+    for t in range(9):  # NaN at every tap position of a 3x3 window
+        x = rng.standard_normal((1, 2, 3, 3))
+        x[0, 1, t // 3, t % 3] = np.nan
+        for tier in (False, True):
+            with ig.backend.use_reference(tier):
+                xt = T(x)
+                y = F.max_pool2d(xt, 3)
+                y.backward(np.ones(y.shape))
+            assert np.isnan(y.data[0, 1, 0, 0]) and not np.isnan(y.data[0, 0, 0, 0])
+            assert y.data[0, 0, 0, 0] == x[0, 0].max()
+            # the gradient goes to the NaN (the window's maximum), nowhere else in that channel
+            expected = np.zeros((3, 3))
+            expected[t // 3, t % 3] = 1
+            np.testing.assert_array_equal(xt.grad[0, 1], expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_])
+def test_pooling_refuses_integer_input(dtype):
+    x = T(np.full((1, 1, 4, 4), 200, dtype), grad=False)
+    for pool in (lambda x: F.avg_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), F.global_avg_pool2d):
+        with pytest.raises(ValueError, match=r"pool2d: input must be floating point .* got dtype"):
+            pool(x)
+
+
+def test_linear_refuses_mixed_precision_bias():
+    x, W = T(np.zeros((2, 3), np.float32)), T(np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="linear: bias dtype float64 != input dtype float32"):
+        F.linear(x, W, T(np.zeros(4)))
+    assert F.linear(x, W, T(np.zeros(4, np.float32))).dtype == np.float32
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: F.conv2d(T(np.zeros((2, 2, 4, 4))), T(np.zeros((2, 2, 0, 3)))), ValueError,
+     r"conv2d: weight shape \(2, 2, 0, 3\) has a zero-size axis"),
+    (lambda: F.conv2d(T(np.zeros((0, 2, 4, 4))), T(np.zeros((2, 2, 3, 3)))), ValueError,
+     r"conv2d: input has an empty axis, shape \(0, 2, 4, 4\)"),
+    (lambda: F.conv2d(T(np.zeros((1, 2, 4, 4))), T(np.zeros((2, 2, 3, 3))), groups=0), ValueError,
+     r"conv2d: groups must be a positive int, got 0"),
+    (lambda: F.conv2d(T(np.zeros((1, 2, 4, 4))), T(np.zeros((2, 2, 3, 3))), padding=10**6), ValueError,
+     r"conv2d: padding \(1000000, 1000000\) is larger than the kernel 3x3"),
+    (lambda: F.conv2d(T(np.zeros((1, 2, 4, 4))), T(np.zeros((2, 2, 3, 3))), stride=1.5), ValueError,
+     r"conv2d: stride must be an int or a pair of ints, got 1.5"),
+    (lambda: F.max_pool2d(T(np.zeros((0, 2, 4, 4))), 2), ValueError, r"max_pool2d: input has an empty axis"),
+    (lambda: F.linear(T(np.zeros((0, 3))), T(np.zeros((2, 3)))), ValueError, r"linear: input has an empty axis"),
+    (lambda: F.batch_norm(T(np.zeros((0, 2, 3, 3))), T(np.ones(2)), T(np.zeros(2))), ValueError,
+     r"batch_norm: input has an empty axis"),
+    (lambda: F.cross_entropy(T(np.zeros((2, 3))), [0, 1]), TypeError,
+     r"cross_entropy: labels must be an integer array .* got list"),
+    (lambda: F.batch_norm(T(np.zeros((2, 2, 3, 3))), T(np.ones(2)), T(np.zeros(2)), np.zeros(2, np.int64),
+                          np.ones(2)), ValueError,
+     r"batch_norm: running_mean must be floating point, got dtype int64"),
+    (lambda: F.batch_norm(T(np.zeros((2, 2, 3, 3))), T(np.ones(2)), T(np.zeros(2)), [0.0, 0.0], np.ones(2)),
+     TypeError, r"batch_norm: running_mean must be a numpy/cupy array .* got list"),
+    (lambda: F.permute_channels(T(np.zeros((1, 6, 2, 2))), 0), ValueError,
+     r"permute_channels: branch_factor=0 must divide the channel count C=6"),
+])
+def test_api_errors_name_the_op_and_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_no_op_reads_a_device_array_back_to_the_host(monkeypatch):
+    """On 'cuda' (the test-only CuPy stand-in) no op calls int()/float()/bool()/.item()/.get() on a
+    device array or assigns through a boolean mask: each is a device->host sync on a real GPU."""
+    import fake_cupy
+    cp = fake_cupy.install(monkeypatch)
+
+    def sync(self, *args, **kwargs):
+        raise AssertionError("device->host sync inside an op")
+    for name in ("__int__", "__float__", "__bool__", "item", "get", "tolist"):
+        monkeypatch.setattr(cp.ndarray, name, sync)
+    setitem = cp.ndarray.__setitem__
+
+    def no_mask(self, key, value):
+        if isinstance(key, cp.ndarray) and key.dtype == bool:
+            sync(self)
+        setitem(self, key, value)
+    monkeypatch.setattr(cp.ndarray, "__setitem__", no_mask)
+    rng = np.random.default_rng(0)
+    x = ig.Tensor(cp.asarray(rng.standard_normal((2, 3, 6, 6))), requires_grad=True, device="cuda")
+    g, b = (ig.Tensor(cp.asarray(v), requires_grad=True, device="cuda") for v in (np.ones(3), np.zeros(3)))
+    W = ig.Tensor(cp.asarray(rng.standard_normal((4, 3))), requires_grad=True, device="cuda")
+    labels = cp.asarray(np.array([1, 3]))
+    h = F.batch_norm(x, g, b, cp.zeros(3), cp.ones(3), training=True)
+    h = F.global_avg_pool2d(F.avg_pool2d(F.max_pool2d(F.relu(h), 3, 2, 1), 2))
+    loss = F.cross_entropy(F.linear(h, W), labels)
+    loss.backward()
+    assert x.grad is not None and W.grad is not None

@@ -137,7 +137,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
               "--batch-size", "16", "--lr-steps", "1", "--checkpoint-every", "1", "--rand-seed", "3"]
     assert trainer.main(common + ["--num-epochs", "2", "--output-dir", str(tmp_path / "a")]) == 0
     assert trainer.main(common + ["--num-epochs", "1", "--output-dir", str(tmp_path / "b")]) == 0
-    assert trainer.main(["--load-epoch", "1", "--num-epochs", "2",
+    assert trainer.main(["--load-epoch", "1", "--num-epochs", "2", "--data-dir", str(data_dir),
                          "--model-prefix", str(tmp_path / "b" / "model")]) == 0
     assert_same_checkpoint(tmp_path / "a" / "model-0002.npz", tmp_path / "b" / "model-0002.npz")
     a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
@@ -162,7 +162,9 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsy
     status, out = run(tmp_path, *args, name="stopped")
     monkeypatch.setattr(ig.optim.SGD, "step", real_step)
     assert status == 130
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"python examples/cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err or \
+        f"--resume {out / 'model-interrupted.npz'}" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     stopped = out / "model-interrupted.npz"
     with np.load(stopped) as z:
@@ -171,18 +173,19 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsy
 
     assert trainer.main(["--resume", str(stopped)]) == 0
     assert_same_checkpoint(tmp_path / "straight" / "model-0002.npz", out / "model-0002.npz")
+    assert not stopped.exists()  # obsolete once resumed and model-0002.npz is written
     straight, resumed = read_log(tmp_path / "straight"), read_log(out)
     assert [r["train_loss"] for r in straight] == [r["train_loss"] for r in resumed]
 
 
 def test_ctrl_c_during_the_test_pass_saves_the_finished_epoch(tmp_path, monkeypatch):
-    real_evaluate = ig.training.evaluate
+    real_evaluate = ig.training.evaluate_batches
 
     def evaluate_then_ctrl_c(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(ig.training, "evaluate", evaluate_then_ctrl_c)
+    monkeypatch.setattr(ig.training, "evaluate_batches", evaluate_then_ctrl_c)
     status, out = run(tmp_path, "--num-epochs", "3", "--checkpoint-every", "2")
     assert status == 130
     ckpt = ig.training.load_checkpoint(out / "model-0001.npz")  # an ordinary epoch checkpoint
@@ -190,7 +193,11 @@ def test_ctrl_c_during_the_test_pass_saves_the_finished_epoch(tmp_path, monkeypa
     assert not (out / "model-interrupted.npz").exists()
 
 
-def test_ctrl_c_in_a_real_process_exits_130_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum,status,name", [(signal.SIGINT, 130, "Ctrl-C"),
+                                                (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_in_a_real_process_saves_and_exits(tmp_path, signum, status, name):
+    """Ctrl-C, and SIGTERM (what batch schedulers send): finish the batch, save, print the
+    resume command, release the folder lock."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
         "--num-epochs", "50", "--log-iters", "1", "--output-dir", str(out)]
@@ -199,13 +206,16 @@ def test_ctrl_c_in_a_real_process_exits_130_with_a_checkpoint(tmp_path):
         for line in proc.stdout:  # wait until training is under way
             if "Batch [1]" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert (out / "model-interrupted.npz").is_file() and "Saved" in err
+    assert proc.returncode == status, err
+    assert (out / "model-interrupted.npz").is_file() and "Saved" in err and name in err
+    assert f"python examples/cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err \
+        or f"cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err
     assert ig.training.load_checkpoint(out / "model-interrupted.npz").epoch == 0
+    assert not (out / ig.training.LOCK_NAME).exists()
 
 
 def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
@@ -249,12 +259,11 @@ def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
     assert "garbage.npz" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, capsys):
     status, out = run(tmp_path, "--num-epochs", "1")
     good = out / "model-0001.npz"
     before = good.read_bytes()
-    status = trainer.main(["--resume", str(good), "--num-epochs", "30", "--lr", "1e30"])
+    status = trainer.main(["--resume", str(good), "--num-epochs", "30", "--lr", "1e6"])
     assert status == 1
     err = capsys.readouterr().err
     assert "Epoch[" in err and "Batch [" in err and "nan" in err.lower()
@@ -303,3 +312,110 @@ def test_metrics_top1_top5():
     m.update(0.5, logits, np.array([6, 5]))    # row 0: top-1 hit; row 1: 6th best, a miss
     m.update(1.5, logits, np.array([2, 4]))    # row 0: 5th best, a top-5 hit; row 1: 5th best
     assert (m.count, m.loss, m.top1, m.top5) == (4, 1.0, 0.25, 0.75)
+
+
+# ---- newcomer habits ---------------------------------------------------------------------------
+def test_dataset_alone_trains_the_reference_cifar_network_on_the_cpu():
+    o, ckpt = trainer.resolve_options(trainer.parse_args(["--dataset", "cifar10"]))
+    assert ckpt is None
+    assert (o["network"], o["depth"], o["primary_partition"], o["secondary_partition"]) == \
+        ("resnet_igc", 20, 24, 2)
+    assert o["device"] == "cpu" and o["num_epochs"] == 400 and o["lr_steps"] == [200, 300, 350]
+    assert o["output_dir"] == str(Path("runs") / "cifar10-resnet_igc20-L24M2")
+    o, _ = trainer.resolve_options(trainer.parse_args([]))  # the digits toy net stays the default
+    assert (o["dataset"], o["depth"], o["primary_partition"]) == ("digits", 8, 4)
+
+
+def test_pytorch_style_aliases_and_optimizer_options(tmp_path):
+    args = trainer.parse_args(["--epochs", "3", "--seed", "5", "--momentum", "0.5", "--wd", "0",
+                               "--weight-decay", "0.001"])
+    o, _ = trainer.resolve_options(args)
+    assert (o["num_epochs"], o["rand_seed"], o["momentum"], o["wd"]) == (3, 5, 0.5, 0.001)
+    status, out = run(tmp_path, "--epochs", "1", "--momentum", "0", "--wd", "0")
+    assert status == 0
+    stored = ig.training.load_checkpoint(out / "model-0001.npz")
+    assert (stored.args["momentum"], stored.args["wd"]) == (0, 0)
+    # momentum 0 keeps no velocities
+    assert all(v.size == 0 for k, v in stored.optimizer_state.items() if k.startswith("velocity"))
+
+
+def test_young_bn_statistics_are_recalibrated_for_the_test_pass_only(tmp_path):
+    """plain nets (BN momentum 0.99): after a few updates the running statistics are mostly their
+    initial values; the test pass recalibrates a copy, the training and its files are unchanged."""
+    common = ["--network", "plain_igc", "--depth", "5", "--num-epochs", "2", "--lr-steps", "1"]
+    assert run(tmp_path, *common, "--eval-bn", "running", name="running")[0] == 0
+    assert run(tmp_path, *common, name="auto")[0] == 0
+    running, auto = read_log(tmp_path / "running"), read_log(tmp_path / "auto")
+    assert [r["eval_bn"] for r in running] == ["running", "running"]
+    assert all(r["eval_bn"].startswith("precise (5 training batches") for r in auto)
+    assert [r["train_loss"] for r in running] == [r["train_loss"] for r in auto]
+    assert auto[-1]["test_loss"] < running[-1]["test_loss"]
+    assert_same_checkpoint(tmp_path / "running" / "model-0002.npz",
+                           tmp_path / "auto" / "model-0002.npz")
+    # the long-run protocol is the reference's: old statistics are used as they are
+    net = ig.nets.get_network("plain_igc", 5, primary_partition=2, secondary_partition=2)
+    assert ig.training.stale_statistics(net, 100) and not ig.training.stale_statistics(net, 1000)
+
+
+def test_curves_name_the_run_and_mark_the_lr_steps(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    figures, real_savefig = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    record = dict(train_loss=1.0, test_loss=1.0, train_top1=0.5, test_top1=0.5)
+    ig.training.plot_curves([dict(record, epoch=0)], tmp_path, title="my run")
+    ax = figures[-1].axes[0]
+    assert ax.get_title() == "my run" and list(ax.get_xticks()) == [0]  # one epoch: one tick
+    history = [dict(record, epoch=e) for e in range(4)]
+    ig.training.plot_curves(history, tmp_path, title="my run", lr_steps=[2, 3])
+    ax = figures[-1].axes[0]
+    steps = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in steps] == [1.5, 2.5]
+    assert "lr step" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "loss.png"]
+
+
+def test_metrics_stay_on_the_device_until_read():
+    m = ig.training.Metrics()
+    logits = ig.Tensor(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
+    m.update(ig.Tensor(np.float32(0.5)), logits, ig.Tensor(np.array([1, 1])))
+    assert m._pending is not None and not m._host.any()  # nothing brought to the host yet
+    assert (m.count, m.loss, m.top1) == (2, 0.5, 0.5) and m._pending is None
+
+
+# ---- examples/igc_anatomy.py ----------------------------------------------------------------
+anatomy = _load(ROOT / "examples" / "igc_anatomy.py", "igc_anatomy")
+
+
+def test_anatomy_takes_the_trainers_option_names(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    anatomy.main(["--primary-partition", "2", "--secondary-partition", "3", "--output-dir",
+                  str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "composition.png", "connectivity.png", "masks.png", "permutation.png", "widths.md"]
+    assert "Wider at equal parameters" in capsys.readouterr().out  # the table is printed
+    anatomy.main(["--L", "2", "--M", "2", "--out", str(tmp_path / "old")])  # the old names work
+    assert (tmp_path / "old" / "masks.png").is_file()
+
+
+@pytest.mark.parametrize("argv,needle", [(["--primary-partition", "0"], "--primary-partition must be in 1.."),
+                                         (["--M", "-1"], "--secondary-partition must be in 1.."),
+                                         (["--L", "100", "--M", "100"], "at most 512")])
+def test_anatomy_refuses_impossible_partitions(tmp_path, capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        anatomy.main(argv + ["--output-dir", str(tmp_path / "a")])
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_anatomy_palette_tells_100_partitions_apart():
+    pytest.importorskip("matplotlib")
+    for n in (4, 16, 100):
+        colours = np.array(anatomy.palette(n))
+        assert colours.shape == (n, 3) and len({tuple(np.round(c, 3)) for c in colours}) == n
+        # neighbouring partitions (adjacent blocks of the picture) differ clearly
+        assert np.abs(np.diff(colours, axis=0)).sum(axis=1).min() > 0.15

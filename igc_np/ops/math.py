@@ -1,8 +1,12 @@
 """Elementwise arithmetic with NumPy broadcasting, reductions and shape ops.
 
 Each op is a Function; the operators of ``Tensor`` (``+ - * / ** @``, ``reshape``, ``sum``, ...)
-are attached at the bottom of this file.
+are attached at the bottom of this file. Reductions take NumPy's ``axis=``/``keepdims=`` or
+PyTorch's ``dim=``/``keepdim=``; comparisons return arrays (no gradient).
 """
+import operator
+from collections import namedtuple
+
 import numpy as np
 
 from ..autograd import Function, Tensor, as_tensor
@@ -143,6 +147,37 @@ class Sum(Function):
         return xp.broadcast_to(gy, self.shape).copy()
 
 
+class Max(Function):
+    """Maximum (or, with smallest=True, minimum) over `axis` (None: all elements).
+
+    Gradient policy at ties: split equally among the tied elements (each gets gy / count), as the
+    subgradient that treats them symmetrically; PyTorch's ``amax`` does the same (its ``max(dim)``
+    gives everything to one index). Without ties the gradient is gy at the arg-max.
+    """
+
+    def __init__(self, axis=None, keepdims=False, smallest=False):
+        self.axis, self.keepdims, self.smallest = axis, keepdims, smallest
+
+    def forward(self, xp, a):
+        if a.size == 0:
+            raise ValueError(f"{'min' if self.smallest else 'max'}: empty tensor of shape {a.shape}")
+        y = a.min(axis=self.axis, keepdims=True) if self.smallest else a.max(axis=self.axis, keepdims=True)
+        self.mask = a == y
+        self.count = self.mask.sum(axis=self.axis, keepdims=True)
+        self.keep_shape = y.shape
+        return y if self.keepdims else y.reshape(_reduced_shape(a.shape, self.axis))
+
+    def backward(self, xp, gy):
+        return self.mask * (gy.reshape(self.keep_shape) / self.count)
+
+
+def _reduced_shape(shape, axis):
+    if axis is None:
+        return ()
+    axes = {ax % len(shape) for ax in ((axis,) if np.isscalar(axis) else axis)}
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
 class Reshape(Function):
     def __init__(self, shape):
         self.shape = shape
@@ -192,9 +227,93 @@ def _transpose(self, *axes):
     return Transpose(axes).apply(self)
 
 
-def _mean(self, axis=None, keepdims=False):
+def _reduction_args(op, axis, dim, keepdims, keepdim):
+    """NumPy's axis/keepdims or PyTorch's dim/keepdim, not both."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}: give axis= (NumPy) or dim= (PyTorch), not both")
+        axis = dim
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    return axis, bool(keepdims or keepdim)
+
+
+def _sum(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+    """Sum over axis (int, tuple or None for all); dim=/keepdim= are accepted as aliases."""
+    axis, keepdims = _reduction_args("sum", axis, dim, keepdims, keepdim)
+    return Sum(axis, keepdims).apply(self)
+
+
+def _mean(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+    axis, keepdims = _reduction_args("mean", axis, dim, keepdims, keepdim)
     s = Sum(axis, keepdims).apply(self)
     return s * (s.size / self.size)  # 1 / (number of elements averaged)
+
+
+# what x.max(dim=d) returns, as in PyTorch: values (a Tensor in the graph) and indices (an array)
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def _extreme(smallest):
+    name = "min" if smallest else "max"
+
+    def extreme(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+        values = Max(*_reduction_args(name, axis, dim, keepdims, keepdim), smallest).apply(self)
+        if dim is None:
+            return values  # NumPy's form: the values
+        if not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"{name}(dim=...): dim must be one int, as in PyTorch, got {dim!r}; "
+                            "axis= takes a tuple")
+        return MaxResult(values, _arg(self, dim, keepdim, smallest))
+
+    extreme.__doc__ = (f"The {name} over axis (None: all). With axis= the values, as NumPy; with dim= "
+                       f"PyTorch's (values, indices). Ties split the gradient equally (see Max).")
+    return extreme
+
+
+def _arg(self, axis, keepdims, smallest):
+    data = self.data
+    i = data.argmin(axis=axis) if smallest else data.argmax(axis=axis)
+    if keepdims:
+        i = i.reshape((1,) * data.ndim if axis is None else _keep_shape(data.shape, axis))
+    return i
+
+
+def _keep_shape(shape, axis):
+    axis = axis % len(shape)
+    return tuple(1 if i == axis else n for i, n in enumerate(shape))
+
+
+def _argextreme(smallest):
+    def argextreme(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+        axis, keepdims = _reduction_args("argmin" if smallest else "argmax", axis, dim, keepdims, keepdim)
+        return _arg(self, axis, keepdims, smallest)
+
+    argextreme.__doc__ = (f"Index of the {'minimum' if smallest else 'maximum'} (first at ties) along "
+                          "axis/dim (None: of the flattened data): an integer array, no graph.")
+    return argextreme
+
+
+def _squeeze(self, dim=None):
+    """Drop size-1 dimensions (all, or only `dim`)."""
+    if dim is None:
+        shape = tuple(n for n in self.shape if n != 1)
+    else:
+        if self.shape[dim] != 1:
+            raise ValueError(f"squeeze: dimension {dim} of shape {self.shape} has size {self.shape[dim]}, not 1")
+        shape = tuple(n for i, n in enumerate(self.shape) if i != dim % self.ndim)
+    return Reshape(shape).apply(self)
+
+
+def _unsqueeze(self, dim):
+    """Insert a size-1 dimension at `dim` (negative counts from the end of the result)."""
+    dim = dim % (self.ndim + 1)
+    return Reshape(self.shape[:dim] + (1,) + self.shape[dim:]).apply(self)
+
+
+def _compare(op):
+    """Comparisons act on the data: a boolean array on the tensor's device, no graph."""
+    return lambda a, b: op(a.data, b.data if isinstance(b, Tensor) else b)
 
 
 Tensor.__add__ = _binary(Add)
@@ -214,5 +333,18 @@ Tensor.reshape = _reshape
 Tensor.flatten = lambda a, start_dim=1: Reshape(a.shape[:start_dim] + (-1,)).apply(a)
 Tensor.transpose = _transpose
 Tensor.T = property(lambda a: Transpose(tuple(reversed(range(a.ndim)))).apply(a))
-Tensor.sum = lambda a, axis=None, keepdims=False: Sum(axis, keepdims).apply(a)
+Tensor.view = _reshape  # PyTorch's name; as reshape, it never fails on a non-contiguous input
+Tensor.squeeze = _squeeze
+Tensor.unsqueeze = _unsqueeze
+Tensor.sum = _sum
 Tensor.mean = _mean
+Tensor.max = _extreme(smallest=False)
+Tensor.min = _extreme(smallest=True)
+Tensor.argmax = _argextreme(smallest=False)
+Tensor.argmin = _argextreme(smallest=True)
+Tensor.__lt__ = _compare(operator.lt)
+Tensor.__le__ = _compare(operator.le)
+Tensor.__gt__ = _compare(operator.gt)
+Tensor.__ge__ = _compare(operator.ge)
+Tensor.__eq__ = _compare(operator.eq)
+Tensor.__ne__ = _compare(operator.ne)

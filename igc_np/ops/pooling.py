@@ -1,10 +1,14 @@
 """Max and average pooling over k x k windows, and global average pooling.
 
-Windows are taken as k*k strided slices of the (padded) input, one per kernel tap, so every
-pass is a whole-array operation that works for NumPy and CuPy and any memory layout.
+The fast tier (cpu and gpu alike, any xp and any memory layout) takes the windows as k*k strided
+slices of the (padded) input, one per kernel tap, so every pass is a whole-array operation with no
+host synchronisation on the GPU. The reference tier (reference.max_pool2d, ...) stacks the taps.
 """
+import numpy as np
+
 from ..autograd import Function
-from .conv import output_size, pair
+from . import reference
+from .checks import check_float, check_nonempty, output_size, pair
 
 
 def _tap(a, i, j, Ho, Wo, stride):
@@ -23,17 +27,43 @@ def _pad(xp, x, padding, value):
     return out
 
 
-class _Pool(Function):
+class _PoolFunction(Function):
+    """k x k pooling; the cpu and gpu tiers share one xp implementation (forward_xp/backward_xp),
+    the reference tier calls the pair reference_ops = (forward, backward) of ops/reference.py."""
+
+    reference_ops = None
+
     def __init__(self, kernel, stride, padding):
         self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward_reference(self, x):
+        self.x = x
+        return self.reference_ops[0](x, self.kernel, self.stride, self.padding)
+
+    def backward_reference(self, gy):
+        return self.reference_ops[1](self.x, gy, self.kernel, self.stride, self.padding)
 
     def out_size(self, shape):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         return output_size(shape[2], kh, sh, ph), output_size(shape[3], kw, sw, pw)
 
+    def forward_cpu(self, x):
+        return self.forward_xp(np, x)
 
-class MaxPool2d(_Pool):
-    def forward(self, xp, x):
+    def backward_cpu(self, gy):
+        return self.backward_xp(np, gy)
+
+    def forward_gpu(self, xp, x):
+        return self.forward_xp(xp, x)
+
+    def backward_gpu(self, xp, gy):
+        return self.backward_xp(xp, gy)
+
+
+class MaxPool2dFunction(_PoolFunction):
+    reference_ops = reference.max_pool2d, reference.max_pool2d_backward
+
+    def forward_xp(self, xp, x):
         Ho, Wo = self.out_size(x.shape)
         self.x_shape, (kh, kw) = x.shape, self.kernel
         xpad = _pad(xp, x, self.padding, -xp.inf)
@@ -44,13 +74,16 @@ class MaxPool2d(_Pool):
                 # the winning tap's index: int8 is enough (and 4x smaller) up to 127 taps
                 y, argmax = v.copy(), xp.zeros(v.shape, xp.int8 if kh * kw <= 127 else xp.int32)
             else:
-                better = v > y  # ties keep the first tap, as a sequential scan would
+                # ties keep the first tap, as a sequential scan would; a NaN wins and then stays
+                # (y != y is NaN), so NaN propagates as in NumPy's max. xp.where, not a masked
+                # assignment: no scan and no device->host sync per tap on the GPU
+                better = (v > y) | ((v != v) & (y == y))
                 y = xp.where(better, v, y)
-                argmax[better] = t
+                argmax = xp.where(better, argmax.dtype.type(t), argmax)
         self.argmax = argmax
         return y
 
-    def backward(self, xp, gy):
+    def backward_xp(self, xp, gy):
         (kh, kw), (ph, pw) = self.kernel, self.padding
         N, C, H, W = self.x_shape
         gx = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), gy.dtype)
@@ -59,10 +92,12 @@ class MaxPool2d(_Pool):
         return gx[:, :, ph:ph + H, pw:pw + W]
 
 
-class AvgPool2d(_Pool):
+class AvgPool2dFunction(_PoolFunction):
     """Average over the window, zero padding counted (MXNet's default, count_include_pad)."""
 
-    def forward(self, xp, x):
+    reference_ops = reference.avg_pool2d, reference.avg_pool2d_backward
+
+    def forward_xp(self, xp, x):
         Ho, Wo = self.out_size(x.shape)
         self.x_shape, (kh, kw) = x.shape, self.kernel
         xpad = _pad(xp, x, self.padding, 0)
@@ -71,7 +106,7 @@ class AvgPool2d(_Pool):
             y += _tap(xpad, t // kw, t % kw, Ho, Wo, self.stride)
         return y * (1.0 / (kh * kw))
 
-    def backward(self, xp, gy):
+    def backward_xp(self, xp, gy):
         (kh, kw), (ph, pw) = self.kernel, self.padding
         N, C, H, W = self.x_shape
         gx = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), gy.dtype)
@@ -81,19 +116,26 @@ class AvgPool2d(_Pool):
         return gx[:, :, ph:ph + H, pw:pw + W]
 
 
-class GlobalAvgPool2d(Function):
+class GlobalAvgPool2dFunction(Function):
+    """One tier: the reference's array code serves every device."""
+
     def forward(self, xp, x):
         self.x_shape = x.shape
-        return x.mean(axis=(2, 3))
+        return reference.global_avg_pool2d(x)
 
     def backward(self, xp, gy):
-        N, C, H, W = self.x_shape
-        return xp.broadcast_to((gy * (1.0 / (H * W)))[:, :, None, None], self.x_shape).copy()
+        return reference.global_avg_pool2d_backward(self.x_shape, gy, xp)
+
+
+def _check_input(op, x):
+    if x.ndim != 4:
+        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    check_nonempty(op, "input", x.shape)
+    check_float(op, "input", x.dtype)
 
 
 def _pool_args(op, x, kernel_size, stride, padding):
-    if x.ndim != 4:
-        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    _check_input(op, x)
     kernel = pair(kernel_size, op, "kernel_size")
     stride = kernel if stride is None else pair(stride, op, "stride")
     padding = pair(padding, op, "padding")
@@ -110,17 +152,16 @@ def _pool_args(op, x, kernel_size, stride, padding):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """x (N, C, H, W) -> (N, C, Ho, Wo), the maximum of each window (padding never wins)."""
-    return MaxPool2d(*_pool_args("max_pool2d", x, kernel_size, stride, padding)).apply(x)
+    """x (N, C, H, W) -> (N, C, Ho, Wo), the maximum of each window (padding never wins, NaN does)."""
+    return MaxPool2dFunction(*_pool_args("max_pool2d", x, kernel_size, stride, padding)).apply(x)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """x (N, C, H, W) -> (N, C, Ho, Wo), the mean of each window (zero padding included)."""
-    return AvgPool2d(*_pool_args("avg_pool2d", x, kernel_size, stride, padding)).apply(x)
+    return AvgPool2dFunction(*_pool_args("avg_pool2d", x, kernel_size, stride, padding)).apply(x)
 
 
 def global_avg_pool2d(x):
     """x (N, C, H, W) -> (N, C), the mean over H and W."""
-    if x.ndim != 4:
-        raise ValueError(f"global_avg_pool2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
-    return GlobalAvgPool2d().apply(x)
+    _check_input("global_avg_pool2d", x)
+    return GlobalAvgPool2dFunction().apply(x)

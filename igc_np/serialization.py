@@ -1,0 +1,271 @@
+"""Safe files: atomic writing and bounded reading of ``.npz`` archives, and ``save`` / ``load``.
+
+Writing (``write_npz``, ``atomic_write``)
+    The bytes go to a temporary file with a unique name (``.<name>.<random>.tmp``) in the target's
+    folder, are flushed and ``fsync``-ed, and the temporary file is renamed onto the target with
+    ``os.replace``, which is atomic on one file system. A crash, a full disk, SIGKILL or Ctrl-C
+    therefore leaves either the old file or the new one under the name, never half of one; the
+    temporary file is removed on every failure we can see (SIGKILL leaves it, under its dot-name).
+    Unique names let two writers share a folder without clobbering each other's temporary files.
+
+Reading (``read_npz``)
+    An ``.npz`` is a zip of ``.npy`` members. A hostile file can declare a member of terabytes
+    (a zip bomb: tiny compressed, huge uncompressed) or an array header of huge shape. Before a
+    member is read we check, from the zip directory and the member's ``.npy`` header only:
+
+    * the member is one the caller expects (``accept(key)``); others are never read;
+    * the header's ``shape * itemsize`` plus the header equals the zip's stated uncompressed size,
+      which is at most ``max_member_bytes``, and all members together at most ``max_total_bytes``;
+    * the stated compressed size fits in the file, and the uncompressed size is at most
+      ``max_ratio`` times the compressed size (members under 1 MiB excepted: tiny arrays of zeros
+      compress well);
+    * the dtype holds no Python objects (``allow_pickle=False``: loading never runs code).
+
+    zipfile then stops decompressing at the stated size and checks the CRC, so memory use is
+    bounded by what was checked. Every failure raises ``SerializationError`` naming the file and
+    the member.
+
+``save(state_dict, path)`` / ``load(path)``
+    The PyTorch habit ``torch.save(model.state_dict(), f)`` / ``model.load_state_dict(torch.load(f))``
+    with plain ``.npz`` files instead of pickles: ``ig.save(model.state_dict(), "m.npz")``,
+    ``model.load_state_dict(ig.load("m.npz"))``. The file is readable by ``numpy.load`` too.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SerializationError", "write_npz", "read_npz", "atomic_write", "save", "load"]
+
+#: limits of ``read_npz`` unless the caller gives others
+MAX_MEMBER_BYTES = 8 << 30       # one array: 8 GiB (an ImageNet IGC net is a few hundred MiB)
+MAX_TOTAL_BYTES = 16 << 30
+MAX_RATIO = 200                  # deflate reaches ~1000:1 on zeros; real weights compress < 2:1
+MAX_MEMBERS = 100_000
+_SMALL = 1 << 20                 # members below 1 MiB skip the ratio test
+_NPY_MAGIC, _ZIP_MAGIC, _PICKLE_MAGIC = b"\x93NUMPY", b"PK\x03\x04", b"\x80"
+_ALLOWED_KINDS = set("biufcU")   # bool, ints, floats, complex, unicode text: no objects, no voids
+
+
+def _read_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class SerializationError(ValueError):
+    """A file is not a readable, safe .npz archive; the message names the file (and member)."""
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """``with atomic_write(path) as f: f.write(...)``: the file appears complete or not at all.
+
+    The temporary file lives beside ``path`` under a unique dot-name and is removed if the block
+    raises anything (including KeyboardInterrupt and a full disk).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with contextlib.suppress(OSError):  # mkstemp makes 0600; a result file is 0666 - umask
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX); not possible on every system, so best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_npz(path, arrays):
+    """Write ``arrays`` ({key: array}) to ``path`` as an uncompressed .npz, atomically.
+
+    Keys may contain '/' (``model/fc_weight``); arrays must not hold Python objects.
+    """
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise SerializationError(f"{path}: keys must be non-empty strings, got {key!r}")
+        if np.asarray(value).dtype.hasobject:
+            raise SerializationError(f"{path}: entry {key!r} holds Python objects "
+                                     f"(dtype object); only numeric arrays and text are stored")
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+def read_npz(path, accept=None, *, max_member_bytes=MAX_MEMBER_BYTES,
+             max_total_bytes=MAX_TOTAL_BYTES, max_ratio=MAX_RATIO, what="file"):
+    """{key: array} of the members of ``path`` for which ``accept(key)`` is true (all if None).
+
+    Bounded as described in the module docstring; raises ``SerializationError`` naming the file
+    and member on anything unexpected. ``what`` names the file's role in messages ("checkpoint").
+    """
+    path = Path(path)
+    where = f"{what} {path}"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise SerializationError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise SerializationError(f"{where}: is a folder, not a file") from None
+    except OSError as e:
+        raise SerializationError(f"{where}: cannot be read ({e.strerror or e})") from None
+    if magic.startswith(_NPY_MAGIC):
+        raise SerializationError(f"{where}: is a single-array .npy file, not an .npz archive "
+                                 "(read it with numpy.load, or save with numpy.savez)")
+    if magic.startswith(_PICKLE_MAGIC):
+        raise SerializationError(f"{where}: is a Python pickle, not an .npz archive; pickles are "
+                                 "never loaded (they can run code)")
+    if not magic.startswith(_ZIP_MAGIC[:2]):
+        raise SerializationError(f"{where}: not a readable .npz file (it does not start like a "
+                                 "zip archive): corrupt, or not written by numpy.savez")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise SerializationError(f"{where}: {len(infos)} members, more than {MAX_MEMBERS}")
+            names = [i.filename for i in infos]
+            if len(set(names)) != len(names):
+                dup = sorted({n for n in names if names.count(n) > 1})
+                raise SerializationError(f"{where}: duplicate members {dup[:5]} (tampered?)")
+            chosen = []
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    continue  # not an array: never read
+                key = info.filename[:-4]
+                if accept is None or accept(key):
+                    chosen.append((key, info))
+            total = 0
+            for key, info in chosen:
+                _check_sizes(where, key, info, size, max_member_bytes, max_ratio)
+                total += info.file_size
+                if total > max_total_bytes:
+                    raise SerializationError(f"{where}: the members add up to more than "
+                                             f"{max_total_bytes} bytes (limit); refusing to read")
+            return {key: _read_member(zf, where, key, info) for key, info in chosen}
+    except SerializationError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            NotImplementedError, RuntimeError) as e:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
+        raise SerializationError(f"{where}: not a readable .npz file, corrupt or truncated "
+                                 f"({type(e).__name__}: {e})") from None
+
+
+def _check_sizes(where, key, info, file_size, max_member_bytes, max_ratio):
+    if info.file_size > max_member_bytes:
+        raise SerializationError(f"{where}: member {key!r} declares {info.file_size} bytes, more "
+                                 f"than the limit of {max_member_bytes}; refusing to read it")
+    if info.compress_size > file_size:
+        raise SerializationError(f"{where}: member {key!r} claims {info.compress_size} compressed "
+                                 f"bytes in a file of {file_size} (truncated or tampered)")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise SerializationError(f"{where}: member {key!r} is stored uncompressed but claims "
+                                 f"{info.compress_size} bytes stored for {info.file_size} "
+                                 "(corrupt or tampered)")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _SMALL and \
+            info.file_size > max_ratio * max(info.compress_size, 1):
+        raise SerializationError(
+            f"{where}: member {key!r} expands {info.compress_size} -> {info.file_size} bytes "
+            f"(ratio over {max_ratio}: a zip bomb?); refusing to read it")
+
+
+def _read_member(zf, where, key, info):
+    """One member, after checking its .npy header against the zip's stated size."""
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unknown .npy version {version}")
+        except ValueError as e:
+            raise SerializationError(f"{where}: member {key!r} has a bad .npy header ({e})") \
+                from None
+        if dtype.hasobject or dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
+            raise SerializationError(f"{where}: member {key!r} has dtype {dtype}, which is not a "
+                                     "plain numeric or text type (objects are never unpickled)")
+        count = 1
+        for n in shape:
+            count *= int(n)
+        header_end = f.tell()
+        if header_end + count * dtype.itemsize != info.file_size:
+            raise SerializationError(
+                f"{where}: member {key!r} header says {shape} {dtype} "
+                f"({count * dtype.itemsize} bytes) but the archive stores "
+                f"{info.file_size - header_end} (corrupt or tampered)")
+        # read straight into the array (no second copy); zipfile checks the CRC at the end
+        array = np.empty(count, dtype=dtype)
+        view = memoryview(array.view(np.uint8))
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise SerializationError(f"{where}: member {key!r} is truncated")
+            got += n
+        if f.read(1):
+            raise SerializationError(f"{where}: member {key!r} is longer than its header says")
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# save / load: state dicts as .npz
+# --------------------------------------------------------------------------------------------
+def save(state_dict, path):
+    """Write a ``state_dict`` ({name: array}, CPU or GPU) to ``path`` (.npz, atomically).
+
+    The name is used as given (``m.npz`` recommended; no suffix is added).
+    """
+    from . import backend
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"igc_np.save: expected a dict of arrays (model.state_dict()), got "
+                        f"{type(state_dict).__name__}")
+    arrays = {}
+    for key, value in state_dict.items():
+        try:
+            arrays[key] = backend.to_device(value, "cpu")
+        except (TypeError, ValueError) as e:
+            raise SerializationError(f"igc_np.save {path}: entry {key!r} is not an array ({e})") \
+                from None
+    return write_npz(path, arrays)
+
+
+def load(path):
+    """The {name: NumPy array} written by ``save`` (or any plain ``numpy.savez`` archive)."""
+    return read_npz(path)
