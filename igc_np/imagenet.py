@@ -475,18 +475,25 @@ class ImageNetTrainingData:
 
 
 def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=None, val_transform=None,
-                  processes=False, val_only=False):
+                  processes=False, val_only=False, image_size=224, subset=None):
     """Find the ImageNet files in data_dir (RecordIO pairs, else train/ and val/ folders) -> ImageNet.
 
     num_classes: default 1000 for RecordIO (the labels are checked per batch), the number of class
     folders otherwise. augment / val_transform replace TrainAugment() / ValTransform(); workers,
     prefetch, processes: see ImageNetSource. val_only: the validation split alone is enough (to
     evaluate a released model); ``train`` is then None, and folder classes are val/'s sorted wnids.
+    image_size: the crop (224 in the seed); another size scales the short sides with it (256..480
+    and 256 at 224), for quick experiments. subset: train on the first N training images only.
     """
     root = Path(data_dir).expanduser()
     looked = []
     splits = ("val",) if val_only else ("train", "val")
-    pool = (workers, prefetch, processes)
+    if augment is None or val_transform is None:
+        k = image_size / 224
+        augment = augment or TrainAugment(image_size, (round(256 * k), round(480 * k)))
+        val_transform = val_transform or ValTransform(image_size, round(256 * k))
+    make = dict(workers=workers, prefetch=prefetch, processes=processes, augment=augment,
+                val_transform=val_transform, subset=subset)
     for names in RECORD_NAMES:
         rec = {s: root / f"{name}.rec" for s, name in zip(("train", "val"), names) if s in splits}
         looked.append(" + ".join(p.name for p in rec.values()) + " (.idx beside them, optional)")
@@ -495,7 +502,7 @@ def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=Non
             for s, path in rec.items():
                 idx = path.with_suffix(".idx")
                 samples[s] = RecordSamples(path, idx if idx.is_file() else None)
-            return _assemble(samples, num_classes or 1000, "recordio", None, pool, augment, val_transform)
+            return _assemble(samples, num_classes or 1000, "recordio", None, **make)
     looked.append(" + ".join(f"{s}/<wnid>/*.JPEG" for s in splits))
     if all((root / s).is_dir() for s in splits):
         samples = {}
@@ -503,20 +510,37 @@ def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=Non
             samples["train"] = FolderSamples(root / "train")
         samples["val"] = FolderSamples(root / "val", classes=samples["train"].classes if not val_only else None)
         classes = samples["val"].classes
-        return _assemble(samples, num_classes or len(classes), "folders", classes, pool, augment, val_transform)
+        return _assemble(samples, num_classes or len(classes), "folders", classes, **make)
     raise ImageNetNotFoundError(f"no ImageNet in {root}: looked for {'; '.join(looked)}"
                                 + ("" if root.is_dir() else f" ({root} does not exist)"))
 
 
-def _assemble(samples, num_classes, layout, classes, pool, augment, val_transform):
-    workers, prefetch, processes = pool
+class _First:
+    """The first n samples of another sample list (load_imagenet's subset)."""
+
+    def __init__(self, samples, n):
+        self.samples, self.n, self.where = samples, min(n, len(samples)), samples.where
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(f"{self.where}: image {i} out of the subset of {self.n}")
+        return self.samples[i]
+
+
+def _assemble(samples, num_classes, layout, classes, workers, prefetch, processes, augment, val_transform,
+              subset):
     train = None
     if "train" in samples:
-        train = ImageNetSource(samples["train"], augment or TrainAugment(), num_classes, workers, prefetch,
-                               processes=processes)
-    val = ImageNetSource(samples["val"], val_transform or ValTransform(), num_classes, workers, prefetch,
-                         processes=processes)
-    return ImageNet(train, val, num_classes, layout, classes)
+        if subset is not None:
+            if int(subset) != subset or subset < 1:
+                raise ValueError(f"subset must be a positive integer, got {subset!r}")
+            samples["train"] = _First(samples["train"], int(subset))
+        train = ImageNetSource(samples["train"], augment, num_classes, workers, prefetch, processes=processes)
+    val = ImageNetSource(samples["val"], val_transform, num_classes, workers, prefetch, processes=processes)
+    return ImageNet(train, val, num_classes, layout, classes, image_size=val_transform.crop)
 
 
 def default_workers():

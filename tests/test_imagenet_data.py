@@ -175,6 +175,15 @@ def test_recordio_layout(tmp_path, with_idx):
     assert [_colour_class(xi) for xi in x] == list(y)
 
 
+def test_a_smaller_image_size_and_a_subset(tmp_path):
+    data = load_imagenet(make_folders(tmp_path, per_class=2), workers=1, image_size=32, subset=4)
+    assert len(data.train) == 4 and len(data.val) == 6 and data.image_size == 32
+    assert data.train.transform.short_side == (37, 69) and data.val.transform.short_side == 37
+    x, y = next(data.train.batches(4, rng=np.random.default_rng(0)))
+    assert x.shape == (4, 3, 32, 32) and sorted(y) == [0, 0, 1, 1]  # the first 4 files, shuffled
+    assert next(data.val.batches(6))[0].shape == (6, 3, 32, 32)
+
+
 def test_missing_layout_says_what_it_looked_for(tmp_path):
     with pytest.raises(ImageNetNotFoundError, match=r"imagenet_train.rec \+ imagenet_val.rec.*train/<wnid>"):
         load_imagenet(tmp_path)
