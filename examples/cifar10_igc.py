@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import igc_np as ig  # noqa: E402
 from igc_np import training  # noqa: E402
 from igc_np.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
+from igc_np.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
 from igc_np.training import CheckpointError, NETWORKS, OptionError  # noqa: E402
 
 # Options that depend on the data set. digits is tuned so that the run with no options reaches
@@ -60,7 +61,15 @@ DATASET_DEFAULTS = {
     "cifar10": dict(_CIFAR_NET, num_epochs=400, log_iters=50, checkpoint_every=10),
     "cifar100": dict(_CIFAR_NET, num_epochs=400, log_iters=50, checkpoint_every=10),
     "svhn": dict(_CIFAR_NET, num_epochs=40, log_iters=50, checkpoint_every=1),
+    # the seed's train_imagenet.py: batch 256, lr 0.1 x 0.1 every 30 epochs, 120 epochs (its
+    # options.py says 100); the network is the paper's best, IGC-L100M2 (the name fixes L, M, depth)
+    "imagenet": dict(network="igc_l100m2", depth=18, primary_partition=100, secondary_partition=2,
+                     batch_size=256, num_epochs=120, lr_steps="30,60,90", log_iters=50, checkpoint_every=1,
+                     image_size=224, workers=None),
 }
+# ImageNet models: depth, L and M are what the name says (only for the run folder and the log)
+IMAGENET_LM = {"resnet18_c64": (64, 1), "resnet18_c69": (69, 1), "igc_l4m32": (4, 32),
+               "igc_l16m16": (16, 16), "igc_l100m2": (100, 2)}
 DEFAULTS = dict(dataset="digits", batch_size=64, lr=0.1, lr_factor=0.1, momentum=0.9, wd=1e-4,
                 rand_seed=0, dtype="float32", eval_bn="auto")
 
@@ -104,6 +113,10 @@ def parse_args(argv=None):
     data.add_argument("--download", action="store_true", help="fetch a missing data set")
     data.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only "
                                                               "(quick experiments; the test set stays complete)")
+    data.add_argument("--image-size", type=int, metavar="S",
+                      help="imagenet: the crop (the short sides scale with it) [224, the seed's]")
+    data.add_argument("--workers", type=int, metavar="W",
+                      help="imagenet: threads decoding and augmenting JPEGs [one per core]")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}]")
     opt.add_argument("--num-epochs", "--epochs", type=int, metavar="E", dest="num_epochs",
@@ -202,10 +215,12 @@ def resolve_options(args):
                 o[key] = value
         if args.resume and "model_prefix" not in o and "output_dir" not in o:
             o["model_prefix"] = prefix_of(args.resume)  # go on beside the file given
+    o.setdefault("dataset", DEFAULTS["dataset"])
+    for key, value in DATASET_DEFAULTS[o["dataset"]].items():  # first: ImageNet's batch 256 wins
+        o.setdefault(key, value)
     for key, value in DEFAULTS.items():
         o.setdefault(key, value)
-    for key, value in DATASET_DEFAULTS[o["dataset"]].items():
-        o.setdefault(key, value)
+    _imagenet_options(o)
     if "output_dir" not in o:
         o["output_dir"] = (os.path.dirname(o["model_prefix"]) or ".") if "model_prefix" in o \
             else default_output_dir(o)
@@ -230,7 +245,27 @@ def resolve_options(args):
     return o, ckpt
 
 
-_KNOWN = set(DEFAULTS) | set(DATASET_DEFAULTS["digits"]) | set(STRUCTURAL) | {"lr_steps"}
+_KNOWN = set(DEFAULTS) | set(DATASET_DEFAULTS["digits"]) | set(DATASET_DEFAULTS["imagenet"]) | set(STRUCTURAL) \
+    | {"lr_steps"}
+
+
+def _imagenet_options(o):
+    """The five ImageNet models go with --dataset imagenet (and only there); their name fixes the
+    depth and L, M: given options must agree with it."""
+    name, imagenet = o["network"], o["dataset"] == "imagenet"
+    if (name in IMAGENET_LM) != imagenet:
+        raise OptionError(f"--network {name} with --dataset {o['dataset']}: the ImageNet models "
+                          f"({', '.join(IMAGENET_LM)}) train on --dataset imagenet, the CIFAR networks "
+                          "on the others")
+    if not imagenet:
+        return
+    implied = dict(depth=18, primary_partition=IMAGENET_LM[name][0], secondary_partition=IMAGENET_LM[name][1])
+    for key, value in implied.items():
+        if o.get(key) not in (None, value) and o[key] != DATASET_DEFAULTS["imagenet"][key]:
+            raise OptionError(f"--{key.replace('_', '-')} {o[key]}: {name} has {key.replace('_', ' ')} {value}")
+        o[key] = value
+    if o.get("image_size") is not None and not 32 <= o["image_size"] <= 1024:
+        raise OptionError(f"--image-size must be in 32..1024, got {o['image_size']}")
 
 
 def resume_command(o, path):
@@ -308,7 +343,11 @@ def train(o, ckpt=None, download=False, overwrite=False):
 
     # ---- data ---------------------------------------------------------------------------------
     try:
-        ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
+        if o["dataset"] == "imagenet":  # JPEGs streamed from disk (igc_np/imagenet.py)
+            ds = load_imagenet(imagenet_dir(o["data_dir"]), subset=o["subset"], image_size=o["image_size"],
+                               workers=o.get("workers") or default_workers())
+        else:
+            ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
     except DatasetNotFoundError as e:
         stored = ckpt.args.get("data_dir") if ckpt is not None else None
         if isinstance(stored, str) and stored != o["data_dir"]:  # a hint only: never used as a path
@@ -317,17 +356,24 @@ def train(o, ckpt=None, download=False, overwrite=False):
         raise
     print(f"Data: {ds}")
     dtype = np.dtype(o["dtype"])
-    data = training.TrainingData(ds, o["batch_size"], dtype, device)
+    if o["dataset"] == "imagenet":
+        data = ImageNetTrainingData(ds, o["batch_size"], dtype, device)
+    else:
+        data = training.TrainingData(ds, o["batch_size"], dtype, device)
 
     # ---- network ------------------------------------------------------------------------------
     # two independent random streams: the initialisation, and the data order/augmentation
     # (only the latter is saved in checkpoints; the former is replaced by the saved weights)
     init_seed, data_seed = np.random.SeedSequence(o["rand_seed"]).spawn(2)
     try:
-        model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
-                                    primary_partition=o["primary_partition"],
-                                    secondary_partition=o["secondary_partition"],
-                                    rng=np.random.default_rng(init_seed))
+        if o["network"] in IMAGENET_LM:
+            model = ig.nets.imagenet_model(o["network"], num_classes=ds.num_classes,
+                                           rng=np.random.default_rng(init_seed))
+        else:
+            model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
+                                        primary_partition=o["primary_partition"],
+                                        secondary_partition=o["secondary_partition"],
+                                        rng=np.random.default_rng(init_seed))
     except ValueError as e:  # e.g. a depth the architecture cannot have, or C not divisible by L
         raise OptionError(f"cannot build {o['network']}-{o['depth']}: {e}") from None
     model.to(device, dtype)

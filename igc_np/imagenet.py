@@ -59,9 +59,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError
 from .mxnet_io import RecordIO
 
-__all__ = ["load_imagenet", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples",
+__all__ = ["load_imagenet", "ImageNetNotFoundError", "ImageError", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples",
            "FolderSamples", "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
            "IMAGENET_MEAN", "IMAGENET_STD", "FILL_VALUE"]
 
@@ -72,8 +73,12 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 RECORD_NAMES = (("imagenet_train", "imagenet_val"), ("train", "val"))
 
 
-class ImageNetNotFoundError(FileNotFoundError):
+class ImageNetNotFoundError(DatasetNotFoundError):
     """No ImageNet layout in the folder; the message lists what was looked for."""
+
+
+class ImageError(DatasetError):
+    """An image that cannot be decoded, or a label outside the classes; names the file or record."""
 
 
 def _pil():
@@ -100,7 +105,7 @@ class RecordSamples:
         if isinstance(label, np.ndarray):  # a label vector: the class is its first entry
             label = label[0] if len(label) else np.nan
         if not float(label).is_integer():
-            raise ValueError(f"{self.where} record {i}: label {label} is not a class number")
+            raise ImageError(f"{self.where} record {i}: label {label} is not a class number")
         return int(label), payload
 
 
@@ -119,7 +124,7 @@ class FolderSamples:
         self.files, self.labels = [], []
         for c in sorted(d.name for d in root.iterdir() if d.is_dir()):
             if c not in index:
-                raise ValueError(f"{root / c}: class folder not among the {len(self.classes)} training classes")
+                raise ImageError(f"{root / c}: class folder not among the {len(self.classes)} training classes")
             for f in sorted((root / c).iterdir()):
                 if f.suffix.lower() in IMAGE_EXTENSIONS:
                     self.files.append(f)
@@ -141,7 +146,7 @@ def open_image(payload, where="image"):
     try:
         return Image.open(io.BytesIO(payload))
     except Exception as e:  # Pillow raises several types for a broken file
-        raise ValueError(f"{where}: not an image Pillow can read ({type(e).__name__}: {e})") from e
+        raise ImageError(f"{where}: not an image Pillow can read ({type(e).__name__}: {e})") from e
 
 
 def decode(img, need=None, where="image"):
@@ -154,7 +159,7 @@ def decode(img, need=None, where="image"):
         img.load()
         return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
     except Exception as e:
-        raise ValueError(f"{where}: cannot decode the image ({type(e).__name__}: {e})") from e
+        raise ImageError(f"{where}: cannot decode the image ({type(e).__name__}: {e})") from e
 
 
 def warp(img, full_size, sx, sy, corner, shift, crop, mirror, fill=FILL_VALUE):
@@ -353,7 +358,7 @@ class ImageNetSource:
         for j, (i, row) in enumerate(zip(idx, u)):
             label, payload = self.samples[int(i)]
             if not 0 <= label < self.num_classes:
-                raise ValueError(f"{self.samples.where}: image {i} has label {label}, "
+                raise ImageError(f"{self.samples.where}: image {i} has label {label}, "
                                  f"outside 0..{self.num_classes - 1}")
             labels[j] = label
             images[j] = self.transform(payload, row, where=f"{self.samples.where} image {i}")
@@ -541,6 +546,13 @@ def _assemble(samples, num_classes, layout, classes, workers, prefetch, processe
         train = ImageNetSource(samples["train"], augment, num_classes, workers, prefetch, processes=processes)
     val = ImageNetSource(samples["val"], val_transform, num_classes, workers, prefetch, processes=processes)
     return ImageNet(train, val, num_classes, layout, classes, image_size=val_transform.crop)
+
+
+def imagenet_dir(data_dir=None):
+    """Where load_dataset("imagenet") looks: data_dir (default $IGC_NP_DATA or ./data), or its
+    imagenet/ subfolder when there is one."""
+    root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+    return root / "imagenet" if (root / "imagenet").is_dir() else root
 
 
 def default_workers():

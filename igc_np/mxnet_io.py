@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import DatasetError
+
 __all__ = ["MXNetFormatError", "read_ndarray_list", "write_ndarray_list", "load_params", "save_params",
            "read_params", "load_checkpoint", "RecordIO", "unpack_image_record"]
 
@@ -56,8 +58,9 @@ DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f8"), 2: np.dtype("<f2"), 3: np.dtyp
 FLAGS = {dt: flag for flag, dt in DTYPES.items()}
 
 
-class MXNetFormatError(ValueError):
-    """A ``.params``, ``.rec`` or ``.idx`` file is truncated, corrupt or not of this format."""
+class MXNetFormatError(DatasetError):
+    """A ``.params``, ``.rec`` or ``.idx`` file is truncated, corrupt or not of this format (a
+    DatasetError, so the trainer reports it as a bad data file; also a ValueError)."""
 
 
 # ---- the NDArray list format ----------------------------------------------------------------
