@@ -4,6 +4,8 @@
     python examples/cifar10_igc.py                      # resnet_igc-8 IGC-L4M4 on the 8x8 digits
     python examples/cifar10_igc.py --dataset cifar10 --download   # resnet_igc-20 IGC-L24M2, CPU
     python examples/cifar10_igc.py --load-epoch 10      # resume exactly after epoch 10
+    python examples/cifar10_igc.py --dataset imagenet --data-dir data/imagenet --gpus 0 \
+        --network igc_l4m32                              # the seed's ImageNet protocol (section 6)
 
 The protocol is the reference code's (docs/reference_protocol.md): SGD with Nesterov momentum 0.9,
 weight decay 1e-4 on every parameter, learning rate 0.1 divided by 10 at 1/2, 3/4 and 7/8 of the
@@ -85,7 +87,8 @@ COMMAND_ONLY = ("load_epoch", "resume", "download", "overwrite")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train plain / resnet / plain_igc / resnet_igc networks (Interleaved Group "
-                    "Convolutions, ICCV 2017) on CIFAR-10/100, SVHN or the 8x8 digits.",
+                    "Convolutions, ICCV 2017) on CIFAR-10/100, SVHN, the 8x8 digits, or ImageNet with "
+                    "its five reference models.",
         epilog="Defaults are in [brackets]. When resuming, options left out take the value stored "
                "in the checkpoint, except paths and devices (from this command line only). The "
                "console counts epochs from 0 like the reference: the checkpoint written after "
@@ -98,7 +101,8 @@ def parse_args(argv=None):
     # None means "not given": filled from the checkpoint or the defaults by resolve_options()
     net = p.add_argument_group("network")
     net.add_argument("--network", choices=NETWORKS,
-                     help="architecture [resnet_igc; digits: depth 8 L4M4, cifar/svhn: depth 20 L24M2]")
+                     help="architecture [resnet_igc; digits: depth 8 L4M4, cifar/svhn: depth 20 L24M2; "
+                          "imagenet: igc_l100m2, one of the five ImageNet models, whose name fixes depth, L, M]")
     net.add_argument("--depth", type=int, metavar="N", help="number of layers (plain: 3n+2, resnet: 6n+2) "
                                                             "[digits 8, others 20]")
     net.add_argument("--primary-partition", type=int, metavar="L",
@@ -118,9 +122,9 @@ def parse_args(argv=None):
     data.add_argument("--workers", type=int, metavar="W",
                       help="imagenet: threads decoding and augmenting JPEGs [one per core]")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}]")
+    opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}; imagenet 256]")
     opt.add_argument("--num-epochs", "--epochs", type=int, metavar="E", dest="num_epochs",
-                     help="[digits 20, cifar10/cifar100 400, svhn 40]")
+                     help="[digits 20, cifar10/cifar100 400, svhn 40, imagenet 120 (lr steps 30,60,90)]")
     opt.add_argument("--lr", type=float, help=f"initial learning rate [{DEFAULTS['lr']}]")
     opt.add_argument("--lr-factor", type=float,
                      help=f"multiply the learning rate by this at each step, in (0, 1] "
@@ -147,7 +151,7 @@ def parse_args(argv=None):
     out.add_argument("--model-prefix", metavar="P", help="checkpoints are <prefix>-<epoch:04d>.npz "
                                                          "[<output-dir>/model]")
     out.add_argument("--checkpoint-every", type=int, metavar="K",
-                     help="save every K epochs, and after the last one [digits 5, cifar 10, svhn 1]")
+                     help="save every K epochs, and after the last one [digits 5, cifar 10, svhn 1, imagenet 1]")
     out.add_argument("--load-epoch", type=int, metavar="K",
                      help="resume from <model-prefix>-<K:04d>.npz (exactly: same result as a run "
                           "never stopped)")
