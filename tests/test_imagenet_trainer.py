@@ -64,6 +64,7 @@ def test_train_on_imagenet_folders_then_resume_mid_epoch_and_evaluate(tmp_path, 
 
 def test_the_trainer_refuses_mixed_networks_and_data(tmp_path, capsys):
     trainer, _ = _scripts()
+    assert set(trainer.IMAGENET_LM) == set(ig.nets.IMAGENET_CONFIGS) <= set(ig.training.NETWORKS)
     assert trainer.main(["--dataset", "imagenet", "--network", "resnet_igc", "--output-dir", str(tmp_path)]) == 2
     assert "train on --dataset imagenet" in capsys.readouterr().err
     assert trainer.main(["--dataset", "digits", "--network", "igc_l4m32", "--output-dir", str(tmp_path)]) == 2
