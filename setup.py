@@ -30,5 +30,6 @@ setup(
         "dist": DIST,
         # [ctk]: CuPy's extra that brings NVRTC and the CUDA headers (a driver-only machine lacks both)
         "cuda": ["cupy-cuda12x[ctk]>=14,<15"],
+        "imagenet": ["Pillow>=9.1"],  # JPEG decoding for igc_np.imagenet (Image.draft, transform fillcolor)
     },
 )

@@ -7,6 +7,8 @@
     mpiexec -n 4 python examples/cifar10_igc.py ...     # 4 CPU processes (MPI), one batch split 4 ways
     python examples/cifar10_igc.py --gpus 0,1,2,3 ...   # one process per GPU (NCCL)
     python examples/cifar10_igc.py --micro-batches 4    # one process, bit for bit the 4-rank run
+    python examples/cifar10_igc.py --dataset imagenet --data-dir data/imagenet --gpus 0 \
+        --network igc_l4m32                              # the seed's ImageNet protocol (section 6)
 
 The protocol is the reference code's (docs/reference_protocol.md): SGD with Nesterov momentum 0.9,
 weight decay 1e-4 on every parameter, learning rate 0.1 divided by 10 at 1/2, 3/4 and 7/8 of the
@@ -54,6 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import igc_np as ig  # noqa: E402
 from igc_np import distributed, training  # noqa: E402
 from igc_np.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
+from igc_np.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
 from igc_np.training import CheckpointError, NETWORKS, OptionError  # noqa: E402
 
 # Options that depend on the data set. digits is tuned so that the run with no options reaches
@@ -66,7 +69,15 @@ DATASET_DEFAULTS = {
     "cifar10": dict(_CIFAR_NET, num_epochs=400, log_iters=50, checkpoint_every=10),
     "cifar100": dict(_CIFAR_NET, num_epochs=400, log_iters=50, checkpoint_every=10),
     "svhn": dict(_CIFAR_NET, num_epochs=40, log_iters=50, checkpoint_every=1),
+    # the seed's train_imagenet.py: batch 256, lr 0.1 x 0.1 every 30 epochs, 120 epochs (its
+    # options.py says 100); the network is the paper's best, IGC-L100M2 (the name fixes L, M, depth)
+    "imagenet": dict(network="igc_l100m2", depth=18, primary_partition=100, secondary_partition=2,
+                     batch_size=256, num_epochs=120, lr_steps="30,60,90", log_iters=50, checkpoint_every=1,
+                     image_size=224, workers=None),
 }
+# ImageNet models: depth, L and M are what the name says (only for the run folder and the log)
+IMAGENET_LM = {"resnet18_c64": (64, 1), "resnet18_c69": (69, 1), "igc_l4m32": (4, 32),
+               "igc_l16m16": (16, 16), "igc_l100m2": (100, 2)}
 DEFAULTS = dict(dataset="digits", batch_size=64, lr=0.1, lr_factor=0.1, momentum=0.9, wd=1e-4,
                 rand_seed=0, dtype="float32", eval_bn="auto", dist="auto", micro_batches=1)
 
@@ -83,7 +94,8 @@ COMMAND_ONLY = ("load_epoch", "resume", "download", "overwrite")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train plain / resnet / plain_igc / resnet_igc networks (Interleaved Group "
-                    "Convolutions, ICCV 2017) on CIFAR-10/100, SVHN or the 8x8 digits.",
+                    "Convolutions, ICCV 2017) on CIFAR-10/100, SVHN, the 8x8 digits, or ImageNet with "
+                    "its five reference models.",
         epilog="Defaults are in [brackets]. When resuming, options left out take the value stored "
                "in the checkpoint, except paths and devices (from this command line only). The "
                "console counts epochs from 0 like the reference: the checkpoint written after "
@@ -96,7 +108,8 @@ def parse_args(argv=None):
     # None means "not given": filled from the checkpoint or the defaults by resolve_options()
     net = p.add_argument_group("network")
     net.add_argument("--network", choices=NETWORKS,
-                     help="architecture [resnet_igc; digits: depth 8 L4M4, cifar/svhn: depth 20 L24M2]")
+                     help="architecture [resnet_igc; digits: depth 8 L4M4, cifar/svhn: depth 20 L24M2; "
+                          "imagenet: igc_l100m2, one of the five ImageNet models, whose name fixes depth, L, M]")
     net.add_argument("--depth", type=int, metavar="N", help="number of layers (plain: 3n+2, resnet: 6n+2) "
                                                             "[digits 8, others 20]")
     net.add_argument("--primary-partition", type=int, metavar="L",
@@ -111,10 +124,14 @@ def parse_args(argv=None):
     data.add_argument("--download", action="store_true", help="fetch a missing data set")
     data.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only "
                                                               "(quick experiments; the test set stays complete)")
+    data.add_argument("--image-size", type=int, metavar="S",
+                      help="imagenet: the crop (the short sides scale with it) [224, the seed's]")
+    data.add_argument("--workers", type=int, metavar="W",
+                      help="imagenet: threads decoding and augmenting JPEGs [one per core]")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}]")
+    opt.add_argument("--batch-size", type=int, metavar="B", help=f"[{DEFAULTS['batch_size']}; imagenet 256]")
     opt.add_argument("--num-epochs", "--epochs", type=int, metavar="E", dest="num_epochs",
-                     help="[digits 20, cifar10/cifar100 400, svhn 40]")
+                     help="[digits 20, cifar10/cifar100 400, svhn 40, imagenet 120 (lr steps 30,60,90)]")
     opt.add_argument("--lr", type=float, help=f"initial learning rate [{DEFAULTS['lr']}]")
     opt.add_argument("--lr-factor", type=float,
                      help=f"multiply the learning rate by this at each step, in (0, 1] "
@@ -141,7 +158,7 @@ def parse_args(argv=None):
     out.add_argument("--model-prefix", metavar="P", help="checkpoints are <prefix>-<epoch:04d>.npz "
                                                          "[<output-dir>/model]")
     out.add_argument("--checkpoint-every", type=int, metavar="K",
-                     help="save every K epochs, and after the last one [digits 5, cifar 10, svhn 1]")
+                     help="save every K epochs, and after the last one [digits 5, cifar 10, svhn 1, imagenet 1]")
     out.add_argument("--load-epoch", type=int, metavar="K",
                      help="resume from <model-prefix>-<K:04d>.npz (exactly: same result as a run "
                           "never stopped)")
@@ -223,10 +240,12 @@ def resolve_options(args):
                 o[key] = value
         if args.resume and "model_prefix" not in o and "output_dir" not in o:
             o["model_prefix"] = prefix_of(args.resume)  # go on beside the file given
+    o.setdefault("dataset", DEFAULTS["dataset"])
+    for key, value in DATASET_DEFAULTS[o["dataset"]].items():  # first: ImageNet's batch 256 wins
+        o.setdefault(key, value)
     for key, value in DEFAULTS.items():
         o.setdefault(key, value)
-    for key, value in DATASET_DEFAULTS[o["dataset"]].items():
-        o.setdefault(key, value)
+    _imagenet_options(o)
     if "output_dir" not in o:
         o["output_dir"] = (os.path.dirname(o["model_prefix"]) or ".") if "model_prefix" in o \
             else default_output_dir(o)
@@ -251,7 +270,27 @@ def resolve_options(args):
     return o, ckpt
 
 
-_KNOWN = set(DEFAULTS) | set(DATASET_DEFAULTS["digits"]) | set(STRUCTURAL) | {"lr_steps"}
+_KNOWN = set(DEFAULTS) | set(DATASET_DEFAULTS["digits"]) | set(DATASET_DEFAULTS["imagenet"]) | set(STRUCTURAL) \
+    | {"lr_steps"}
+
+
+def _imagenet_options(o):
+    """The five ImageNet models go with --dataset imagenet (and only there); their name fixes the
+    depth and L, M: given options must agree with it."""
+    name, imagenet = o["network"], o["dataset"] == "imagenet"
+    if (name in IMAGENET_LM) != imagenet:
+        raise OptionError(f"--network {name} with --dataset {o['dataset']}: the ImageNet models "
+                          f"({', '.join(IMAGENET_LM)}) train on --dataset imagenet, the CIFAR networks "
+                          "on the others")
+    if not imagenet:
+        return
+    implied = dict(depth=18, primary_partition=IMAGENET_LM[name][0], secondary_partition=IMAGENET_LM[name][1])
+    for key, value in implied.items():
+        if o.get(key) not in (None, value) and o[key] != DATASET_DEFAULTS["imagenet"][key]:
+            raise OptionError(f"--{key.replace('_', '-')} {o[key]}: {name} has {key.replace('_', ' ')} {value}")
+        o[key] = value
+    if o.get("image_size") is not None and not 32 <= o["image_size"] <= 1024:
+        raise OptionError(f"--image-size must be in 32..1024, got {o['image_size']}")
 
 
 def resume_command(o, path, comm=None):
@@ -354,7 +393,11 @@ def train(o, ckpt=None, download=False, overwrite=False):
 
     # ---- data ---------------------------------------------------------------------------------
     try:
-        ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
+        if o["dataset"] == "imagenet":  # JPEGs streamed from disk (igc_np/imagenet.py)
+            ds = load_imagenet(imagenet_dir(o["data_dir"]), subset=o["subset"], image_size=o["image_size"],
+                               workers=o.get("workers") or default_workers())
+        else:
+            ds = load_dataset(o["dataset"], o["data_dir"], download=download, subset=o["subset"])
     except DatasetNotFoundError as e:
         stored = ckpt.args.get("data_dir") if ckpt is not None else None
         if isinstance(stored, str) and stored != o["data_dir"]:  # a hint only: never used as a path
@@ -363,17 +406,24 @@ def train(o, ckpt=None, download=False, overwrite=False):
         raise
     print(f"Data: {ds}")
     dtype = np.dtype(o["dtype"])
-    data = training.TrainingData(ds, o["batch_size"], dtype, device)
+    if o["dataset"] == "imagenet":
+        data = ImageNetTrainingData(ds, o["batch_size"], dtype, device)
+    else:
+        data = training.TrainingData(ds, o["batch_size"], dtype, device)
 
     # ---- network ------------------------------------------------------------------------------
     # two independent random streams: the initialisation, and the data order/augmentation
     # (only the latter is saved in checkpoints; the former is replaced by the saved weights)
     init_seed, data_seed = np.random.SeedSequence(o["rand_seed"]).spawn(2)
     try:
-        model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
-                                    primary_partition=o["primary_partition"],
-                                    secondary_partition=o["secondary_partition"],
-                                    rng=np.random.default_rng(init_seed))
+        if o["network"] in IMAGENET_LM:
+            model = ig.nets.imagenet_model(o["network"], num_classes=ds.num_classes,
+                                           rng=np.random.default_rng(init_seed))
+        else:
+            model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
+                                        primary_partition=o["primary_partition"],
+                                        secondary_partition=o["secondary_partition"],
+                                        rng=np.random.default_rng(init_seed))
     except ValueError as e:  # e.g. a depth the architecture cannot have, or C not divisible by L
         raise OptionError(f"cannot build {o['network']}-{o['depth']}: {e}") from None
     model.to(device, dtype)

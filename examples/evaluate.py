@@ -2,6 +2,8 @@
 """Evaluate a checkpoint of examples/cifar10_igc.py on its test set.
 
     python examples/evaluate.py --checkpoint runs/digits-resnet_igc8-L4M4/model-0020.npz
+    python examples/evaluate.py --dataset imagenet --model igc_l4m32 --weights seed-0001.params \
+        --data-dir data/imagenet       # a released (MXNet) model: top-1 / top-5 on the validation set
 
 The network (architecture, depth, L, M, dtype) and the data set are read from the options stored
 in the checkpoint (paths are not: give --data-dir). The BN statistics are chosen as the trainer
@@ -26,13 +28,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import igc_np as ig  # noqa: E402
 from igc_np import training  # noqa: E402
 from igc_np.data import DATASETS, load_dataset  # noqa: E402
+from igc_np.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
+from igc_np.imagenet import evaluate as evaluate_imagenet  # noqa: E402
 from igc_np.training import CheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate an igc_np checkpoint on a test set.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
+    p.add_argument("--checkpoint", metavar="FILE",
                    help="a <prefix>-<epoch>.npz written by cifar10_igc.py")
+    p.add_argument("--model", choices=tuple(ig.nets.IMAGENET_CONFIGS),
+                   help="with --weights: one of the five ImageNet models of the reference")
+    p.add_argument("--weights", metavar="PARAMS",
+                   help="an MXNet .params file of --model (the seed's <prefix>-<epoch>.params), "
+                        "evaluated on the ImageNet validation split (short side 256, centre crop 224)")
     p.add_argument("--dataset", choices=DATASETS,
                    help="the test set; must be the one the checkpoint was trained on [that one]")
     p.add_argument("--data-dir", help="where the data sets live [$IGC_NP_DATA or ./data]")
@@ -44,6 +53,12 @@ def parse_args(argv=None):
                    help="[cuda if --gpus is given, else cpu]")
     p.add_argument("--gpus", help="GPU id(s); only the first is used")
     args = p.parse_args(argv)
+    if bool(args.model) != bool(args.weights):
+        p.error("--model and --weights go together")
+    if bool(args.checkpoint) == bool(args.weights):
+        p.error("give --checkpoint FILE, or --model and --weights (an MXNet .params file)")
+    if args.weights and (args.dataset or "imagenet") != "imagenet":
+        p.error(f"--weights: the released models are ImageNet models, not --dataset {args.dataset}")
     if not 1 <= args.batch_size <= 1 << 16:
         p.error(f"--batch-size must be in 1..65536, got {args.batch_size}")
     return args
@@ -54,7 +69,35 @@ def main(argv=None):
     return training.run_command(lambda: _evaluate(args))  # errors: one line, exit 1 or 2
 
 
+def _device(args):
+    device = args.device or ("cuda" if args.gpus else "cpu")
+    try:
+        ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
+        if device == "cuda" and args.gpus:
+            ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
+    except (RuntimeError, ValueError) as e:
+        raise training.OptionError(f"--device {device} --gpus {args.gpus}: {e}") from None
+    return device
+
+
+def _evaluate_params(args):
+    """A released model: its .params into imagenet_model, then the validation split."""
+    data = load_imagenet(imagenet_dir(args.data_dir), val_only=True, workers=default_workers())
+    device = _device(args)
+    model = ig.nets.imagenet_model(args.model, num_classes=data.num_classes, weights=args.weights)
+    model.to(device)
+    print(f"Model: {args.model} from {args.weights}")
+    print(f"Parameters: {ig.nets.count_params(model)}")
+    print(f"Data: {data}")
+    m = evaluate_imagenet(model, data.val, args.batch_size, device=device)
+    print(f"Test imagenet: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}  top5 {m.top5:.4f}  "
+          f"(error {1 - m.top1:.4f} / {1 - m.top5:.4f}; BN statistics: the file's)")
+    return 0
+
+
 def _evaluate(args):
+    if args.weights:
+        return _evaluate_params(args)
     try:
         ckpt = training.load_checkpoint(args.checkpoint)
     except CheckpointError as e:
@@ -74,17 +117,18 @@ def _evaluate(args):
               f"{', '.join(ckpt.nonfinite[:3])}{' ...' if len(ckpt.nonfinite) > 3 else ''}: "
               "the training had diverged; the numbers below are not those of a usable model",
               file=sys.stderr)
-    ds = load_dataset(dataset, args.data_dir, download=args.download, subset=o.get("subset"))
-    device = args.device or ("cuda" if args.gpus else "cpu")
-    try:
-        ig.backend.get_array_module(device)  # fails here, clearly, without CuPy or a GPU
-        if device == "cuda" and args.gpus:
-            ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
-    except (RuntimeError, ValueError) as e:
-        raise training.OptionError(f"--device {device} --gpus {args.gpus}: {e}") from None
-    model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
-                                primary_partition=o["primary_partition"],
-                                secondary_partition=o["secondary_partition"])
+    if dataset == "imagenet":  # the validation transform, at the trained crop size
+        ds = load_imagenet(imagenet_dir(args.data_dir), image_size=o.get("image_size") or 224,
+                           workers=o.get("workers") or default_workers())
+    else:
+        ds = load_dataset(dataset, args.data_dir, download=args.download, subset=o.get("subset"))
+    device = _device(args)
+    if o["network"] in ig.nets.IMAGENET_CONFIGS:
+        model = ig.nets.imagenet_model(o["network"], num_classes=ds.num_classes)
+    else:
+        model = ig.nets.get_network(o["network"], o["depth"], num_classes=ds.num_classes,
+                                    primary_partition=o["primary_partition"],
+                                    secondary_partition=o["secondary_partition"])
     dtype = np.dtype(o.get("dtype", "float32"))
     model.to(device, dtype)
     training.restore(ckpt, model)  # no optimizer: only the weights and BN statistics
@@ -93,8 +137,8 @@ def _evaluate(args):
           + (f" + {ckpt.batch} batches" if ckpt.batch else "") + ")")
     print(f"Parameters: {ig.nets.count_params(model)}")
     print(f"Data: {ds}")
-    data = training.TrainingData(ds, o.get("batch_size", 64), dtype, device,
-                                 test_batch_size=args.batch_size)
+    make_data = ImageNetTrainingData if dataset == "imagenet" else training.TrainingData
+    data = make_data(ds, o.get("batch_size", 64), dtype, device, test_batch_size=args.batch_size)
     updates = ckpt.epoch * len(data) + ckpt.batch
     m, note = training.test_pass(model, data, args.eval_bn or o.get("eval_bn", "auto"), updates)
     line = f"Test {dataset}: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}"

@@ -91,7 +91,7 @@ __all__ = ["Dataset", "DatasetError", "DatasetNotFoundError", "load_dataset", "i
 #: Where data sets live unless ``data_dir`` is given: ``$IGC_NP_DATA`` or ``./data``.
 DEFAULT_DATA_DIR = os.environ.get("IGC_NP_DATA", "data")
 
-DATASETS = ("cifar10", "cifar100", "svhn", "digits")
+DATASETS = ("cifar10", "cifar100", "svhn", "digits", "imagenet")
 
 
 class DatasetError(ValueError, OSError):
@@ -169,7 +169,8 @@ IMAGE_BYTES = 3 * 32 * 32  # one CIFAR image, planar RGB
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
                  subset: int | None = None) -> Dataset:
-    """Load ``name`` in {cifar10, cifar100, svhn, digits} as a ``Dataset``.
+    """Load ``name`` in {cifar10, cifar100, svhn, digits} as a ``Dataset``; ``imagenet`` gives an
+    ``igc_np.imagenet.ImageNet`` (streamed batches; data_dir or data_dir/imagenet holds its files).
 
     ``data_dir`` defaults to ``DEFAULT_DATA_DIR``; ``download=True`` fetches missing official files;
     ``subset=N`` keeps the first N training images (all if there are fewer); the test set is
@@ -185,6 +186,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         ds = _load_svhn(root, download, subset)
     elif name == "digits":
         ds = _load_digits()
+    elif name == "imagenet":  # JPEGs read from disk batch by batch, not an in-memory Dataset
+        from .imagenet import imagenet_dir, load_imagenet
+        return load_imagenet(imagenet_dir(root), subset=subset)
     else:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if subset is not None and subset < len(ds.train_x):

@@ -10,6 +10,9 @@ input ``data``, the label, and the learned arrays (``g0_weight``, ``g0_bn_gamma`
 feature-map shape (C, H, W) from the input size, and returns the shape of every learned array,
 their total, and the multiply-accumulates (MACs) of the convolutions and the fully connected layer.
 That is what ``igc_np.nets.imagenet_model`` is checked against, parameter for parameter.
+
+``identify_graph`` says which of the five released ImageNet models a ``-symbol.json`` is (the seed's
+files carry a prefix, not a model name), and refuses any other graph, saying where it differs.
 """
 import json
 import math
@@ -117,3 +120,46 @@ def graph_counts(json_path, input_hw=224, in_channels=3):
                        param_shapes=param_shapes, layer_shapes=layer_shapes,
                        output_shape=shapes[len(nodes) - 1])
 
+
+
+class UnknownGraphError(ValueError):
+    """A symbol file is not one of the five released ImageNet graphs."""
+
+
+def identify_graph(json_path):
+    """The igc_np name (``igc_np.nets.IMAGENET_GRAPHS``) of the released ImageNet model whose graph
+    is ``json_path``: every learned array's name and shape must match, or UnknownGraphError says
+    which arrays differ. A graph with another number of classes (fc_score) is still recognised;
+    build it with ``imagenet_model(name, num_classes=num_classes_of_graph(json_path))``."""
+    from . import nets  # imported here: reading a graph needs no network code
+    counts = graph_counts(json_path)
+    shapes = counts.param_shapes
+    stem = shapes.get("g0_weight", shapes.get("g0_conv_weight"))
+    num_classes = num_classes_of_graph(json_path, counts)
+    # the stem width C0 differs between the five models: it picks the one candidate to compare
+    candidates = [name for name, (C0, _, _) in nets.IMAGENET_CONFIGS.items() if stem and stem[0] == C0]
+    if not candidates:
+        raise UnknownGraphError(f"{json_path}: not one of the released ImageNet graphs "
+                                f"({', '.join(nets.IMAGENET_CONFIGS)}): stem conv g0 has shape {stem}, "
+                                f"expected {', '.join(f'{c[0]} filters' for c in nets.IMAGENET_CONFIGS.values())}")
+    name = candidates[0]
+    model = nets.imagenet_model(name, num_classes=num_classes, rng=0)
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if expected != shapes:
+        missing = [n for n in expected if n not in shapes]
+        extra = [n for n in shapes if n not in expected]
+        differ = [f"{n} {shapes[n]} (expected {expected[n]})" for n in expected
+                  if n in shapes and shapes[n] != expected[n]]
+        raise UnknownGraphError(
+            f"{json_path}: its stem is that of {name!r}, but the graph differs from it: "
+            f"missing {missing[:4] or 'none'}, unexpected {extra[:4] or 'none'}, other shapes {differ[:4] or 'none'}")
+    return name
+
+
+def num_classes_of_graph(json_path, counts=None):
+    """The number of outputs of the graph's last FullyConnected layer."""
+    counts = counts or graph_counts(json_path)
+    fc = [s for n, s in counts.param_shapes.items() if n.endswith("_weight") and len(s) == 2]
+    if not fc:
+        raise UnknownGraphError(f"{json_path}: no FullyConnected layer")
+    return fc[-1][0]

@@ -226,12 +226,14 @@ def _blocks_per_stage(name, depth):
 
 
 # ---- ImageNet networks (IGC_SPEC.md section 3) -------------------------------------------------
-def imagenet_model(name, num_classes=1000, rng=None):
+def imagenet_model(name, num_classes=1000, rng=None, weights=None):
     """One of the five released ResNet-18-layout models (224x224 input -> (N, num_classes)).
 
     Names: resnet18_c64, resnet18_c69, igc_l4m32, igc_l16m16, igc_l100m2. Every parameter has the
     name and shape of the released graph IMAGENET_GRAPHS[name]. The graphs end in a 7x7 average
     pool, which at 224x224 is the global average pool used here (so other sizes also run).
+    weights: an MXNet ``.params`` file (the seed's ``<prefix>-<epoch>.params``) loaded into the
+    model by ``igc_np.mxnet_io.load_params`` (strict: every parameter and BN statistic).
     """
     if name not in IMAGENET_CONFIGS:
         raise ValueError(f"unknown ImageNet model {name!r}; valid names: {', '.join(IMAGENET_CONFIGS)}")
@@ -268,7 +270,11 @@ def imagenet_model(name, num_classes=1000, rng=None):
             C_in = C_out
         stages.append(Sequential(*blocks))
     fc = Linear(widths[-1], num_classes, name="fc_score", rng=rng)
-    return Network(stem, Sequential(*stages), fc, name=name)
+    model = Network(stem, Sequential(*stages), fc, name=name)
+    if weights is not None:
+        from .mxnet_io import load_params  # the file reader is only needed here
+        load_params(model, weights)
+    return model
 
 
 # ---- counting ----------------------------------------------------------------------------------

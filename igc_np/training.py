@@ -66,10 +66,11 @@ from . import backend, distributed
 from . import functional as F
 from .autograd import Tensor, no_grad
 from .data import DATASETS, DatasetError, iterate_batches
+from .nets import IMAGENET_CONFIGS
 from .serialization import SerializationError, atomic_write, read_npz, write_npz
 
 FORMAT = "igc_np.checkpoint/1"
-NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
+NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc") + tuple(IMAGENET_CONFIGS)  # + ImageNet's five
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 __all__ = ["CheckpointError", "OptionError", "Checkpoint", "checkpoint_path", "save_checkpoint",
