@@ -5,6 +5,7 @@ EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "scipy>=1.10"]
 # data-parallel training over processes (igc_np/distributed.py): mpi4py, and MPICH from PyPI
 # whose mpiexec launches the ranks (Windows gets mpich's empty placeholder wheel)
 DIST = ["mpi4py>=3.1", "mpich"]
+IMAGENET = ["Pillow>=9.1"]  # JPEG decoding for igc_np.imagenet (Image.draft, transform fillcolor)
 NVIDIA_WHEELS = "platform_system == 'Linux' or platform_system == 'Windows'"
 
 setup(
@@ -26,10 +27,10 @@ setup(
         # of every .cu file (libnvrtc works without a GPU) with cuobjdump/nvdisasm for the SASS report
         # (those wheels exist for Linux and Windows only), and mpiexec -n 2/3 training runs
         "test": ["pytest>=7", "hypothesis>=6.80"] + [f"{w}; {NVIDIA_WHEELS}" for w in (
-            "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm")] + EXAMPLES + DIST,
+            "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm")] + EXAMPLES + DIST + IMAGENET,
         "dist": DIST,
         # [ctk]: CuPy's extra that brings NVRTC and the CUDA headers (a driver-only machine lacks both)
         "cuda": ["cupy-cuda12x[ctk]>=14,<15"],
-        "imagenet": ["Pillow>=9.1"],  # JPEG decoding for igc_np.imagenet (Image.draft, transform fillcolor)
+        "imagenet": IMAGENET,
     },
 )
