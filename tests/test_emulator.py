@@ -230,3 +230,11 @@ def test_aligned_dynamic_shared_memory(ctype, dtype):
     mod.get_function(f"aligned_dynamic<{ctype}>")((1,), (64,), (x, out, address), shared_mem=64 * x.itemsize)
     np.testing.assert_array_equal(out, x[::-1])
     assert int(address[0]) % 16 == 0
+
+
+def test_the_emulator_says_plainly_that_it_needs_linux(monkeypatch):
+    """On macOS (Mach-O, no ELF sections) a build is a clear error, not a clang diagnostic."""
+    from igc_np.emu import loader
+    monkeypatch.setattr(loader.sys, "platform", "darwin")
+    with pytest.raises(loader.EmulatorCompileError, match="needs Linux.*darwin.*device 'cpu'"):
+        loader.build("__global__ void k() {}", [], "probe.cu")

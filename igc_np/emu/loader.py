@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -102,7 +103,18 @@ def _shim(code, name_expressions):
     return "\n".join(lines) + "\n"
 
 
+def _check_platform():
+    """The emulator places file-scope __shared__ arrays in a named ELF section and switches fiber
+    contexts with x86-64 assembly or ucontext: Linux (any CPU) only. Elsewhere say so plainly."""
+    if not sys.platform.startswith("linux"):
+        raise EmulatorCompileError(
+            f"the CUDA emulator (device 'emu') needs Linux: it relies on ELF sections and ucontext, "
+            f"which {sys.platform} lacks. Use device 'cpu' (the same maths, tested equal to the kernels), "
+            "or run the kernels' tests in a Linux machine or container")
+
+
 def _compiler():
+    _check_platform()
     cxx = os.environ.get("CXX", "g++")
     path = shutil.which(cxx)
     if path is None:
