@@ -5,12 +5,23 @@ function and itself as the ``creator`` of its outputs. ``Tensor.backward`` walks
 in reverse topological order, calling each function's ``backward`` with the gradients of its
 outputs. The graph is touched in those two places only.
 
-An op is a subclass of ``Function`` with
+An op is a subclass of ``Function``. An op whose maths is plain array code (ops/math.py) defines
 
     forward(self, xp, *arrays)   -> array or tuple of arrays   (saves what backward needs on self)
     backward(self, xp, *grads)   -> one gradient (or None) per input
 
-where ``xp`` is ``numpy`` or ``cupy`` (see ``backend.py``), so one code path serves both devices.
+where ``xp`` is ``numpy`` or ``cupy`` (see ``backend.py``), so one code path serves every device.
+An op with tiers of its own (conv, BatchNorm, the permutation, ...) defines instead, per tier,
+
+    forward_reference / backward_reference   the reference tier (ops/reference.py), NumPy
+    forward_cpu / backward_cpu               the fast CPU tier (NumPy; ops/cpu_conv.py ...)
+    forward_gpu(xp, ...) / backward_gpu      our CUDA kernels (igc_np/kernels): xp = cupy on
+                                             'cuda'; on 'emu' the same kernels run in the CPU
+                                             emulator and xp = numpy
+
+and ``Function.apply`` picks the tier once (``backend.tier``): 'gpu' on 'cuda' and 'emu',
+'reference' on 'cpu' inside ``backend.use_reference()`` (or with IGC_NP_REFERENCE=1), else 'cpu'.
+Backward runs on the tier its forward ran on.
 """
 import contextlib
 
@@ -212,6 +223,7 @@ class Function:
                 raise ValueError(f"{type(self).__name__}: inputs on different devices "
                                  f"({', '.join(repr(u.device) for u in tensors)}); move them with .to(device)")
         self.device = device
+        self.tier = backend.tier(device)
         xp = backend.get_array_module(device)
         outputs = self.forward(xp, *[t.data for t in tensors])
         single = not isinstance(outputs, tuple)
@@ -229,11 +241,38 @@ class Function:
                 r.creator, r.index = self, i
         return results[0] if single else tuple(results)
 
+    # ---- the one dispatch: plain-xp ops override forward/backward, tiered ops the methods below --
     def forward(self, xp, *xs):
-        raise NotImplementedError
+        if self.tier == "gpu":
+            return self.forward_gpu(xp, *xs)
+        return getattr(self, "forward_" + self.tier)(*xs)
 
     def backward(self, xp, *gys):
-        raise NotImplementedError
+        if self.tier == "gpu":
+            return self.backward_gpu(xp, *gys)
+        return getattr(self, "backward_" + self.tier)(*gys)
+
+    def _missing(self, method):
+        raise NotImplementedError(f"{type(self).__name__} defines neither forward/backward(xp, ...) "
+                                  f"nor {method} (tier {self.tier!r}, device {self.device!r})")
+
+    def forward_reference(self, *xs):
+        self._missing("forward_reference")
+
+    def backward_reference(self, *gys):
+        self._missing("backward_reference")
+
+    def forward_cpu(self, *xs):
+        self._missing("forward_cpu")
+
+    def backward_cpu(self, *gys):
+        self._missing("backward_cpu")
+
+    def forward_gpu(self, xp, *xs):
+        self._missing("forward_gpu")
+
+    def backward_gpu(self, xp, *gys):
+        self._missing("backward_gpu")
 
     def release(self):
         """Drop inputs and saved arrays once backward has used them."""

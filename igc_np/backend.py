@@ -2,15 +2,18 @@
 
 igc_np knows three devices:
 
-* ``"cpu"``  - NumPy arrays, NumPy ops (the reference implementation of every op);
+* ``"cpu"``  - NumPy arrays; the fast CPU tier of every op (ops/cpu_conv.py and friends), or,
+  inside ``use_reference()``, the reference tier (ops/reference.py: the shortest correct NumPy);
 * ``"cuda"`` - CuPy arrays on an NVIDIA GPU; conv and permutation run our own kernels
   (``igc_np/kernels/*.cu``), everything else CuPy's array operations;
 * ``"emu"``  - NumPy arrays, but conv and permutation run the *same* ``.cu`` kernels on the CPU
   through the emulator in ``igc_np/emu`` (slow; for reading and testing kernels without a GPU).
 
 Every op receives ``xp`` (``numpy`` or ``cupy``) so that one code path serves both where the maths
-allows (the Chainer/DeZero ``get_array_module`` idea).
+allows (the Chainer/DeZero ``get_array_module`` idea). Which implementation of an op runs - its
+*tier* - is chosen once per op call by ``tier(device)`` (see autograd.Function).
 """
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -62,6 +65,44 @@ def check_device(device):
     if base not in DEVICES:
         raise ValueError(f"unknown device {device!r}: expected one of {DEVICES}")
     return base
+
+
+TIERS = ("reference", "cpu", "gpu")
+
+# The reference switch: IGC_NP_REFERENCE=1 in the environment, or use_reference() in the code.
+_reference = os.environ.get("IGC_NP_REFERENCE", "0") not in ("", "0")
+
+
+@contextlib.contextmanager
+def use_reference(enabled=True):
+    """Inside this block every op on 'cpu' runs its reference tier (ops/reference.py).
+
+    Slow, but each op is the few lines of NumPy that define it, so a debugger can step through a
+    whole training step. ``IGC_NP_REFERENCE=1`` switches it on for the whole process.
+    """
+    global _reference
+    previous, _reference = _reference, bool(enabled)
+    try:
+        yield
+    finally:
+        _reference = previous
+
+
+def reference_enabled():
+    """True inside use_reference() (or with IGC_NP_REFERENCE=1)."""
+    return _reference
+
+
+def tier(device):
+    """The tier an op runs on: 'gpu' ('cuda'; 'emu' = the GPU kernels in the CPU emulator),
+    'reference' on 'cpu' under the reference switch, else 'cpu'."""
+    device = check_device(device)
+    if device == "cpu":
+        return "reference" if _reference else "cpu"
+    if _reference:
+        raise ValueError(f"use_reference(): the reference tier is NumPy code for device 'cpu', but the "
+                         f"inputs are on {device!r}; move the model and data with .to('cpu')")
+    return "gpu"
 
 
 def get_array_module(device):

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor
-from .ops.permutation import interleave_index
+from .ops.reference import permutation_index
 
 __all__ = ["interleave_permutation", "permutation_matrix", "block_diagonal", "compose", "connectivity",
            "four_branch", "tile_input", "cross_summation", "four_branch_conv",
@@ -42,7 +42,7 @@ def interleave_permutation(C, b):
     """
     if C % b:
         raise ValueError(f"interleave_permutation: b={b} does not divide C={C}")
-    return interleave_index(C, b)
+    return permutation_index(C, b)
 
 
 def permutation_matrix(C, b):

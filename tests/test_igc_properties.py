@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import igc_np as ig
 from igc_np import functional as F
 from igc_np import igc
-from igc_np.ops.permutation import interleave_index
+from igc_np.ops.reference import permutation_index
 
 from reference import conv2d_direct, permute_by_formula
 from strategies import arrays, channels_and_factor, conv_cases, divisors, igc_cases
@@ -62,7 +62,7 @@ def test_permutation_formula_inverse_gradient_and_matrix(Cb, N, seed):
     y = F.permute_channels(xt, b)
     np.testing.assert_array_equal(y.numpy(), permute_by_formula(x, b))
     perm = igc.interleave_permutation(C, b)
-    np.testing.assert_array_equal(perm, interleave_index(C, b))
+    np.testing.assert_array_equal(perm, permutation_index(C, b))
     for i in range(b):
         for j in range(C // b):
             assert perm[j * b + i] == i * (C // b) + j

@@ -1,8 +1,8 @@
-"""Every hand-written kernel, run by the CPU emulator, against the NumPy reference ops.
+"""Every hand-written kernel, run by the CPU emulator, against the reference tier (igc_np/ops/reference.py).
 
 The check_* helpers take the device, so tests/test_kernels_cuda.py runs the same comparisons on
-a GPU. The NumPy functions of igc_np.ops are the specification; direct_conv below is a tiny
-independent loop version that cross-checks one case.
+a GPU. The reference tier is the specification; direct_conv below is a tiny independent loop
+version (one output element at a time) that cross-checks one case.
 """
 import numpy as np
 import pytest
@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from igc_np.kernels import ops
-from igc_np.ops.conv import conv2d_backward_data_numpy, conv2d_backward_weight_numpy, conv2d_forward_numpy
-from igc_np.ops.permutation import permute_channels_numpy
+from igc_np.ops import reference
 
 # float64 runs the same arithmetic as NumPy up to the order of the sums; float32 also rounds.
 TOL = {np.float64: dict(rtol=1e-11, atol=1e-11), np.float32: dict(rtol=2e-5, atol=2e-5)}
@@ -64,20 +63,21 @@ def check_conv(case, dtype, device, to_device=lambda a: a, to_host=lambda a: a, 
     x_shape, W_shape, stride, padding, G = case
     rng = np.random.default_rng(seed)
     x, W = _rand(rng, x_shape, dtype), _rand(rng, W_shape, dtype)
-    y_ref = conv2d_forward_numpy(x, W, stride, padding, G)
+    y_ref = reference.conv2d(x, W, stride, padding, G)
     y = to_host(ops.conv2d_forward(to_device(x), to_device(W), stride, padding, G, device))
     _close(y, y_ref, dtype)
     gy = _rand(rng, y_ref.shape, dtype)
+    gx_ref, gW_ref = reference.conv2d_backward(x, W, gy, stride, padding, G)
     gx = to_host(ops.conv2d_backward_data(to_device(gy), to_device(W), x_shape, stride, padding, G, device))
-    _close(gx, conv2d_backward_data_numpy(gy, W, x_shape, stride, padding, G), dtype)
+    _close(gx, gx_ref, dtype)
     gW = to_host(ops.conv2d_backward_weight(to_device(x), to_device(gy), W_shape, stride, padding, G, device))
-    _close(gW, conv2d_backward_weight_numpy(x, gy, W_shape, stride, padding, G), dtype)
+    _close(gW, gW_ref, dtype)
 
 
 def check_permutation(x_shape, b, dtype, device, to_device=lambda a: a, to_host=lambda a: a):
     x = _rand(np.random.default_rng(1), x_shape, dtype)
     y = to_host(ops.permute_channels(to_device(x), b, device))
-    np.testing.assert_array_equal(y, permute_channels_numpy(x, b))  # a copy: bit-exact
+    np.testing.assert_array_equal(y, reference.permute_channels(x, b))  # a copy: bit-exact
     back = to_host(ops.permute_channels(to_device(y), x_shape[1] // b, device))
     np.testing.assert_array_equal(back, x)
 
@@ -88,16 +88,16 @@ def check_interleaved(case, dtype, device, to_device=lambda a: a, to_host=lambda
     C = x_shape[1]
     rng = np.random.default_rng(2)
     x, W2 = _rand(rng, x_shape, dtype), _rand(rng, (C, C // S, 1, 1), dtype)
-    xp = permute_channels_numpy(x, L)
-    y_ref = permute_channels_numpy(conv2d_forward_numpy(xp, W2, (1, 1), (0, 0), S), S)
+    xp = reference.permute_channels(x, L)
+    y_ref = reference.permute_channels(reference.conv2d(xp, W2, groups=S), S)
     y = to_host(ops.interleaved_secondary_forward(to_device(x), to_device(W2), L, S, device))
     _close(y, y_ref, dtype)
     gy = _rand(rng, x_shape, dtype)
-    gv = permute_channels_numpy(gy, C // S)  # backward of the last permutation
-    gx_ref = permute_channels_numpy(conv2d_backward_data_numpy(gv, W2, x_shape, (1, 1), (0, 0), S), C // L)
+    gv = reference.permute_channels_backward(gy, S)  # backward of the last permutation
+    gxp_ref, gW_ref = reference.conv2d_backward(xp, W2, gv, groups=S)
+    gx_ref = reference.permute_channels_backward(gxp_ref, L)
     gx = to_host(ops.interleaved_secondary_backward_data(to_device(gy), to_device(W2), L, S, device))
     _close(gx, gx_ref, dtype)
-    gW_ref = conv2d_backward_weight_numpy(xp, gv, W2.shape, (1, 1), (0, 0), S)
     gW = to_host(ops.interleaved_secondary_backward_weight(to_device(x), to_device(gy), W2.shape, L, S, device))
     _close(gW, gW_ref, dtype)
 
@@ -160,7 +160,7 @@ def test_non_contiguous_inputs_are_accepted():
     x = rng.standard_normal((3, 4, 5, 2)).transpose(3, 0, 1, 2)  # (2, 3, 4, 5), not C-contiguous
     W = rng.standard_normal((6, 3, 1, 1))
     np.testing.assert_allclose(ops.conv2d_forward(x, W, (1, 1), (0, 0), 1, "emu"),
-                               conv2d_forward_numpy(np.ascontiguousarray(x), W, (1, 1), (0, 0), 1), rtol=1e-12)
+                               reference.conv2d(np.ascontiguousarray(x), W), rtol=1e-12)
 
 
 @pytest.mark.parametrize("call,message", [

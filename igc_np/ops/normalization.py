@@ -4,27 +4,24 @@ Training: y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta with the batch sta
 running = momentum * running + (1 - momentum) * batch statistic (biased variance, as MXNet).
 Evaluation: the running statistics replace the batch ones.
 
-On the CPU, when x lies in the conv's channel-first (C, H, W, N) memory, each channel is one
-contiguous row; forward and backward then work on slabs of a few channels that fit in cache, so
-their several passes (mean, variance, normalise; two sums and the input gradient) read main memory
-about once, with the slabs spread over threads (measured 4x faster than the whole-array passes).
+The tiers: reference (reference.batch_norm*, the formulas as written); cpu: when x lies in the
+conv's channel-first (C, H, W, N) memory (ops/layout.py) each channel is one contiguous row, and
+forward and backward work on slabs of a few channels that fit in cache, so their several passes
+(mean, variance, normalise; two sums and the input gradient) read main memory about once, with the
+slabs spread over threads (measured 4x faster than the whole-array passes); other layouts on the
+CPU, and the gpu tier, run the whole-array xp code below.
 """
 import numpy as np
 
 from ..autograd import Function
-from . import parallel
+from . import parallel, reference
+from .layout import from_rows, rows
 
 SLAB_BYTES = 1 << 20  # channels processed together: stays in cache (measured best of 64 KiB..4 MiB)
 
 
 def _channel(v):
     return v.reshape(1, -1, 1, 1)
-
-
-def _rows(a):
-    """(N, C, H, W) view of (C, H, W, N) memory -> (C, H*W*N) rows, or None for other layouts."""
-    r = a.transpose(1, 2, 3, 0)
-    return r.reshape(r.shape[0], -1) if r.flags.c_contiguous else None
 
 
 def _over_slabs(C, K, itemsize, fn):
@@ -37,15 +34,37 @@ def _over_slabs(C, K, itemsize, fn):
     parallel.over_range(C, work)
 
 
-class BatchNorm(Function):
+class BatchNormFunction(Function):
     def __init__(self, running_mean, running_var, training, momentum, eps):
         self.running_mean, self.running_var = running_mean, running_var
         self.training, self.momentum, self.eps = training, momentum, eps
 
-    def forward(self, xp, x, gamma, beta):
-        self.rows = _rows(x) if xp is np else None
+    def forward_reference(self, x, gamma, beta):
+        if self.training:
+            mean, var = reference.batch_norm_statistics(x)
+            self._update_running(mean, var)
+        else:  # the running statistics may be kept in another precision than x
+            mean, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
+        self.x, self.gamma, self.mean, self.var = x, gamma, mean, var
+        return reference.batch_norm(x, gamma, beta, mean, var, self.eps)
+
+    def backward_reference(self, gy):
+        return reference.batch_norm_backward(self.x, self.gamma, gy, self.mean, self.var, self.eps,
+                                             self.training)
+
+    def forward_cpu(self, x, gamma, beta):
+        self.rows = rows(x)
         if self.rows is not None:
             return self._forward_rows(x, gamma, beta)
+        return self.forward_gpu(np, x, gamma, beta)
+
+    def backward_cpu(self, gy):
+        if self.rows is not None:
+            return self._backward_rows(gy)
+        return self.backward_gpu(np, gy)
+
+    def forward_gpu(self, xp, x, gamma, beta):
+        """The whole-array passes (any xp, any memory layout)."""
         axes = (0, 2, 3)
         if self.training:
             mean = x.mean(axis=axes)
@@ -91,10 +110,10 @@ class BatchNorm(Function):
         if self.training:
             self._update_running(mean, var)
         self.mean, self.invstd, self.gamma = mean, 1.0 / np.sqrt(var + self.eps), gamma
-        return y.reshape(x.shape[1], x.shape[2], x.shape[3], x.shape[0]).transpose(3, 0, 1, 2)
+        return from_rows(y, x.shape)
 
     def _backward_rows(self, gy):
-        gr = _rows(gy)
+        gr = rows(gy)
         if gr is None:
             gr = np.ascontiguousarray(gy.transpose(1, 2, 3, 0)).reshape(self.rows.shape)
         xr = self.rows
@@ -115,12 +134,9 @@ class BatchNorm(Function):
             else:
                 np.multiply(g, scale, out=gx[c0:c1])
         _over_slabs(C, K, gy.itemsize, slab)
-        N, C_, H, W = gy.shape
-        return gx.reshape(C_, H, W, N).transpose(3, 0, 1, 2), ggamma, gbeta
+        return from_rows(gx, gy.shape), ggamma, gbeta
 
-    def backward(self, xp, gy):
-        if self.rows is not None:
-            return self._backward_rows(gy)
+    def backward_gpu(self, xp, gy):
         axes = (0, 2, 3)
         gbeta = gy.sum(axis=axes)
         ggamma = (gy * self.xhat).sum(axis=axes)
@@ -156,4 +172,4 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
     if training and x.size // C < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got input "
                          f"shape {x.shape}")
-    return BatchNorm(running_mean, running_var, training, momentum, eps).apply(x, gamma, beta)
+    return BatchNormFunction(running_mean, running_var, training, momentum, eps).apply(x, gamma, beta)
