@@ -24,8 +24,9 @@ class _SingleThreadedBlas:
     """A context that holds BLAS to one thread (no-op without threadpoolctl).
 
     threadpoolctl's ``limit()`` context re-reads every library's state on each entry (~10 us);
-    a parallel region is entered ~700 times per resnet_igc-20 step, so keep the library
-    controllers and call their setters directly (~2 us).
+    a parallel region is entered ~700 times per resnet_igc-20 step, so keep the controllers of
+    the BLAS libraries loaded when the engine first runs (NumPy's, the one it calls) and call
+    their setters directly (~2 us).
     """
 
     def __init__(self):
