@@ -68,3 +68,16 @@ def test_matmul_and_matmul_reduce_over_column_blocks(two_threads, n):
     g = rng.standard_normal((3, 5, n)).astype(np.float32)
     np.testing.assert_allclose(parallel.matmul_reduce(g, b.transpose(0, 2, 1)),
                                np.matmul(g, b.transpose(0, 2, 1)), rtol=1e-4, atol=1e-3)
+
+
+def test_for_each_visits_every_item_once_on_at_most_threads_threads(two_threads):
+    seen, lock = [], threading.Lock()
+
+    def visit(t, item):
+        time.sleep(0.001 * (item % 3))  # uneven items: the dynamic schedule still covers all
+        with lock:
+            seen.append((t, item))
+    k = parallel.for_each(range(17), visit)
+    assert k == 2 and sorted(i for _, i in seen) == list(range(17))
+    assert {t for t, _ in seen} <= {0, 1}
+    assert parallel.for_each([], visit) == 0

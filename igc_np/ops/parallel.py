@@ -94,6 +94,24 @@ def split(n, parts=None):
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
+def for_each(items, fn):
+    """fn(t, item) for every item, the threads (t = 0, 1, ...) each taking the next item as they
+    finish the last: a dynamic schedule, so a thread slowed by another process or a larger item
+    does not leave the others idle at the end. Returns the number of threads used (t < that).
+    A single item runs on the caller with BLAS free to use its own threads (see run)."""
+    items = list(items)
+    k = min(THREADS, len(items))
+    if k == 0:
+        return 0
+    shared = iter(items)  # a list iterator's next() is atomic under the GIL
+
+    def work(t):
+        for item in shared:
+            fn(t, item)
+    run([lambda t=t: work(t) for t in range(k)])
+    return k
+
+
 def over_range(n, fn):
     """fn(start, stop) for contiguous ranges covering range(n), one per thread."""
     run([lambda a=a, b=b: fn(a, b) for a, b in split(n)])
@@ -121,13 +139,7 @@ def matmul(a, b, out=None):
     n = b.shape[2]
     if out is None:
         out = np.empty((G, m, n), np.result_type(a, b))
-    chunks = _chunks(n)
-    k = min(THREADS, len(chunks))
-
-    def work(t):
-        for c0, c1 in chunks[t::k]:
-            np.matmul(a, b[:, :, c0:c1], out=out[:, :, c0:c1])
-    run([lambda t=t: work(t) for t in range(k)])
+    for_each(_chunks(n), lambda t, c: np.matmul(a, b[:, :, c[0]:c[1]], out=out[:, :, c[0]:c[1]]))
     return out
 
 
@@ -135,15 +147,12 @@ def matmul_reduce(a, b):
     """a (G, m, K) @ b (G, K, n) -> (G, m, n) for a long reduction axis K (weight gradients):
     each thread sums the products of blocks of K into its own (G, m, n), then those are added."""
     G, m, K = a.shape
-    chunks = _chunks(K)
-    k = min(THREADS, len(chunks))
-    parts = [np.zeros((G, m, b.shape[2]), np.result_type(a, b)) for _ in range(k)]
+    parts = [np.zeros((G, m, b.shape[2]), np.result_type(a, b)) for _ in range(THREADS)]
 
-    def work(t):
-        for c0, c1 in chunks[t::k]:
-            parts[t] += np.matmul(a[:, :, c0:c1], b[:, c0:c1, :])
-    run([lambda t=t: work(t) for t in range(k)])
-    return sum(parts[1:], parts[0])
+    def add(t, c):
+        parts[t] += np.matmul(a[:, :, c[0]:c[1]], b[:, c[0]:c[1], :])
+    k = for_each(_chunks(K), add)
+    return sum(parts[1:k], parts[0])
 
 
 def elementwise(fn, out, *arrays):
