@@ -78,7 +78,8 @@ def machine_header(torch):
              f"BLAS {'; '.join(blas) or 'unknown'}",
              f"torch {torch.__version__}: threads={torch.get_num_threads()}, "
              f"oneDNN={'yes' if torch.backends.mkldnn.is_available() else 'no'}",
-             f"batch {BATCH}, float32"]
+             f"batch {BATCH}, float32; load average before the run {os.getloadavg()[0]:.1f} "
+             f"(above ~0.5 other processes share the cores: ratios move, PyTorch's OpenMP threads most)"]
     if forced:
         lines.append(f"WARNING: {', '.join(forced)} set: OpenBLAS runs forced (older) kernels; "
                      "run with env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE")
@@ -289,6 +290,18 @@ def memory_in_subprocess(lib, net, channels_last):
 
 
 # ---- main -----------------------------------------------------------------------------------------
+def set_threads(n):
+    """igc_np's worker threads and NumPy's BLAS threads = n (PyTorch follows ig.ops.parallel.THREADS).
+
+    With one igc_np thread the engine calls BLAS outside any parallel region, so BLAS itself must be
+    held to n too; the memory subprocesses inherit n through IGC_NP_THREADS.
+    """
+    from threadpoolctl import threadpool_limits
+    ig.ops.parallel.THREADS = n
+    os.environ["IGC_NP_THREADS"] = str(n)
+    threadpool_limits(n, user_api="blas")
+
+
 def ratio(ours, theirs):
     return f"{theirs / ours:.2f}x"
 
@@ -300,9 +313,14 @@ def main(argv=None):
     parser.add_argument("--skip-memory", action="store_true", help="no peak-memory subprocesses")
     parser.add_argument("--networks", nargs="*", default=[n[0] for n in NETWORKS],
                         choices=[n[0] for n in NETWORKS], help="which networks (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of both libraries (default: igc_np's, os.cpu_count() or IGC_NP_THREADS)")
     parser.add_argument("--probe-memory", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        set_threads(args.threads)
     if args.probe_memory:  # the subprocess of memory_in_subprocess
+        set_threads(ig.ops.parallel.THREADS)
         lib, net, channels_last = json.loads(args.probe_memory)
         print(json.dumps(probe_memory(lib, tuple(net), channels_last)))
         return
