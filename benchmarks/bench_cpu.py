@@ -96,6 +96,8 @@ def torch_modules(torch):
 
         In channels_last memory the channel axis is the innermost one: shuffle it there (an NHWC
         view, one copy, an NHWC view back), or every shuffle converts the tensor to NCHW and back.
+        Without autograd (evaluation) the native kernel is faster; with it, its backward is not
+        (64x48x32x32 channels_last, 1 thread: forward 1.0 vs 2.6 ms, forward+backward 13.5 vs 4.6 ms).
         """
 
         def __init__(self, b):
@@ -103,6 +105,8 @@ def torch_modules(torch):
             self.b = b
 
         def forward(self, z):
+            if not torch.is_grad_enabled():
+                return torch.nn.functional.channel_shuffle(z, self.b)
             n, c, h, w = z.shape
             if z.is_contiguous(memory_format=torch.channels_last):
                 t = z.permute(0, 2, 3, 1).reshape(n, h, w, self.b, c // self.b)
