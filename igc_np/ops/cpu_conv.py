@@ -92,7 +92,7 @@ def _im2col_tile(x_pad, kh, kw, stride, c0, c1, h0, h1, Wo):
 
 
 def _tiled(x_pad, G, kh, kw, stride, Ho, Wo, visit):
-    """Call visit(t, g0, g1, h0, h1, cols) for every tile, threads taking tiles in turn.
+    """Call visit(t, g0, g1, h0, h1, cols) for every tile, each thread taking the next tile.
 
     cols is the tile's im2col matrix, shaped (g1-g0, C_in/G * kh*kw, (h1-h0)*Wo*N) with rows
     ordered (c, i, j) as in the weight; t is the thread index, for thread-private accumulators.
@@ -100,14 +100,12 @@ def _tiled(x_pad, G, kh, kw, stride, Ho, Wo, visit):
     C, _, _, N = x_pad.shape
     Cg = C // G
     tiles = _tiles(G, Cg, kh, kw, Ho, Wo, N, x_pad.itemsize)
-    n_threads = min(parallel.THREADS, len(tiles))
 
-    def work(t):
-        for g0, g1, h0, h1 in tiles[t::n_threads]:
-            cols = _im2col_tile(x_pad, kh, kw, stride, g0 * Cg, g1 * Cg, h0, h1, Wo)
-            visit(t, g0, g1, h0, h1, cols.reshape(g1 - g0, Cg * kh * kw, -1))
-    parallel.run([lambda t=t: work(t) for t in range(n_threads)])
-    return n_threads
+    def work(t, tile):
+        g0, g1, h0, h1 = tile
+        cols = _im2col_tile(x_pad, kh, kw, stride, g0 * Cg, g1 * Cg, h0, h1, Wo)
+        visit(t, g0, g1, h0, h1, cols.reshape(g1 - g0, Cg * kh * kw, -1))
+    return parallel.for_each(tiles, work)
 
 
 def _conv_valid(x_pad, W, groups, stride, Ho, Wo):
@@ -175,17 +173,16 @@ def _backward_data_scatter(gyc, W, x_shape_chwn, stride, padding, groups):
     gxp = np.zeros((C, Hp, Wp, N), gyc.dtype)
     per = max(1, min(Cg, TILE_BYTES // (kh * kw * Ho * Wo * N * gyc.itemsize)))
     tiles = [(g, c0, min(c0 + per, Cg)) for g in range(groups) for c0 in range(0, Cg, per)]
-    n_threads = min(parallel.THREADS, len(tiles))
 
-    def work(t):
-        for g, c0, c1 in tiles[t::n_threads]:
-            gcols = np.matmul(WmT[g, c0 * kh * kw:c1 * kh * kw], gy_mat[g])
-            gcols = gcols.reshape(c1 - c0, kh, kw, Ho, Wo, N)
-            dst = gxp[g * Cg + c0:g * Cg + c1]
-            for i in range(kh):
-                for j in range(kw):
-                    dst[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += gcols[:, i, j]
-    parallel.run([lambda t=t: work(t) for t in range(n_threads)])
+    def work(t, tile):
+        g, c0, c1 = tile
+        gcols = np.matmul(WmT[g, c0 * kh * kw:c1 * kh * kw], gy_mat[g])
+        gcols = gcols.reshape(c1 - c0, kh, kw, Ho, Wo, N)
+        dst = gxp[g * Cg + c0:g * Cg + c1]
+        for i in range(kh):
+            for j in range(kw):
+                dst[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += gcols[:, i, j]
+    parallel.for_each(tiles, work)
     return np.ascontiguousarray(gxp[:, ph:ph + H, pw:pw + Wi])
 
 

@@ -1,0 +1,83 @@
+"""The CPU thread helpers (igc_np/ops/parallel.py): results, errors, and the BLAS thread limit."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from igc_np.ops import parallel
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Force the threaded paths even on a one-core machine."""
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    monkeypatch.setattr(parallel, "_pool", None)
+
+
+def test_run_uses_the_caller_and_a_pool_thread(two_threads):
+    seen = [None, None]
+
+    def task(i):
+        seen[i] = threading.current_thread()
+    parallel.run([lambda: task(0), lambda: task(1)])
+    assert seen[0] is threading.main_thread() and seen[1] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_run_reraises_only_after_every_task_ended(two_threads, failing):
+    """An error in any task reaches the caller, but only once the other task stopped writing."""
+    finished = []
+
+    def slow():
+        time.sleep(0.05)
+        finished.append(True)
+
+    def bad():
+        raise ValueError("task failed")
+    tasks = [bad, slow] if failing == 0 else [slow, bad]
+    with pytest.raises(ValueError, match="task failed"):
+        parallel.run(tasks)
+    assert finished == [True]
+
+
+def _numpy_blas_threads():
+    from threadpoolctl import threadpool_info
+    return [d["num_threads"] for d in threadpool_info()
+            if d["user_api"] == "blas" and "numpy" in d["filepath"]]
+
+
+def test_numpy_blas_is_single_threaded_inside_a_region_and_restored_after(two_threads):
+    before = _numpy_blas_threads()
+    inside = []
+    parallel.run([lambda: inside.append(_numpy_blas_threads()), lambda: None])
+    assert inside[0] and all(n == 1 for n in inside[0])
+    assert _numpy_blas_threads() == before
+
+
+@pytest.mark.parametrize("n", [1, 1023, 1024, 2 * 1024 + 5])
+def test_matmul_and_matmul_reduce_over_column_blocks(two_threads, n):
+    """Blocks of CHUNK columns (or reduction entries) split over threads, edges included, on
+    strided views like the interleaved partitions."""
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    b = rng.standard_normal((7, 3, n)).astype(np.float32).transpose(1, 0, 2)  # row stride 3n
+    out = np.full((3, 5, n), np.nan, np.float32)
+    parallel.matmul(a, b, out=out)
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-5, atol=1e-5)
+    g = rng.standard_normal((3, 5, n)).astype(np.float32)
+    np.testing.assert_allclose(parallel.matmul_reduce(g, b.transpose(0, 2, 1)),
+                               np.matmul(g, b.transpose(0, 2, 1)), rtol=1e-4, atol=1e-3)
+
+
+def test_for_each_visits_every_item_once_on_at_most_threads_threads(two_threads):
+    seen, lock = [], threading.Lock()
+
+    def visit(t, item):
+        time.sleep(0.001 * (item % 3))  # uneven items: the dynamic schedule still covers all
+        with lock:
+            seen.append((t, item))
+    k = parallel.for_each(range(17), visit)
+    assert k == 2 and sorted(i for _, i in seen) == list(range(17))
+    assert {t for t, _ in seen} <= {0, 1}
+    assert parallel.for_each([], visit) == 0
