@@ -119,7 +119,7 @@ def torch_modules(torch):
         return layers + [tnn.ReLU(inplace=True)] if relu else layers
 
     def igc_bn(cin, cout, L, S, stride, momentum, relu=True):
-        """IGC_SPEC section 1: primary 3x3 (L groups), Reorder(L), secondary 1x1 (S groups), Reorder(S)."""
+        """docs/reference_protocol.md, the IGC conv: primary 3x3 (L groups), Reorder(L), secondary 1x1 (S groups), Reorder(S)."""
         layers = [tnn.Conv2d(cin, cout, 3, stride, 1, groups=L, bias=False), ChannelShuffle(L),
                   tnn.Conv2d(cout, cout, 1, groups=S, bias=False), ChannelShuffle(S),
                   tnn.BatchNorm2d(cout, eps=2e-5, momentum=1 - momentum)]
@@ -142,7 +142,7 @@ def torch_modules(torch):
 
 
 def torch_network(torch, name, depth, L, M, num_classes=10):
-    """The network of ig.nets.get_network(name, depth, num_classes, L, M) (IGC_SPEC.md section 2)."""
+    """The network of ig.nets.get_network(name, depth, num_classes, L, M) (docs/reference_protocol.md)."""
     tnn, conv_bn, igc_bn, Block = torch_modules(torch)
     resnet = name.startswith("resnet")
     n = (depth - 2) // (6 if resnet else 3)

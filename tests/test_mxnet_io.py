@@ -1,4 +1,4 @@
-"""MXNet files without MXNet: .params in and out (IGC_SPEC.md section 8), the symbol graphs, RecordIO.
+"""MXNet files without MXNet: .params in and out (docs/reference_protocol.md, "MXNet files"), the symbol graphs, RecordIO.
 
 The .params files here are written by ``write_params_by_hand``, a writer that follows section 8
 byte for byte with struct.pack and shares no code with igc_np.mxnet_io, so a reader bug cannot be
