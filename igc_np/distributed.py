@@ -310,18 +310,13 @@ _blas_limit = None  # kept alive: threadpoolctl undoes the limit when this objec
 def set_threads(n):
     """Use `n` threads in igc_np's CPU ops and in BLAS from now on (for this process).
 
-    ops/parallel.py reads IGC_NP_THREADS once at import and creates its pool on first use, so we
-    set its count and drop a pool made with the old one.
+    ops/parallel.py reads IGC_NP_THREADS once at import: ``parallel.set_threads`` changes its
+    count (and its pool); the variable is set too, for child processes.
     """
     global _blas_limit
     from .ops import parallel
-    n = max(1, int(n))
+    n = parallel.set_threads(max(1, int(n)))
     os.environ["IGC_NP_THREADS"] = str(n)
-    if parallel.THREADS != n:
-        parallel.THREADS = n
-        if parallel._pool is not None:
-            parallel._pool.shutdown()
-            parallel._pool = None
     try:
         from threadpoolctl import threadpool_limits
         if _blas_limit is not None:  # limits do not stack: start from the original ones
