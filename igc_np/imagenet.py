@@ -380,6 +380,8 @@ class ImageNetSource:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if part is not None:
+            slice_of(0, *part)  # a rank outside 0..size-1 fails here, before any batch
         order, u = self.plan(batch_size, rng)
         n_b = self.num_batches(batch_size)
 
@@ -389,10 +391,8 @@ class ImageNetSource:
                 return slice(lo, hi)
             mine = slice_of(hi - lo, *part)
             return slice(lo + mine.start, lo + mine.stop)
-        if part is not None:
-            slice_of(0, *part)  # a rank outside 0..size-1 fails here, before any batch
         # row k of u belongs to the k-th image of the epoch (position, not image index)
-        jobs = ((order[rows(b)], u[rows(b)]) for b in range(start_batch, n_b))
+        jobs = ((order[r], u[r]) for r in map(rows, range(start_batch, n_b)))
         if self.workers == 1 and self.prefetch <= 1:
             for idx, uu in jobs:
                 yield self.make_batch(idx, uu)
