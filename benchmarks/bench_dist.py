@@ -46,11 +46,9 @@ def worker(steps, repeats):
     """One rank: time `steps` dp_steps and `repeats` all-reduces; rank 0 prints JSON."""
     import igc_np as ig
     from igc_np import distributed
+    # IGC_NP_THREADS (set by the parent) is all a set-up needs: ops/parallel.py holds BLAS to one
+    # thread when it is 1, and init gives each rank its share of the cores (and of BLAS)
     comm = distributed.init("auto")
-    # IGC_NP_THREADS (set by the parent) for igc_np's threads AND for BLAS: left alone, BLAS
-    # keeps its default thread count outside igc_np's parallel regions, which with 1 igc_np
-    # thread oversubscribes the cores (measured 4-5x slower on this loaded 2-core machine)
-    distributed.set_threads(int(os.environ["IGC_NP_THREADS"]))
     rng = np.random.default_rng(0)
     model = ig.nets.get_network("resnet_igc", 20, 10, primary_partition=24, secondary_partition=2,
                                 rng=np.random.default_rng(1))
@@ -74,10 +72,12 @@ def worker(steps, repeats):
         comm.allreduce(buf)
         reduce_times.append(time.perf_counter() - t0)
     if comm.is_root:
+        from threadpoolctl import threadpool_info
         from igc_np.ops import parallel
+        blas = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
         print(json.dumps(dict(step_s=statistics.median(times), reduce_s=statistics.median(reduce_times),
                               elements=n, params=sum(p.size for p in opt.params), size=comm.size,
-                              threads=parallel.THREADS)))
+                              threads=parallel.THREADS, blas_threads=blas)))
 
 
 def run_setup(ranks, threads, steps, repeats):
@@ -133,13 +133,14 @@ def main(argv=None):
     nbytes = 4 * first["elements"]
     print(f"\nresnet_igc-20 IGC-L24M2, {first['params']:,} parameters, global batch {BATCH}, float32; "
           f"median of {rounds} rounds x {steps} steps\n")
-    print("| set-up | images/s | vs 1 process x 2 threads | all-reduce per step |")
-    print("|---|---|---|---|")
+    print("| set-up | images/s | vs 1 process x 2 threads | all-reduce per step | BLAS threads |")
+    print("|---|---|---|---|---|")
     for name, ranks, threads in SETUPS:
         ips = statistics.median(BATCH / x["step_s"] for x in results[name])
         red = statistics.median(x["reduce_s"] for x in results[name])
         print(f"| {name} | {ips:.1f} | {ips / base:.2f}x | "
-              + (f"{1e3 * red:.2f} ms ({nbytes / 1e6:.2f} MB)" if ranks > 1 else "-") + " |")
+              + (f"{1e3 * red:.2f} ms ({nbytes / 1e6:.2f} MB)" if ranks > 1 else "-")
+              + f" | {results[name][0]['blas_threads']} |")
 
     big = 4 * imagenet_elements()
     print(f"\nModel of the reduction per step (gradient + BN buffers, float32): resnet_igc-20 L24M2 "

@@ -444,10 +444,11 @@ def train(o, ckpt=None, download=False, overwrite=False):
         for epoch in run.epochs():
             lr = schedule.step(epoch)
             for x, y in run.batches(epoch):
-                if data_parallel:  # this rank's slice, reduction over ranks, the same step
+                if data_parallel:  # x, y: this rank's slice; reduction over ranks, the same step
                     run.after_step(distributed.dp_step(model, optimizer, x, y, comm,
                                                        o["micro_batches"],
-                                                       stop=run.interrupt.requested))
+                                                       stop=run.interrupt.requested,
+                                                       global_batch=run.batch_rows))
                     continue
                 loss, logits = training.train_step(model, optimizer, x, y)
                 run.after_batch(loss, logits, y)  # metrics stay on the device; Ctrl-C checked

@@ -686,7 +686,7 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
                     rng: np.random.Generator | None = None, augment: bool = False,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     drop_last: bool = False, dtype=np.float32, pad: int = 4,
-                    mirror: bool = True, start_batch: int = 0
+                    mirror: bool = True, start_batch: int = 0, part: tuple[int, int] | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(xb, yb)``: xb (B, C, H, W) = ``(x - mean) / std`` in ``dtype``; yb (B,) int64.
 
@@ -697,6 +697,11 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
     vertical offsets, horizontal offsets and mirror flags. To resume mid-epoch, restore
     ``rng.bit_generator.state`` saved *before* the call and pass ``start_batch=k``: the skipped
     batches still draw their numbers, so batches k, k+1, ... equal those of the full run.
+
+    part=(rank, size): data-parallel rank `rank` of `size` gets only rows
+    ``distributed.slice_of(B, rank, size)`` of each batch of B (B_r rows). The numbers are still
+    drawn for the whole batch, so the rng advances as on one process and the rows are those of
+    the whole batch; only they are gathered, augmented and normalised.
     """
     n, C, H, W = x.shape
     if batch_size < 1:
@@ -711,6 +716,10 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
     mean_c = mean.astype(dtype).reshape(1, C, 1, 1)
     inv_std_c = (1.0 / std).astype(dtype).reshape(1, C, 1, 1)
     y = np.asarray(y, dtype=np.int64)
+    if part is not None:
+        from .distributed import slice_of
+        rank, size = part
+        slice_of(0, rank, size)  # a rank outside 0..size-1 fails here, before any batch
 
     order = rng.permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
@@ -721,6 +730,11 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
             flips = rng.random(len(idx)) < 0.5 if mirror else np.zeros(len(idx), dtype=bool)
         if b < start_batch:
             continue
+        if part is not None:  # this rank's rows only, with their own numbers
+            mine = slice_of(len(idx), rank, size)
+            idx = idx[mine]
+            if augment:
+                offsets, flips = offsets[:, mine], flips[mine]
         xb = (x[idx].astype(dtype) - mean_c) * inv_std_c
         if augment:
             xb = _pad_crop_mirror(xb, pad, offsets[0], offsets[1], flips)

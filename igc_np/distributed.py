@@ -7,8 +7,10 @@ BatchNorm statistics per replica (not synchronised). This module does the same o
 already exist; it has no transport of its own.
 
     comm = distributed.init("auto")            # SingleProcess, MPI or NCCL, threads set per rank
-    for xb, yb in iterate_batches(...):        # every rank draws the same (global) batches
-        r = distributed.dp_step(model, optimizer, xb, yb, comm, micro_batches=1)
+    part = (comm.rank, comm.size)              # every rank draws the same numbers, builds its rows
+    for xb, yb in iterate_batches(x, y, B, ..., part=part):
+        r = distributed.dp_step(model, optimizer, xb, yb, comm, micro_batches=1,
+                                global_batch=rows_of_this_batch)   # B, or fewer for the last
         sums += r.sums                         # reduced over ranks: the same on every rank
         if not r.finite or r.stop: ...         # every rank sees the same flags, stops together
 
@@ -16,8 +18,11 @@ Semantics, and why
 ------------------
 * Slicing. Rank r of P takes rows ``slice_of(B, r, P)`` of each global batch of B rows
   (near-equal, contiguous); with ``micro_batches=K`` its slice is cut the same way into K
-  pieces. Every rank draws the same permutation and augmentation numbers (same rng seed), so the
-  data order does not depend on the world size.
+  pieces. Every rank draws the same permutation and augmentation numbers (same rng seed), for
+  the whole batch, and builds only its rows (``iterate_batches(..., part=(rank, size))``, the
+  same in ``ImageNetSource.batches``), so the data order does not depend on the world size and
+  no rank decodes or augments another rank's images. ``dp_step`` also accepts the whole batch
+  and takes the slice itself.
 * Gradients. Piece j (n_j rows) back-propagates ``(n_j / B) * mean loss of piece j``; the sum over
   pieces is the gradient of the mean loss over the whole batch. Weight decay and momentum are
   applied after the reduction, by the unchanged optimizer.
@@ -305,18 +310,13 @@ _blas_limit = None  # kept alive: threadpoolctl undoes the limit when this objec
 def set_threads(n):
     """Use `n` threads in igc_np's CPU ops and in BLAS from now on (for this process).
 
-    ops/parallel.py reads IGC_NP_THREADS once at import and creates its pool on first use, so we
-    set its count and drop a pool made with the old one.
+    ops/parallel.py reads IGC_NP_THREADS once at import: ``parallel.set_threads`` changes its
+    count (and its pool); the variable is set too, for child processes.
     """
     global _blas_limit
     from .ops import parallel
-    n = max(1, int(n))
+    n = parallel.set_threads(max(1, int(n)))
     os.environ["IGC_NP_THREADS"] = str(n)
-    if parallel.THREADS != n:
-        parallel.THREADS = n
-        if parallel._pool is not None:
-            parallel._pool.shutdown()
-            parallel._pool = None
     try:
         from threadpoolctl import threadpool_limits
         if _blas_limit is not None:  # limits do not stack: start from the original ones

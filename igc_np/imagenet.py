@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError
+from .distributed import slice_of
 from .mxnet_io import RecordIO
 
 __all__ = ["load_imagenet", "ImageNetNotFoundError", "ImageError", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples",
@@ -370,15 +371,28 @@ class ImageNetSource:
             x = hls_jitter(planes, offsets)
         return normalize(x, self.mean, self.std, inplace=True), labels
 
-    def batches(self, batch_size, rng=None, start_batch=0):
-        """The epoch's batches from start_batch on (see the module docstring on resuming)."""
+    def batches(self, batch_size, rng=None, start_batch=0, part=None):
+        """The epoch's batches from start_batch on (see the module docstring on resuming).
+
+        part=(rank, size): data-parallel rank `rank` of `size` reads, decodes and augments only
+        rows ``distributed.slice_of(B, rank, size)`` of each batch of B; the epoch's numbers are
+        drawn whole (``plan``), so those rows equal the same rows of the whole batch.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if part is not None:
+            slice_of(0, *part)  # a rank outside 0..size-1 fails here, before any batch
         order, u = self.plan(batch_size, rng)
         n_b = self.num_batches(batch_size)
+
+        def rows(b):  # positions in the epoch of batch b (of this rank's part of it)
+            lo, hi = b * batch_size, min((b + 1) * batch_size, len(order))
+            if part is None:
+                return slice(lo, hi)
+            mine = slice_of(hi - lo, *part)
+            return slice(lo + mine.start, lo + mine.stop)
         # row k of u belongs to the k-th image of the epoch (position, not image index)
-        jobs = ((order[b * batch_size:(b + 1) * batch_size], u[b * batch_size:(b + 1) * batch_size])
-                for b in range(start_batch, n_b))
+        jobs = ((order[r], u[r]) for r in map(rows, range(start_batch, n_b)))
         if self.workers == 1 and self.prefetch <= 1:
             for idx, uu in jobs:
                 yield self.make_batch(idx, uu)
@@ -463,8 +477,10 @@ class ImageNetTrainingData:
         for xb, yb in batches:
             yield Tensor(xb.astype(self.dtype, copy=False), device=self.device), Tensor(yb, device=self.device)
 
-    def batches(self, rng, start_batch=0):
-        return self._tensors(self.data.train.batches(self.batch_size, rng=rng, start_batch=start_batch))
+    def batches(self, rng, start_batch=0, part=None):
+        """part=(rank, size): this rank's rows of each batch only (``ImageNetSource.batches``)."""
+        return self._tensors(self.data.train.batches(self.batch_size, rng=rng, start_batch=start_batch,
+                                                     part=part))
 
     def plain_train_batches(self, count):
         t = self.data.train

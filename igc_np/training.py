@@ -17,7 +17,8 @@ Data parallel (``igc_np/distributed.py``): ``distributed.dp_step`` replaces ``tr
 forward/backward per slice, rank-ordered reduction, step) and ``Run.after_step`` replaces
 ``after_batch``; ``Run(comm=...)`` lets rank 0 alone call the writers (``Run.save``,
 ``Run._write_log``, ``plot_curves``, the console), which are the only places files are written. A
-streamed data set (ImageNet) replaces ``TrainingData`` by any object with the same four members.
+streamed data set (ImageNet) replaces ``TrainingData`` by any object with the same four members
+(on several ranks, ``batches`` also takes ``part=(rank, size)``: each rank builds only its rows).
 
 Checkpoint files
 ----------------
@@ -379,16 +380,18 @@ class TrainingData:
         for xb, yb in batches:
             yield Tensor(xb, device=self.device), Tensor(yb, device=self.device)
 
-    def batches(self, rng, start_batch=0):
+    def batches(self, rng, start_batch=0, part=None):
         """(x, y) Tensors of one shuffled, augmented epoch; ``rng`` is advanced by the epoch.
 
         Restoring ``rng`` to its state before a call and passing ``start_batch=k`` gives the same
-        batches k, k+1, ... again (the resume of a mid-epoch checkpoint).
+        batches k, k+1, ... again (the resume of a mid-epoch checkpoint). part=(rank, size): only
+        this data-parallel rank's rows of each batch (``iterate_batches``), the rng advanced as
+        for the whole batch.
         """
         ds = self.dataset
         return self._tensors(iterate_batches(
             ds.train_x, ds.train_y, self.batch_size, shuffle=True, rng=rng, augment=ds.augment,
-            mean=ds.mean, std=ds.std, dtype=self.dtype, start_batch=start_batch))
+            mean=ds.mean, std=ds.std, dtype=self.dtype, start_batch=start_batch, part=part))
 
     def plain_train_batches(self, count):
         """The first ``count`` training batches in file order, not augmented (for precise BN)."""
@@ -990,7 +993,17 @@ class Run:
             self.start_batch, self.train_sums = 0, None
 
     def batches(self, epoch):
-        return self.data.batches(self.rng, self.start_batch)
+        """(x, y) of the epoch from the resume position on. On several ranks (comm.size > 1) each
+        rank gets only its rows of every batch (``data.batches(..., part=(rank, size))``), and
+        ``self.batch_rows`` is the global batch's size, for ``dp_step(global_batch=...)``."""
+        d = self.data
+        if self.comm.size == 1:  # any data source with the four members, whole batches
+            source = d.batches(self.rng, self.start_batch)
+        else:
+            source = d.batches(self.rng, self.start_batch, part=(self.comm.rank, self.comm.size))
+        for b, (x, y) in enumerate(source, self.start_batch):
+            self.batch_rows = min(d.batch_size, d.train_size - b * d.batch_size)
+            yield x, y
 
     def say(self, line):
         if self.writer:

@@ -534,6 +534,54 @@ def test_mirror_actually_mirrors():
     assert (xb == x[0]).all()
 
 
+class _CountsGathers(np.ndarray):
+    """Images that record how many rows each fancy-indexing gather takes."""
+    gathered: list
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray):
+            self.gathered.append(len(key))
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 9])
+def test_a_rank_builds_only_its_rows_of_the_whole_batch(monkeypatch, size):
+    """part=(rank, size): the rows slice_of(B, rank, size) of every whole batch, bit for bit,
+    the rng advanced as for the whole batch; only those rows are gathered and augmented
+    (23 images in batches of 8: 8, 8, 7 rows; with 9 ranks some ranks get no rows)."""
+    from igc_np.distributed import slice_of
+    x, y = images(np.random.default_rng(0), 23, size=5), np.arange(23)
+
+    def epoch(images_, **kw):
+        rng = np.random.default_rng(4)
+        out = list(iterate_batches(images_, y, 8, shuffle=True, rng=rng, augment=True, mean=MEAN,
+                                   std=STD, pad=2, **kw))
+        return out, rng.bit_generator.state
+    whole, state_after = epoch(x)
+    augmented, real = [], data._pad_crop_mirror
+    monkeypatch.setattr(data, "_pad_crop_mirror",
+                        lambda xb, *a: augmented.append(len(xb)) or real(xb, *a))
+    for rank in range(size):
+        counted = x.view(_CountsGathers)
+        counted.gathered = []
+        augmented.clear()
+        mine, state = epoch(counted, part=(rank, size))
+        assert state == state_after  # every rank draws the numbers of the whole batches
+        rows = [slice_of(len(yb), rank, size) for _, yb in whole]
+        for (xw, yw), (xp, yp), r in zip(whole, mine, rows):
+            np.testing.assert_array_equal(np.asarray(xp), xw[r])
+            np.testing.assert_array_equal(yp, yw[r])
+        built = [r.stop - r.start for r in rows]
+        assert counted.gathered == built and augmented == built, (rank, size)
+    # a resumed epoch gives the same slices; a rank outside the world is refused at once
+    rng = np.random.default_rng(4)
+    resumed = list(iterate_batches(x, y, 8, shuffle=True, rng=rng, augment=True, mean=MEAN,
+                                   std=STD, pad=2, start_batch=2, part=(0, 2)))
+    np.testing.assert_array_equal(resumed[0][0], whole[2][0][:3])
+    with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
+        next(iterate_batches(x, y, 8, part=(2, 2)))
+
+
 def test_deterministic_and_resumable():
     x, y = images(np.random.default_rng(0), 20, size=5), np.arange(20)
 

@@ -243,10 +243,15 @@ def test_set_threads_replaces_the_pool_and_the_count():
     from igc_np.ops import parallel
     old, old_env = parallel.THREADS, os.environ.get("IGC_NP_THREADS")
     try:
-        parallel.run([lambda: None, lambda: None])  # may create the pool
+        parallel.set_threads(2)
+        parallel.run([lambda: None, lambda: None])  # creates the pool of 2
+        assert parallel._pool is not None
         dist.set_threads(1)
         assert parallel.THREADS == 1 and parallel._pool is None
-        assert parallel.split(10) == [(0, 10)]
+        assert parallel.split(10) == [(0, 10)] and os.environ["IGC_NP_THREADS"] == "1"
+        for bad in (0, -3, 1.5, True):
+            with pytest.raises(ValueError, match="set_threads: n must be a positive integer"):
+                parallel.set_threads(bad)
     finally:
         dist.set_threads(old)
         dist._blas_limit.restore_original_limits()
@@ -254,6 +259,40 @@ def test_set_threads_replaces_the_pool_and_the_count():
             os.environ.pop("IGC_NP_THREADS", None)
         else:
             os.environ["IGC_NP_THREADS"] = old_env
+
+
+def _python(code, threads):
+    """Run `code` in a fresh interpreter with IGC_NP_THREADS=threads; the CompletedProcess."""
+    env = dict(os.environ, IGC_NP_THREADS=threads,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "2.5", ""])
+def test_a_bad_igc_np_threads_is_named_at_import(value):
+    r = _python("import igc_np", value)
+    assert r.returncode == 1
+    assert (f"ValueError: IGC_NP_THREADS={value}: must be a positive integer (number of CPU "
+            "threads), or unset") in r.stderr
+
+
+def test_one_thread_holds_blas_to_one_thread_too():
+    """IGC_NP_THREADS=1 alone (no distributed.set_threads): BLAS gets one thread as well, and
+    set_threads(2) gives BLAS back its own count (measured: left at its default, a 1-thread rank
+    ran a step 4x slower on 2 cores)."""
+    code = ("import json, numpy, threadpoolctl\n"
+            "def blas(): return [i['num_threads'] for i in threadpoolctl.threadpool_info() "
+            "if i['user_api'] == 'blas']\n"
+            "before = blas()\n"
+            "from igc_np.ops import parallel\n"
+            "held = blas()\n"
+            "parallel.set_threads(2)\n"
+            "print(json.dumps([parallel.THREADS, before, held, blas()]))")
+    r = _python(code, "1")
+    assert r.returncode == 0, r.stderr
+    threads, before, held, after = json.loads(r.stdout)
+    assert threads == 2 and before and held == [1] * len(before) and after == before
 
 
 # --------------------------------------------------------------------------------------------

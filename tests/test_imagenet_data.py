@@ -237,6 +237,51 @@ def test_batches_are_a_function_of_the_rng_state_and_resume_mid_epoch(tmp_path):
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(full, other))
 
 
+class _CountsReads:
+    """Samples that record which images were read (and so decoded and augmented)."""
+
+    def __init__(self, samples):
+        self.samples, self.where, self.read = samples, samples.where, []
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        self.read.append(i)
+        return self.samples[i]
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_a_rank_reads_only_its_rows_of_the_whole_batch(tmp_path, size):
+    """part=(rank, size): rows slice_of(B, rank, size) of every whole batch (9 images in batches
+    of 4: 4, 4, 1 rows; with 5 ranks most ranks get no row of the last), the same bits, the
+    same numbers drawn; a rank reads no other rank's image."""
+    from igc_np.distributed import slice_of
+    data = load_imagenet(make_folders(tmp_path, per_class=3), workers=1, prefetch=1, image_size=32)
+    train = data.train
+    rng = np.random.default_rng(2)
+    order, _ = train.plan(4, rng)
+    rng = np.random.default_rng(2)
+    whole = list(train.batches(4, rng=rng))
+    after = rng.random()
+    train.samples = _CountsReads(train.samples)
+    for rank in range(size):
+        train.samples.read.clear()
+        rng = np.random.default_rng(2)
+        mine = list(train.batches(4, rng=rng, part=(rank, size)))
+        assert rng.random() == after
+        want_read = []
+        for b, ((xw, yw), (xp, yp)) in enumerate(zip(whole, mine)):
+            r = slice_of(len(yw), rank, size)
+            np.testing.assert_array_equal(xp, xw[r])
+            np.testing.assert_array_equal(yp, yw[r])
+            want_read += list(order[4 * b:4 * b + 4][r])
+        assert train.samples.read == want_read, (rank, size)
+    td = inet.ImageNetTrainingData(data, batch_size=4)  # the trainer's source passes part on
+    got = [y.numpy() for _, y in td.batches(np.random.default_rng(2), start_batch=1, part=(1, 2))]
+    assert [list(y) for y in got] == [list(whole[1][1][2:]), list(whole[2][1])]  # 1 row: the last rank's
+
+
 def test_training_needs_an_rng_and_validation_is_deterministic(tmp_path):
     data = load_imagenet(make_folders(tmp_path, per_class=1), workers=2)
     with pytest.raises(ValueError, match="needs rng"):

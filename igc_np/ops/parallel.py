@@ -5,7 +5,8 @@ The conv code hands us independent pieces of work (slabs of channels, chunks of 
 inside a parallel region BLAS is held to one thread so that threads do not oversubscribe cores
 (measured on 2 cores: im2col + grouped matmul 2.7x faster than one big BLAS-threaded call).
 
-The number of threads is ``os.cpu_count()`` unless ``IGC_NP_THREADS`` says otherwise.
+The number of threads is ``os.cpu_count()`` unless ``IGC_NP_THREADS`` says otherwise (read at
+import; ``set_threads(n)`` changes it later). With one thread, BLAS is held to one thread as well.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,66 @@ import numpy as np
 
 from .. import backend
 
-THREADS = max(1, int(os.environ.get("IGC_NP_THREADS", os.cpu_count() or 1)))
+
+
+def _threads_from_environment():
+    value = os.environ.get("IGC_NP_THREADS")
+    if value is None:
+        return os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"IGC_NP_THREADS={value}: must be a positive integer (number of CPU "
+                         "threads), or unset")
+    return n
+
+
+THREADS = _threads_from_environment()
 _pool = None
 _blas = None
 _started = False
+_blas_held = None  # threadpoolctl's limit of BLAS to 1 thread while THREADS == 1
+
+
+def _hold_blas_with_one_thread():
+    """THREADS == 1: limit BLAS to one thread too; else undo that limit.
+
+    Left alone, BLAS keeps a thread per core in every call outside our parallel regions: with
+    IGC_NP_THREADS=1 per rank the ranks oversubscribe the cores (measured on 2 cores, 2 ranks:
+    a training step took 10.3-11.5 s against 2.46 s).
+    """
+    global _blas_held
+    if THREADS == 1 and _blas_held is None:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            return
+        _blas_held = threadpool_limits(limits=1, user_api="blas")
+    elif THREADS > 1 and _blas_held is not None:
+        _blas_held.restore_original_limits()
+        _blas_held = None
+
+
+def set_threads(n):
+    """Use `n` (>= 1) threads from now on: drops a pool made with the old count; n == 1 also
+    holds BLAS to one thread. Returns n."""
+    global THREADS, _pool
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"set_threads: n must be a positive integer (number of CPU threads), "
+                         f"got {n!r}")
+    n = int(n)
+    if n != THREADS:
+        THREADS = n
+        if _pool is not None:
+            _pool.shutdown()
+            _pool = None
+    _hold_blas_with_one_thread()
+    return n
+
+
+_hold_blas_with_one_thread()
 
 
 class _SingleThreadedBlas:
