@@ -79,6 +79,14 @@ class Tensor:
             data = backend.to_device(data, self.device)
         elif not isinstance(data, np.ndarray):
             data = np.asarray(data)
+        if data.dtype.kind not in "biuf":  # strings, objects (None, ragged lists), complex
+            raise TypeError(f"Tensor: data must be numbers (bool, int or float), got dtype {data.dtype} "
+                            f"from {type(data).__name__ if data.dtype.kind != 'O' else 'objects'}"
+                            + (f" of shape {data.shape}" if data.ndim else ""))
+        if requires_grad and data.dtype.kind != "f":
+            # an integer leaf has no gradient: the update x - lr * grad would not even be an int
+            raise TypeError(f"Tensor: requires_grad=True needs floating point data, got dtype "
+                            f"{data.dtype} (shape {data.shape}); convert it: np.asarray(data, np.float32)")
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -159,6 +167,10 @@ class Tensor:
         return backend.to_device(self.data, "cpu")
 
     def item(self):
+        """The one element of a one-element Tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item(): only a one-element Tensor has an item, got shape {self.shape} "
+                             f"({self.data.size} elements); use .tolist() or .numpy()")
         return self.numpy().item()
 
     def detach(self):

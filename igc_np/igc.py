@@ -2,7 +2,7 @@
 
 Pure NumPy helpers that turn the IGC conv's weights into the dense objects the paper reasons
 about, so a student can print them, plot them (examples/igc_anatomy.py) and test them
-(tests/test_igc_properties.py). Notation as in the paper and IGC_SPEC.md section 1:
+(tests/test_igc_properties.py). Notation as in the paper (section 3):
 
     L          number of primary partitions (groups of the k x k primary conv)
     M          channels per primary partition = number of secondary partitions,  C = L*M

@@ -1,5 +1,6 @@
-"""The networks of the IGC paper: CIFAR/SVHN nets (IGC_SPEC.md section 2) and the five released
-ImageNet models (section 3), with the reference code's parameter names (section 5).
+"""The networks of the IGC paper: CIFAR/SVHN nets (docs/reference_protocol.md) and the five
+ImageNet models of the paper's experiments as the reference code released them, with the reference
+code's parameter names.
 
     import igc_np as ig
     net = ig.nets.get_network("resnet_igc", depth=20, primary_partition=4, secondary_partition=2)
@@ -12,7 +13,7 @@ ImageNet models (section 3), with the reference code's parameter names (section 
 Notation (paper section 3): L primary partitions, M channels per primary partition (= number of
 secondary partitions), C = L * M channels. An IGC conv is ``ig.nn.IGCConv(C_in, C_out, L, S)``:
 a 3x3 group conv with L groups, a permutation, a 1x1 group conv with S groups and the permutation
-back (IGC_SPEC.md section 1).
+back (paper section 3).
 
 Counting. ``count_params`` counts the learned arrays (conv weights, BN gamma and beta, FC weight
 and bias), not the BN running statistics. ``count_macs`` walks the model with shapes only (no
@@ -29,7 +30,7 @@ from .ops.fused import batch_norm_relu
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 
-# model name -> released graph (IGC_SPEC.md section 3), in /work/shared/reference/mxnet-symbols
+# model name -> released graph of the reference code, in /work/shared/reference/mxnet-symbols
 IMAGENET_GRAPHS = {
     "resnet18_c64": "resnet_d18.json",
     "resnet18_c69": "resnet_d18_w69.json",
@@ -130,13 +131,13 @@ def conv_bn(C_in, C_out, k, stride, bn_momentum, conv_name, bn_name, relu=True, 
 
 
 def igc_bn(C_in, C_out, L, S, stride, bn_momentum, name, relu=True, rng=None):
-    """An IGC conv (IGC_SPEC.md section 1: primary 3x3 with L groups, Reorder(L), secondary 1x1 with
+    """An IGC conv (paper section 3: primary 3x3 with L groups, Reorder(L), secondary 1x1 with
     S groups, Reorder(S)), then BN and ReLU. Parameters ``<name>_conv1/_conv2_weight``, ``<name>_bn_*``."""
     conv = IGCConv(C_in, C_out, L, S, kernel_size=3, stride=stride, name=name, rng=rng)
     return ConvBN(conv, BatchNorm2d(C_out, bn_momentum, name=f"{name}_bn"), relu)
 
 
-# ---- CIFAR-10 / CIFAR-100 / SVHN networks (IGC_SPEC.md section 2) ------------------------------
+# ---- CIFAR-10 / CIFAR-100 / SVHN networks (docs/reference_protocol.md) ---------------------------
 def get_network(name, depth, num_classes=10, primary_partition=16, secondary_partition=1, rng=None):
     """One of the CIFAR/SVHN networks: 'plain', 'resnet', 'plain_igc', 'resnet_igc'.
 
@@ -225,7 +226,7 @@ def _blocks_per_stage(name, depth):
     return (depth - 2) // step
 
 
-# ---- ImageNet networks (IGC_SPEC.md section 3) -------------------------------------------------
+# ---- ImageNet networks (the released graphs) ----------------------------------------------------
 def imagenet_model(name, num_classes=1000, rng=None, weights=None):
     """One of the five released ResNet-18-layout models (224x224 input -> (N, num_classes)).
 

@@ -224,7 +224,25 @@ def _transpose(self, *axes):
         axes = tuple(reversed(range(self.ndim)))
     elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    return Transpose(axes).apply(self)
+    as_ints = [int(a) % self.ndim if isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim
+               else None for a in axes]
+    if sorted(as_ints, key=lambda a: -1 if a is None else a) != list(range(self.ndim)):
+        hint = (f"; to swap two axes (PyTorch's transpose(d0, d1)) use x.swapaxes{tuple(axes)}"
+                if len(axes) == 2 and self.ndim != 2 else "")
+        raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of the {self.ndim} axes "
+                         f"of shape {self.shape} (NumPy's rule: name every axis once){hint}")
+    return Transpose(tuple(as_ints)).apply(self)
+
+
+def _swapaxes(self, axis1, axis2):
+    """x.swapaxes(a, b): axes a and b exchanged (PyTorch's transpose(a, b))."""
+    axes = list(range(self.ndim))
+    try:
+        axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    except (IndexError, TypeError):
+        raise ValueError(f"swapaxes: axes ({axis1!r}, {axis2!r}) must be ints in [-{self.ndim}, "
+                         f"{self.ndim}) for shape {self.shape}") from None
+    return Transpose(tuple(axes)).apply(self)
 
 
 def _reduction_args(op, axis, dim, keepdims, keepdim):
@@ -332,6 +350,8 @@ Tensor.log = lambda a: Log().apply(a)
 Tensor.reshape = _reshape
 Tensor.flatten = lambda a, start_dim=1: Reshape(a.shape[:start_dim] + (-1,)).apply(a)
 Tensor.transpose = _transpose
+Tensor.permute = _transpose  # PyTorch's name for a full reordering of the axes
+Tensor.swapaxes = _swapaxes
 Tensor.T = property(lambda a: Transpose(tuple(reversed(range(a.ndim)))).apply(a))
 Tensor.view = _reshape  # PyTorch's name; as reshape, it never fails on a non-contiguous input
 Tensor.squeeze = _squeeze
