@@ -236,3 +236,50 @@ def test_evaluate_device_error_does_not_print_gpus_none(tmp_path, capsys, monkey
     args = ev.parse_args(["--checkpoint", "x.npz", "--device", "cuda"])
     with pytest.raises(ig.training.OptionError, match=r"^--device cuda: no CuPy here$"):
         ev._device(args)
+
+
+# ---- igc.py helpers --------------------------------------------------------------------------------
+def test_compose_takes_an_igc_layer():
+    from igc_np import functional as F
+    from igc_np import igc
+    conv = nn.IGCConv(8, 8, L=2, S=4, rng=np.random.default_rng(0))
+    W = igc.compose(conv)
+    np.testing.assert_array_equal(W, igc.compose(conv.primary.weight, conv.secondary.weight, 2, 4))
+    x = ig.Tensor(f32(2, 8, 5, 5))
+    np.testing.assert_allclose(F.conv2d(x, ig.Tensor(W), padding=1).numpy(), conv(x).numpy(), atol=1e-5)
+    with pytest.raises(TypeError, match=r"compose\(igc_conv\) takes the layer alone"):
+        igc.compose(conv, L=2)
+    with pytest.raises(TypeError, match=r"compose: give an nn.IGCConv, or W_primary, W_secondary, L and S"):
+        igc.compose(conv.primary.weight)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda igc: igc.permutation_matrix(8, 0), r"interleave_permutation: b must be a positive int, got 0"),
+    (lambda igc: igc.igc_params(-2, 4), r"igc_params: L must be a positive int, got -2"),
+    (lambda igc: igc.igc_params(2.5, 4), r"igc_params: L must be a positive int, got 2.5"),
+    (lambda igc: igc.regular_params(0), r"regular_params: C must be a positive int, got 0"),
+    (lambda igc: igc.connectivity(np.ones((4, 4))), r"connectivity: W must be a 4-D conv weight.*\(4, 4\)"),
+    (lambda igc: igc.block_diagonal(np.ones((8, 2, 3, 3)), 0), r"block_diagonal: groups must be a positive int"),
+    (lambda igc: igc.four_branch(np.ones((8, 8, 3, 3)), 0), r"four_branch: G must be a positive int"),
+])
+def test_igc_helpers_refuse_sizes_that_make_no_network(call, message):
+    from igc_np import igc
+    with pytest.raises(ValueError, match=message):
+        call(igc)
+
+
+def test_anatomy_output_dir_that_is_a_file(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "igc_anatomy.py"
+    spec = importlib.util.spec_from_file_location("igc_anatomy_user", path)
+    anatomy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(anatomy)
+    (tmp_path / "f").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        anatomy.main(["--output-dir", str(tmp_path / "f")])
+    assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        anatomy.main(["--L", "100", "--M", "100"])
+    assert "--primary-partition 100 x --secondary-partition 100 = C = 10000" in capsys.readouterr().err
