@@ -203,8 +203,11 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.shape}")
         if self.creator is None:
-            if self.requires_grad:
-                self.grad = grad if self.grad is None else self.grad + grad
+            if not self.requires_grad:  # silently doing nothing would leave every .grad None
+                raise RuntimeError(f"backward: this Tensor (shape {self.shape}) does not require a "
+                                   "gradient and has no graph: no input had requires_grad=True, or "
+                                   "it was computed inside ig.no_grad()")
+            self.grad = grad if self.grad is None else self.grad + grad
             return
         # Gradients of intermediate tensors, keyed by (function, output index); each entry is
         # popped when its function runs, so memory does not grow with depth.

@@ -283,3 +283,37 @@ def test_anatomy_output_dir_that_is_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         anatomy.main(["--L", "100", "--M", "100"])
     assert "--primary-partition 100 x --secondary-partition 100 = C = 10000" in capsys.readouterr().err
+
+
+# ---- reductions and shapes -----------------------------------------------------------------------
+@pytest.mark.parametrize("call, message", [
+    (lambda x: x.sum(dim=5), r"sum: axis/dim 5 is not an axis of shape \(2, 3\)"),
+    (lambda x: x.mean(dim="a"), r"mean: axis/dim 'a' is not an axis of shape \(2, 3\)"),
+    (lambda x: x.max(dim=2), r"max: axis/dim 2 is not an axis"),
+    (lambda x: x.argmax(axis=(0, 3)), r"argmax: axis/dim 3 is not an axis"),
+    (lambda x: x.unsqueeze(5), r"unsqueeze: dim 5 is out of range for shape \(2, 3\)"),
+    (lambda x: x.unsqueeze(-4), r"unsqueeze: dim -4 is out of range"),
+])
+def test_axis_out_of_range_names_op_and_shape(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(ig.Tensor(f32(2, 3)))
+
+
+def test_axes_in_range_still_work():
+    x = ig.Tensor(f32(2, 3))
+    assert x.unsqueeze(2).shape == (2, 3, 1) and x.unsqueeze(-3).shape == (1, 2, 3)
+    assert x.sum(dim=(0, -1)).shape == () and x.mean(axis=[0]).shape == (3,)
+    np.testing.assert_array_equal(x.max(dim=-1).indices, x.numpy().argmax(axis=-1))
+
+
+def test_backward_without_any_gradient_is_an_error():
+    """A loss built from tensors none of which requires a gradient used to return silently."""
+    with pytest.raises(RuntimeError, match=r"does not require a gradient and has no graph"):
+        ig.Tensor(f32(3)).sum().backward()
+    with ig.no_grad():
+        y = (ig.Tensor(f32(3), requires_grad=True) * 2).sum()
+    with pytest.raises(RuntimeError, match=r"inside ig.no_grad\(\)"):
+        y.backward()
+    leaf = ig.Tensor(np.ones(2), requires_grad=True)
+    leaf.backward(np.ones(2))
+    np.testing.assert_array_equal(leaf.grad, np.ones(2))

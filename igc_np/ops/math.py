@@ -245,25 +245,29 @@ def _swapaxes(self, axis1, axis2):
     return Transpose(tuple(axes)).apply(self)
 
 
-def _reduction_args(op, axis, dim, keepdims, keepdim):
-    """NumPy's axis/keepdims or PyTorch's dim/keepdim, not both."""
+def _reduction_args(op, axis, dim, keepdims, keepdim, shape):
+    """NumPy's axis/keepdims or PyTorch's dim/keepdim, not both; each axis an int within `shape`."""
     if dim is not None:
         if axis is not None:
             raise TypeError(f"{op}: give axis= (NumPy) or dim= (PyTorch), not both")
         axis = dim
     if isinstance(axis, list):
         axis = tuple(axis)
+    for a in (() if axis is None else axis if isinstance(axis, tuple) else (axis,)):
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -len(shape) <= a < len(shape):
+            raise ValueError(f"{op}: axis/dim {a!r} is not an axis of shape {tuple(shape)} (ints in "
+                             f"[-{len(shape)}, {len(shape)}))")
     return axis, bool(keepdims or keepdim)
 
 
 def _sum(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
     """Sum over axis (int, tuple or None for all); dim=/keepdim= are accepted as aliases."""
-    axis, keepdims = _reduction_args("sum", axis, dim, keepdims, keepdim)
+    axis, keepdims = _reduction_args("sum", axis, dim, keepdims, keepdim, self.shape)
     return Sum(axis, keepdims).apply(self)
 
 
 def _mean(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-    axis, keepdims = _reduction_args("mean", axis, dim, keepdims, keepdim)
+    axis, keepdims = _reduction_args("mean", axis, dim, keepdims, keepdim, self.shape)
     s = Sum(axis, keepdims).apply(self)
     return s * (s.size / self.size)  # 1 / (number of elements averaged)
 
@@ -276,7 +280,7 @@ def _extreme(smallest):
     name = "min" if smallest else "max"
 
     def extreme(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-        values = Max(*_reduction_args(name, axis, dim, keepdims, keepdim), smallest).apply(self)
+        values = Max(*_reduction_args(name, axis, dim, keepdims, keepdim, self.shape), smallest).apply(self)
         if dim is None:
             return values  # NumPy's form: the values
         if not isinstance(dim, (int, np.integer)):
@@ -304,7 +308,8 @@ def _keep_shape(shape, axis):
 
 def _argextreme(smallest):
     def argextreme(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-        axis, keepdims = _reduction_args("argmin" if smallest else "argmax", axis, dim, keepdims, keepdim)
+        axis, keepdims = _reduction_args("argmin" if smallest else "argmax", axis, dim, keepdims,
+                                        keepdim, self.shape)
         return _arg(self, axis, keepdims, smallest)
 
     argextreme.__doc__ = (f"Index of the {'minimum' if smallest else 'maximum'} (first at ties) along "
@@ -325,6 +330,9 @@ def _squeeze(self, dim=None):
 
 def _unsqueeze(self, dim):
     """Insert a size-1 dimension at `dim` (negative counts from the end of the result)."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -self.ndim - 1 <= dim <= self.ndim:
+        raise ValueError(f"unsqueeze: dim {dim!r} is out of range for shape {self.shape} (the result has "
+                         f"{self.ndim + 1} axes: dim in [-{self.ndim + 1}, {self.ndim}])")
     dim = dim % (self.ndim + 1)
     return Reshape(self.shape[:dim] + (1,) + self.shape[dim:]).apply(self)
 
