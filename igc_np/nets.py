@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, IGCConv, Linear, MaxPool2d, AvgPool2d,
-                 Module, ReLU, Sequential)
+from .nn import (BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Identity, IGCConv, Linear,
+                 MaxPool2d, AvgPool2d, Module, ReLU, Sequential)
 from .ops.checks import output_size, pair
 from .ops.fused import batch_norm_relu
 
@@ -313,7 +313,7 @@ def describe(model, input_shape):
     """A printable table of layers(): name, kind, output shape, params, MACs, and the totals."""
     _, batch = _split_batch(input_shape)
     rows = layers(model, input_shape)
-    width = max(len(r[0]) for r in rows) + 2
+    width = max(len("total"), *(len(r[0]) for r in rows)) + 2
     lines = [f"{'layer':<{width}}{'kind':<22}{'output':>18}{'params':>12}{'MACs':>16}"]
     for name, kind, out, params, macs in rows:
         lines.append(f"{name:<{width}}{kind:<22}{str(tuple(out)):>18}{params:>12,}{macs:>16,}")
@@ -323,7 +323,14 @@ def describe(model, input_shape):
 
 
 def _split_batch(input_shape):
-    input_shape = tuple(int(d) for d in input_shape)
+    try:
+        dims = tuple(input_shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1
+                               for d in dims):
+        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W) of positive ints, got {input_shape!r}")
+    input_shape = tuple(int(d) for d in dims)
     if len(input_shape) == 4:
         return input_shape[1:], input_shape[0]
     if len(input_shape) == 3:
@@ -342,6 +349,12 @@ def _own_params(module):
     return sum(int(p.size) for p in module._params.values() if p is not None)
 
 
+def _check_fits(path, what, shape, out):
+    if out[1] < 1 or out[2] < 1:
+        raise ValueError(f"{path or 'input'}: {what} does not fit input shape {tuple(shape)} "
+                         f"(output {out[1]}x{out[2]}); the input is too small for this network")
+
+
 def _walk(m, path, shape, visit):
     """Propagate a shape (C, H, W) through module m; call visit(name, kind, out_shape, params, MACs)
     once per layer, return the output shape. No data is computed."""
@@ -351,6 +364,7 @@ def _walk(m, path, shape, visit):
             raise ValueError(f"{path}: expects {m.in_channels} input channels, got shape {shape}")
         (kh, kw), (sh, sw), (ph, pw) = pair(m.kernel_size, "", ""), pair(m.stride, "", ""), pair(m.padding, "", "")
         out = (m.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
+        _check_fits(path, f"kernel {kh}x{kw}", shape, out)
         macs = m.weight.size * out[1] * out[2]  # each weight is used once per output pixel
         visit(_layer_name(m, "_weight", path), f"Conv{kh}x{kw}/{sh} g={m.groups}", out, _own_params(m), macs)
         return out
@@ -374,6 +388,7 @@ def _walk(m, path, shape, visit):
         s = pair(m.stride if m.stride is not None else m.kernel_size, "", "")
         p = pair(m.padding, "", "")
         out = (C, output_size(H, k[0], s[0], p[0]), output_size(W, k[1], s[1], p[1]))
+        _check_fits(path, f"window {k[0]}x{k[1]}", shape, out)
         visit(getattr(m, "name", None) or path, f"{type(m).__name__[:3]}Pool{k[0]}x{k[1]}/{s[0]}", out, 0, 0)
         return out
     if isinstance(m, GlobalAvgPool2d):
@@ -388,12 +403,17 @@ def _walk(m, path, shape, visit):
         visit(_layer_name(m, "_weight", path), "FullyConnected", (m.out_features,), _own_params(m),
               m.weight.size)
         return (m.out_features,)
+    if isinstance(m, (Dropout, Identity)):  # shape unchanged, nothing learned, no MACs
+        visit(path, type(m).__name__, shape, 0, 0)
+        return shape
     if hasattr(m, "walk"):
         return m.walk(path, shape, visit)
     if isinstance(m, (Sequential, Network)):
         children = list(m._modules.items())
     else:
-        raise TypeError(f"count/describe: cannot walk a {type(m).__name__} at {path!r}")
+        raise TypeError(f"count/describe: cannot walk a {type(m).__name__} at {path!r}: its forward is "
+                        "free Python; describe walks the library's layers, Sequential and the "
+                        "networks of this module (give a layer a walk(path, shape, visit) method)")
     for key, child in children:
         shape = _walk(child, f"{path}.{key}" if path else key, shape, visit)
     return shape

@@ -317,3 +317,24 @@ def test_backward_without_any_gradient_is_an_error():
     leaf = ig.Tensor(np.ones(2), requires_grad=True)
     leaf.backward(np.ones(2))
     np.testing.assert_array_equal(leaf.grad, np.ones(2))
+
+
+# ---- nets.describe / count_macs ----------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 8), (3, 0, 8), "abc", (3, 8.5, 8), (0, 3, 8, 8), 7])
+def test_count_macs_refuses_shapes_that_are_not_images(shape):
+    net = ig.nets.get_network("resnet_igc", 8, primary_partition=4, secondary_partition=4)
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\) or \(N, C, H, W\)"):
+        ig.nets.count_macs(net, shape)
+
+
+def test_describe_a_small_sequential_and_a_too_small_input():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.1), nn.Identity(), nn.MaxPool2d(4))
+    text = ig.nets.describe(m, (3, 8, 8))
+    header, *rows, total = text.splitlines()
+    assert header.split()[:2] == ["layer", "kind"]          # the header's columns stay apart
+    assert [r.split()[1] for r in rows] == ["Conv3x3/1", "Dropout", "Identity", "MaxPool4x4/4"]
+    assert total.split() == ["total", "108", "3,888"]       # 4*3*9 weights, each used 6*6 times
+    with pytest.raises(ValueError, match=r"3: window 4x4 does not fit input shape \(4, 2, 2\)"):
+        ig.nets.describe(m, (3, 4, 4))
+    with pytest.raises(ValueError, match=r"0: kernel 3x3 does not fit input shape \(3, 2, 2\)"):
+        ig.nets.count_macs(m, (3, 2, 2))
