@@ -451,6 +451,9 @@ class MSELoss(Module):
 
     def __init__(self, reduction="mean"):
         super().__init__()
+        from .ops.mse import REDUCTIONS
+        if reduction not in REDUCTIONS:  # said now, not at the first forward pass
+            raise ValueError(f"MSELoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, input, target):
@@ -458,8 +461,14 @@ class MSELoss(Module):
 
 
 class MaxPool2d(Module):
+    """k x k max pooling, x (N, C, H, W) -> (N, C, H', W'); stride defaults to kernel_size."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        sizes = dict(kernel_size=kernel_size, padding=padding)
+        if stride is not None:
+            sizes["stride"] = stride
+        check_layer_args(type(self).__name__, **sizes)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
@@ -467,6 +476,8 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(MaxPool2d):
+    """k x k average pooling (zero padding counted, as MXNet); stride defaults to kernel_size."""
+
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
@@ -622,6 +633,7 @@ class PermuteChannels(Module):
 
     def __init__(self, branch_factor):
         super().__init__()
+        check_layer_args("PermuteChannels", branch_factor=branch_factor)
         self.branch_factor = branch_factor
 
     def forward(self, x):

@@ -279,4 +279,6 @@ def save(state_dict, path):
 
 def load(path):
     """The {name: NumPy array} written by ``save`` (or any plain ``numpy.savez`` archive)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"igc_np.load: path must be a str or Path, got {type(path).__name__}")
     return read_npz(path)

@@ -338,3 +338,27 @@ def test_describe_a_small_sequential_and_a_too_small_input():
         ig.nets.describe(m, (3, 4, 4))
     with pytest.raises(ValueError, match=r"0: kernel 3x3 does not fit input shape \(3, 2, 2\)"):
         ig.nets.count_macs(m, (3, 2, 2))
+
+
+# ---- layers refuse bad sizes when built, not at the first batch ---------------------------------------
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.MaxPool2d(0), r"MaxPool2d\(kernel_size=0, padding=0\): kernel_size must be >= 1"),
+    (lambda: nn.AvgPool2d(2, stride=0), r"AvgPool2d\(.*stride=0\): stride must be >= 1"),
+    (lambda: nn.MaxPool2d(2.5), r"kernel_size must be an int or a pair of ints"),
+    (lambda: nn.PermuteChannels(0), r"PermuteChannels\(branch_factor=0\): branch_factor must be >= 1"),
+    (lambda: nn.MSELoss("avg"), r"MSELoss: reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"),
+])
+def test_layer_arguments_checked_at_construction(make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        make()
+
+
+def test_pooling_layers_still_pool():
+    x = ig.Tensor(f32(1, 2, 4, 4))
+    assert nn.MaxPool2d(2)(x).shape == (1, 2, 2, 2)
+    np.testing.assert_allclose(nn.AvgPool2d(4)(x).numpy()[..., 0, 0], x.numpy().mean(axis=(2, 3)), rtol=1e-6)
+
+
+def test_load_refuses_a_non_path():
+    with pytest.raises(TypeError, match=r"igc_np.load: path must be a str or Path, got NoneType"):
+        ig.load(None)
