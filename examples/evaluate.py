@@ -76,12 +76,14 @@ def _device(args):
         if device == "cuda" and args.gpus:
             ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
     except (RuntimeError, ValueError) as e:
-        raise training.OptionError(f"--device {device} --gpus {args.gpus}: {e}") from None
+        given = f"--device {device}" + (f" --gpus {args.gpus}" if args.gpus else "")
+        raise training.OptionError(f"{given}: {e}") from None
     return device
 
 
 def _evaluate_params(args):
     """A released model: its .params into imagenet_model, then the validation split."""
+    _check_file("--weights", args.weights)  # before the (long) indexing of the validation set
     data = load_imagenet(imagenet_dir(args.data_dir), val_only=True, workers=default_workers())
     device = _device(args)
     model = ig.nets.imagenet_model(args.model, num_classes=data.num_classes, weights=args.weights)
@@ -95,9 +97,21 @@ def _evaluate_params(args):
     return 0
 
 
+def _check_file(option, path):
+    """An option's file must exist and be a file: said at once (exit 1), naming the option and path."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{option} {path}: is a folder, not a file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{option} {path}: no such file")
+
+
 def _evaluate(args):
     if args.weights:
         return _evaluate_params(args)
+    if args.checkpoint.endswith(".params"):  # the seed's MXNet weights, not a trainer checkpoint
+        raise CheckpointError(f"--checkpoint {args.checkpoint}: an MXNet .params file; evaluate "
+                                   "it with --model NAME --weights FILE (NAME: "
+                                   f"{', '.join(ig.nets.IMAGENET_CONFIGS)})")
     try:
         ckpt = training.load_checkpoint(args.checkpoint)
     except CheckpointError as e:

@@ -194,8 +194,10 @@ def main(argv=None):
         if not 1 <= value <= hi:
             parser.error(f"{flag} must be in 1..{hi}, got {value}")
     if args.L * args.M > MAX_C:
-        parser.error(f"--primary-partition x --secondary-partition = C = {args.L * args.M} channels; the "
-                     f"pictures draw C x C matrices, at most {MAX_C}")
+        parser.error(f"--primary-partition {args.L} x --secondary-partition {args.M} = C = "
+                     f"{args.L * args.M} channels; the pictures draw C x C matrices, at most {MAX_C}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--output-dir {args.out}: is a file, not a folder")
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

@@ -20,9 +20,13 @@ __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn
            "gradcheck", "cuda_available", "save", "load"]
 
 
+_LAZY = ("nets", "data", "mxnet_io", "imagenet", "distributed", "training", "serialization",
+         "igc", "mxnet_graph", "backend", "kernels")
+
+
 def __getattr__(name):
-    # nets and data import lazily: they are larger and the engine does not need them
-    if name in ("nets", "data"):
+    # these import lazily: they are larger and the engine does not need them
+    if name in _LAZY:
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'igc_np' has no attribute {name!r}")

@@ -79,6 +79,14 @@ class Tensor:
             data = backend.to_device(data, self.device)
         elif not isinstance(data, np.ndarray):
             data = np.asarray(data)
+        if data.dtype.kind not in "biuf":  # strings, objects (None, ragged lists), complex
+            raise TypeError(f"Tensor: data must be numbers (bool, int or float), got dtype {data.dtype} "
+                            f"from {type(data).__name__ if data.dtype.kind != 'O' else 'objects'}"
+                            + (f" of shape {data.shape}" if data.ndim else ""))
+        if requires_grad and data.dtype.kind != "f":
+            # an integer leaf has no gradient: the update x - lr * grad would not even be an int
+            raise TypeError(f"Tensor: requires_grad=True needs floating point data, got dtype "
+                            f"{data.dtype} (shape {data.shape}); convert it: np.asarray(data, np.float32)")
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -159,6 +167,10 @@ class Tensor:
         return backend.to_device(self.data, "cpu")
 
     def item(self):
+        """The one element of a one-element Tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item(): only a one-element Tensor has an item, got shape {self.shape} "
+                             f"({self.data.size} elements); use .tolist() or .numpy()")
         return self.numpy().item()
 
     def detach(self):
@@ -191,8 +203,11 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.shape}")
         if self.creator is None:
-            if self.requires_grad:
-                self.grad = grad if self.grad is None else self.grad + grad
+            if not self.requires_grad:  # silently doing nothing would leave every .grad None
+                raise RuntimeError(f"backward: this Tensor (shape {self.shape}) does not require a "
+                                   "gradient and has no graph: no input had requires_grad=True, or "
+                                   "it was computed inside ig.no_grad()")
+            self.grad = grad if self.grad is None else self.grad + grad
             return
         # Gradients of intermediate tensors, keyed by (function, output index); each entry is
         # popped when its function runs, so memory does not grow with depth.

@@ -14,11 +14,19 @@ from .autograd import Tensor, no_grad
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, directions=2):
     """fn(*inputs) -> Tensor or tuple of Tensors. Raises AssertionError with details on mismatch.
 
-    inputs: Tensors (float64, requires_grad=True for those to check) or other values passed through.
-    Returns True when every checked input agrees.
+    inputs: a Tensor, or a tuple/list of Tensors (float64, requires_grad=True for those to check;
+    at least one) and other values passed through. Returns True when every checked input agrees.
     """
+    if isinstance(inputs, Tensor):  # one input: gradcheck(fn, x) as gradcheck(fn, (x,))
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)):
+        raise TypeError(f"gradcheck: inputs must be a Tensor or a tuple/list of them, got "
+                        f"{type(inputs).__name__}")
     rng = np.random.default_rng(seed)
     tensors = [x for x in inputs if isinstance(x, Tensor) and x.requires_grad]
+    if not tensors:  # nothing to check: returning True here would pass any backward
+        raise ValueError("gradcheck: no input is a Tensor with requires_grad=True, so there is no "
+                         "gradient to check; pass ig.Tensor(x, requires_grad=True)")
     for x in tensors:
         if x.dtype != np.float64:
             raise ValueError(f"gradcheck: use float64 inputs, got {x.dtype} for shape {x.shape}")
@@ -26,7 +34,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, directions=2):
 
     def outputs(args):
         out = fn(*args)
-        return out if isinstance(out, tuple) else (out,)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     outs = outputs(inputs)
     weights = [rng.standard_normal(o.shape) for o in outs]

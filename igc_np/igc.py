@@ -2,7 +2,7 @@
 
 Pure NumPy helpers that turn the IGC conv's weights into the dense objects the paper reasons
 about, so a student can print them, plot them (examples/igc_anatomy.py) and test them
-(tests/test_igc_properties.py). Notation as in the paper and IGC_SPEC.md section 1:
+(tests/test_igc_properties.py). Notation as in the paper (section 3):
 
     L          number of primary partitions (groups of the k x k primary conv)
     M          channels per primary partition = number of secondary partitions,  C = L*M
@@ -32,6 +32,21 @@ __all__ = ["interleave_permutation", "permutation_matrix", "block_diagonal", "co
            "wider_table"]
 
 
+def _check_sizes(op, **sizes):
+    """Each size a positive int (0, negatives, floats and bools would give empty or wrong maths)."""
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
+
+
+def _check_kernel(op, name, W):
+    """W as a 4-D (C_out, C_in, kh, kw) array; a Tensor gives its data."""
+    W = np.asarray(W)
+    if W.ndim != 4:
+        raise ValueError(f"{op}: {name} must be a 4-D conv weight (C_out, C_in, kh, kw), got shape {W.shape}")
+    return W
+
+
 # ---- the permutation P ---------------------------------------------------------------------
 def interleave_permutation(C, b):
     """perm (C,) with permute_channels(x, b)[:, k] = x[:, perm[k]]: perm[j*b + i] = i*(C/b) + j.
@@ -40,6 +55,7 @@ def interleave_permutation(C, b):
     so secondary partition m (channels m*L .. m*L+L-1 after P) holds member m of every primary
     partition.
     """
+    _check_sizes("interleave_permutation", C=C, b=b)
     if C % b:
         raise ValueError(f"interleave_permutation: b={b} does not divide C={C}")
     return permutation_index(C, b)
@@ -62,7 +78,8 @@ def block_diagonal(W, groups):
     Block g (rows g*C_out/G .., columns g*C_in/G ..) is W's rows of group g; everything off the
     diagonal blocks is zero: conv2d(x, W, groups=G) == conv2d(x, block_diagonal(W, G)).
     """
-    W = np.asarray(W)
+    W = _check_kernel("block_diagonal", "W", W)
+    _check_sizes("block_diagonal", groups=groups)
     Co, Cg, kh, kw = W.shape
     if Co % groups:
         raise ValueError(f"block_diagonal: C_out={Co} is not divisible by groups={groups}")
@@ -73,17 +90,29 @@ def block_diagonal(W, groups):
     return dense
 
 
-def compose(W_primary, W_secondary, L, S):
+def compose(W_primary, W_secondary=None, L=None, S=None):
     """The one regular k x k kernel (C_out, C_in, k, k) that an IGC conv equals.
 
+    ``compose(igc_conv)`` for an ``nn.IGCConv``, or ``compose(W_primary, W_secondary, L, S)`` with
     W_primary (C_out, C_in/L, k, k), W_secondary (C_out, C_out/S, 1, 1). For every tap (i, j):
 
         W[:, :, i, j] = P_S @ blockdiag(W_d, S) @ P_L @ blockdiag(W_p, L)[:, :, i, j]
 
     with P_b = permutation_matrix(C_out, b). With S = C_out/L = M, P_S = P_L^T and this is the
     paper's W = P^T W_d P W_p. So conv2d(x, compose(...), stride, k//2) == IGCConv(x) exactly.
+    The kernel has the weights' dtype.
     """
-    W_primary, W_secondary = np.asarray(W_primary), np.asarray(W_secondary)
+    from .nn import IGCConv
+    if isinstance(W_primary, IGCConv):
+        if not (W_secondary is None and L is None and S is None):
+            raise TypeError("compose(igc_conv) takes the layer alone: its weights, L and S are its own")
+        conv = W_primary
+        W_primary, W_secondary, L, S = conv.primary.weight, conv.secondary.weight, conv.L, conv.S
+    elif W_secondary is None or L is None or S is None:
+        raise TypeError("compose: give an nn.IGCConv, or W_primary, W_secondary, L and S")
+    W_primary = _check_kernel("compose", "W_primary", W_primary)
+    W_secondary = _check_kernel("compose", "W_secondary", W_secondary)
+    _check_sizes("compose", L=L, S=S)
     C = W_primary.shape[0]
     if W_secondary.shape[:1] != (C,) or W_secondary.shape[2:] != (1, 1):
         raise ValueError(f"compose: secondary weight {W_secondary.shape} must be (C_out, C_out/S, 1, 1) "
@@ -91,13 +120,15 @@ def compose(W_primary, W_secondary, L, S):
     dense_p = block_diagonal(W_primary, L)                 # blockdiag(W_p, L), (C, C_in, k, k)
     dense_d = block_diagonal(W_secondary, S)[:, :, 0, 0]   # blockdiag(W_d, S), (C, C)
     A = permutation_matrix(C, S) @ dense_d @ permutation_matrix(C, L)  # the 1x1 part: P_S W_d P_L
-    return np.einsum("oc,cikl->oikl", A, dense_p)
+    # the 0/1 permutation matrices are int64: keep the weights' dtype (a float32 layer gives a
+    # float32 kernel, which F.conv2d takes next to float32 inputs)
+    return np.einsum("oc,cikl->oikl", A, dense_p).astype(np.result_type(W_primary, W_secondary), copy=False)
 
 
 def connectivity(W, tol=0.0):
     """(C_out, C_in) bool: output channel o depends on input channel c, i.e. some tap of W[o, c] is
     non-zero (|.| > tol). A regular conv is all True, a group conv with G groups block-diagonal."""
-    W = np.asarray(W)
+    W = _check_kernel("connectivity", "W", W)
     return np.abs(W).max(axis=(2, 3)) > tol
 
 
@@ -116,7 +147,8 @@ def four_branch(W, G):
 
     See cross_summation for where W_sum sits (between two IGC permutations).
     """
-    W = np.asarray(W)
+    W = _check_kernel("four_branch", "W", W)
+    _check_sizes("four_branch", G=G)
     Co, Ci, kh, kw = W.shape
     if Co % G or Ci % G:
         raise ValueError(f"four_branch: G={G} must divide C_out={Co} and C_in={Ci}")
@@ -171,11 +203,13 @@ def four_branch_conv(x, W, G, stride=1, padding=None):
 def igc_params(L, M, k=3):
     """Weights of one IGC conv with C_in = C_out = C = L*M and S = M:
     primary L * M*M*k*k  +  secondary M * L*L  =  C * (k*k*M + L)."""
+    _check_sizes("igc_params", L=L, M=M, k=k)
     return L * M * M * k * k + M * L * L
 
 
 def regular_params(C, k=3):
     """Weights of a regular k x k conv with C inputs and C outputs: C*C*k*k."""
+    _check_sizes("regular_params", C=C, k=k)
     return C * C * k * k
 
 

@@ -1,4 +1,4 @@
-"""Read the released MXNet symbol graphs (IGC_SPEC.md section 3) and count what they imply.
+"""Read the released MXNet symbol graphs (ImageNet models) and count what they imply.
 
 An MXNet symbol JSON is ``{"nodes": [...], "arg_nodes": [...], "heads": [...]}``; every node has
 ``op``, ``name``, ``inputs`` (a list of ``[node_index, output_index, ...]``) and its attributes

@@ -2,7 +2,8 @@
 
 The reference code ships its five trained ImageNet models as ``<prefix>-symbol.json`` (the graph,
 read by ``igc_np.mxnet_graph``) and ``<prefix>-<epoch:04d>.params``, and trains from RecordIO
-files. Both formats are read here with the standard library and NumPy only (IGC_SPEC.md section 8).
+files. Both formats are read here with the standard library and NumPy only (the layouts are spelled out
+below, next to the code that reads them).
 
     import igc_np as ig
     from igc_np import mxnet_io
@@ -26,8 +27,9 @@ bytes that are left before anything is allocated, so a corrupt header is an erro
 allocation. Errors are ``MXNetFormatError`` naming the file, the byte offset and what was wrong.
 
 RecordIO (dmlc-core's format): records of ``uint32 0xced7230a, uint32 (cflag << 29 | length),
-length bytes, zero padding to a multiple of 4``. The writer splits a payload wherever the magic
-number occurs in it at a 4-aligned position and drops those 4 bytes; the parts carry cflag 1
+length bytes, zero padding to a multiple of 4``. MXNet's writer (igc_np only reads RecordIO)
+splits a payload wherever the magic number occurs in it at a 4-aligned position and drops those
+4 bytes; the parts carry cflag 1
 (start), 2 (middle), 3 (end), and the reader puts the magic back between them. An image record's
 payload starts with an IRHeader ``uint32 flag, float32 label, uint64 id, uint64 id2``; when
 flag > 0, ``flag`` float32 labels follow it (the label vector). Then the encoded image.
@@ -37,13 +39,13 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .data import DatasetError
+from .serialization import atomic_write, check_writable_path
 
 __all__ = ["MXNetFormatError", "read_ndarray_list", "write_ndarray_list", "load_params", "save_params",
            "read_params", "load_checkpoint", "RecordIO", "unpack_image_record"]
@@ -196,20 +198,10 @@ def write_ndarray_list(path, arrays, names):
 
 
 def _atomic_write(path, payload):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); a saved model is not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """The bytes appear complete at `path` or not at all (serialization.atomic_write)."""
+    check_writable_path(path, "save_params")
+    with atomic_write(path) as f:
+        f.write(payload)
 
 
 # ---- model weights ------------------------------------------------------------------------------
@@ -233,6 +225,17 @@ def read_params(path):
     return arg, aux
 
 
+def _check_model_arg(op, model, path):
+    """(model, path) in that order: a swapped call fails here with a message, not deep inside."""
+    from .nn import Module
+    if not isinstance(model, Module):
+        swapped = " (the arguments are swapped?)" if isinstance(path, Module) else ""
+        raise TypeError(f"{op}(model, path): model must be an igc_np Module, got "
+                        f"{type(model).__name__}{swapped}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{op}(model, path): path must be a str or Path, got {type(path).__name__}")
+
+
 def _model_targets(model):
     """name -> (kind, shape, dtype) of every learned parameter ('arg') and BN statistic ('aux')."""
     targets = {n: ("arg", tuple(p.shape), np.dtype(p.dtype)) for n, p in model.named_parameters()}
@@ -251,6 +254,7 @@ def load_params(model, path, strict=True):
     the names both have), 'arg:' vs 'aux:', shapes (a model of another configuration fails here),
     dtypes (float16/float64 are cast to the model's float32 with a warning; integers refused).
     """
+    _check_model_arg("load_params", model, path)
     arg, aux = read_params(path)
     stored = {**{n: ("arg", a) for n, a in arg.items()}, **{n: ("aux", a) for n, a in aux.items()}}
     targets = _model_targets(model)
@@ -293,6 +297,7 @@ def save_params(model, path):
     """Write ``model``'s parameters ('arg:<name>') and BN statistics ('aux:<name>') as an MXNet
     ``.params`` file (what ``mx.nd.load`` and the seed's ``mx.model.load_checkpoint`` read).
     Atomic: a reader never sees a half-written file."""
+    _check_model_arg("save_params", model, path)
     targets = _model_targets(model)
     state = model.state_dict()
     names = [f"{targets[n][0]}:{n}" for n in state]
@@ -358,7 +363,13 @@ class RecordIO:
     """
 
     def __init__(self, rec_path, idx_path=None):
+        if isinstance(idx_path, str) and idx_path in ("r", "w"):  # mx.recordio.MXRecordIO(uri, flag)
+            raise ValueError(f"RecordIO({str(rec_path)!r}, {idx_path!r}): the second argument is the "
+                             "path of the .idx, not MXNet's 'r'/'w' flag; this class only reads: "
+                             "RecordIO(rec) or RecordIO(rec, idx)")
         self.path = Path(rec_path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"RecordIO: {self.path} is a folder, not a .rec file")
         if not self.path.is_file():
             raise FileNotFoundError(f"RecordIO: {self.path} does not exist")
         self.size = self.path.stat().st_size

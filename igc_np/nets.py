@@ -1,5 +1,6 @@
-"""The networks of the IGC paper: CIFAR/SVHN nets (IGC_SPEC.md section 2) and the five released
-ImageNet models (section 3), with the reference code's parameter names (section 5).
+"""The networks of the IGC paper: CIFAR/SVHN nets (docs/reference_protocol.md) and the five
+ImageNet models of the paper's experiments as the reference code released them, with the reference
+code's parameter names.
 
     import igc_np as ig
     net = ig.nets.get_network("resnet_igc", depth=20, primary_partition=4, secondary_partition=2)
@@ -12,7 +13,7 @@ ImageNet models (section 3), with the reference code's parameter names (section 
 Notation (paper section 3): L primary partitions, M channels per primary partition (= number of
 secondary partitions), C = L * M channels. An IGC conv is ``ig.nn.IGCConv(C_in, C_out, L, S)``:
 a 3x3 group conv with L groups, a permutation, a 1x1 group conv with S groups and the permutation
-back (IGC_SPEC.md section 1).
+back (paper section 3).
 
 Counting. ``count_params`` counts the learned arrays (conv weights, BN gamma and beta, FC weight
 and bias), not the BN running statistics. ``count_macs`` walks the model with shapes only (no
@@ -22,14 +23,14 @@ import math
 
 import numpy as np
 
-from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, IGCConv, Linear, MaxPool2d, AvgPool2d,
-                 Module, ReLU, Sequential)
+from .nn import (BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Identity, IGCConv, Linear,
+                 MaxPool2d, AvgPool2d, Module, ReLU, Sequential)
 from .ops.checks import output_size, pair
 from .ops.fused import batch_norm_relu
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 
-# model name -> released graph (IGC_SPEC.md section 3), in /work/shared/reference/mxnet-symbols
+# model name -> released graph of the reference code, in /work/shared/reference/mxnet-symbols
 IMAGENET_GRAPHS = {
     "resnet18_c64": "resnet_d18.json",
     "resnet18_c69": "resnet_d18_w69.json",
@@ -130,13 +131,13 @@ def conv_bn(C_in, C_out, k, stride, bn_momentum, conv_name, bn_name, relu=True, 
 
 
 def igc_bn(C_in, C_out, L, S, stride, bn_momentum, name, relu=True, rng=None):
-    """An IGC conv (IGC_SPEC.md section 1: primary 3x3 with L groups, Reorder(L), secondary 1x1 with
+    """An IGC conv (paper section 3: primary 3x3 with L groups, Reorder(L), secondary 1x1 with
     S groups, Reorder(S)), then BN and ReLU. Parameters ``<name>_conv1/_conv2_weight``, ``<name>_bn_*``."""
     conv = IGCConv(C_in, C_out, L, S, kernel_size=3, stride=stride, name=name, rng=rng)
     return ConvBN(conv, BatchNorm2d(C_out, bn_momentum, name=f"{name}_bn"), relu)
 
 
-# ---- CIFAR-10 / CIFAR-100 / SVHN networks (IGC_SPEC.md section 2) ------------------------------
+# ---- CIFAR-10 / CIFAR-100 / SVHN networks (docs/reference_protocol.md) ---------------------------
 def get_network(name, depth, num_classes=10, primary_partition=16, secondary_partition=1, rng=None):
     """One of the CIFAR/SVHN networks: 'plain', 'resnet', 'plain_igc', 'resnet_igc'.
 
@@ -225,7 +226,7 @@ def _blocks_per_stage(name, depth):
     return (depth - 2) // step
 
 
-# ---- ImageNet networks (IGC_SPEC.md section 3) -------------------------------------------------
+# ---- ImageNet networks (the released graphs) ----------------------------------------------------
 def imagenet_model(name, num_classes=1000, rng=None, weights=None):
     """One of the five released ResNet-18-layout models (224x224 input -> (N, num_classes)).
 
@@ -312,7 +313,7 @@ def describe(model, input_shape):
     """A printable table of layers(): name, kind, output shape, params, MACs, and the totals."""
     _, batch = _split_batch(input_shape)
     rows = layers(model, input_shape)
-    width = max(len(r[0]) for r in rows) + 2
+    width = max(len("total"), *(len(r[0]) for r in rows)) + 2
     lines = [f"{'layer':<{width}}{'kind':<22}{'output':>18}{'params':>12}{'MACs':>16}"]
     for name, kind, out, params, macs in rows:
         lines.append(f"{name:<{width}}{kind:<22}{str(tuple(out)):>18}{params:>12,}{macs:>16,}")
@@ -322,7 +323,14 @@ def describe(model, input_shape):
 
 
 def _split_batch(input_shape):
-    input_shape = tuple(int(d) for d in input_shape)
+    try:
+        dims = tuple(input_shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1
+                               for d in dims):
+        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W) of positive ints, got {input_shape!r}")
+    input_shape = tuple(int(d) for d in dims)
     if len(input_shape) == 4:
         return input_shape[1:], input_shape[0]
     if len(input_shape) == 3:
@@ -341,6 +349,12 @@ def _own_params(module):
     return sum(int(p.size) for p in module._params.values() if p is not None)
 
 
+def _check_fits(path, what, shape, out):
+    if out[1] < 1 or out[2] < 1:
+        raise ValueError(f"{path or 'input'}: {what} does not fit input shape {tuple(shape)} "
+                         f"(output {out[1]}x{out[2]}); the input is too small for this network")
+
+
 def _walk(m, path, shape, visit):
     """Propagate a shape (C, H, W) through module m; call visit(name, kind, out_shape, params, MACs)
     once per layer, return the output shape. No data is computed."""
@@ -350,6 +364,7 @@ def _walk(m, path, shape, visit):
             raise ValueError(f"{path}: expects {m.in_channels} input channels, got shape {shape}")
         (kh, kw), (sh, sw), (ph, pw) = pair(m.kernel_size, "", ""), pair(m.stride, "", ""), pair(m.padding, "", "")
         out = (m.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
+        _check_fits(path, f"kernel {kh}x{kw}", shape, out)
         macs = m.weight.size * out[1] * out[2]  # each weight is used once per output pixel
         visit(_layer_name(m, "_weight", path), f"Conv{kh}x{kw}/{sh} g={m.groups}", out, _own_params(m), macs)
         return out
@@ -373,6 +388,7 @@ def _walk(m, path, shape, visit):
         s = pair(m.stride if m.stride is not None else m.kernel_size, "", "")
         p = pair(m.padding, "", "")
         out = (C, output_size(H, k[0], s[0], p[0]), output_size(W, k[1], s[1], p[1]))
+        _check_fits(path, f"window {k[0]}x{k[1]}", shape, out)
         visit(getattr(m, "name", None) or path, f"{type(m).__name__[:3]}Pool{k[0]}x{k[1]}/{s[0]}", out, 0, 0)
         return out
     if isinstance(m, GlobalAvgPool2d):
@@ -387,12 +403,17 @@ def _walk(m, path, shape, visit):
         visit(_layer_name(m, "_weight", path), "FullyConnected", (m.out_features,), _own_params(m),
               m.weight.size)
         return (m.out_features,)
+    if isinstance(m, (Dropout, Identity)):  # shape unchanged, nothing learned, no MACs
+        visit(path, type(m).__name__, shape, 0, 0)
+        return shape
     if hasattr(m, "walk"):
         return m.walk(path, shape, visit)
     if isinstance(m, (Sequential, Network)):
         children = list(m._modules.items())
     else:
-        raise TypeError(f"count/describe: cannot walk a {type(m).__name__} at {path!r}")
+        raise TypeError(f"count/describe: cannot walk a {type(m).__name__} at {path!r}: its forward is "
+                        "free Python; describe walks the library's layers, Sequential and the "
+                        "networks of this module (give a layer a walk(path, shape, visit) method)")
     for key, child in children:
         shape = _walk(child, f"{path}.{key}" if path else key, shape, visit)
     return shape

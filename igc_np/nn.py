@@ -2,7 +2,7 @@
 
 Parameter names. Every layer takes an optional ``name``; a named layer's parameters are called
 ``<name>_weight``, ``<name>_gamma``, ... and its BatchNorm statistics ``<name>_moving_mean`` /
-``<name>_moving_var``, exactly as the reference MXNet code stores them (IGC_SPEC.md section 5), so
+``<name>_moving_var``, exactly as the reference MXNet code stores them, so
 weights trained by the reference code map by name. Unnamed layers fall back to the attribute
 path (``block.conv.weight``) as in PyTorch.
 
@@ -12,6 +12,7 @@ the *old* running value (PyTorch's 0.1 is the weight of the new batch); weights 
 from the default generator that ``ig.manual_seed`` seeds, unless a layer gets ``rng=``.
 """
 import math
+import os
 import warnings
 from collections import OrderedDict
 
@@ -69,7 +70,31 @@ class Module:
         object.__setattr__(self, key, array)
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        try:
+            return self.forward(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            # name the innermost layer whose forward failed: an op's error ("conv2d: weight shape
+            # (16, 4, 3, 3) expects ...") alone does not say which of a network's 20 convs it was
+            if getattr(e, "layer", None) is not None or type(e) not in (ValueError, TypeError):
+                raise
+            err = type(e)(f"in layer {self.layer_label()}: {e}")
+            err.layer = self.layer_label()
+            raise err.with_traceback(e.__traceback__) from None
+
+    def layer_label(self):
+        """How errors name this layer: its reference name (``Conv2d 'g1_b1_p2_two1_conv1'``) when
+        it has one, else its repr (``Conv2d(16, 16, k=3, stride=1, groups=4)``)."""
+        name = self.__dict__.get("name")
+        if name is None:
+            for p in self._params.values():  # a named layer's parameters are <name>_<suffix>
+                if p.name:
+                    name = p.name.rsplit("_", 1)[0]
+                    if name.endswith("_moving"):
+                        name = name[:-len("_moving")]
+                    break
+        if name:
+            return f"{type(self).__name__} {name!r}"
+        return repr(self).split("\n")[0].rstrip("(")
 
     def forward(self, *args):
         raise NotImplementedError(f"{type(self).__name__} defines no forward(self, x)")
@@ -133,7 +158,16 @@ class Module:
         return state
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into parameters and buffers by name; shapes must match exactly."""
+        """Copy arrays into parameters and buffers by name; shapes must match exactly.
+
+        state: a dict name -> array (``model.state_dict()``, ``ig.load(path)``); each value is cast
+        to the dtype of the parameter it replaces. strict: every name on both sides must match.
+        """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            hint = (f"; load the file first: model.load_state_dict(ig.load({state!r}))"
+                    if isinstance(state, (str, os.PathLike)) else "")
+            raise TypeError(f"load_state_dict: expected a dict name -> array (model.state_dict(), "
+                            f"ig.load(path)), got {type(state).__name__}{hint}")
         targets = {n: ("param", p) for n, p in self.named_parameters()}
         targets.update({n: ("buffer", (m, key)) for n, m, key in self.named_buffers()})
         missing = [n for n in targets if n not in state]
@@ -144,7 +178,11 @@ class Module:
         for n, (kind, target) in targets.items():
             if n not in state:
                 continue
-            value = backend.to_device(state[n], "cpu")  # numpy, or a device array
+            value = state[n]
+            if not hasattr(value, "shape") or getattr(value, "dtype", np.dtype("O")).kind not in "biuf":
+                raise TypeError(f"load_state_dict: {n}: expected a numeric array, got "
+                                f"{type(value).__name__}{' of dtype ' + str(value.dtype) if hasattr(value, 'dtype') else ''}")
+            value = backend.to_device(value, "cpu")  # numpy, or a device array
             current = target.data if kind == "param" else getattr(*target)
             if value.shape != current.shape:
                 raise ValueError(f"load_state_dict: {n}: shape {value.shape} in the state != "
@@ -166,7 +204,22 @@ class Module:
         return self.train(False)
 
     def to(self, device=None, dtype=None):
-        """Move every parameter and buffer to `device` and/or cast to `dtype`, in place."""
+        """Move every parameter and buffer to `device` and/or cast to `dtype`, in place.
+
+        device: 'cpu', 'cuda' or 'emu'; dtype: a floating point dtype (np.float32, 'float64').
+        Returns the module, so ``model = Net().to("emu")`` works as in PyTorch.
+        """
+        if isinstance(device, (str, type, np.dtype)) and dtype is None and _is_dtype_name(device):
+            raise ValueError(f"{type(self).__name__}.to({device!r}): that is a dtype, not a device; "
+                             f"write .to(dtype={device!r}) (devices: {', '.join(backend.DEVICES)})")
+        if dtype is not None:
+            try:
+                dtype = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"{type(self).__name__}.to(dtype={dtype!r}): not a NumPy dtype") from None
+            if dtype.kind != "f":  # an integer weight cannot take a gradient step
+                raise ValueError(f"{type(self).__name__}.to(dtype={dtype}): parameters must be floating "
+                                 "point (float32 or float64)")
         device = backend.check_device(device) if device else self.device
         for _, m in self.named_modules():
             object.__setattr__(m, "device", device)
@@ -188,6 +241,14 @@ class Module:
         for k, m in self._modules.items():
             lines.append("  (" + k + "): " + repr(m).replace("\n", "\n  "))
         return "\n".join(lines) + ")" if len(lines) > 1 else type(self).__name__ + "()"
+
+
+def _is_dtype_name(value):
+    try:
+        np.dtype(value)
+    except TypeError:
+        return False
+    return value not in backend.DEVICES
 
 
 def _pname(name, suffix):
@@ -256,7 +317,7 @@ class Conv2d(Module):
         check_layer_args("Conv2d", name, in_channels=in_channels, out_channels=out_channels,
                          kernel_size=kernel_size, stride=stride, padding=padding, groups=groups)
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d {name or ''}: in_channels={in_channels} and out_channels="
+            raise ValueError(f"Conv2d{' ' + repr(name) if name else ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must both be divisible by groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
@@ -390,6 +451,9 @@ class MSELoss(Module):
 
     def __init__(self, reduction="mean"):
         super().__init__()
+        from .ops.mse import REDUCTIONS
+        if reduction not in REDUCTIONS:  # said now, not at the first forward pass
+            raise ValueError(f"MSELoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, input, target):
@@ -397,8 +461,14 @@ class MSELoss(Module):
 
 
 class MaxPool2d(Module):
+    """k x k max pooling, x (N, C, H, W) -> (N, C, H', W'); stride defaults to kernel_size."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        sizes = dict(kernel_size=kernel_size, padding=padding)
+        if stride is not None:
+            sizes["stride"] = stride
+        check_layer_args(type(self).__name__, **sizes)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
@@ -406,6 +476,8 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(MaxPool2d):
+    """k x k average pooling (zero padding counted, as MXNet); stride defaults to kernel_size."""
+
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
@@ -425,7 +497,13 @@ class Sequential(Module):
 
     def __init__(self, *layers):
         super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            raise TypeError("Sequential: give the layers as arguments, Sequential(*layers), not one "
+                            f"{type(layers[0]).__name__} of {len(layers[0])} layers")
         for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):  # a plain attribute would be skipped by forward
+                raise TypeError(f"Sequential: layer {i} must be a Module, got {type(layer).__name__} "
+                                f"{layer!r:.60}")
             setattr(self, str(i), layer)
 
     def __iter__(self):
@@ -436,12 +514,23 @@ class Sequential(Module):
 
     def __getitem__(self, i):
         layers = list(self._modules.values())
-        return Sequential(*layers[i]) if isinstance(i, slice) else layers[i]
+        return Sequential(*layers[i]) if isinstance(i, slice) else _pick(self, layers, i)
 
     def forward(self, x):
         for layer in self._modules.values():
             x = layer(x)
         return x
+
+
+def _pick(container, items, i):
+    """items[i] with an IndexError that names the container and its length."""
+    try:
+        return items[i]
+    except IndexError:
+        raise IndexError(f"{type(container).__name__}[{i}]: index out of range for {len(items)} "
+                         f"items (valid: {-len(items)} .. {len(items) - 1})") from None
+    except TypeError:
+        raise TypeError(f"{type(container).__name__}[{i!r}]: an index must be an int or a slice") from None
 
 
 class ModuleList(Module):
@@ -472,7 +561,7 @@ class ModuleList(Module):
 
     def __getitem__(self, i):
         layers = list(self._modules.values())
-        return ModuleList(layers[i]) if isinstance(i, slice) else layers[i]
+        return ModuleList(layers[i]) if isinstance(i, slice) else _pick(self, layers, i)
 
 
 class ModuleDict(Module):
@@ -492,6 +581,8 @@ class ModuleDict(Module):
         setattr(self, key, module)
 
     def __getitem__(self, key):
+        if key not in self._modules:
+            raise KeyError(f"ModuleDict[{key!r}]: no such key; keys: {list(self._modules)}")
         return self._modules[key]
 
     def __contains__(self, key):
@@ -534,7 +625,7 @@ class ParameterList(Module):
         return len(self._params)
 
     def __getitem__(self, i):
-        return list(self._params.values())[i]
+        return _pick(self, list(self._params.values()), i)
 
 
 class PermuteChannels(Module):
@@ -542,6 +633,7 @@ class PermuteChannels(Module):
 
     def __init__(self, branch_factor):
         super().__init__()
+        check_layer_args("PermuteChannels", branch_factor=branch_factor)
         self.branch_factor = branch_factor
 
     def forward(self, x):
@@ -567,11 +659,11 @@ class IGCConv(Module):
         check_layer_args("IGCConv", name, in_channels=in_channels, out_channels=out_channels, L=L, S=S, kernel_size=kernel_size, stride=stride)
         super().__init__()
         if in_channels % L or out_channels % L:
-            raise ValueError(f"IGCConv {name or ''}: in_channels={in_channels} and out_channels="
+            raise ValueError(f"IGCConv{' ' + repr(name) if name else ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must be divisible by L={L} primary partitions; L could be "
                              f"one of {[d for d in divisors(in_channels) if out_channels % d == 0]}")
         if out_channels % S:
-            raise ValueError(f"IGCConv {name or ''}: out_channels={out_channels} must be divisible by "
+            raise ValueError(f"IGCConv{' ' + repr(name) if name else ''}: out_channels={out_channels} must be divisible by "
                              f"S={S} secondary partitions; S could be one of {divisors(out_channels)}")
         self.L, self.S, self.name = L, S, name
         self.in_channels, self.out_channels = in_channels, out_channels

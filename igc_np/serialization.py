@@ -247,6 +247,16 @@ def _read_member(zf, where, key, info):
 # --------------------------------------------------------------------------------------------
 # save / load: state dicts as .npz
 # --------------------------------------------------------------------------------------------
+def check_writable_path(path, op):
+    """Refuse, before anything is written, a path whose folder is missing or that is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise SerializationError(f"{op}: {path} is a folder; give a file name, e.g. {path / 'model.npz'}")
+    if not path.parent.is_dir():
+        raise SerializationError(f"{op}: cannot write {path}: the folder {path.parent} does not exist "
+                                 "(create it first)")
+
+
 def save(state_dict, path):
     """Write a ``state_dict`` ({name: array}, CPU or GPU) to ``path`` (.npz, atomically).
 
@@ -256,6 +266,7 @@ def save(state_dict, path):
     if not isinstance(state_dict, dict):
         raise TypeError(f"igc_np.save: expected a dict of arrays (model.state_dict()), got "
                         f"{type(state_dict).__name__}")
+    check_writable_path(path, "igc_np.save")
     arrays = {}
     for key, value in state_dict.items():
         try:
@@ -268,4 +279,6 @@ def save(state_dict, path):
 
 def load(path):
     """The {name: NumPy array} written by ``save`` (or any plain ``numpy.savez`` archive)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"igc_np.load: path must be a str or Path, got {type(path).__name__}")
     return read_npz(path)

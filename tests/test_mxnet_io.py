@@ -1,6 +1,7 @@
-"""MXNet files without MXNet: .params in and out (docs/reference_protocol.md, "MXNet files"), the symbol graphs, RecordIO.
+"""MXNet files without MXNet: .params in and out (MXNet's NDArray list format; docs/reference_protocol.md,
+"MXNet files"), the symbol graphs, RecordIO.
 
-The .params files here are written by ``write_params_by_hand``, a writer that follows section 8
+The .params files here are written by ``write_params_by_hand``, a writer that follows the format
 byte for byte with struct.pack and shares no code with igc_np.mxnet_io, so a reader bug cannot be
 cancelled by the same bug in the writer. Every corruption must raise MXNetFormatError naming the
 file, and leave the model exactly as it was.
@@ -26,9 +27,9 @@ needs_graphs = pytest.mark.skipif(not SYMBOLS.is_dir(), reason=f"{SYMBOLS} not p
 FLAG = {np.float32: 0, np.float64: 1, np.float16: 2, np.uint8: 3, np.int32: 4, np.int8: 5, np.int64: 6}
 
 
-# ---- a test-side writer of section 8 ---------------------------------------------------------
+# ---- a test-side writer of the format -------------------------------------------------------
 def array_bytes(a, version="v2"):
-    """One NDArray as section 8 lays it out: v2 / v3 (magic, stype, ndim, int64 shape), v1 (MXNet's
+    """One NDArray as the format lays it out: v2 / v3 (magic, stype, ndim, int64 shape), v1 (MXNet's
     first versioned header: magic, ndim, int64 shape; no storage type) or legacy (uint32 ndim,
     uint32 shape); then device type, device id, type flag, the raw data."""
     a = np.array(a, order="C")  # (not ascontiguousarray: it turns a 0-d array into 1-d)
@@ -80,7 +81,7 @@ def small_model(rng=0):
     return m
 
 
-# ---- reading what section 8 describes --------------------------------------------------------
+# ---- reading what the format describes-----------------------------------------------------
 @pytest.mark.parametrize("version", ["v2", "v3", "v1", "legacy"])
 def test_load_params_reads_every_array_header_version(tmp_path, version):
     src, dst = small_model(0), small_model(1)
@@ -116,7 +117,7 @@ def test_read_ndarray_list_reads_every_dtype_and_scalars(tmp_path):
     assert s.shape == () and s == 2.5
 
 
-# ---- writing: what we write, section 8 reads ---------------------------------------------------
+# ---- writing: what we write, the format reads------------------------------------------------
 def test_save_params_writes_section_8_byte_for_byte(tmp_path):
     model = small_model(3)
     path = tmp_path / "out.params"

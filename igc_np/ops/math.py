@@ -224,28 +224,50 @@ def _transpose(self, *axes):
         axes = tuple(reversed(range(self.ndim)))
     elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    return Transpose(axes).apply(self)
+    as_ints = [int(a) % self.ndim if isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim
+               else None for a in axes]
+    if sorted(as_ints, key=lambda a: -1 if a is None else a) != list(range(self.ndim)):
+        hint = (f"; to swap two axes (PyTorch's transpose(d0, d1)) use x.swapaxes{tuple(axes)}"
+                if len(axes) == 2 and self.ndim != 2 else "")
+        raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of the {self.ndim} axes "
+                         f"of shape {self.shape} (NumPy's rule: name every axis once){hint}")
+    return Transpose(tuple(as_ints)).apply(self)
 
 
-def _reduction_args(op, axis, dim, keepdims, keepdim):
-    """NumPy's axis/keepdims or PyTorch's dim/keepdim, not both."""
+def _swapaxes(self, axis1, axis2):
+    """x.swapaxes(a, b): axes a and b exchanged (PyTorch's transpose(a, b))."""
+    axes = list(range(self.ndim))
+    try:
+        axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    except (IndexError, TypeError):
+        raise ValueError(f"swapaxes: axes ({axis1!r}, {axis2!r}) must be ints in [-{self.ndim}, "
+                         f"{self.ndim}) for shape {self.shape}") from None
+    return Transpose(tuple(axes)).apply(self)
+
+
+def _reduction_args(op, axis, dim, keepdims, keepdim, shape):
+    """NumPy's axis/keepdims or PyTorch's dim/keepdim, not both; each axis an int within `shape`."""
     if dim is not None:
         if axis is not None:
             raise TypeError(f"{op}: give axis= (NumPy) or dim= (PyTorch), not both")
         axis = dim
     if isinstance(axis, list):
         axis = tuple(axis)
+    for a in (() if axis is None else axis if isinstance(axis, tuple) else (axis,)):
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -len(shape) <= a < len(shape):
+            raise ValueError(f"{op}: axis/dim {a!r} is not an axis of shape {tuple(shape)} (ints in "
+                             f"[-{len(shape)}, {len(shape)}))")
     return axis, bool(keepdims or keepdim)
 
 
 def _sum(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
     """Sum over axis (int, tuple or None for all); dim=/keepdim= are accepted as aliases."""
-    axis, keepdims = _reduction_args("sum", axis, dim, keepdims, keepdim)
+    axis, keepdims = _reduction_args("sum", axis, dim, keepdims, keepdim, self.shape)
     return Sum(axis, keepdims).apply(self)
 
 
 def _mean(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-    axis, keepdims = _reduction_args("mean", axis, dim, keepdims, keepdim)
+    axis, keepdims = _reduction_args("mean", axis, dim, keepdims, keepdim, self.shape)
     s = Sum(axis, keepdims).apply(self)
     return s * (s.size / self.size)  # 1 / (number of elements averaged)
 
@@ -258,7 +280,7 @@ def _extreme(smallest):
     name = "min" if smallest else "max"
 
     def extreme(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-        values = Max(*_reduction_args(name, axis, dim, keepdims, keepdim), smallest).apply(self)
+        values = Max(*_reduction_args(name, axis, dim, keepdims, keepdim, self.shape), smallest).apply(self)
         if dim is None:
             return values  # NumPy's form: the values
         if not isinstance(dim, (int, np.integer)):
@@ -286,7 +308,8 @@ def _keep_shape(shape, axis):
 
 def _argextreme(smallest):
     def argextreme(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-        axis, keepdims = _reduction_args("argmin" if smallest else "argmax", axis, dim, keepdims, keepdim)
+        axis, keepdims = _reduction_args("argmin" if smallest else "argmax", axis, dim, keepdims,
+                                        keepdim, self.shape)
         return _arg(self, axis, keepdims, smallest)
 
     argextreme.__doc__ = (f"Index of the {'minimum' if smallest else 'maximum'} (first at ties) along "
@@ -307,6 +330,9 @@ def _squeeze(self, dim=None):
 
 def _unsqueeze(self, dim):
     """Insert a size-1 dimension at `dim` (negative counts from the end of the result)."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -self.ndim - 1 <= dim <= self.ndim:
+        raise ValueError(f"unsqueeze: dim {dim!r} is out of range for shape {self.shape} (the result has "
+                         f"{self.ndim + 1} axes: dim in [-{self.ndim + 1}, {self.ndim}])")
     dim = dim % (self.ndim + 1)
     return Reshape(self.shape[:dim] + (1,) + self.shape[dim:]).apply(self)
 
@@ -332,6 +358,8 @@ Tensor.log = lambda a: Log().apply(a)
 Tensor.reshape = _reshape
 Tensor.flatten = lambda a, start_dim=1: Reshape(a.shape[:start_dim] + (-1,)).apply(a)
 Tensor.transpose = _transpose
+Tensor.permute = _transpose  # PyTorch's name for a full reordering of the axes
+Tensor.swapaxes = _swapaxes
 Tensor.T = property(lambda a: Transpose(tuple(reversed(range(a.ndim)))).apply(a))
 Tensor.view = _reshape  # PyTorch's name; as reshape, it never fails on a non-contiguous input
 Tensor.squeeze = _squeeze
