@@ -397,15 +397,15 @@ def roofline(results, dtype):
         return
     gpu = kernel_report.H100
     print(f"\nPrimary conv: measured vs kernel_report.py's model ({gpu['name']}; {np.dtype(dtype).name})")
-    print(f"  {'case':<30}{'op':<20}{'version':>8}{'ours us':>10}{'model us':>10}{'roof us':>9}{'x roof':>8}")
+    print(f"  {'case':<30}{'op':<20}{'version':>8} {'ours us':>10} {'model us':>10} {'roof us':>10} {'x roof':>8}")
     for r in results:
         if r.get("dims") is None:
             continue
         m = kernel_report.roofline(PRIMARY_OPS[r["op"]], r["version"], tuple(r["dims"]), dtype, gpu)
         ours = r["ours_ms"] * 1e3
         r.update(model_us=m["model_s"] * 1e6, roofline_us=m["roofline_s"] * 1e6)
-        print(f"  {r['case']:<30}{r['op']:<20}{r['version']:>8}{ours:>10.1f}{r['model_us']:>10.1f}"
-              f"{r['roofline_us']:>9.1f}{ours / r['roofline_us']:>8.2f}")
+        print(f"  {r['case']:<30}{r['op']:<20}{r['version']:>8} {ours:>10.2f} {r['model_us']:>10.2f}"
+              f" {r['roofline_us']:>10.2f} {ours / r['roofline_us']:>8.3g}")
 
 
 def main(argv=None):
