@@ -1,13 +1,14 @@
 """Every version of our CUDA kernels vs cuDNN (PyTorch) on the IGC shapes; launches per training step.
 
-    python benchmarks/bench_gpu.py [--batch 64] [--loop 20] [--repeat 5] [--dtype float32] [--roofline]
+    python benchmarks/bench_gpu.py [--batch N] [--loop 20] [--repeat 5] [--dtype float32] [--roofline]
     python benchmarks/bench_gpu.py --count-launches [--batch 64]   # no GPU needed (CuPy stand-in)
     python benchmarks/bench_gpu.py --standin --batch 2             # the whole benchmark on the stand-in
 
-For each IGC conv of CASES (primary 3x3 group conv with L groups, then the secondary 1x1 conv with
-S = M groups between the two permutations) and each version of each kernel (kernels/ladder.py;
-the primary conv's versions from kernels/versions.py when it exists) it prints the milliseconds of
-one call and the ratio ours / cuDNN (below 1: ours is faster), for
+For each IGC conv of SHAPES (benchmarks/kernel_report.py's list, the shapes its roofline model
+uses: primary 3x3 group conv with L groups, then the secondary 1x1 conv with S = M = C/L groups
+between the two permutations; batch N from the list unless --batch) and each kernel version of
+each op (kernels/versions.py; version 0 of the permutation, a shape rule, runs one of them) it
+prints the milliseconds of one call and the ratio ours / cuDNN (below 1: ours is faster), for
   - primary:   forward, backward-data, backward-weight vs cuDNN's grouped conv;
   - secondary: the fused kernels vs cuDNN's 1x1 group conv plus the two permutation copies;
   - permutation vs PyTorch's copy of the transposed view; BatchNorm+ReLU forward/backward vs
@@ -15,7 +16,9 @@ one call and the ratio ours / cuDNN (below 1: ours is faster), for
 Timing: `--loop` launches back to back between one pair of CUDA events (one call per event pair
 would measure the ~20-40 us of Python launch overhead on these small CIFAR shapes, not the kernel),
 median of `--repeat` such loops. cuDNN runs NCHW and channels_last, and the faster counts. Every
-result is first checked against a float64 NumPy reference (norm-relative error).
+result is first checked against a float64 reference (igc_np/ops/reference.py; norm-relative error).
+--roofline then sets each primary conv timing beside kernel_report.roofline's model of the same
+launch and its roofline (needs ptxas, cuobjdump and nvdisasm).
 
 --count-launches runs one resnet_igc-20 L24M2 training step on tests/fake_cupy.py's CuPy stand-in
 (our kernels in the CPU emulator) and prints "launches/step N, host syncs/step M".
@@ -25,7 +28,6 @@ profile hook; float()/int()/bool() of a device array are invisible to it (C slot
 --count-launches counts those.
 """
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,18 +36,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from igc_np.kernels import fused_ops, ladder, ops  # noqa: E402
+import kernel_report  # noqa: E402
+from igc_np.kernels import fused_ops, ops, versions  # noqa: E402
 from igc_np.ops import reference  # noqa: E402
 
-# (name, C, H=W, L, M); N is --batch, S = M secondary partitions, C = L*M
-CASES = [
-    ("CIFAR IGC-L24M2 stage 1", 48, 32, 24, 2),
-    ("CIFAR IGC-L24M4 stage 2", 96, 16, 24, 4),
-    ("CIFAR IGC-L24M8 stage 3", 192, 8, 24, 8),
-    ("ImageNet IGC-L4M32 stage 1", 128, 56, 4, 32),
-    ("ImageNet IGC-L100M2 stage 1", 200, 56, 100, 2),
-]
+SHAPES = kernel_report.SHAPES  # (name, N, C, H=W, L): one list for the benchmark and the model
+PRIMARY_OPS = {"primary fwd": "conv2d_forward", "primary bwd-data": "conv2d_backward_data",
+               "primary bwd-weight": "conv2d_backward_weight"}
 NORM_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
@@ -155,26 +154,8 @@ def norm_error(ours, ref64):
     return float(np.linalg.norm((ours - ref64).ravel()) / max(np.linalg.norm(ref64.ravel()), 1e-30))
 
 
-def primary_versions(op):
-    """The primary conv's versions (kernels/versions.py of the conv ladder), [None] before it lands."""
-    try:
-        from igc_np.kernels import versions
-    except ImportError:
-        return [None]
-    for name in (op, "conv2d", "group_conv"):  # its op name is not settled yet
-        try:
-            return list(versions.versions(name))
-        except (AttributeError, KeyError, ValueError):
-            continue
-    return [None]
-
-
-def _call_version(fn, version, *args):
-    return fn(*args) if version is None else fn(*args, version=version)
-
-
 def case_ops(cupy, N, C, HW, L, M, dtype):
-    """[(op, version, our fn, float64 reference, reference-framework fn or None)] for one case."""
+    """[(op, version, our fn, float64 reference)] for one case, and the float64 inputs."""
     rng = np.random.default_rng(0)
     S = M
     h = {"x": rng.standard_normal((N, C, HW, HW)),
@@ -196,15 +177,15 @@ def case_ops(cupy, N, C, HW, L, M, dtype):
         return get
     primary = ref("primary", lambda: (reference.conv2d(h["x"], h["W"], st, pad, L),)
                   + reference.conv2d_backward(h["x"], h["W"], h["gy"], st, pad, L))
-    for v in primary_versions("conv2d_forward"):
+    for v in versions.kernels("conv2d_forward"):
         rows += [
-            ("primary fwd", v, lambda v=v: _call_version(ops.conv2d_forward, v, d["x"], d["W"], st, pad, L, "cuda"),
+            ("primary fwd", v, lambda v=v: ops.conv2d_forward(d["x"], d["W"], st, pad, L, "cuda", version=v),
              lambda: primary()[0]),
-            ("primary bwd-data", v, lambda v=v: _call_version(ops.conv2d_backward_data, v, d["gy"], d["W"],
-                                                              d["x"].shape, st, pad, L, "cuda"),
+            ("primary bwd-data", v, lambda v=v: ops.conv2d_backward_data(d["gy"], d["W"], d["x"].shape, st, pad, L,
+                                                                         "cuda", version=v),
              lambda: primary()[1]),
-            ("primary bwd-weight", v, lambda v=v: _call_version(ops.conv2d_backward_weight, v, d["x"], d["gy"],
-                                                                d["W"].shape, st, pad, L, "cuda"),
+            ("primary bwd-weight", v, lambda v=v: ops.conv2d_backward_weight(d["x"], d["gy"], d["W"].shape, st, pad,
+                                                                             L, "cuda", version=v),
              lambda: primary()[2])]
     xp_ = reference.permute_channels(h["x"], L)
 
@@ -214,7 +195,7 @@ def case_ops(cupy, N, C, HW, L, M, dtype):
         return (reference.permute_channels(reference.conv2d(xp_, h["W2"], groups=S), S),
                 reference.permute_channels_backward(gxp, L), gW)
     secondary = ref("secondary", secondary_ref)
-    for v in ladder.versions("interleaved_secondary"):
+    for v in versions.kernels("interleaved_secondary"):
         rows += [
             ("secondary fwd", v, lambda v=v: ops.interleaved_secondary_forward(d["x"], d["W2"], L, S, "cuda", v),
              lambda: secondary()[0]),
@@ -224,11 +205,11 @@ def case_ops(cupy, N, C, HW, L, M, dtype):
             ("secondary bwd-weight", v,
              lambda v=v: ops.interleaved_secondary_backward_weight(d["x"], d["gy"], d["W2"].shape, L, S, "cuda", v),
              lambda: secondary()[2])]
-    for v in ("v1", "v2"):
+    for v in versions.kernels("permute_channels"):
         rows.append(("permutation", v, lambda v=v: ops.permute_channels(d["x"], L, "cuda", version=v),
                      lambda: xp_))
     bn_ref = _bn_reference(h)
-    for v in ladder.versions("batch_norm"):
+    for v in versions.kernels("batch_norm"):
         def fwd(v=v):
             return fused_ops.batch_norm_forward(d["x"], d["gamma"], d["beta"], None, None, True, 0.9, 2e-5, "cuda",
                                                 relu=True, version=v)
@@ -289,6 +270,7 @@ def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, loop, repeat, results):
     theirs = reference_fns(ref, h, C, L, M, dtype) if ref is not None else {}
     print(f"\n{name}: N={N} C={C} {HW}x{HW} L={L} M={M} ({np.dtype(dtype).name})")
     print(f"  {'op':<22}{'version':>8}{'ours ms':>10}{'cuDNN ms':>10}{'ratio':>8}{'rel err':>10}")
+    dims = kernel_report.dims_of(N, C, HW, HW, C, groups=L)  # the primary conv's, as the model has it
     ref_ms = {}
     for op, version, fn, ref64 in rows:
         err = norm_error(cupy.asnumpy(fn()), ref64())
@@ -299,8 +281,9 @@ def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, loop, repeat, results):
             ref_ms[op] = min(ref.timer(f, loop, repeat) for f in theirs[op])
         t_ref = ref_ms.get(op)
         cells = (f"{t_ref:>10.3f}{t_ours / t_ref:>8.2f}" if t_ref else f"{'-':>10}{'-':>8}")
-        print(f"  {op:<22}{version or 'default':>8}{t_ours:>10.3f}{cells}{err:>10.1e}")
-        results.append(dict(case=name, op=op, version=version, ours_ms=t_ours, ref_ms=t_ref, rel_err=err))
+        print(f"  {op:<22}{version:>8}{t_ours:>10.3f}{cells}{err:>10.1e}")
+        results.append(dict(case=name, batch=N, op=op, version=version, ours_ms=t_ours, ref_ms=t_ref, rel_err=err,
+                            dims=list(dims) if op in PRIMARY_OPS else None))
 
 
 def bench_sgd(cupy, ref, dtype, loop, repeat, results):
@@ -321,7 +304,7 @@ def bench_sgd(cupy, ref, dtype, loop, repeat, results):
             p.grad = torch.ones_like(p)
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, foreach=True)
         t_ref = ref.timer(opt.step, loop, repeat)
-    for v in ladder.versions("sgd"):
+    for v in versions.kernels("sgd"):
         t = event_timer(cupy, lambda v=v: fused_ops.sgd_step(ws, gs, vs, 0.1, 0.9, True, 1e-4, "cuda", v),
                         loop, repeat)
         cells = f"{t_ref:>10.3f}{t / t_ref:>8.2f}" if t_ref else f"{'-':>10}{'-':>8}"
@@ -404,18 +387,32 @@ def train(steps, batch, size=32, warmup=10):
     return steps * batch / dt
 
 
-def roofline(dtype):
-    """benchmarks/kernel_report.py --roofline (the conv ladder's ptxas report), when it exists."""
-    script = ROOT / "benchmarks" / "kernel_report.py"
-    if not script.is_file():
-        print("\n--roofline: benchmarks/kernel_report.py is not there yet (branch conv-ladder); skipped")
+def roofline(results, dtype):
+    """Each primary conv timing of `results` beside kernel_report.roofline's model of the same op,
+    version and shape, and its roofline time: measured / roofline is the number the model predicts."""
+    from igc_np.kernels import sass
+    missing = sass.tools_missing("ptxas", "cuobjdump", "nvdisasm")
+    if missing:
+        print(f"\n--roofline: skipped, {missing}")
         return
-    subprocess.run([sys.executable, str(script), "--roofline", "--dtype", dtype], check=False)
+    gpu = kernel_report.H100
+    print(f"\nPrimary conv: measured vs kernel_report.py's model ({gpu['name']}; {np.dtype(dtype).name})")
+    print(f"  {'case':<30}{'op':<20}{'version':>8} {'ours us':>10} {'model us':>10} {'roof us':>10} {'x roof':>8}")
+    for r in results:
+        if r.get("dims") is None:
+            continue
+        m = kernel_report.roofline(PRIMARY_OPS[r["op"]], r["version"], tuple(r["dims"]), dtype, gpu)
+        ours = r["ours_ms"] * 1e3
+        r.update(model_us=m["model_s"] * 1e6, roofline_us=m["roofline_s"] * 1e6)
+        print(f"  {r['case']:<30}{r['op']:<20}{r['version']:>8} {ours:>10.2f} {r['model_us']:>10.2f}"
+              f" {r['roofline_us']:>10.2f} {ours / r['roofline_us']:>8.3g}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch of every case (default: each shape's N in kernel_report.SHAPES; "
+                             "--train/--count-launches: 64)")
     parser.add_argument("--loop", type=int, default=20, help="launches between one pair of CUDA events")
     parser.add_argument("--repeat", type=int, default=5, help="timed loops; the median is printed")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -423,20 +420,21 @@ def main(argv=None):
                         help="count the launches and host syncs of one training step (CuPy stand-in, no GPU)")
     parser.add_argument("--standin", action="store_true",
                         help="run on tests/fake_cupy.py's CPU stand-in (checks the script; times mean nothing)")
-    parser.add_argument("--roofline", action="store_true", help="also run benchmarks/kernel_report.py --roofline")
+    parser.add_argument("--roofline", action="store_true",
+                        help="also model each primary conv timing (benchmarks/kernel_report.py's roofline)")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--cases", type=int, default=len(CASES), help="benchmark only the first CASES cases")
+    parser.add_argument("--cases", type=int, default=None, help="benchmark only the first CASES shapes")
     parser.add_argument("--train", type=int, metavar="STEPS", help="train STEPS steps instead (images/s)")
     parser.add_argument("--size", type=int, default=32, help="--train/--count-launches image size")
     parser.add_argument("--warmup", type=int, default=10, help="--train: untimed steps first")
     args = parser.parse_args(argv)
     if args.count_launches:
-        return count_launches(args.batch, args.size)
+        return count_launches(args.batch or 64, args.size)
     if args.standin:
         install_standin()
     cupy = gpu_or_exit()
     if args.train:
-        return train(args.train, args.batch, args.size, args.warmup)
+        return train(args.train, args.batch or 64, args.size, args.warmup)
     ref, why = find_cudnn() if not args.standin else (None, "the stand-in has no cuDNN")
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -447,11 +445,11 @@ def main(argv=None):
         print(banner, file=sys.stderr)
     dtype = np.dtype(args.dtype).type
     results = []
-    for name, C, HW, L, M in CASES[:args.cases]:
-        bench_case(cupy, ref, name, args.batch, C, HW, L, M, dtype, args.loop, args.repeat, results)
+    for name, N, C, HW, L in SHAPES[:args.cases]:
+        bench_case(cupy, ref, name, args.batch or N, C, HW, L, C // L, dtype, args.loop, args.repeat, results)
     bench_sgd(cupy, ref, dtype, args.loop, args.repeat, results)
     if args.roofline:
-        roofline(args.dtype)
+        roofline(results, dtype)
     if args.json:
         import json
         Path(args.json).write_text(json.dumps(dict(gpu=gpu, reference=ref.version if ref else None,

@@ -4,7 +4,8 @@
 #      PyTorch (the cuDNN reference); from the wheels in $WHEELS (default ./wheels) when that folder
 #      exists - the machine may have no internet - else from the package index;
 #   2. checks that device "cuda" works (a kernel compiles and runs) and runs the whole GPU test suite;
-#   3. runs benchmarks/bench_gpu.py: every version of every kernel against cuDNN;
+#   3. runs benchmarks/bench_gpu.py: every version of every kernel against cuDNN on kernel_report.py's
+#      SHAPES (batch 64), each primary conv timing beside its roofline model (--roofline);
 #   4. trains resnet_igc-20 L24M2 on random CIFAR-format data for $TRAIN_STEPS steps (images/s) and
 #      counts the launches and host syncs of one step on the CuPy stand-in.
 # Everything is printed and, when $OUT is set, written under $OUT (one log per stage, bench.json).

@@ -52,7 +52,8 @@ SM90 = dict(regs=65536, threads=2048, smem=228 * 1024, blocks=32, reserved_smem=
 CONV_OPS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
 TARGET = 3.0  # a default kernel must be modelled within TARGET x its roofline
 
-# IGC primary convs (3x3, stride 1, padding 1, L groups, C = L*M): (name, N, C, H=W, L)
+# IGC primary convs (3x3, stride 1, padding 1, L groups, C = L*M): (name, N, C, H=W, L). The one
+# list of IGC layers: benchmarks/bench_gpu.py times its kernels on these (secondary S = M = C/L).
 SHAPES = [
     ("CIFAR IGC-L24M2 stage 1", 64, 48, 32, 24),
     ("CIFAR IGC-L24M4 stage 2", 64, 96, 16, 24),

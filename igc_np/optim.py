@@ -6,7 +6,7 @@ The reference trainer (MXNet's NAG optimizer): with g = grad + wd * w,
 
 On "cpu" the step is the NumPy code below (the reference). On "cuda" and "emu" it is the fused
 kernel of igc_np/kernels/sgd.cu: the same maths, in the same order, in one launch per dtype for
-all the parameters (kernels/ladder.py's "sgd" switch: v1 is one launch per parameter) instead of
+all the parameters (op "sgd" of kernels/versions.py: version 1 is one launch per parameter) instead of
 about six array operations per parameter. The velocities then start as zeros (one buffer, one
 launch), so that the first step v = momentum * 0 + g = g is the CPU's v = g.
 """

@@ -1,4 +1,5 @@
-"""The primary conv ladder (group_conv.cu v1, group_conv_v2.cu, group_conv_v3.cu) and the version switch.
+"""The primary conv ladder (group_conv.cu v1, group_conv_v2.cu, group_conv_v3.cu) and the version
+switch (kernels/versions.py), whose errors are tested here for every op.
 
 Every version, forward and both gradients, float32 and float64, runs in the CPU emulator against
 the float64 NumPy reference with a norm-relative bound (tests/test_kernels_emu.py's check_conv):
@@ -155,10 +156,23 @@ def test_version_argument_overrides_the_switch(spy):
 @pytest.mark.parametrize("call,message", [
     (lambda: use_version(conv2d_forward=4).__enter__(), r"use_version: conv2d_forward has versions \[1, 2, 3\], not 4"),
     (lambda: use_version(conv2d_fwd=1).__enter__(), r"use_version: unknown kernel op 'conv2d_fwd'; registered ops are"),
-    (lambda: use_version(conv2d_forward="fast").__enter__(), r"version of conv2d_forward must be an int, got 'fast'"),
+    (lambda: use_version(conv2d_forward="fast").__enter__(),
+     r"version of conv2d_forward must be an int, one of \[1, 2, 3\], got 'fast'"),
     (lambda: versions.register("x", {1: "a"}, default=2), r"default version 2 is not one of \[1\]"),
     (lambda: ops.conv2d_forward(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), (1, 1), (0, 0), 1, "emu", version=0),
      r"conv2d_forward: conv2d_forward has versions \[1, 2, 3\], not 0"),
+    # the same switch and messages for the other kernels' ops
+    (lambda: use_version(sgd=3).__enter__(), r"use_version: sgd has versions \[1, 2\], not 3"),
+    (lambda: use_version(sgd="v1").__enter__(),
+     r"use_version: version of sgd must be an int, one of \[1, 2\], got 'v1' \(the old name 'v1' is version 1\)"),
+    (lambda: use_version(batchnorm=1).__enter__(), r"use_version: unknown kernel op 'batchnorm'; registered ops are "
+                                                   r"\[.*'batch_norm'.*'sgd'\]"),
+    (lambda: versions.versions("conv9"), r"versions: unknown kernel op 'conv9'"),
+    (lambda: ops.permute_channels(np.zeros((1, 2, 1, 1)), 1, "emu", version=3),
+     r"permute_channels: permute_channels has versions \[0, 1, 2\], not 3"),
+    (lambda: ops.interleaved_secondary_forward(np.zeros((1, 2, 1, 1)), np.zeros((2, 1, 1, 1)), 2, 2, "emu",
+                                               version=1.5),
+     r"interleaved_secondary_forward: interleaved_secondary has versions \[1, 2\], not 1.5"),
 ])
 def test_bad_choices_name_the_op_and_the_versions(call, message):
     with pytest.raises(ValueError, match=message):
@@ -169,11 +183,13 @@ def test_bad_choices_name_the_op_and_the_versions(call, message):
     ("conv2d_forward", r"\$IGC_NP_KERNELS: 'conv2d_forward' must be op=version"),
     ("conv2d_forward=9", r"\$IGC_NP_KERNELS: conv2d_forward has versions \[1, 2, 3\], not 9"),
     ("nope=1", r"\$IGC_NP_KERNELS: unknown kernel op 'nope'"),
+    ("sgd=v7", r"\$IGC_NP_KERNELS: version of sgd must be an int, one of \[1, 2\], got 'v7'"),
+    ("sgd=7", r"\$IGC_NP_KERNELS: sgd has versions \[1, 2\], not 7"),
 ])
 def test_bad_environment_is_reported(monkeypatch, env, message):
     monkeypatch.setenv(versions.ENV, env)
     with pytest.raises(ValueError, match=message):
-        versions.selected("conv2d_forward")
+        versions.selected("conv2d_forward")  # a bad entry for any op stops every launch
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -248,8 +248,8 @@ def test_training_step_launches(cp, bench, capsys):
 @pytest.fixture
 def bench(monkeypatch):
     bench = _load("bench_gpu", "benchmarks")
-    # two small IGC convs (name, C, H=W, L, M) instead of the real shapes: the emulator is slow
-    monkeypatch.setattr(bench, "CASES", [("tiny L2M4", 8, 6, 2, 4), ("tiny L4M2 ", 8, 5, 4, 2)])
+    # two small IGC convs (name, N, C, H=W, L) instead of kernel_report's shapes: the emulator is slow
+    monkeypatch.setattr(bench, "SHAPES", [("tiny L2M4", 2, 8, 6, 2), ("tiny L4M2", 1, 8, 5, 4)])
     monkeypatch.setattr(bench, "find_cudnn", lambda: (None, "no PyTorch with CUDA here"))
     return bench
 
@@ -259,19 +259,40 @@ def test_gpu_benchmark_runs_every_version_on_cuda(cp, bench, capsys):
     captured = capsys.readouterr()
     out = captured.out
     assert out.startswith("GPU: fake_cupy") and "NO cuDNN REFERENCE: no PyTorch with CUDA here" in captured.err
-    assert out.count("secondary bwd-weight") == 2 * len(bench.ladder.versions("interleaved_secondary"))
-    assert out.count("permutation") == 2 * 2 and out.count("sgd step") == len(bench.ladder.versions("sgd"))
+    assert out.count("secondary bwd-weight") == 2 * len(bench.versions.kernels("interleaved_secondary")) == 2 * 2
+    assert out.count("primary bwd-weight") == 2 * 3 and out.count("bn+relu fwd") == 2 * 2
+    assert out.count("permutation") == 2 * 2 and out.count("sgd step") == len(bench.versions.kernels("sgd")) == 2
 
 
 def test_gpu_benchmark_default_float32(cp, bench, tmp_path):
     import json
-    bench.main(["--batch", "2", "--loop", "1", "--repeat", "1", "--json", str(tmp_path / "r.json")])
+    bench.main(["--loop", "1", "--repeat", "1", "--cases", "1", "--json", str(tmp_path / "r.json")])
     results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert {r["op"] for r in results} >= {"primary fwd", "secondary fwd", "bn+relu bwd", "sgd step"}
     assert all(r["rel_err"] < 1e-4 for r in results if "rel_err" in r)
+    assert {r.get("case") for r in results} == {"tiny L2M4", "resnet_igc-20 L24M2"}  # --cases 1
+    assert {r["batch"] for r in results if "batch" in r} == {2}  # the shape's N without --batch
 
 
-@pytest.mark.parametrize("version,kernels", [("v2", 1), ("v1", 5)])
+def test_gpu_benchmark_roofline_models_each_primary_timing(cp, bench, capsys):
+    """--roofline: every primary conv row (op x kernel version) beside kernel_report's model of
+    the same launch; the model's numbers are those of kernel_report.roofline for the shape."""
+    from igc_np.kernels import sass
+    missing = sass.tools_missing("ptxas", "cuobjdump", "nvdisasm")
+    if missing:
+        pytest.skip(missing)
+    results = bench.main(["--loop", "1", "--repeat", "1", "--cases", "1", "--roofline"])
+    out = capsys.readouterr().out.split("measured vs kernel_report.py's model")[1]
+    modelled = [r for r in results if "model_us" in r]
+    assert len(modelled) == 3 * len(bench.versions.kernels("conv2d_forward")) == 9
+    dims = bench.kernel_report.dims_of(2, 8, 6, 6, 8, groups=2)
+    for r in modelled:
+        m = bench.kernel_report.roofline(bench.PRIMARY_OPS[r["op"]], r["version"], dims)
+        assert r["model_us"] == pytest.approx(m["model_s"] * 1e6) and r["roofline_us"] > 0
+    assert out.count("tiny L2M4") == 9
+
+
+@pytest.mark.parametrize("version,kernels", [(2, 1), (1, 5)])
 def test_sgd_step_is_one_launch_on_cuda(cp, version, kernels):
     """The optimizer step on "cuda": v2 one multi-tensor launch (v1 one per parameter), no array
     op, no sync; the address table is the one host->device copy."""
@@ -282,9 +303,9 @@ def test_sgd_step_is_one_launch_on_cuda(cp, version, kernels):
         p.grad = cp.ones(p.shape, p.dtype)
     opt.step()  # the first step also allocates the velocities (one zero buffer)
     fake_cupy.reset_counts()
-    with ig.kernels.ladder.use("sgd", version):
+    with ig.kernels.use_version(sgd=version):
         opt.step()
-    assert fake_cupy.counts() == dict(kernels=kernels, array_ops=0, syncs=0, to_device=int(version == "v2"),
+    assert fake_cupy.counts() == dict(kernels=kernels, array_ops=0, syncs=0, to_device=int(version == 2),
                                       launches=kernels)
 
 

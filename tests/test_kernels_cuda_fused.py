@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import igc_np as ig
-from igc_np.kernels import ladder
+from igc_np.kernels import versions
 
 from strategies import divisors
 import test_kernels_fused as checks
@@ -24,7 +24,7 @@ def _device():
     return dict(device="cuda", to_device=cupy.asarray, to_host=cupy.asnumpy)
 
 
-@pytest.mark.parametrize("version", ladder.versions("permute_channels"))
+@pytest.mark.parametrize("version", sorted(versions.versions("permute_channels")))
 @pytest.mark.parametrize("dtype", checks.DTYPES)
 @settings(max_examples=30, deadline=None)
 @given(case=checks.interleaved_cases(max_C=64), data=st.data())
@@ -34,7 +34,7 @@ def test_permutation_versions_cuda(case, data, dtype, version):
     checks.check_permutation(x_shape, b, dtype, version, **_device())
 
 
-@pytest.mark.parametrize("version", ladder.versions("interleaved_secondary"))
+@pytest.mark.parametrize("version", sorted(versions.versions("interleaved_secondary")))
 @pytest.mark.parametrize("dtype", checks.DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(case=checks.interleaved_cases(max_C=64))
@@ -42,7 +42,7 @@ def test_interleaved_versions_cuda(case, dtype, version):
     checks.check_interleaved(case, dtype, version, **_device())
 
 
-@pytest.mark.parametrize("version", ladder.versions("interleaved_secondary"))
+@pytest.mark.parametrize("version", sorted(versions.versions("interleaved_secondary")))
 @pytest.mark.parametrize("case", [
     ((16, 48, 32, 32), 24, 2),   # CIFAR IGC-L24M2 stage 1
     ((16, 96, 16, 16), 24, 2),   # stage 2, first conv of a block (S = C_in/L)
@@ -54,24 +54,24 @@ def test_interleaved_igc_shapes_cuda(case, version):
     checks.check_interleaved(case, np.float32, version, **_device())
 
 
-@pytest.mark.parametrize("version", ladder.versions("batch_norm"))
+@pytest.mark.parametrize("version", sorted(versions.versions("batch_norm")))
 @pytest.mark.parametrize("dtype", checks.DTYPES)
 @settings(max_examples=40, deadline=None)
 @given(shape=checks.bn_shapes(), training=st.booleans(), relu=st.booleans(), with_residual=st.booleans(),
        slices=st.integers(1, 7))
 def test_batch_norm_fused_cuda(shape, dtype, training, relu, with_residual, slices, version):
-    slices = min(slices, shape[0] * shape[2] * shape[3]) if version == "v2" else None
+    slices = min(slices, shape[0] * shape[2] * shape[3]) if version == 2 else None
     checks.check_batch_norm(shape, dtype, training, relu, with_residual, **_device(), version=version, slices=slices)
 
 
-@pytest.mark.parametrize("version", ladder.versions("batch_norm"))
+@pytest.mark.parametrize("version", sorted(versions.versions("batch_norm")))
 @pytest.mark.parametrize("shape", [(64, 48, 32, 32), (64, 192, 8, 8), (2, 3, 1, 1)])
 def test_batch_norm_fused_cifar_shapes_cuda(shape, version):
     for training in (True, False):
         checks.check_batch_norm(shape, np.float32, training, True, True, **_device(), version=version)
 
 
-@pytest.mark.parametrize("version", ladder.versions("sgd"))
+@pytest.mark.parametrize("version", sorted(versions.versions("sgd")))
 @pytest.mark.parametrize("dtype", checks.DTYPES)
 def test_sgd_versions_cuda(dtype, version):
     shapes = [(48, 2, 3, 3), (48,), (48, 24, 1, 1), (10, 192), (10,), (1,), (70000,)]

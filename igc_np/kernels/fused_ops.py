@@ -8,9 +8,11 @@ kernels/ops.py. Shapes (x, residual, y, gy: (N, C, H, W); per-channel arrays: (C
     batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, relu=False,
                         has_residual=False, version=None, slices=None)  -> gx, ggamma, gbeta, gresidual (or None)
 
-version: kernels/ladder.py's "batch_norm" (v1: one block per channel for the reductions; v2: each
-channel split over `slices` blocks, None: chosen from the shape by bn_slices()).
-    sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, device)  (in place)
+    sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, device, version=None)  (in place)
+
+version: None (the one kernels/versions.py selects) or an int: op "batch_norm" 1 (one block per
+channel for the reductions) or 2 (each channel split over `slices` blocks; None: chosen from the
+shape by bn_slices()); op "sgd" 1 (one launch per tensor) or 2 (one launch for all).
 
 Training forward = 2 launches (statistics, apply), evaluation 1, backward 2. ``stat`` is the
 batch's 1/sqrt(var + eps) in training mode and the running variance in evaluation mode (the
@@ -18,7 +20,7 @@ kernels compute 1/sqrt(var + eps) from it), so backward needs no extra launch in
 """
 import numpy as np
 
-from . import ladder
+from . import versions
 from .loader import get_module
 from .ops import MAX_BLOCKS, _elementwise_launch, _prepare, _xp, i32
 
@@ -33,13 +35,19 @@ def bn_slices(C, m):
     return max(1, min(m // BN_SLICE_VALUES, -(-BN_TARGET_BLOCKS // C), 64))
 
 
-def _bn_version(version, slices, C, m):
-    version = ladder.selected("batch_norm") if version is None else version
-    if version not in ladder.versions("batch_norm"):
-        raise ValueError(f"batch_norm: version must be one of {ladder.versions('batch_norm')}, got {version!r}")
+versions.register("batch_norm", {
+    1: "batch_norm.cu: one block per channel for the statistics and the backward sums",
+    2: "batch_norm.cu: P blocks per channel, partials combined in order by the per-row apply kernels"}, default=2)
+versions.register("sgd", {
+    1: "sgd.cu: one launch per parameter",
+    2: "sgd.cu: one multi-tensor launch per dtype"}, default=2)
+
+
+def _bn_version(op, version, slices, C, m):
+    version = versions.resolve("batch_norm", version, where=op)
     P = bn_slices(C, m) if slices is None else int(slices)
     if not 1 <= P <= m:
-        raise ValueError(f"batch_norm: slices={slices} must lie in [1, N*H*W = {m}]")
+        raise ValueError(f"{op}: slices={slices} must lie in [1, N*H*W = {m}]")
     return version, P
 
 
@@ -78,7 +86,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
             raise ValueError(f"{op}: {name} dtype {v.dtype} != x dtype {dt} ({text})")
     module = get_module("batch_norm.cu", dt, device)
     dims = (i32(N), i32(C), i32(H * W))
-    version, P = _bn_version(version, slices, C, N * H * W)  # evaluation: one elementwise pass either way
+    version, P = _bn_version(op, version, slices, C, N * H * W)  # evaluation: one elementwise pass either way
     if training:
         if N * H * W < 2:
             raise ValueError(f"{op}: training needs more than one value per channel ({text})")
@@ -88,7 +96,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
             v.dtype == dt and v.flags.c_contiguous for v in (running_mean, running_var))
         rm, rv = (running_mean, running_var) if in_kernel else (mean, stat)  # unused when not in_kernel
         hyper = (_scalar(dt, eps), _scalar(dt, momentum), _scalar(dt, 1 - momentum), i32(in_kernel))
-        if version == "v1":
+        if version == 1:
             module.get_function("bn_stats")((min(C, MAX_BLOCKS),), (BN_THREADS,), (x, mean, stat, rm, rv) + dims + hyper)
         else:  # statistics by (channel, slice) blocks; the apply kernel combines them and writes y
             partial = xp.empty((C, P, 2), dt)
@@ -107,7 +115,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
             running_mean += (1 - momentum) * mean
             running_var *= momentum
             running_var += (1 - momentum) * var
-        if version == "v2":
+        if version == 2:
             return y, mean, stat
         stat_is_var = 0
     else:
@@ -139,11 +147,11 @@ def batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, device, relu
     dims = (i32(N), i32(C), i32(H * W))
     stat_is_var = i32(not training)
     ggamma, gbeta = xp.empty(C, dt), xp.empty(C, dt)
-    version, P = _bn_version(version, slices, C, N * H * W)
+    version, P = _bn_version(op, version, slices, C, N * H * W)
     gx = xp.empty_like(x)
     gres = xp.empty_like(x) if has_residual else gx  # gx: a placeholder the kernel does not write
     flags = (i32(bool(relu)), i32(bool(training)), i32(bool(has_residual)))
-    if version == "v2":
+    if version == 2:
         partial = xp.empty((C, P, 2), dt)
         module.get_function("bn_backward_partial")(
             (min(C * P, MAX_BLOCKS),), (BN_THREADS,),
@@ -176,12 +184,10 @@ def _address(a):
 def sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, device, version=None):
     """In place, for each i: the SGD step of igc_np.optim.SGD on weights[i] with grads[i] and
     velocities[i] (ignored, may be None, when momentum is 0). Arrays of one dtype, C-contiguous,
-    on `device`. v1: one launch per tensor; v2: one launch for all."""
+    on `device`. version 1: one launch per tensor; 2: one launch for all."""
     op = "sgd_step"
     xp = _xp(device)
-    version = ladder.selected("sgd") if version is None else version
-    if version not in ladder.versions("sgd"):
-        raise ValueError(f"{op}: version must be one of {ladder.versions('sgd')}, got {version!r}")
+    version = versions.resolve("sgd", version, where=op)
     if not (len(weights) == len(grads) == len(velocities)) or not weights:
         raise ValueError(f"{op}: needs as many weights, grads and velocities (at least one), got "
                          f"{len(weights)}, {len(grads)}, {len(velocities)}")
@@ -202,7 +208,7 @@ def sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, d
     hyper = (_scalar(dt, lr), _scalar(dt, momentum), _scalar(dt, weight_decay), i32(use_momentum),
              i32(bool(nesterov)))
     module = get_module("sgd.cu", dt, device)
-    if version == "v1":
+    if version == 1:
         fn = module.get_function("sgd_update")
         for w, g, v in zip(weights, grads, velocities):
             _elementwise_launch(fn, w.size, (w, g, v if use_momentum else w, i32(w.size)) + hyper)

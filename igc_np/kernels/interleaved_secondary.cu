@@ -1,4 +1,4 @@
-// The secondary half of an IGC conv, fused (paper section 3, steps 2-4 of IGC_SPEC section 1):
+// The secondary half of an IGC conv (paper section 3; docs/reference_protocol.md), fused:
 //     y = permute(conv1x1_groups_S(permute(x, L), W2), S)
 // computed with the two permutations folded into the indexing, so neither permuted copy of the
 // activations is ever written.

@@ -12,8 +12,9 @@ made C-contiguous here. ``stride`` and ``padding`` are (int, int) pairs. Shapes:
     interleaved_secondary_backward_data(gy, W2, L, S)                      -> gx (N,C,H,W)
     interleaved_secondary_backward_weight(x, gy, W2_shape, L, S)           -> gW2 (W2_shape)
 
-permute_channels and the interleaved_secondary_* launchers take ``version=None`` (the version of
-kernels/ladder.py's switch) or a version name ("v1", "v2"; "auto" for the permutation).
+Every launcher takes ``version=None`` (the version kernels/versions.py selects: use_version,
+$IGC_NP_KERNELS, the default) or an int version of its op: 1, 2, 3 for the conv ops, 1, 2 for
+"interleaved_secondary" (its three launchers), 0 (the shape rule), 1, 2 for permute_channels.
 
 with Ho = (H + 2*ph - kh) // sh + 1 (Wo likewise). Invalid shapes raise ValueError naming the
 op, the argument and the shapes.
@@ -22,15 +23,16 @@ import dataclasses
 
 import numpy as np
 
-from . import ladder, versions
+from . import versions
 from .loader import get_module
 
 THREADS = 256          # threads per block of the one-thread-per-element kernels
 MAX_BLOCKS = 1 << 20   # the kernels loop (grid-stride) over whatever a grid this size leaves
 REDUCE_MAX_THREADS = 256
-# Kernels index with int and step by gridDim.x * blockDim.x (at most 2^28); 2^30 elements keep
-# idx + step below 2^31.
-INT_MAX = 2**30
+# The most elements an array of a launch may have. The kernels index with (32-bit) int and step
+# by gridDim.x * blockDim.x (at most MAX_BLOCKS * THREADS = 2^28): below 2^30 elements, idx + step
+# stays below 2^31, so no index overflows.
+MAX_INDEXED_ELEMENTS = 2**30
 
 i32 = np.int32
 
@@ -62,7 +64,7 @@ def _prepare(op, device, **arrays):
         dtype = a.dtype
         out.append(xp.ascontiguousarray(a))
     for a in out:
-        if a.size > INT_MAX:
+        if a.size > MAX_INDEXED_ELEMENTS:
             raise ValueError(f"{op}: arrays of {a.size} elements exceed the kernels' int indexing")
     return xp, out
 
@@ -101,7 +103,7 @@ def _conv_geometry(op, x_shape, W_shape, stride, padding, groups):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: kernel {KH}x{KW} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
                          f"(x shape {x_shape}, padding {(ph, pw)})")
-    if N * C_out * Ho * Wo > INT_MAX:
+    if N * C_out * Ho * Wo > MAX_INDEXED_ELEMENTS:
         raise ValueError(f"{op}: output of {N * C_out * Ho * Wo} elements exceeds the kernels' int indexing")
     dims = (N, C_in, H, W, C_out, KH, KW, sh, sw, ph, pw, G, Ho, Wo)
     return (N, C_out, Ho, Wo), tuple(i32(d) for d in dims)
@@ -353,12 +355,8 @@ def conv2d_forward(x, W, stride, padding, groups, device, version=None):
     xp, (x, W) = _prepare(op, device, x=x, W=W)
     y_shape, dims = _conv_geometry(op, x.shape, W.shape, stride, padding, groups)
     y = xp.empty(y_shape, dtype=x.dtype)
-    _FORWARD[_version(op, version)](x, W, y, dims)
+    _FORWARD[versions.resolve(op, version)](x, W, y, dims)
     return y
-
-
-def _version(op, version):
-    return versions.selected(op) if version is None else versions._check(op, version, op)
 
 
 def _check_gy(op, gy, y_shape, x_shape, W_shape):
@@ -375,7 +373,7 @@ def conv2d_backward_data(gy, W, x_shape, stride, padding, groups, device, versio
     y_shape, dims = _conv_geometry(op, x_shape, W.shape, stride, padding, groups)
     _check_gy(op, gy, y_shape, x_shape, W.shape)
     gx = xp.empty(x_shape, dtype=gy.dtype)
-    _BACKWARD_DATA[_version(op, version)](gy, W, gx, dims)
+    _BACKWARD_DATA[versions.resolve(op, version)](gy, W, gx, dims)
     return gx
 
 
@@ -387,19 +385,28 @@ def conv2d_backward_weight(x, gy, W_shape, stride, padding, groups, device, vers
     y_shape, dims = _conv_geometry(op, x.shape, W_shape, stride, padding, groups)
     _check_gy(op, gy, y_shape, x.shape, W_shape)
     gW = xp.empty(W_shape, dtype=x.dtype)
-    _BACKWARD_WEIGHT[_version(op, version)](x, gy, gW, dims)
+    _BACKWARD_WEIGHT[versions.resolve(op, version)](x, gy, gW, dims)
     return gW
 
 
 # ---- channel permutation ---------------------------------------------------------------------
 
-PERMUTE_ROWS_MIN_HW = 32  # "auto": rows of fewer pixels leave most threads of a v2 block idle
+PERMUTE_ROWS_MIN_HW = 32  # version 0: rows of fewer pixels leave most threads of a v2 block idle
+
+versions.register("permute_channels", {
+    0: f"the shape rule: version 2 when H*W >= {PERMUTE_ROWS_MIN_HW}, else version 1",
+    1: "permutation.cu: one thread per element, 3 divisions each",
+    2: "permutation.cu: one block per (n, channel) row, the source row found once, coalesced copy"},
+    default=0)
+versions.register("interleaved_secondary", {
+    1: "interleaved_secondary.cu: one thread per output; backward-weight one block per weight element",
+    2: "interleaved_secondary.cu: tiled grouped GEMM; two-pass deterministic backward-weight"}, default=2)
 
 
-def _ladder_version(op, version):
-    version = ladder.selected(op) if version is None else version
-    if version not in ladder.versions(op):
-        raise ValueError(f"{op}: version must be one of {ladder.versions(op)}, got {version!r}")
+def permute_version(version, H, W):
+    """The kernel (1 or 2) that version `version` of permute_channels runs on H x W images."""
+    if version == 0:
+        return 2 if H * W >= PERMUTE_ROWS_MIN_HW else 1
     return version
 
 
@@ -411,13 +418,11 @@ def permute_channels(x, b, device, version=None):
     b = int(b)
     if b < 1 or C % b:
         raise ValueError(f"{op}: b={b} must divide the channel count C={C} (x shape {tuple(x.shape)})")
-    version = _ladder_version(op, version)
-    if version == "auto":
-        version = "v2" if H * W >= PERMUTE_ROWS_MIN_HW else "v1"
+    version = permute_version(versions.resolve(op, version), H, W)
     y = xp.empty_like(x)
     args = (x, y, i32(N), i32(C), i32(H * W), i32(b))
     module = get_module("permutation.cu", x.dtype, device)
-    if version == "v1":
+    if version == 1:
         _elementwise_launch(module.get_function(op), y.size, args)
     else:  # one block per row of H*W pixels; a block no wider than the row (whole warps)
         threads = min(THREADS, 32 * ((H * W + 31) // 32))
@@ -459,11 +464,11 @@ def _interleaved_map(op, name, a, W2, L, S, device, version):
     text = f"{name} shape {tuple(a.shape)}"
     L, S = _check_LS(op, C, L, S, text)
     _check_W2(op, W2.shape, C, S, text)
-    version = _ladder_version("interleaved_secondary", version)
+    version = versions.resolve("interleaved_secondary", version, where=op)
     out = xp.empty_like(a)
     module = get_module("interleaved_secondary.cu", a.dtype, device)
     args = (a, W2, out, i32(N), i32(C), i32(H * W), i32(L), i32(S))
-    if version == "v1":
+    if version == 1:
         _elementwise_launch(module.get_function(op), out.size, args)
     else:
         tiles = _tiles(N, S, C // S, H * W)
@@ -499,11 +504,11 @@ def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device, version
     L, S = _check_LS(op, C, L, S, text)
     W2_shape = _shape4(op, "W2_shape", W2_shape)
     _check_W2(op, W2_shape, C, S, text)
-    version = _ladder_version("interleaved_secondary", version)
+    version = versions.resolve("interleaved_secondary", version, where=op)
     gW2 = xp.empty(W2_shape, dtype=x.dtype)
     module = get_module("interleaved_secondary.cu", x.dtype, device)
     dims = (i32(N), i32(C), i32(H * W), i32(L), i32(S))
-    if version == "v1":
+    if version == 1:
         _reduce_launch(module.get_function(op), gW2.size, N * H * W, x.dtype.itemsize, (x, gy, gW2) + dims)
         return gW2
     chunk_len, n_chunks = weight_chunks(N * H * W)

@@ -1,18 +1,31 @@
-"""Which version of each CUDA kernel the launchers run: a registry, a default, a switch.
+"""Which version of each CUDA kernel the launchers run: one registry, one default per op, one switch.
 
-Every kernel op of igc_np.kernels.ops (e.g. "conv2d_forward") can exist in several versions, a
-ladder as in llm.c's dev/cuda: version 1 is the one-thread-per-output teaching kernel, each higher
-version adds one idea. The registry maps op name -> {version: description}; the default of an op is
-its fastest version that is validated (emulator tests against the NumPy reference).
+Every kernel op exists in one or more versions, a ladder as in llm.c's dev/cuda: version 1 is the
+naive teaching kernel (one thread per output), each higher version adds one idea, and every
+version is kept and validated (emulator tests against the reference tier, igc_np/ops/reference.py).
+The registry maps op name -> {version (int): description}. The ops:
 
-Select a version, innermost first:
+    conv2d_forward, conv2d_backward_data, conv2d_backward_weight   1, 2, 3   (kernels/ops.py)
+    permute_channels                                                0, 1, 2   (kernels/ops.py)
+    interleaved_secondary  (its forward, backward-data and backward-weight)  1, 2
+    batch_norm             (its forward and backward)                1, 2   (kernels/fused_ops.py)
+    sgd                                                              1, 2   (kernels/fused_ops.py)
 
-    with igc_np.kernels.use_version(conv2d_forward=1, conv2d_backward_weight=2):
-        ...                                    # this thread, this block only
-    IGC_NP_KERNELS="conv2d_forward=1,conv2d_backward_weight=2" python train.py   # the process
-    (otherwise)                                # default(op)
+Version 0, where an op has one, is not a kernel but a rule that picks one of the op's kernels by
+shape (permute_channels: 2 when H*W >= 32, else 1); ``kernels(op)`` lists the real kernels only.
+The launcher modules register their ops when igc_np.kernels is imported (its __init__ imports
+them all), so the switch knows every op before the first launch.
 
-Launchers ask ``selected(op)``. An unknown op or version raises ValueError naming the choices.
+Select a version, strongest first:
+
+    ops.conv2d_forward(x, W, ..., version=1)                 # one call
+    with igc_np.kernels.use_version(conv2d_forward=1, sgd=1):
+        ...                                                 # this thread, this block; nests
+    IGC_NP_KERNELS="conv2d_forward=1,sgd=1" python train.py  # the process (re-read at each launch)
+    (otherwise)                                             # default(op)
+
+Launchers ask ``resolve(op, version)``. An unknown op, a version the op lacks or a version that is
+not an int raises ValueError naming the op and the choices.
 """
 import contextlib
 import os
@@ -23,7 +36,7 @@ ENV = "IGC_NP_KERNELS"
 _registry = {}   # op -> {version: description}
 _defaults = {}   # op -> version
 _local = threading.local()  # .stack: list of {op: version} from use_version, innermost last
-_env_cache = (None, {})      # (the env string parsed, its {op: version})
+_env_cache = (None, {})      # (the env string parsed, its {op: version}); selected() runs at every launch
 
 
 def register(op, versions, default):
@@ -46,6 +59,12 @@ def versions(op):
     return dict(_registry[op])
 
 
+def kernels(op):
+    """The versions of `op` that are kernels (>= 1; 0 is a shape rule), in ladder order."""
+    _check_op(op, "kernels")
+    return [v for v in sorted(_registry[op]) if v >= 1]
+
+
 def default(op):
     _check_op(op, "default")
     return _defaults[op]
@@ -57,13 +76,18 @@ def _check_op(op, where):
 
 
 def _check(op, version, where):
+    """`version` of `op` as an int, or ValueError from `where` naming the op and its versions."""
     _check_op(op, where)
+    choices = sorted(_registry[op])
     try:
         v = int(version)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: version of {op} must be an int, got {version!r}") from None
-    if v not in _registry[op]:
-        raise ValueError(f"{where}: {op} has versions {sorted(_registry[op])}, not {v}")
+        hint = ""
+        if isinstance(version, str) and version[:1] == "v" and version[1:].isdigit():
+            hint = f" (the old name {version!r} is version {int(version[1:])})"
+        raise ValueError(f"{where}: version of {op} must be an int, one of {choices}, got {version!r}{hint}") from None
+    if v not in _registry[op] or v != version and not isinstance(version, str):  # 2.5 is not 2
+        raise ValueError(f"{where}: {op} has versions {choices}, not {version}")
     return v
 
 
@@ -76,10 +100,7 @@ def _from_env():
         for item in filter(None, (s.strip() for s in text.split(","))):
             op, sep, v = item.partition("=")
             if not sep:
-                raise ValueError(f"${ENV}: {item!r} must be op=version, e.g. conv2d_forward=1")
-            from .ladder import LADDERS
-            if op.strip() in LADDERS:  # an op of kernels/ladder.py, which reads it
-                continue
+                raise ValueError(f"${ENV}: {item!r} must be op=version, e.g. conv2d_forward=1 or sgd=1")
             chosen[op.strip()] = _check(op.strip(), v.strip(), f"${ENV}")
         _env_cache = (text, chosen)
     return _env_cache[1]
@@ -94,9 +115,15 @@ def selected(op):
     return _from_env().get(op, _defaults[op])
 
 
+def resolve(op, version=None, where=None):
+    """A launcher's version of `op`: its `version=` argument checked, or selected(op) when None.
+    `where` (default `op`) names the launcher in the error, e.g. "sgd_step" for op "sgd"."""
+    return selected(op) if version is None else _check(op, version, where or op)
+
+
 @contextlib.contextmanager
 def use_version(**chosen):
-    """Run the block with the given kernel versions, e.g. ``use_version(conv2d_forward=1)``."""
+    """Run the block with the given kernel versions, e.g. ``use_version(conv2d_forward=1, sgd=1)``."""
     chosen = {op: _check(op, v, "use_version") for op, v in chosen.items()}
     stack = _local.__dict__.setdefault("stack", [])
     stack.append(chosen)
