@@ -60,6 +60,11 @@ FIXED = [
     ((2, 6, 7, 9), (6, 1, 1, 1), (1, 1), (0, 0), 6),
     ((2, 6, 7, 9), (4, 3, 1, 1), (2, 2), (0, 0), 2),
     ((2, 4, 11, 8), (6, 2, 5, 3), (2, 1), (2, 1), 2),
+    # CIFAR IGC-L24M8 stage 3 (M = 8 channels a group, 8x8 images; fewer images and groups), and
+    # its neighbours: 7x7 (partial tiles, halo past the edge) and 9x9 (a second tile of one column)
+    ((3, 48, 8, 8), (48, 8, 3, 3), (1, 1), (1, 1), 6),
+    ((2, 24, 7, 7), (24, 8, 3, 3), (1, 1), (1, 1), 3),
+    ((2, 24, 9, 9), (24, 8, 3, 3), (1, 1), (1, 1), 3),
 ]
 
 

@@ -269,10 +269,13 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     // They follow the tiles and the lanes' sums (both fit in max(tiles, nthreads*CQ*KWB) T).
     int* s_off_x = reinterpret_cast<int*>(s + max(GB * COBP * TP + GB * CIB * PRH * PRW, nthreads * IGC_CQ * KWB));
     int* s_off_gy = s_off_x + GB * CIB;
+    // (a thread has at most a few planes: unrolled copies of these loops would only lengthen the code)
+#pragma unroll 1
     for (int r = tid; r < GB * CIB; r += nthreads) {  // r = b*CIB + cc
         const int b = r / CIB, ci = ci0 + r - b * CIB;
         s_off_x[r] = (b < gbn && ci < Cg_in) ? ((g0 + b) * Cg_in + ci) * H * W : -1;
     }
+#pragma unroll 1
     for (int r = tid; r < GB * COBP; r += nthreads) {  // r = b*COBP + o
         const int b = r / COBP, o = r - b * COBP, co = co0 + o;
         s_off_gy[r] = (b < gbn && o < COB && co < Cg_out) ? ((g0 + b) * Cg_out + co) * Ho * Wo : -1;
@@ -289,32 +292,33 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
         // image n, as an int offset (the launcher keeps tensors below 2^30 elements): a 64-bit
         // pointer would be one more pair of registers, which ptxas rematerialises per element
         const int xn = n * C_in * H * W, gyn = n * C_out * Ho * Wo;
-        // A division per staged element would cost ~20 instructions, as many as the
-        // multiply-adds the element feeds: the loops keep the digits of e instead.
-        // gy[n, channel plane r, ho0 + p/TW, wo0 + p%TW] at e = r*TP + p, 0 outside; TP divides
-        // nthreads, so a thread's p is fixed and r steps by nthreads / TP
-        {
-            const int p = tid % TP, ho = ho0 + p / IGC_TW, wo = wo0 + p % IGC_TW;
-            const bool inside = ho < Ho && wo < Wo;
+        // Whole rows to a thread: one division per row (by a constant for compile-time shapes),
+        // the columns unrolled, so an element costs a bounds test, a load and a store (staging
+        // element by element cost 15 (gy) and 37 (x) instructions, as many as the FMAs it feeds).
+        // gy[n, channel plane r, ho0 + py, wo0 + px] at (r*TH + py)*TW + px, 0 outside
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
-            for (int e = tid, r = tid / TP; e < GB * COBP * TP; e += nthreads, r += nthreads / TP) {
-                const int off = s_off_gy[r];
-                s_gy[e] = (inside && off >= 0) ? gy[gyn + off + ho * Wo + wo] : T(0);
-            }
+        for (int R = tid; R < GB * COBP * IGC_TH; R += nthreads) {
+            const int r = R / IGC_TH, ho = ho0 + R - r * IGC_TH, off = s_off_gy[r];
+            const bool row_in = off >= 0 && ho < Ho;
+            const T* grow = gy + (row_in ? gyn + off + ho * Wo + wo0 : 0);
+            T* srow = s_gy + R * IGC_TW;
+#pragma unroll
+            for (int px = 0; px < IGC_TW; ++px) srow[px] = (row_in && wo0 + px < Wo) ? grow[px] : T(0);
         }
-        // x[n, channel plane r, hb + a, wb + col] at e = (r*PRH + a)*PRW + col; the step nthreads
-        // is (d_r, d_a, d_col) in the same digits, each digit stays below twice its radix, so one
-        // subtraction carries
+        // x[n, channel plane r, hb + a, wb + col] at (r*PRH + a)*PRW + col, 0 outside
         {
-            const int d_col = nthreads % PRW, d_a = (nthreads / PRW) % PRH, d_r = nthreads / (PRW * PRH);
-            int col = tid % PRW, a = (tid / PRW) % PRH, r = tid / (PRW * PRH);
+            constexpr int PRW_CT = (KW > 0 && SW > 0) ? (IGC_TW - 1) * SW + KW : 0;  // 0: run time
 #pragma unroll 1
-            for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
-                const int h = hb + a, w = wb + col, off = s_off_x[r];
-                s_x[e] = (off >= 0 && h >= 0 && h < H && w >= 0 && w < W) ? x[xn + off + h * W + w] : T(0);
-                col += d_col, a += d_a, r += d_r;
-                if (col >= PRW) col -= PRW, ++a;
-                if (a >= PRH) a -= PRH, ++r;
+            for (int R = tid; R < GB * CIB * PRH; R += nthreads) {
+                const int r = R / PRH, h = hb + R - r * PRH, off = s_off_x[r];
+                const bool row_in = off >= 0 && h >= 0 && h < H;
+                const T* xrow = x + (row_in ? xn + off + h * W : 0);  // + w below (w may be < 0: not read)
+                T* srow = s_x + R * PRW;
+#pragma unroll (PRW_CT > 0 ? PRW_CT : 1)
+                for (int col = 0; col < (PRW_CT > 0 ? PRW_CT : PRW); ++col) {
+                    const int w = wb + col;
+                    srow[col] = (row_in && w >= 0 && w < W) ? xrow[w] : T(0);
+                }
             }
         }
         __syncthreads();
