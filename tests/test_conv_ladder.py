@@ -232,10 +232,13 @@ def test_roofline_model_ranks_the_ladder():
 
 def test_kernel_report_prints_every_kernel(capsys):
     kr = _kernel_report()
-    kr.main(["--roofline"])
+    ok = kr.main(["--roofline"]) == 0
     out = capsys.readouterr().out
     for op in CONV_OPS:
         for v in VERSIONS:
             assert f"{op}_v{v}<float" in out or (v == 1 and f"{op}<float>" in out)
     assert out.count("(DEFAULT)") == 3 * len(kr.SHAPES)
     assert "Default kernels within 3x of the roofline:" in out
+    # issue 9's target: every default kernel within 3x of its roofline on the five IGC shapes
+    # (CIFAR stage 3 is the closest: 2.84x / 2.92x / 2.94x with this repository's ptxas)
+    assert ok and "Default kernels within 3x of the roofline: all PASS" in out, out[out.index("Roofline"):]

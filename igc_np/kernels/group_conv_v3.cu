@@ -33,6 +33,10 @@
 template <int V>
 __device__ __forceinline__ int ct3(int runtime) { return V > 0 ? V : runtime; }
 
+// a / b for a >= 0, b > 0 (sizes and indices): unsigned division skips the sign fix-ups of a
+// signed one (about a third of its ~20 instructions), and the block setup divides five times
+__device__ __forceinline__ int udiv(int a, int b) { return (int)((unsigned)a / (unsigned)b); }
+
 // Forward. Block (tx, ty, tz) computes the tile y[n, co-chunk, rows by*ty.., cols bz*tx*RW..];
 // thread (x, y, z) owns the rows by*ty + y, columns bz*tx*RW + x + r*tx (r < RW), and the
 // channels chunk*tz*CQ + z*CQ + q (q < CQ) of group g.
@@ -46,12 +50,12 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
-    const int Cg_in = C_in / G, Cg_out = C_out / G;
+    const int Cg_in = udiv(C_in, G), Cg_out = udiv(C_out, G);
     const int tx = blockDim.x, ty = blockDim.y, nco = blockDim.z * IGC_CQ;  // channels per block
-    const int co_chunks = (Cg_out + nco - 1) / nco;
+    const int co_chunks = udiv(Cg_out + nco - 1, nco);
     // blockIdx.x = (n * G + g) * co_chunks + chunk
-    const int chunk = blockIdx.x % co_chunks, ng = blockIdx.x / co_chunks;
-    const int g = ng % G, n = ng / G;
+    const int ng = udiv(blockIdx.x, co_chunks), chunk = blockIdx.x - ng * co_chunks;
+    const int n = udiv(ng, G), g = ng - n * G;
     const int co_blk = chunk * nco;                       // first channel of the block, in the group
     const int co_thr = threadIdx.z * IGC_CQ;              // first channel of the thread, in the block
     const int PRH = (ty - 1) * sh + kh, PRW = (tx * IGC_RW - 1) * sw + kw;
@@ -69,24 +73,26 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     for (int c0 = 0; c0 < Cg_in; c0 += CIC) {
         const int cn = min(CIC, Cg_in - c0);
         // stage x[n, g*Cg_in + c0 + c, hb + a, wb + b] (0 outside the image); e = (c*PRH + a)*PRW + b
-        const T* xg = x + ((size_t)n * C_in + g * Cg_in + c0) * H * W;
+        // int offsets (the launcher keeps tensors below 2^30 elements): an address is then one
+        // IMAD.WIDE, where a size_t offset costs four instructions per element
+        const int xg = (n * C_in + g * Cg_in + c0) * H * W;
         // rows (c, a) go to the ty*tz thread rows, columns b to the tx threads of a row: one
         // division per row, none per element
         for (int R = threadIdx.z * ty + threadIdx.y; R < cn * PRH; R += ty * blockDim.z) {
             const int c = R / PRH, h = hb + R - c * PRH;
             const bool row_in = h >= 0 && h < H;
-            const T* xrow = xg + (row_in ? ((size_t)c * H + h) * W : 0);
+            const int xrow = row_in ? xg + (c * H + h) * W : 0;
             for (int b = threadIdx.x; b < PRW; b += tx) {
                 const int w = wb + b;
-                s_x[R * PRW + b] = (row_in && w >= 0 && w < W) ? xrow[w] : T(0);
+                s_x[R * PRW + b] = (row_in && w >= 0 && w < W) ? x[xrow + w] : T(0);
             }
         }
         // stage Wt[g*Cg_out + co_blk + o, c0 + c, :, :] (0 past the group's last channel) at
         // s_w[(o*cn + c)*khw + t]: rows (o, c) to the thread rows, taps t to the threads of a row
         for (int R = threadIdx.z * ty + threadIdx.y; R < nco * cn; R += ty * blockDim.z) {
             const int o = R / cn, c = R - o * cn, co = co_blk + o;
-            const T* wrow = Wt + (co < Cg_out ? (((size_t)g * Cg_out + co) * Cg_in + c0 + c) * khw : 0);
-            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = co < Cg_out ? wrow[t] : T(0);
+            const int wrow = co < Cg_out ? ((g * Cg_out + co) * Cg_in + c0 + c) * khw : 0;
+            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = co < Cg_out ? Wt[wrow + t] : T(0);
         }
         __syncthreads();
         for (int c = 0; c < cn; ++c) {
@@ -114,11 +120,11 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     for (int q = 0; q < IGC_CQ; ++q) {
         const int co = co_blk + co_thr + q;
         if (ho >= Ho || co >= Cg_out) continue;
-        T* yr = y + (((size_t)n * C_out + g * Cg_out + co) * Ho + ho) * Wo;
+        const int yr = ((n * C_out + g * Cg_out + co) * Ho + ho) * Wo;
 #pragma unroll
         for (int r = 0; r < IGC_RW; ++r) {
             const int wo = wo0 + threadIdx.x + r * tx;
-            if (wo < Wo) yr[wo] = acc[q][r];
+            if (wo < Wo) y[yr + wo] = acc[q][r];
         }
     }
 }
@@ -140,11 +146,11 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
-    const int Cg_in = C_in / G, Cg_out = C_out / G;
+    const int Cg_in = udiv(C_in, G), Cg_out = udiv(C_out, G);
     const int tx = blockDim.x, ty = blockDim.y, nci = blockDim.z * IGC_CQ;
-    const int ci_chunks = (Cg_in + nci - 1) / nci;
-    const int chunk = blockIdx.x % ci_chunks, ng = blockIdx.x / ci_chunks;  // (n * G + g) * ci_chunks + chunk
-    const int g = ng % G, n = ng / G;
+    const int ci_chunks = udiv(Cg_in + nci - 1, nci);
+    const int ng = udiv(blockIdx.x, ci_chunks), chunk = blockIdx.x - ng * ci_chunks;  // (n * G + g) * ci_chunks + chunk
+    const int n = udiv(ng, G), g = ng - n * G;
     const int ci_blk = chunk * nci, ci_thr = threadIdx.z * IGC_CQ;
     const int h0 = blockIdx.y * ty, w0 = blockIdx.z * tx * IGC_RW;
     const int hb = floor_div(h0 + PH - kh + 1, sh), wb = floor_div(w0 + PW - kw + 1, sw);
@@ -161,22 +167,22 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
 
     for (int k0 = 0; k0 < Cg_out; k0 += COC) {
         const int kn = min(COC, Cg_out - k0);
-        const T* gyg = gy + ((size_t)n * C_out + g * Cg_out + k0) * Ho * Wo;
+        const int gyg = (n * C_out + g * Cg_out + k0) * Ho * Wo;  // int offsets, as in the forward
         // rows (k, a) to the thread rows, columns to the threads of a row (as in the forward)
         for (int R = threadIdx.z * ty + threadIdx.y; R < kn * PRH; R += ty * blockDim.z) {
             const int k = R / PRH, ho = hb + R - k * PRH;
             const bool row_in = ho >= 0 && ho < Ho;
-            const T* grow = gyg + (row_in ? ((size_t)k * Ho + ho) * Wo : 0);
+            const int grow = row_in ? gyg + (k * Ho + ho) * Wo : 0;
             for (int b = threadIdx.x; b < PRW; b += tx) {
                 const int wo = wb + b;
-                s_gy[R * PRW + b] = (row_in && wo >= 0 && wo < Wo) ? grow[wo] : T(0);
+                s_gy[R * PRW + b] = (row_in && wo >= 0 && wo < Wo) ? gy[grow + wo] : T(0);
             }
         }
         // Wt[g*Cg_out + k0 + k, ci_blk + o, :, :] at s_w[(k*nci + o)*khw + t], rows (k, o) to thread rows
         for (int R = threadIdx.z * ty + threadIdx.y; R < kn * nci; R += ty * blockDim.z) {
             const int k = R / nci, o = R - k * nci, c = ci_blk + o;
-            const T* wrow = Wt + (c < Cg_in ? (((size_t)g * Cg_out + k0 + k) * Cg_in + c) * khw : 0);
-            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = c < Cg_in ? wrow[t] : T(0);
+            const int wrow = c < Cg_in ? ((g * Cg_out + k0 + k) * Cg_in + c) * khw : 0;
+            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = c < Cg_in ? Wt[wrow + t] : T(0);
         }
         __syncthreads();
         for (int k = 0; k < kn; ++k) {
@@ -210,11 +216,11 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     for (int q = 0; q < IGC_CQ; ++q) {
         const int c = ci_blk + ci_thr + q;
         if (h >= H || c >= Cg_in) continue;
-        T* gr = gx + (((size_t)n * C_in + g * Cg_in + c) * H + h) * W;
+        const int gr = ((n * C_in + g * Cg_in + c) * H + h) * W;
 #pragma unroll
         for (int r = 0; r < IGC_RW; ++r) {
             const int w = w0 + threadIdx.x + r * tx;
-            if (w < W) gr[w] = acc[q][r];
+            if (w < W) gx[gr + w] = acc[q][r];
         }
     }
 }
