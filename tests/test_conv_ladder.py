@@ -240,5 +240,5 @@ def test_kernel_report_prints_every_kernel(capsys):
     assert out.count("(DEFAULT)") == 3 * len(kr.SHAPES)
     assert "Default kernels within 3x of the roofline:" in out
     # issue 9's target: every default kernel within 3x of its roofline on the five IGC shapes
-    # (CIFAR stage 3 is the closest: 2.84x / 2.92x / 2.94x with this repository's ptxas)
+    # (CIFAR stage 3 is the closest: 2.84x / 2.92x / 2.70x with this repository's ptxas)
     assert ok and "Default kernels within 3x of the roofline: all PASS" in out, out[out.index("Roofline"):]

@@ -250,20 +250,27 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
-    const int Cg_in = C_in / G, Cg_out = C_out / G;
+    // the set-up's divisions are of sizes and indices (>= 0): unsigned (udiv), each quotient's
+    // remainder by a multiply-subtract
+    const int Cg_in = udiv(C_in, G), Cg_out = udiv(C_out, G);
     const int JB = kw / KWB, n_cq = (COB + IGC_CQ - 1) / IGC_CQ, COBP = n_cq * IGC_CQ;
     const int n_slots = GB * n_cq * CIB * kh * JB;
     const int nthreads = blockDim.x, tid = threadIdx.x;
-    const int lanes = min(IGC_TH, nthreads / n_slots), slot = tid % n_slots, lane = tid / n_slots;
-    // this thread's weights
-    const int jb = slot % JB, i = (slot / JB) % kh, c = (slot / (JB * kh)) % CIB;
-    const int cq = (slot / (JB * kh * CIB)) % n_cq, gb = slot / (JB * kh * CIB * n_cq);
+    const int lane = udiv(tid, n_slots), slot = tid - lane * n_slots;
+    const int lanes = min(IGC_TH, udiv(nthreads, n_slots));
+    // this thread's weights: slot = (((gb*n_cq + cq)*CIB + c)*KH + i)*JB + jb
+    const int s1 = slot / JB, jb = slot - s1 * JB;          // JB, kh: compile-time
+    const int s2 = s1 / kh, i = s1 - s2 * kh;
+    const int s3 = udiv(s2, CIB), c = s2 - s3 * CIB;
+    const int gb = udiv(s3, n_cq), cq = s3 - gb * n_cq;
     // the block's tile and slice
     const int tiles_w = (Wo + IGC_TW - 1) / IGC_TW, tiles_h = (Ho + IGC_TH - 1) / IGC_TH;
-    const int tw = blockIdx.x % tiles_w, th = (blockIdx.x / tiles_w) % tiles_h, nc = blockIdx.x / (tiles_w * tiles_h);
-    const int co_chunks = (Cg_out + COB - 1) / COB, ci_chunks = (Cg_in + CIB - 1) / CIB;
-    const int cic = blockIdx.y % ci_chunks, coc = (blockIdx.y / ci_chunks) % co_chunks;
-    const int g0 = blockIdx.y / (ci_chunks * co_chunks) * GB;
+    const int b1 = udiv(blockIdx.x, tiles_w), tw = blockIdx.x - b1 * tiles_w;
+    const int nc = udiv(b1, tiles_h), th = b1 - nc * tiles_h;
+    const int co_chunks = udiv(Cg_out + COB - 1, COB), ci_chunks = udiv(Cg_in + CIB - 1, CIB);
+    const int y1 = udiv(blockIdx.y, ci_chunks), cic = blockIdx.y - y1 * ci_chunks;
+    const int gc = udiv(y1, co_chunks), coc = y1 - gc * co_chunks;
+    const int g0 = gc * GB;
     const int gbn = min(GB, G - g0), co0 = coc * COB, ci0 = cic * CIB;
     const int ho0 = th * IGC_TH, wo0 = tw * IGC_TW;
     const int PRH = (IGC_TH - 1) * sh + kh, PRW = (IGC_TW - 1) * sw + kw;
