@@ -78,6 +78,17 @@ def test_fixed_shapes(case, dtype, version):
     checks.check_conv(case, dtype, "emu", version=version)
 
 
+def test_backward_data_refuses_a_gx_past_int_indexing():
+    """The kernels index with int (v3 keeps int offsets into every tensor): a gx of more than
+    2^30 elements is refused before it is allocated, naming the op and the shape, even when gy
+    (here 1x2 pixels of a 1x1 stride-32768 conv) is small."""
+    x_shape = (1, 1, 2**15, 2**15 + 1)
+    gy = np.ones((1, 1, 1, 2), np.float32)
+    W = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d_backward_data: gx of x shape \(1, 1, 32768, 32769\)"):
+        ops.conv2d_backward_data(gy, W, x_shape, (2**15, 2**15), (0, 0), 1, "emu")
+
+
 def test_v3_weight_gradient_is_deterministic_and_two_pass():
     """The same bits on every run (no atomics), equal to the sum over tiles of pass 1's partials."""
     case = ((5, 12, 17, 13), (12, 3, 3, 3), (1, 1), (1, 1), 4)
