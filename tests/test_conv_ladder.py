@@ -61,6 +61,11 @@ FIXED = [
     ((2, 6, 7, 9), (6, 1, 1, 1), (1, 1), (0, 0), 6),
     ((2, 6, 7, 9), (4, 3, 1, 1), (2, 2), (0, 0), 2),
     ((2, 4, 11, 8), (6, 2, 5, 3), (2, 1), (2, 1), 2),
+    # CIFAR IGC-L24M8 stage 3 (M = 8 channels a group, 8x8 images; fewer images and groups), and
+    # its neighbours: 7x7 (partial tiles, halo past the edge) and 9x9 (a second tile of one column)
+    ((3, 48, 8, 8), (48, 8, 3, 3), (1, 1), (1, 1), 6),
+    ((2, 24, 7, 7), (24, 8, 3, 3), (1, 1), (1, 1), 3),
+    ((2, 24, 9, 9), (24, 8, 3, 3), (1, 1), (1, 1), 3),
 ]
 
 
@@ -72,6 +77,17 @@ def test_fixed_shapes(case, dtype, version):
         # v1/v2 backward-weight run one block of 256 fibers per weight: ~10 s each in the emulator
         pytest.skip("v1/v2 on the large fixed shapes: float32 covers them")
     checks.check_conv(case, dtype, "emu", version=version)
+
+
+def test_backward_data_refuses_a_gx_past_int_indexing():
+    """The kernels index with int (v3 keeps int offsets into every tensor): a gx of more than
+    2^30 elements is refused before it is allocated, naming the op and the shape, even when gy
+    (here 1x2 pixels of a 1x1 stride-32768 conv) is small."""
+    x_shape = (1, 1, 2**15, 2**15 + 1)
+    gy = np.ones((1, 1, 1, 2), np.float32)
+    W = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d_backward_data: gx of x shape \(1, 1, 32768, 32769\)"):
+        ops.conv2d_backward_data(gy, W, x_shape, (2**15, 2**15), (0, 0), 1, "emu")
 
 
 def test_v3_weight_gradient_is_deterministic_and_two_pass():
@@ -243,10 +259,13 @@ def test_roofline_model_ranks_the_ladder():
 
 def test_kernel_report_prints_every_kernel(capsys):
     kr = _kernel_report()
-    kr.main(["--roofline"])
+    ok = kr.main(["--roofline"]) == 0
     out = capsys.readouterr().out
     for op in CONV_OPS:
         for v in VERSIONS:
             assert f"{op}_v{v}<float" in out or (v == 1 and f"{op}<float>" in out)
     assert out.count("(DEFAULT)") == 3 * len(kr.SHAPES)
     assert "Default kernels within 3x of the roofline:" in out
+    # issue 9's target: every default kernel within 3x of its roofline on the five IGC shapes
+    # (CIFAR stage 3 is the closest: 2.84x / 2.92x / 2.70x with this repository's ptxas)
+    assert ok and "Default kernels within 3x of the roofline: all PASS" in out, out[out.index("Roofline"):]

@@ -33,6 +33,10 @@
 template <int V>
 __device__ __forceinline__ int ct3(int runtime) { return V > 0 ? V : runtime; }
 
+// a / b for a >= 0, b > 0 (sizes and indices): unsigned division skips the sign fix-ups of a
+// signed one (about a third of its ~20 instructions), and the block setup divides five times
+__device__ __forceinline__ int udiv(int a, int b) { return (int)((unsigned)a / (unsigned)b); }
+
 // Forward. Block (tx, ty, tz) computes the tile y[n, co-chunk, rows by*ty.., cols bz*tx*RW..];
 // thread (x, y, z) owns the rows by*ty + y, columns bz*tx*RW + x + r*tx (r < RW), and the
 // channels chunk*tz*CQ + z*CQ + q (q < CQ) of group g.
@@ -46,12 +50,12 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
-    const int Cg_in = C_in / G, Cg_out = C_out / G;
+    const int Cg_in = udiv(C_in, G), Cg_out = udiv(C_out, G);
     const int tx = blockDim.x, ty = blockDim.y, nco = blockDim.z * IGC_CQ;  // channels per block
-    const int co_chunks = (Cg_out + nco - 1) / nco;
+    const int co_chunks = udiv(Cg_out + nco - 1, nco);
     // blockIdx.x = (n * G + g) * co_chunks + chunk
-    const int chunk = blockIdx.x % co_chunks, ng = blockIdx.x / co_chunks;
-    const int g = ng % G, n = ng / G;
+    const int ng = udiv(blockIdx.x, co_chunks), chunk = blockIdx.x - ng * co_chunks;
+    const int n = udiv(ng, G), g = ng - n * G;
     const int co_blk = chunk * nco;                       // first channel of the block, in the group
     const int co_thr = threadIdx.z * IGC_CQ;              // first channel of the thread, in the block
     const int PRH = (ty - 1) * sh + kh, PRW = (tx * IGC_RW - 1) * sw + kw;
@@ -69,24 +73,26 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     for (int c0 = 0; c0 < Cg_in; c0 += CIC) {
         const int cn = min(CIC, Cg_in - c0);
         // stage x[n, g*Cg_in + c0 + c, hb + a, wb + b] (0 outside the image); e = (c*PRH + a)*PRW + b
-        const T* xg = x + ((size_t)n * C_in + g * Cg_in + c0) * H * W;
+        // int offsets (the launcher keeps tensors below 2^30 elements): an address is then one
+        // IMAD.WIDE, where a size_t offset costs four instructions per element
+        const int xg = (n * C_in + g * Cg_in + c0) * H * W;
         // rows (c, a) go to the ty*tz thread rows, columns b to the tx threads of a row: one
         // division per row, none per element
         for (int R = threadIdx.z * ty + threadIdx.y; R < cn * PRH; R += ty * blockDim.z) {
             const int c = R / PRH, h = hb + R - c * PRH;
             const bool row_in = h >= 0 && h < H;
-            const T* xrow = xg + (row_in ? ((size_t)c * H + h) * W : 0);
+            const int xrow = row_in ? xg + (c * H + h) * W : 0;
             for (int b = threadIdx.x; b < PRW; b += tx) {
                 const int w = wb + b;
-                s_x[R * PRW + b] = (row_in && w >= 0 && w < W) ? xrow[w] : T(0);
+                s_x[R * PRW + b] = (row_in && w >= 0 && w < W) ? x[xrow + w] : T(0);
             }
         }
         // stage Wt[g*Cg_out + co_blk + o, c0 + c, :, :] (0 past the group's last channel) at
         // s_w[(o*cn + c)*khw + t]: rows (o, c) to the thread rows, taps t to the threads of a row
         for (int R = threadIdx.z * ty + threadIdx.y; R < nco * cn; R += ty * blockDim.z) {
             const int o = R / cn, c = R - o * cn, co = co_blk + o;
-            const T* wrow = Wt + (co < Cg_out ? (((size_t)g * Cg_out + co) * Cg_in + c0 + c) * khw : 0);
-            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = co < Cg_out ? wrow[t] : T(0);
+            const int wrow = co < Cg_out ? ((g * Cg_out + co) * Cg_in + c0 + c) * khw : 0;
+            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = co < Cg_out ? Wt[wrow + t] : T(0);
         }
         __syncthreads();
         for (int c = 0; c < cn; ++c) {
@@ -114,11 +120,11 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     for (int q = 0; q < IGC_CQ; ++q) {
         const int co = co_blk + co_thr + q;
         if (ho >= Ho || co >= Cg_out) continue;
-        T* yr = y + (((size_t)n * C_out + g * Cg_out + co) * Ho + ho) * Wo;
+        const int yr = ((n * C_out + g * Cg_out + co) * Ho + ho) * Wo;
 #pragma unroll
         for (int r = 0; r < IGC_RW; ++r) {
             const int wo = wo0 + threadIdx.x + r * tx;
-            if (wo < Wo) yr[wo] = acc[q][r];
+            if (wo < Wo) y[yr + wo] = acc[q][r];
         }
     }
 }
@@ -140,11 +146,11 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
-    const int Cg_in = C_in / G, Cg_out = C_out / G;
+    const int Cg_in = udiv(C_in, G), Cg_out = udiv(C_out, G);
     const int tx = blockDim.x, ty = blockDim.y, nci = blockDim.z * IGC_CQ;
-    const int ci_chunks = (Cg_in + nci - 1) / nci;
-    const int chunk = blockIdx.x % ci_chunks, ng = blockIdx.x / ci_chunks;  // (n * G + g) * ci_chunks + chunk
-    const int g = ng % G, n = ng / G;
+    const int ci_chunks = udiv(Cg_in + nci - 1, nci);
+    const int ng = udiv(blockIdx.x, ci_chunks), chunk = blockIdx.x - ng * ci_chunks;  // (n * G + g) * ci_chunks + chunk
+    const int n = udiv(ng, G), g = ng - n * G;
     const int ci_blk = chunk * nci, ci_thr = threadIdx.z * IGC_CQ;
     const int h0 = blockIdx.y * ty, w0 = blockIdx.z * tx * IGC_RW;
     const int hb = floor_div(h0 + PH - kh + 1, sh), wb = floor_div(w0 + PW - kw + 1, sw);
@@ -161,22 +167,22 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
 
     for (int k0 = 0; k0 < Cg_out; k0 += COC) {
         const int kn = min(COC, Cg_out - k0);
-        const T* gyg = gy + ((size_t)n * C_out + g * Cg_out + k0) * Ho * Wo;
+        const int gyg = (n * C_out + g * Cg_out + k0) * Ho * Wo;  // int offsets, as in the forward
         // rows (k, a) to the thread rows, columns to the threads of a row (as in the forward)
         for (int R = threadIdx.z * ty + threadIdx.y; R < kn * PRH; R += ty * blockDim.z) {
             const int k = R / PRH, ho = hb + R - k * PRH;
             const bool row_in = ho >= 0 && ho < Ho;
-            const T* grow = gyg + (row_in ? ((size_t)k * Ho + ho) * Wo : 0);
+            const int grow = row_in ? gyg + (k * Ho + ho) * Wo : 0;
             for (int b = threadIdx.x; b < PRW; b += tx) {
                 const int wo = wb + b;
-                s_gy[R * PRW + b] = (row_in && wo >= 0 && wo < Wo) ? grow[wo] : T(0);
+                s_gy[R * PRW + b] = (row_in && wo >= 0 && wo < Wo) ? gy[grow + wo] : T(0);
             }
         }
         // Wt[g*Cg_out + k0 + k, ci_blk + o, :, :] at s_w[(k*nci + o)*khw + t], rows (k, o) to thread rows
         for (int R = threadIdx.z * ty + threadIdx.y; R < kn * nci; R += ty * blockDim.z) {
             const int k = R / nci, o = R - k * nci, c = ci_blk + o;
-            const T* wrow = Wt + (c < Cg_in ? (((size_t)g * Cg_out + k0 + k) * Cg_in + c) * khw : 0);
-            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = c < Cg_in ? wrow[t] : T(0);
+            const int wrow = c < Cg_in ? ((g * Cg_out + k0 + k) * Cg_in + c) * khw : 0;
+            for (int t = threadIdx.x; t < khw; t += tx) s_w[R * khw + t] = c < Cg_in ? Wt[wrow + t] : T(0);
         }
         __syncthreads();
         for (int k = 0; k < kn; ++k) {
@@ -210,11 +216,11 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     for (int q = 0; q < IGC_CQ; ++q) {
         const int c = ci_blk + ci_thr + q;
         if (h >= H || c >= Cg_in) continue;
-        T* gr = gx + (((size_t)n * C_in + g * Cg_in + c) * H + h) * W;
+        const int gr = ((n * C_in + g * Cg_in + c) * H + h) * W;
 #pragma unroll
         for (int r = 0; r < IGC_RW; ++r) {
             const int w = w0 + threadIdx.x + r * tx;
-            if (w < W) gr[w] = acc[q][r];
+            if (w < W) gx[gr + w] = acc[q][r];
         }
     }
 }
@@ -244,20 +250,27 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
-    const int Cg_in = C_in / G, Cg_out = C_out / G;
+    // the set-up's divisions are of sizes and indices (>= 0): unsigned (udiv), each quotient's
+    // remainder by a multiply-subtract
+    const int Cg_in = udiv(C_in, G), Cg_out = udiv(C_out, G);
     const int JB = kw / KWB, n_cq = (COB + IGC_CQ - 1) / IGC_CQ, COBP = n_cq * IGC_CQ;
     const int n_slots = GB * n_cq * CIB * kh * JB;
     const int nthreads = blockDim.x, tid = threadIdx.x;
-    const int lanes = min(IGC_TH, nthreads / n_slots), slot = tid % n_slots, lane = tid / n_slots;
-    // this thread's weights
-    const int jb = slot % JB, i = (slot / JB) % kh, c = (slot / (JB * kh)) % CIB;
-    const int cq = (slot / (JB * kh * CIB)) % n_cq, gb = slot / (JB * kh * CIB * n_cq);
+    const int lane = udiv(tid, n_slots), slot = tid - lane * n_slots;
+    const int lanes = min(IGC_TH, udiv(nthreads, n_slots));
+    // this thread's weights: slot = (((gb*n_cq + cq)*CIB + c)*KH + i)*JB + jb
+    const int s1 = slot / JB, jb = slot - s1 * JB;          // JB, kh: compile-time
+    const int s2 = s1 / kh, i = s1 - s2 * kh;
+    const int s3 = udiv(s2, CIB), c = s2 - s3 * CIB;
+    const int gb = udiv(s3, n_cq), cq = s3 - gb * n_cq;
     // the block's tile and slice
     const int tiles_w = (Wo + IGC_TW - 1) / IGC_TW, tiles_h = (Ho + IGC_TH - 1) / IGC_TH;
-    const int tw = blockIdx.x % tiles_w, th = (blockIdx.x / tiles_w) % tiles_h, nc = blockIdx.x / (tiles_w * tiles_h);
-    const int co_chunks = (Cg_out + COB - 1) / COB, ci_chunks = (Cg_in + CIB - 1) / CIB;
-    const int cic = blockIdx.y % ci_chunks, coc = (blockIdx.y / ci_chunks) % co_chunks;
-    const int g0 = blockIdx.y / (ci_chunks * co_chunks) * GB;
+    const int b1 = udiv(blockIdx.x, tiles_w), tw = blockIdx.x - b1 * tiles_w;
+    const int nc = udiv(b1, tiles_h), th = b1 - nc * tiles_h;
+    const int co_chunks = udiv(Cg_out + COB - 1, COB), ci_chunks = udiv(Cg_in + CIB - 1, CIB);
+    const int y1 = udiv(blockIdx.y, ci_chunks), cic = blockIdx.y - y1 * ci_chunks;
+    const int gc = udiv(y1, co_chunks), coc = y1 - gc * co_chunks;
+    const int g0 = gc * GB;
     const int gbn = min(GB, G - g0), co0 = coc * COB, ci0 = cic * CIB;
     const int ho0 = th * IGC_TH, wo0 = tw * IGC_TW;
     const int PRH = (IGC_TH - 1) * sh + kh, PRW = (IGC_TW - 1) * sw + kw;
@@ -269,10 +282,13 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     // They follow the tiles and the lanes' sums (both fit in max(tiles, nthreads*CQ*KWB) T).
     int* s_off_x = reinterpret_cast<int*>(s + max(GB * COBP * TP + GB * CIB * PRH * PRW, nthreads * IGC_CQ * KWB));
     int* s_off_gy = s_off_x + GB * CIB;
+    // (a thread has at most a few planes: unrolled copies of these loops would only lengthen the code)
+#pragma unroll 1
     for (int r = tid; r < GB * CIB; r += nthreads) {  // r = b*CIB + cc
         const int b = r / CIB, ci = ci0 + r - b * CIB;
         s_off_x[r] = (b < gbn && ci < Cg_in) ? ((g0 + b) * Cg_in + ci) * H * W : -1;
     }
+#pragma unroll 1
     for (int r = tid; r < GB * COBP; r += nthreads) {  // r = b*COBP + o
         const int b = r / COBP, o = r - b * COBP, co = co0 + o;
         s_off_gy[r] = (b < gbn && o < COB && co < Cg_out) ? ((g0 + b) * Cg_out + co) * Ho * Wo : -1;
@@ -289,32 +305,33 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
         // image n, as an int offset (the launcher keeps tensors below 2^30 elements): a 64-bit
         // pointer would be one more pair of registers, which ptxas rematerialises per element
         const int xn = n * C_in * H * W, gyn = n * C_out * Ho * Wo;
-        // A division per staged element would cost ~20 instructions, as many as the
-        // multiply-adds the element feeds: the loops keep the digits of e instead.
-        // gy[n, channel plane r, ho0 + p/TW, wo0 + p%TW] at e = r*TP + p, 0 outside; TP divides
-        // nthreads, so a thread's p is fixed and r steps by nthreads / TP
-        {
-            const int p = tid % TP, ho = ho0 + p / IGC_TW, wo = wo0 + p % IGC_TW;
-            const bool inside = ho < Ho && wo < Wo;
+        // Whole rows to a thread: one division per row (by a constant for compile-time shapes),
+        // the columns unrolled, so an element costs a bounds test, a load and a store (staging
+        // element by element cost 15 (gy) and 37 (x) instructions, as many as the FMAs it feeds).
+        // gy[n, channel plane r, ho0 + py, wo0 + px] at (r*TH + py)*TW + px, 0 outside
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
-            for (int e = tid, r = tid / TP; e < GB * COBP * TP; e += nthreads, r += nthreads / TP) {
-                const int off = s_off_gy[r];
-                s_gy[e] = (inside && off >= 0) ? gy[gyn + off + ho * Wo + wo] : T(0);
-            }
+        for (int R = tid; R < GB * COBP * IGC_TH; R += nthreads) {
+            const int r = R / IGC_TH, ho = ho0 + R - r * IGC_TH, off = s_off_gy[r];
+            const bool row_in = off >= 0 && ho < Ho;
+            const T* grow = gy + (row_in ? gyn + off + ho * Wo + wo0 : 0);
+            T* srow = s_gy + R * IGC_TW;
+#pragma unroll
+            for (int px = 0; px < IGC_TW; ++px) srow[px] = (row_in && wo0 + px < Wo) ? grow[px] : T(0);
         }
-        // x[n, channel plane r, hb + a, wb + col] at e = (r*PRH + a)*PRW + col; the step nthreads
-        // is (d_r, d_a, d_col) in the same digits, each digit stays below twice its radix, so one
-        // subtraction carries
+        // x[n, channel plane r, hb + a, wb + col] at (r*PRH + a)*PRW + col, 0 outside
         {
-            const int d_col = nthreads % PRW, d_a = (nthreads / PRW) % PRH, d_r = nthreads / (PRW * PRH);
-            int col = tid % PRW, a = (tid / PRW) % PRH, r = tid / (PRW * PRH);
+            constexpr int PRW_CT = (KW > 0 && SW > 0) ? (IGC_TW - 1) * SW + KW : 0;  // 0: run time
 #pragma unroll 1
-            for (int e = tid; e < GB * CIB * PRH * PRW; e += nthreads) {
-                const int h = hb + a, w = wb + col, off = s_off_x[r];
-                s_x[e] = (off >= 0 && h >= 0 && h < H && w >= 0 && w < W) ? x[xn + off + h * W + w] : T(0);
-                col += d_col, a += d_a, r += d_r;
-                if (col >= PRW) col -= PRW, ++a;
-                if (a >= PRH) a -= PRH, ++r;
+            for (int R = tid; R < GB * CIB * PRH; R += nthreads) {
+                const int r = R / PRH, h = hb + R - r * PRH, off = s_off_x[r];
+                const bool row_in = off >= 0 && h >= 0 && h < H;
+                const T* xrow = x + (row_in ? xn + off + h * W : 0);  // + w below (w may be < 0: not read)
+                T* srow = s_x + R * PRW;
+#pragma unroll (PRW_CT > 0 ? PRW_CT : 1)
+                for (int col = 0; col < (PRW_CT > 0 ? PRW_CT : PRW); ++col) {
+                    const int w = wb + col;
+                    srow[col] = (row_in && w >= 0 && w < W) ? xrow[w] : T(0);
+                }
             }
         }
         __syncthreads();
