@@ -372,9 +372,9 @@ def conv2d_backward_data(gy, W, x_shape, stride, padding, groups, device, versio
     x_shape = _shape4(op, "x_shape", x_shape)
     y_shape, dims = _conv_geometry(op, x_shape, W.shape, stride, padding, groups)
     _check_gy(op, gy, y_shape, x_shape, W.shape)
-    if int(np.prod(x_shape)) > INT_MAX:  # gx is the one array _prepare and _conv_geometry do not see
+    if int(np.prod(x_shape)) > MAX_INDEXED_ELEMENTS:  # gx is the one array _prepare and _conv_geometry do not see
         raise ValueError(f"{op}: gx of x shape {x_shape} has {int(np.prod(x_shape))} elements, more than "
-                         f"the kernels' int indexing allows ({INT_MAX})")
+                         f"the kernels' int indexing allows ({MAX_INDEXED_ELEMENTS})")
     gx = xp.empty(x_shape, dtype=gy.dtype)
     _BACKWARD_DATA[versions.resolve(op, version)](gy, W, gx, dims)
     return gx
