@@ -198,6 +198,8 @@ def parse_args(argv=None):
 
 
 def default_output_dir(o):
+    if o["network"] in IMAGENET_LM:  # the model's name already says its depth, L and M
+        return os.path.join("runs", f"{o['dataset']}-{o['network']}")
     return os.path.join("runs", f"{o['dataset']}-{o['network']}{o['depth']}-"
                                 f"L{o['primary_partition']}M{o['secondary_partition']}")
 
@@ -261,10 +263,18 @@ def resolve_options(args):
         steps = sorted({int(n * f) for f in (1 / 2, 3 / 4, 7 / 8)} - {0}) if isinstance(n, int) else []
     elif isinstance(steps, str):
         try:
-            steps = sorted({int(s) for s in steps.split(",") if s.strip()})
+            given = [int(s) for s in steps.split(",") if s.strip()]
         except ValueError:
             raise OptionError(f"--lr-steps must be comma-separated epochs like 200,300,350, "
                               f"got {steps!r}") from None
+        steps = sorted(set(given))
+        if steps != given:
+            print(f"note: --lr-steps {','.join(map(str, given))} read as {','.join(map(str, steps))}",
+                  file=sys.stderr)
+        late = [e for e in steps if isinstance(o.get("num_epochs"), int) and e >= o["num_epochs"]]
+        if late:
+            print(f"note: --lr-steps {','.join(map(str, late))} at or after --num-epochs "
+                  f"{o['num_epochs']}: that step never happens in this run", file=sys.stderr)
     o["lr_steps"] = steps
     training.check_options(o)
     return o, ckpt
@@ -346,13 +356,13 @@ class _QuietPipe:
 def main(argv=None):
     """Parse the command line and train; returns the exit status (0, 1, 2, 130 or 143)."""
     args = parse_args(argv)  # usage errors: argparse prints one line and exits with 2
-    if distributed.should_spawn(args.dist or "auto", args.gpus):  # --gpus 0,1,..: this process
-        try:                                                        # only starts the ranks
+    try:  # --gpus 0,1,..: this process only starts the ranks
+        if distributed.should_spawn(args.dist or "auto", args.gpus):
             return distributed.spawn(args.gpus, [os.path.abspath(__file__)]
                                      + list(sys.argv[1:] if argv is None else argv))
-        except distributed.DistError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
+    except distributed.DistError as e:  # e.g. --gpus x
+        print(f"error: {e}", file=sys.stderr)
+        return training.EXIT_USAGE
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
 

@@ -1,6 +1,6 @@
 """Data-parallel training over several processes: MPI (mpi4py) for CPU ranks, NCCL for GPUs.
 
-The reference trains with ``--gpus 0,1`` and ``--kv-store dist_sync`` (IGC_SPEC.md section 7):
+The reference trains with ``--gpus 0,1`` and ``--kv-store dist_sync`` (docs/reference_protocol.md, "Several GPUs and machines"):
 one replica per device, each ``--batch-size`` batch split evenly over the replicas, gradients
 summed so that the update is the one of the mean loss over the whole batch (lr unchanged),
 BatchNorm statistics per replica (not synchronised). This module does the same on engines that

@@ -9,11 +9,11 @@ Layouts (``load_imagenet`` takes the first it finds in ``data_dir``):
 
 * RecordIO, as the seed trains: ``imagenet_train.rec`` + ``imagenet_train.idx`` and
   ``imagenet_val.rec`` + ``.idx`` (also ``train.rec`` / ``val.rec``); labels are the records' float
-  labels (IGC_SPEC.md section 6: JPEGs stored with the short side at 480).
+  labels (docs/reference_protocol.md, "ImageNet training": JPEGs stored with the short side at 480).
 * Image folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``; class k is the k-th wnid of
   ``train/`` in sorted order (the usual torchvision ImageFolder convention).
 
-The seed's protocol (IGC_SPEC.md section 6), as we read MXNet's default image augmenter:
+The seed's protocol (docs/reference_protocol.md, "ImageNet training"), as we read MXNet's default image augmenter:
 
 * training: short side scaled to a random size in [256, 480] (the seed's scale 0.533..1 of 480),
   aspect ratio jittered by a factor r in [0.75, 1.25] (x scaled by 2s/(1+r), y by r times that, the
@@ -67,7 +67,7 @@ __all__ = ["load_imagenet", "ImageNetNotFoundError", "ImageError", "ImageNet", "
            "FolderSamples", "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
            "IMAGENET_MEAN", "IMAGENET_STD", "FILL_VALUE"]
 
-IMAGENET_MEAN = (123.370, 112.757, 99.406)   # IGC_SPEC.md section 4, 0..255 scale, RGB
+IMAGENET_MEAN = (123.370, 112.757, 99.406)   # docs/reference_protocol.md, 0..255 scale, RGB
 IMAGENET_STD = (68.998, 66.093, 68.292)
 FILL_VALUE = (123, 113, 99)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")

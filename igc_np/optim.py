@@ -13,14 +13,30 @@ launch), so that the first step v = momentum * 0 + g = g is the CPU's v = g.
 import numpy as np
 
 from . import backend
-from .autograd import no_grad
+from .autograd import Tensor, no_grad
 
 
 class SGD:
+    """SGD with the reference trainer's defaults, which differ from ``torch.optim.SGD``'s: Nesterov
+    momentum (``nesterov=True``), ``momentum=0.9``, ``weight_decay=1e-4`` on every parameter (BN and
+    biases included) and ``lr=0.1``. PyTorch's defaults are plain SGD without momentum or decay; pass
+    ``nesterov=False, momentum=0, weight_decay=0`` for them. The Nesterov update is the formula above,
+    the same as PyTorch's ``nesterov=True``.
+
+    params: an iterable of Tensors that require a gradient, e.g. ``model.parameters()``.
+    """
+
     def __init__(self, params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4):
+        if hasattr(params, "parameters") and callable(params.parameters):
+            raise TypeError(f"SGD: got the module {type(params).__name__}; pass model.parameters()")
         self.params = list(params)
         if not self.params:
             raise ValueError("SGD: got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Tensor) or not p.requires_grad:
+                raise TypeError(f"SGD: parameter {i} is a {type(p).__name__}"
+                                f"{'' if not isinstance(p, Tensor) else ' without requires_grad'}; "
+                                "pass Tensors that require a gradient, e.g. model.parameters()")
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay

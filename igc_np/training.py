@@ -147,6 +147,10 @@ def check_options(o, where=""):
         if any(s < 1 for s in steps):
             bad("lr_steps", f"must be epochs >= 1 (the step happens before that epoch), got "
                             f"{','.join(map(str, steps))}")
+    K, B = o.get("micro_batches"), o.get("batch_size")
+    if isinstance(K, int) and isinstance(B, int) and K > B:
+        bad("micro_batches", f"{K} is more than --batch-size {B}: every micro-batch needs at least "
+                             "one image (and BatchNorm more than one)")
     L, M = o.get("primary_partition"), o.get("secondary_partition")
     if isinstance(L, int) and isinstance(M, int) and L * M > MAX_WIDTH:
         bad("primary_partition", f"x --secondary-partition = C = {L * M} channels in the first "

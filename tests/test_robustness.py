@@ -416,6 +416,8 @@ def test_save_and_load_round_trip_state_dicts(tmp_path):
     (["--wd", "-0.1"], "--wd must be in [0"),
     (["--batch-size", "0"], "--batch-size must be in 1.."),
     (["--depth", "7"], "cannot build resnet_igc-7"),
+    (["--batch-size", "8", "--micro-batches", "9"], "--micro-batches 9 is more than --batch-size 8"),
+    (["--gpus", "x"], "--gpus must be comma-separated GPU ids"),
 ])
 def test_bad_options_are_one_line_with_exit_2(tmp_path, capsys, argv, needle):
     status = trainer.main(TINY + ["--output-dir", str(tmp_path / "o")] + argv)
@@ -423,6 +425,20 @@ def test_bad_options_are_one_line_with_exit_2(tmp_path, capsys, argv, needle):
     assert status == 2 and needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # nothing written for a refused command
+
+
+def test_odd_lr_steps_are_said_not_silently_rewritten(tmp_path, capsys):
+    """--lr-steps 3,1 is read sorted, and a step at or after the last epoch never happens: both said."""
+    o, _ = trainer.resolve_options(trainer.parse_args(
+        TINY + ["--output-dir", str(tmp_path / "o"), "--num-epochs", "2", "--lr-steps", "3,1"]))
+    assert o["lr_steps"] == [1, 3]
+    err = capsys.readouterr().err
+    assert "--lr-steps 3,1 read as 1,3" in err and "--lr-steps 3 at or after --num-epochs 2" in err
+
+
+def test_imagenet_run_folder_is_named_by_the_model():
+    o = dict(dataset="imagenet", network="igc_l4m32", depth=18, primary_partition=4, secondary_partition=32)
+    assert trainer.default_output_dir(o) == os.path.join("runs", "imagenet-igc_l4m32")
 
 
 def test_cli_errors_in_subprocesses_have_no_traceback(tmp_path):
