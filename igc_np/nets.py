@@ -30,7 +30,7 @@ from .ops.fused import batch_norm_relu
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 
-# model name -> released graph of the reference code, in /work/shared/reference/mxnet-symbols
+# model name -> released graph of the reference code (its "<name>-symbol.json"; see tests/test_nets.py)
 IMAGENET_GRAPHS = {
     "resnet18_c64": "resnet_d18.json",
     "resnet18_c69": "resnet_d18_w69.json",
