@@ -233,8 +233,101 @@ def test_batch_norm_v2_slices():
                                      2e-5, "emu", version=2, slices=9)
 
 
+CPU_TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-6}
+
+
+def check_batch_norm_relu_cpu(shape, dtype, training, relu, with_residual, seed=9):
+    """The op's cpu tier on x and residual in (C, H, W, N) memory (its one-pass slab path) against
+    the float64 formulas (bn_reference): y, every gradient and the running statistics within
+    CPU_TOL norm-relative (float32: with the op's own ReLU mask, as check_batch_norm)."""
+    from igc_np.ops import layout
+    from igc_np.ops.fused import batch_norm_relu
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    chwn = lambda a: layout.from_chwn(layout.to_chwn(a))  # noqa: E731 - the conv's output memory
+    x0 = chwn((_rand(rng, shape, np.float64) * 2 + 0.5).astype(dtype))
+    r0 = chwn(_rand(rng, shape, dtype)) if with_residual else None
+    gamma0, beta0 = _rand(rng, C, dtype), _rand(rng, C, dtype)
+    rmean, rvar = _rand(rng, C, dtype), (rng.random(C) + 0.5).astype(dtype)
+    gy = _rand(rng, shape, dtype)
+    ref = list(bn_reference(x0, gamma0, beta0, rmean, rvar, gy, training, 0.9, 2e-5, relu, r0))
+    x, gamma, beta = (ig.Tensor(a, requires_grad=True) for a in (x0, gamma0, beta0))
+    r = ig.Tensor(r0, requires_grad=True) if with_residual else None
+    rm, rv = rmean.copy(), rvar.copy()
+    y = batch_norm_relu(x, gamma, beta, rm, rv, training, 0.9, 2e-5, relu=relu, residual=r)
+    y.backward(gy)
+    assert layout.is_chwn(y.data) and layout.is_chwn(x.grad)  # stays in the next conv's memory
+    if relu and dtype == np.float32:
+        ref[4] = gy.astype(np.float64) * (y.numpy() > 0)
+        ref[1:4] = bn_reference_grads(x0, gamma0, rmean, rvar, ref[4], training, 2e-5)
+
+    def close(actual, ref64, what, scale=0.0):
+        actual = np.asarray(actual)
+        assert actual.dtype == dtype, (what, actual.dtype)
+        err, scale = np.linalg.norm((actual.astype(np.float64) - ref64).ravel()), max(np.linalg.norm(ref64), scale)
+        assert err <= CPU_TOL[np.dtype(dtype)] * max(scale, 1e-30), f"{what}: relative error {err / scale:.3g}"
+    # gx = (g - its parts along 1 and xhat) * gamma * invstd cancels (to 0 when N*H*W = 2): relative to
+    # the size of the terms, g * gamma * invstd, as rounding in any order is
+    gx_terms = np.linalg.norm(ref[4] * _ch(gamma0 * _bn_normalise(x0, rmean, rvar, training, 2e-5)[2]))
+    for actual, k, what in [(y.numpy(), 0, "y"), (gamma.grad, 2, "ggamma"), (beta.grad, 3, "gbeta"),
+                            (rm, 5, "running_mean"), (rv, 6, "running_var")]:
+        close(actual, ref[k], what)
+    close(x.grad, ref[1], "gx", gx_terms)
+    if with_residual:
+        close(r.grad, ref[4], "gresidual")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu, with_residual", [(True, True), (True, False), (False, True)])
+def test_batch_norm_relu_op_cpu_one_pass(dtype, training, relu, with_residual, monkeypatch):
+    """Threaded slabs (3 threads, slabs of 16 KiB: several per thread; 12 channels of 5760 values)."""
+    from igc_np.ops import activation, normalization, parallel
+    monkeypatch.setattr(parallel, "THREADS", 3)
+    monkeypatch.setattr(normalization, "SLAB_BYTES", 1 << 14)
+    monkeypatch.setattr(activation.ReLUFunction, "forward_cpu", None)  # the one pass never calls it
+    check_batch_norm_relu_cpu((10, 12, 24, 24), dtype, training, relu, with_residual)
+
+
+@settings(max_examples=15, **SETTINGS)
+@given(shape=bn_shapes(), dtype=st.sampled_from(DTYPES), training=st.booleans(),
+       relu_residual=st.sampled_from([(True, True), (True, False), (False, True)]))
+def test_batch_norm_relu_op_cpu_one_pass_small(shape, dtype, training, relu_residual):
+    check_batch_norm_relu_cpu(shape, dtype, training, *relu_residual)
+
+
+def test_batch_norm_relu_op_cpu_falls_back_to_unfused_ops():
+    """x in (C, H, W, N) memory but the residual in NCHW memory: the unfused ops, bit for bit."""
+    from igc_np import functional as F
+    from igc_np.ops import layout
+    from igc_np.ops.fused import batch_norm_relu
+    rng = np.random.default_rng(10)
+    x0, r0 = layout.from_chwn(layout.to_chwn(rng.standard_normal((3, 4, 5, 5)))), rng.standard_normal((3, 4, 5, 5))
+    out = {}
+    for fused in (False, True):
+        x, r = ig.Tensor(x0, requires_grad=True), ig.Tensor(r0, requires_grad=True)
+        gamma, beta = ig.Tensor(np.full(4, 1.5), requires_grad=True), ig.Tensor(np.full(4, 0.1), requires_grad=True)
+        if fused:
+            y = batch_norm_relu(x, gamma, beta, None, None, True, residual=r)
+        else:
+            y = F.relu(F.batch_norm(x, gamma, beta, None, None, True) + r)
+        (y * y).sum().backward()
+        out[fused] = [y.numpy(), x.grad, r.grad, gamma.grad, beta.grad]
+    for a, b in zip(out[False], out[True]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_relu_refuses_a_residual_of_another_dtype():
+    from igc_np.ops.fused import batch_norm_relu
+    x, r = ig.Tensor(np.zeros((2, 3, 2, 2))), ig.Tensor(np.zeros((2, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"batch_norm_relu: residual dtype float32 != input dtype float64 "
+                                         r"\(shape \(2, 3, 2, 2\)\); make them the same"):
+        batch_norm_relu(x, ig.Tensor(np.ones(3)), ig.Tensor(np.zeros(3)), residual=r)
+
+
 def test_batch_norm_relu_op_cpu_equals_unfused_ops():
-    """On "cpu" the fused op is the unfused ops' maths: same values and gradients, bit for bit."""
+    """On "cpu" with NCHW memory the fused op is the unfused ops' maths: same values and gradients,
+    bit for bit."""
     from igc_np import functional as F
     from igc_np.ops.fused import batch_norm_relu
     rng = np.random.default_rng(4)

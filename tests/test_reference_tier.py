@@ -204,6 +204,40 @@ def test_batch_norm_and_relu_large_threaded(training, data):
     assert max(counts) > 1
 
 
+def _no_relu_op(*args):
+    raise AssertionError("the fused cpu tier of batch_norm_relu ran the separate ReLU op")
+
+
+@LARGE
+@given(st.booleans(), st.sampled_from([(True, True), (True, False), (False, True)]), st.data())
+def test_batch_norm_relu_fused_large_threaded(training, relu_residual, data):
+    """ops/fused.py's cpu tier in one slab pass (x and residual in (C, H, W, N) memory) == the
+    reference tier's BN, add, ReLU: output, the gradients of x, gamma, beta, residual and the running
+    statistics, with several slabs per thread; the unfused ReLU op is never called."""
+    from igc_np.ops import activation
+    from igc_np.ops.fused import batch_norm_relu
+    relu, with_residual = relu_residual
+    x, r = (chwn(data.draw(arrays((10, 12, 24, 24)))) for _ in range(2))
+    gamma, beta = data.draw(arrays((12,))) + 2.0, data.draw(arrays((12,)))
+    stats = []
+
+    def fn(x, g, b, *r):
+        rm, rv = np.full(12, 0.5), np.full(12, 2.0)
+        stats.append((rm, rv))
+        y = batch_norm_relu(x, g, b, rm, rv, training, relu=relu, residual=r[0] if r else None)
+        assert ig.backend.reference_enabled() or layout.is_chwn(y.data)  # the next conv's layout
+        return y
+    with pytest.MonkeyPatch.context() as mp:
+        counts = threaded(mp)
+        mp.setattr(ig.ops.normalization, "SLAB_BYTES", 1 << 14)
+        mp.setattr(activation.ReLUFunction, "forward_cpu", _no_relu_op)
+        assert_tiers_equal(fn, x, gamma, beta, *((r,) if with_residual else ()))
+    assert max(counts) > 1
+    (m0, v0), (m1, v1) = stats
+    np.testing.assert_allclose(m0, m1, **TOL)
+    np.testing.assert_allclose(v0, v1, **TOL)
+
+
 @given(st.booleans(), st.data())
 def test_relu(channel_first, data):
     x = data.draw(arrays((2, 3, 4, 5)))

@@ -6,14 +6,20 @@
 x, residual (N, C, H, W) Tensors; gamma, beta (C,) Tensors; running statistics (C,) arrays,
 updated in place in training mode (as ops/normalization.py's batch_norm).
 
-The reference and cpu tiers are the composition of the existing ops' tiers (BatchNormFunction,
-the add, ReLUFunction), so their results are those of the unfused network bit for bit. The gpu
+The reference tier is the composition of the existing ops' tiers (BatchNormFunction, the add,
+ReLUFunction). The cpu tier, when x (and the residual) lie in the conv's (C, H, W, N) memory
+(ops/layout.py), runs BatchNorm's slab code (ops/normalization.py) with the add and the clamp
+done on each cache-sized slab of channels: one pass over memory forward (statistics, normalise,
++ residual, ReLU, y written once) and one backward (the ReLU mask from the saved y, the residual's
+gradient, BatchNorm's backward with xhat rebuilt from x, mean, invstd); other layouts compose the
+unfused ops' cpu tiers, as the reference tier does. The gpu
 tier ("cuda", "emu") runs igc_np/kernels/batch_norm.cu: 2 launches forward (per-channel
 statistics, then one fused pass that normalises, adds and clamps) and 2 backward, where the
 unfused ops issue about twenty array operations.
 """
 from ..autograd import Function, Tensor
 from .activation import ReLUFunction
+from .layout import rows
 from .normalization import BatchNormFunction, batch_norm, check_batch_norm_args
 
 
@@ -45,11 +51,25 @@ class BatchNormReLUFunction(Function):
     def backward_reference(self, gy):
         return self._compose_backward("reference", gy)
 
+    # ---- cpu: one slab pass each way on (C, H, W, N) rows, else the unfused ops ----
     def forward_cpu(self, x, gamma, beta, *residual):
-        return self._compose("cpu", x, gamma, beta, residual)
+        xr, rr = rows(x), rows(residual[0]) if self.has_residual else None
+        self.fused_rows = xr is not None and (rr is not None or not self.has_residual)
+        if not self.fused_rows:
+            return self._compose("cpu", x, gamma, beta, residual)
+        # BatchNormFunction's slab code with the add and the clamp done on each slab in cache;
+        # backward needs x (its rows, kept by self.bn), mean, invstd and, for the ReLU mask, y
+        self.bn = BatchNormFunction(self.running_mean, self.running_var, self.training, self.momentum, self.eps)
+        self.bn.rows = xr
+        y = self.bn._forward_rows(x, gamma, beta, residual=rr, relu=self.relu)
+        self.y_rows = rows(y) if self.relu else None
+        return y
 
     def backward_cpu(self, gy):
-        return self._compose_backward("cpu", gy)
+        if not self.fused_rows:
+            return self._compose_backward("cpu", gy)
+        gx, ggamma, gbeta, gres = self.bn._backward_rows(gy, relu_y=self.y_rows, residual=self.has_residual)
+        return (gx, ggamma, gbeta) + ((gres,) if self.has_residual else ())
 
     # ---- gpu: the fused kernels ----
     def forward_gpu(self, xp, x, gamma, beta, *residual):
@@ -79,6 +99,9 @@ def batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, trainin
         if tuple(residual.shape) != tuple(x.shape):
             raise ValueError(f"batch_norm_relu: residual shape {tuple(residual.shape)} != input shape "
                              f"{tuple(x.shape)}")
+        if residual.dtype != x.dtype:  # as the unfused add: float32 training must not become float64
+            raise ValueError(f"batch_norm_relu: residual dtype {residual.dtype} != input dtype {x.dtype} "
+                             f"(shape {tuple(x.shape)}); make them the same")
     check_batch_norm_args(x, gamma, beta, running_mean, running_var, training)
     fn = BatchNormReLUFunction(running_mean, running_var, training, momentum, eps, bool(relu), residual is not None)
     return fn.apply(x, gamma, beta, *(() if residual is None else (residual,)))

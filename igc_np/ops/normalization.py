@@ -62,7 +62,7 @@ class BatchNormFunction(Function):
 
     def backward_cpu(self, gy):
         if self.rows is not None:
-            return self._backward_rows(gy)
+            return self._backward_rows(gy)[:3]
         return self._backward_arrays(np, gy)
 
     def forward_gpu(self, xp, x, gamma, beta):
@@ -104,8 +104,12 @@ class BatchNormFunction(Function):
             self.running_var *= m
             self.running_var += (1 - m) * var
 
-    def _forward_rows(self, x, gamma, beta):
-        """The same maths on (C, K) rows, slab by slab (see the module docstring)."""
+    def _forward_rows(self, x, gamma, beta, residual=None, relu=False):
+        """The same maths on (C, K) rows, slab by slab (see the module docstring).
+
+        residual (C, K) rows or None, relu: ops/fused.py's batch_norm_relu tail, done on each slab
+        while it is in cache, so y = [relu](bn(x) [+ residual]) is written once.
+        """
         xr = self.rows
         C, K = xr.shape
         y = np.empty_like(xr)
@@ -113,32 +117,45 @@ class BatchNormFunction(Function):
         var = self.running_var.astype(x.dtype) if not self.training else np.empty(C, x.dtype)
 
         def slab(c0, c1):
-            xs = xr[c0:c1]
+            xs, ys = xr[c0:c1], y[c0:c1]
             if self.training:
                 mean[c0:c1] = xs.mean(axis=1)
             d = xs - mean[c0:c1, None]
             if self.training:
                 var[c0:c1] = np.einsum("ck,ck->c", d, d) / K
             a = gamma[c0:c1] / np.sqrt(var[c0:c1] + self.eps)
-            np.multiply(d, a[:, None], out=y[c0:c1])
-            y[c0:c1] += beta[c0:c1, None]
+            np.multiply(d, a[:, None], out=ys)
+            ys += beta[c0:c1, None]
+            if residual is not None:
+                ys += residual[c0:c1]
+            if relu:
+                np.maximum(ys, 0, out=ys)
         _over_slabs(C, K, x.itemsize, slab)
         if self.training:
             self._update_running(mean, var)
         self.mean, self.invstd, self.gamma = mean, 1.0 / np.sqrt(var + self.eps), gamma
         return from_rows(y, x.shape)
 
-    def _backward_rows(self, gy):
+    def _backward_rows(self, gy, relu_y=None, residual=False):
+        """(gx, ggamma, gbeta, gresidual) from gy, slab by slab; the input gradient is rebuilt from x,
+        mean and invstd, so the forward keeps no xhat.
+
+        relu_y: the (C, K) rows of the forward's ReLU output (its mask y > 0 gates gy), or None;
+        residual: also return the gradient reaching the residual (gy through the mask), else None.
+        """
         gr = rows(gy)
         if gr is None:
             gr = np.ascontiguousarray(gy.transpose(1, 2, 3, 0)).reshape(self.rows.shape)
         xr = self.rows
         C, K = xr.shape
         gx, gbeta, ggamma = np.empty_like(xr), np.empty(C, gy.dtype), np.empty(C, gy.dtype)
+        gres = np.empty_like(xr) if residual and relu_y is not None else None
 
         def slab(c0, c1):
-            xhat = (xr[c0:c1] - self.mean[c0:c1, None]) * self.invstd[c0:c1, None]
             g = gr[c0:c1]
+            if relu_y is not None:  # ReLU's backward on this slab: into gres, or a slab-sized temporary
+                g = np.multiply(g, relu_y[c0:c1] > 0, out=None if gres is None else gres[c0:c1])
+            xhat = (xr[c0:c1] - self.mean[c0:c1, None]) * self.invstd[c0:c1, None]
             gbeta[c0:c1] = g.sum(axis=1)
             ggamma[c0:c1] = np.einsum("ck,ck->c", g, xhat)
             scale = (self.gamma[c0:c1] * self.invstd[c0:c1])[:, None]
@@ -150,7 +167,13 @@ class BatchNormFunction(Function):
             else:
                 np.multiply(g, scale, out=gx[c0:c1])
         _over_slabs(C, K, gy.itemsize, slab)
-        return from_rows(gx, gy.shape), ggamma, gbeta
+        if not residual:
+            gres_out = None
+        elif gres is None:  # no ReLU: the residual's gradient is gy itself
+            gres_out = gy
+        else:
+            gres_out = from_rows(gres, gy.shape)
+        return from_rows(gx, gy.shape), ggamma, gbeta, gres_out
 
     def _backward_arrays(self, xp, gy):
         axes = (0, 2, 3)
