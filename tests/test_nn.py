@@ -174,3 +174,17 @@ def test_valid_layer_arguments_still_build():
     assert ig.nn.Conv2d(4, 8, (3, 1), stride=(2, 1), padding=(1, 0), groups=2).weight.shape == (8, 2, 3, 1)
     assert ig.nn.Conv2d(np.int64(4), 4, 1).weight.shape == (4, 4, 1, 1)  # NumPy integers are ints
     assert ig.nn.IGCConv(8, 8, L=1, S=8).secondary.weight.shape == (8, 1, 1, 1)
+
+
+def test_sgd_says_what_it_takes():
+    import numpy as np
+    import pytest
+    import igc_np as ig
+    net = ig.nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="pass model.parameters"):
+        ig.optim.SGD(net)
+    with pytest.raises(TypeError, match="parameter 0 is a ndarray"):
+        ig.optim.SGD([np.ones(3)])
+    with pytest.raises(TypeError, match="without requires_grad"):
+        ig.optim.SGD([ig.Tensor(np.ones(3))])
+    ig.optim.SGD(net.parameters())  # the right call still works
