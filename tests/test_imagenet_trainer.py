@@ -5,11 +5,11 @@ import importlib.util
 import signal
 from pathlib import Path
 
-import numpy as np
 
 import igc_np as ig
 from igc_np import mxnet_io
 from test_imagenet_data import make_folders
+from test_trainer import assert_same_checkpoint
 
 def _scripts():
     root = Path(__file__).resolve().parent.parent
@@ -20,14 +20,6 @@ def _scripts():
         spec.loader.exec_module(m)
         return m
     return load("cifar10_igc.py", "cifar10_igc_imagenet"), load("evaluate.py", "evaluate_imagenet")
-
-
-def _same_checkpoint(a, b):
-    with np.load(a) as za, np.load(b) as zb:
-        keys = [k for k in za.files if k.startswith(("model/", "optimizer/"))]
-        assert keys and sorted(keys) == sorted(k for k in zb.files if k.startswith(("model/", "optimizer/")))
-        for k in keys:
-            np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
 
 
 def test_train_on_imagenet_folders_then_resume_mid_epoch_and_evaluate(tmp_path, monkeypatch, capsys):
@@ -55,7 +47,7 @@ def test_train_on_imagenet_folders_then_resume_mid_epoch_and_evaluate(tmp_path, 
     monkeypatch.setattr(ig.optim.SGD, "step", real_step)
     stopped = tmp_path / "b" / "model-interrupted.npz"
     assert trainer.main(["--resume", str(stopped), "--data-dir", str(data)]) == 0
-    _same_checkpoint(tmp_path / "a" / "model-0001.npz", tmp_path / "b" / "model-0001.npz")
+    assert_same_checkpoint(tmp_path / "a" / "model-0001.npz", tmp_path / "b" / "model-0001.npz")
 
     capsys.readouterr()
     assert evaluator.main(["--checkpoint", str(tmp_path / "a" / "model-0001.npz"), "--data-dir", str(data)]) == 0
