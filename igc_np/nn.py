@@ -327,8 +327,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
                            f"{total}, so it cannot be clipped; pass error_if_nonfinite=False to skip this check")
     coef = float(max_norm) / (total + 1e-6)
     if coef < 1:
-        for p in grads:
-            p.grad = p.grad * p.grad.dtype.type(coef)
+        with np.errstate(invalid="ignore"):  # an infinite total: coef 0, inf * 0 = nan, as PyTorch
+            for p in grads:
+                p.grad = p.grad * p.grad.dtype.type(coef)
     return Tensor(np.asarray(total, dtype))
 
 

@@ -161,7 +161,7 @@ class SGD(Optimizer):
         state = {"lr": np.float64(self.lr)}
         for i, v in enumerate(self.velocity):
             state[f"velocity_{i}"] = (np.zeros(0, np.float32) if v is None
-                                      else backend.to_device(v, "cpu"))
+                                      else backend.to_device(v, "cpu").copy())
         return state
 
     def load_state_dict(self, state):
