@@ -1,5 +1,5 @@
 """The networks of the IGC paper: CIFAR/SVHN nets (docs/reference_protocol.md) and the five
-ImageNet models of the paper's experiments as the reference code released them, with the reference
+ImageNet models of the paper's experiments as the authors' code released them, with the authors'
 code's parameter names.
 
     import igc_np as ig
@@ -26,7 +26,7 @@ from .nn import (BatchNorm2d, Conv2d, GlobalAvgPool2d, IGCConv, Linear, MaxPool2
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 
-# model name -> released graph of the reference code (its "<name>-symbol.json"; see tests/test_nets.py)
+# model name -> released graph of the authors' code (its "<name>-symbol.json"; see tests/test_nets.py)
 IMAGENET_GRAPHS = {
     "resnet18_c64": "resnet_d18.json",
     "resnet18_c69": "resnet_d18_w69.json",
@@ -79,7 +79,7 @@ class ResidualBlock(Module):
 
     def __init__(self, conv1, conv2, shortcut=None, name=None):
         super().__init__()
-        # shortcut first: the reference graphs list the projection (p0 / proj) before the body
+        # shortcut first: the authors' graphs list the projection (p0 / proj) before the body
         self.shortcut = shortcut
         self.conv1, self.conv2 = conv1, conv2
         self.name = name
@@ -122,7 +122,7 @@ class Network(Module):
 
 
 def _named(layer, name):
-    """Give a parameter-free layer (pool, ReLU) the reference graph's name, for describe()."""
+    """Give a parameter-free layer (pool, ReLU) the authors' graph's name, for describe()."""
     layer.name = name
     return layer
 

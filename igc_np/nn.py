@@ -2,11 +2,11 @@
 
 Parameter names. Every layer takes an optional ``name``; a named layer's parameters are called
 ``<name>_weight``, ``<name>_gamma``, ... and its BatchNorm statistics ``<name>_moving_mean`` /
-``<name>_moving_var``, exactly as the reference MXNet code stores them, so
-weights trained by the reference code map by name. Unnamed layers fall back to the attribute
+``<name>_moving_var``, exactly as the authors' MXNet code stores them, so
+weights trained by the authors' code map by name. Unnamed layers fall back to the attribute
 path (``block.conv.weight``) as in PyTorch.
 
-Conventions kept from the reference (MXNet) code, which differ from PyTorch's: ``Conv2d`` has no
+Conventions kept from the authors' (MXNet) code, which differ from PyTorch's: ``Conv2d`` has no
 bias by default (a BatchNorm follows every conv); ``BatchNorm2d(momentum=0.9)`` is the weight of
 the *old* running value (PyTorch's 0.1 is the weight of the new batch); weights are initialised
 from the default generator that ``ig.manual_seed`` seeds, unless a layer gets ``rng=``.
@@ -85,7 +85,7 @@ class Module:
             raise err.with_traceback(e.__traceback__) from None
 
     def layer_label(self):
-        """How errors name this layer: its reference name (``Conv2d 'g1_b1_p2_two1_conv1'``) when
+        """How errors name this layer: its MXNet name (``Conv2d 'g1_b1_p2_two1_conv1'``) when
         it has one, else its repr (``Conv2d(16, 16, k=3, stride=1, groups=4)``)."""
         name = self.__dict__.get("name")
         if name is None:
@@ -131,7 +131,7 @@ class Module:
         return self
 
     def named_parameters(self):
-        """(name, Parameter) pairs; the reference name where the layer has one."""
+        """(name, Parameter) pairs; the MXNet name where the layer has one."""
         seen = set()
         for path, m in self.named_modules():
             for key, p in m._params.items():
@@ -271,7 +271,7 @@ class Module:
         """Propagate one sample's shape, e.g. (C, H, W), through this layer without computing data:
         call ``visit(name, kind, out_shape, params, MACs)`` once per layer it holds and return the
         output shape. Each layer defines its own; ``nets.describe``/``count_macs`` are built on it.
-        path: the attribute path that names the layer when it has no reference name."""
+        path: the attribute path that names the layer when it has no MXNet name."""
         raise TypeError(f"count/describe: cannot walk a {type(self).__name__} at {path or 'the top'!r}: its "
                         "forward is free Python; describe walks the library's layers, Sequential and the "
                         "networks of igc_np.nets (give the layer a walk(path, shape, visit) method)")
@@ -350,7 +350,7 @@ def _pname(name, suffix):
 
 # ---- helpers of the layers' walk methods (describe, count_macs) -------------------------------
 def layer_name(module, suffix, path):
-    """The reference layer name (a parameter's name minus its suffix, e.g. ``g0_conv`` from
+    """The MXNet layer name (a parameter's name minus its suffix, e.g. ``g0_conv`` from
     ``g0_conv_weight``), else the attribute path."""
     name = getattr(module._params.get(suffix[1:]), "name", None)
     return name[: -len(suffix)] if name and name.endswith(suffix) else path
@@ -415,7 +415,7 @@ def _refuse_plain_container(module, key, value):
 def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"), nonnegative=("padding",),
                      **args):
     """Validate a layer's size arguments: each an int > 0 (>= 0 for `nonnegative`; an int or a
-    pair of ints for `pairs`). The error names the layer (its reference name when it has one),
+    pair of ints for `pairs`). The error names the layer (its MXNet name when it has one),
     the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``."""
     where = f"{layer} {name!r}" if name else layer
     shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
@@ -432,7 +432,7 @@ def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"
 
 
 def he_normal(rng, shape, fan_in, dtype=np.float32):
-    """Normal with std sqrt(2 / fan_in): the reference code's conv initialisation."""
+    """Normal with std sqrt(2 / fan_in): the authors' code's conv initialisation."""
     return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
 
 
@@ -513,7 +513,7 @@ def _check_padding_mode(layer, name, padding, stride, sizes):
 
 
 class BatchNorm2d(Module):
-    """BatchNorm over (N, H, W) of x (N, C, H, W); eps 2e-5 and momentum 0.9 as the reference
+    """BatchNorm over (N, H, W) of x (N, C, H, W); eps 2e-5 and momentum 0.9 as the authors' code
     (0.99 in its plain nets).
 
     momentum is MXNet's: the weight of the OLD running value,
@@ -574,14 +574,14 @@ class BatchNorm1d(BatchNorm2d):
 
 
 class Linear(Module):
-    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the reference FC initialisation)."""
+    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the authors' FC initialisation)."""
 
     def __init__(self, in_features, out_features, bias=True, name=None, rng=None):
         check_layer_args("Linear", name, in_features=in_features, out_features=out_features)
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = rng or _default_rng
-        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the reference code
+        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the authors' code
         # uses: bound sqrt(magnitude / fan_in) (not sqrt(3 / fan_in): that would be magnitude 3)
         bound = math.sqrt(1.0 / in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32),
@@ -916,7 +916,7 @@ class ModuleDict(Module):
 
 
 class ParameterList(Module):
-    """A list of Parameters that registers them (named '0', '1', ... or their reference names)."""
+    """A list of Parameters that registers them (named '0', '1', ... or their MXNet names)."""
 
     def __init__(self, params=()):
         super().__init__()
@@ -969,7 +969,7 @@ class IGCConv(Module):
     unpermute  P_S: permute_channels(., S), back to primary order
 
     With S = C_out / L the last three steps run as ONE op, F.interleaved_secondary (P, W_d, P^T
-    without a permuted copy); the result is the same. Parameter names follow the reference:
+    without a permuted copy); the result is the same. Parameter names follow the authors' code:
     ``<name>_conv1_weight`` (W_p), ``<name>_conv2_weight`` (W_d).
     """
 

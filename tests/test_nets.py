@@ -1,7 +1,7 @@
-"""The networks of the paper: layouts, reference names, counts, forward passes and a few SGD steps.
+"""The networks of the paper: layouts, the authors' (MXNet) names, counts, forward passes and a few SGD steps.
 
 ImageNet models are checked against the released MXNet graphs (the ``*-symbol.json`` files that the
-paper's reference repository published with its ImageNet models) when a folder of them is found, and
+paper's authors published in their repository with its ImageNet models) when a folder of them is found, and
 against numbers derived from them (hard-coded below) everywhere. The folder is ``$IGC_NP_GRAPHS``, or
 ``shared/reference/mxnet-symbols`` beside the checkout (where the project's workspace keeps them). CIFAR networks are checked against parameter formulas written from section 2.
 """
@@ -21,7 +21,7 @@ SYMBOLS = Path(os.environ.get("IGC_NP_GRAPHS")
 needs_graphs = pytest.mark.skipif(
     not SYMBOLS.is_dir(),
     reason=f"the released MXNet graphs (resnet_d18.json, resnet_gcwf_noshare_imagenet_d18b*.json, from the "
-           f"IGC reference repository's ImageNet models) are not at {SYMBOLS}; set IGC_NP_GRAPHS=DIR to check "
+           f"IGC authors' repository's ImageNet models) are not at {SYMBOLS}; set IGC_NP_GRAPHS=DIR to check "
            f"against them (the counts they imply are tested anyway)")
 
 # (params, MACs at 224x224, number of learned arrays), derived by graph_counts from the released graphs

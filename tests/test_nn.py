@@ -15,7 +15,7 @@ def small_net():
         ig.nn.MaxPool2d(2), ig.nn.GlobalAvgPool2d(), ig.nn.Linear(8, 5, name="fc_score"))
 
 
-def test_parameter_names_follow_the_reference():
+def test_parameter_names_follow_the_authors_code():
     names = [n for n, _ in small_net().named_parameters()]
     assert names[:3] == ["g0_conv_weight", "g0_bn_gamma", "g0_bn_beta"]
     assert "g1_b1_conv1_weight" in names and "g1_b1_conv2_weight" in names
@@ -130,9 +130,9 @@ def test_module_to_emu_keeps_values():
         np.testing.assert_array_equal(v, before[n])
 
 
-def test_initialisation_follows_the_reference():
+def test_initialisation_follows_the_authors_code():
     """Conv weights N(0, 2/fan_in) (He), FC weights U(+-sqrt(1/fan_in)) (MXNet Xavier uniform, factor 'in',
-    magnitude 1, as the reference), BN gamma 1 / beta 0, running var 1."""
+    magnitude 1, as the authors' code), BN gamma 1 / beta 0, running var 1."""
     rng = np.random.default_rng(0)
     conv = ig.nn.Conv2d(64, 128, 3, groups=4, rng=rng)
     fan_in = 64 // 4 * 9
