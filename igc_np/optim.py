@@ -4,7 +4,7 @@ SGD is the authors' trainer (MXNet's NAG optimizer): with g = grad + wd * w,
     v <- momentum * v + g;    w <- w - lr * (g + momentum * v)    (Nesterov)
     v <- momentum * v + g;    w <- w - lr * v                      (classic momentum)
 
-Adam and AdamW are PyTorch's (amsgrad=False), adam_reference below.
+Adam and AdamW are PyTorch's (AMSGrad included), adam_reference below.
 
 Tiers, as the ops': on "cpu" each step is the NumPy code of this file (the reference, the
 specification). On "cuda" and "emu" it is a fused kernel, the same maths in the same order:
@@ -170,12 +170,13 @@ class SGD(Optimizer):
 
 
 # ---- Adam / AdamW ------------------------------------------------------------------------------
-def adam_reference(w, g, m, v, step, lr, betas, eps, weight_decay, decoupled):
-    """One Adam (decoupled: AdamW) step t = `step` on arrays w, m, v in place, g the gradient:
-    PyTorch's algorithm (torch.optim.Adam / AdamW docs, amsgrad=False) in its own operation order.
+def adam_reference(w, g, m, v, step, lr, betas, eps, weight_decay, decoupled, v_max=None):
+    """One Adam (decoupled: AdamW) step t = `step` on arrays w, m, v (and v_max) in place, g the
+    gradient: PyTorch's algorithm (torch.optim.Adam / AdamW docs) in its own operation order.
 
         AdamW: w = w * (1 - lr * weight_decay)       Adam: g = g + weight_decay * w
         m = m + (1 - beta1) * (g - m)                 v = v * beta2 + (1 - beta2) * g * g
+        AMSGrad (v_max given): v_max = max(v_max, v), used instead of v below
         w = w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
     i.e. w -= lr * m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t).
@@ -190,7 +191,9 @@ def adam_reference(w, g, m, v, step, lr, betas, eps, weight_decay, decoupled):
     m += T(1 - beta1) * (g - m)
     v *= T(beta2)
     v += T(1 - beta2) * (g * g)
-    denom = np.sqrt(v) / T(math.sqrt(1 - beta2 ** step)) + T(eps)
+    if v_max is not None:
+        np.maximum(v_max, v, out=v_max)
+    denom = np.sqrt(v if v_max is None else v_max) / T(math.sqrt(1 - beta2 ** step)) + T(eps)
     w -= T(lr / (1 - beta1 ** step)) * (m / denom)
 
 
@@ -199,15 +202,13 @@ class Adam(Optimizer):
     weight_decay=0 (added to the gradient, L2), amsgrad=False. See adam_reference for the step.
 
     State per parameter (created at its first step with a gradient, as PyTorch): m (exp_avg),
-    v (exp_avg_sq) and its own step count t.
+    v (exp_avg_sq), with amsgrad the maximum of v so far (max_exp_avg_sq), and its own step count t.
     """
 
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False):
         name = type(self).__name__
-        if amsgrad:
-            raise ValueError(f"{name}(amsgrad=True) is not implemented; use amsgrad=False (the default)")
         betas = tuple(betas)
         if not 0.0 <= lr:
             raise ValueError(f"{name}: lr must be >= 0, got {lr}")
@@ -215,39 +216,44 @@ class Adam(Optimizer):
             raise ValueError(f"{name}: betas must be two numbers in [0, 1), got {betas}")
         if not 0.0 <= eps or not 0.0 <= weight_decay:
             raise ValueError(f"{name}: eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=False))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad)))
         n = len(self.params)
-        self.exp_avg, self.exp_avg_sq, self.steps = [None] * n, [None] * n, [0] * n
+        self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq, self.steps = [None] * n, [None] * n, [None] * n, [0] * n
 
     def step(self):
         group = self.param_groups[0]
         hyper = (group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], self.decoupled)
+        amsgrad = group["amsgrad"]
         with no_grad():
-            fused = self._fused_step(hyper)
+            fused = self._fused_step(hyper, amsgrad)
             for i, p in enumerate(self.params):
                 if p.grad is None or i in fused:
                     continue
                 if self.exp_avg[i] is None:
                     xp = backend.get_array_module(p.device)
                     self.exp_avg[i], self.exp_avg_sq[i] = xp.zeros_like(p.data), xp.zeros_like(p.data)
+                if amsgrad and self.max_exp_avg_sq[i] is None:
+                    self.max_exp_avg_sq[i] = backend.get_array_module(p.device).zeros_like(p.data)
                 self.steps[i] += 1
                 adam_reference(p.data, p.grad.astype(p.data.dtype, copy=False), self.exp_avg[i],
-                               self.exp_avg_sq[i], self.steps[i], *hyper)
+                               self.exp_avg_sq[i], self.steps[i], *hyper,
+                               v_max=self.max_exp_avg_sq[i] if amsgrad else None)
 
-    def _fused_step(self, hyper):
+    def _fused_step(self, hyper, amsgrad):
         """Step the parameters on "cuda"/"emu" with adam.cu, one launch per (device, dtype, step
         count) (all parameters share one step count unless some missed a gradient); return their
         indices (the others take the array-op path of step())."""
         def state_ok(i, dtype):
-            return self.exp_avg[i] is None or all(a.dtype == dtype and a.flags.c_contiguous
-                                                  for a in (self.exp_avg[i], self.exp_avg_sq[i]))
+            arrays = (self.exp_avg[i], self.exp_avg_sq[i]) + ((self.max_exp_avg_sq[i],) if amsgrad else ())
+            return all(a is None or (a.dtype == dtype and a.flags.c_contiguous) for a in arrays)
         done = set()
         for (device, dtype), idx in self._device_groups(state_ok).items():
-            fresh = [i for i in idx if self.exp_avg[i] is None]
-            if fresh:
-                zeros = self._zeros_like_params(device, dtype, fresh + fresh)  # m and v in one buffer
-                for k, i in enumerate(fresh):
-                    self.exp_avg[i], self.exp_avg_sq[i] = zeros[k], zeros[len(fresh) + k]
+            lists = (self.exp_avg, self.exp_avg_sq) + ((self.max_exp_avg_sq,) if amsgrad else ())
+            fresh = [(arrays, i) for arrays in lists for i in idx if arrays[i] is None]
+            if fresh:  # every new state array: views of one zero buffer
+                zeros = self._zeros_like_params(device, dtype, [i for _, i in fresh])
+                for (arrays, i), z in zip(fresh, zeros):
+                    arrays[i] = z
             by_step = {}
             for i in idx:
                 self.steps[i] += 1
@@ -255,20 +261,23 @@ class Adam(Optimizer):
             for t, ids in by_step.items():
                 adam_kernels.adam_step([self.params[i].data for i in ids], [self.params[i].grad for i in ids],
                                        [self.exp_avg[i] for i in ids], [self.exp_avg_sq[i] for i in ids],
-                                       t, *hyper, device)
+                                       t, *hyper, device,
+                                       max_exp_avg_sqs=[self.max_exp_avg_sq[i] for i in ids] if amsgrad else None)
             done.update(idx)
         return done
 
     def state_dict(self):
-        """CPU arrays: lr, betas, eps, weight_decay, and per parameter i step_i, exp_avg_i and
-        exp_avg_sq_i (empty arrays before its first step)."""
+        """CPU arrays: lr, betas, eps, weight_decay, amsgrad, and per parameter i step_i, exp_avg_i,
+        exp_avg_sq_i (and max_exp_avg_sq_i with amsgrad) (empty arrays before its first step)."""
         group = self.param_groups[0]
         state = {"lr": np.float64(group["lr"]), "betas": np.asarray(group["betas"], np.float64),
-                 "eps": np.float64(group["eps"]), "weight_decay": np.float64(group["weight_decay"])}
+                 "eps": np.float64(group["eps"]), "weight_decay": np.float64(group["weight_decay"]),
+                 "amsgrad": np.bool_(group["amsgrad"])}
         empty = np.zeros(0, np.float32)
         for i in range(len(self.params)):
             state[f"step_{i}"] = np.int64(self.steps[i])
-            for key, arrays in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            for key, arrays in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq),
+                                ("max_exp_avg_sq", self.max_exp_avg_sq))[:3 if group["amsgrad"] else 2]:
                 a = arrays[i]
                 state[f"{key}_{i}"] = empty if a is None else backend.to_device(a, "cpu").copy()
         return state
@@ -277,9 +286,12 @@ class Adam(Optimizer):
         group = self.param_groups[0]
         group["lr"], group["eps"], group["weight_decay"] = (float(state[k]) for k in ("lr", "eps", "weight_decay"))
         group["betas"] = tuple(float(b) for b in np.asarray(state["betas"]))
+        group["amsgrad"] = bool(state["amsgrad"])
         n = len(self.params)
         self.exp_avg = [self._load_array(state, f"exp_avg_{i}", i) for i in range(n)]
         self.exp_avg_sq = [self._load_array(state, f"exp_avg_sq_{i}", i) for i in range(n)]
+        self.max_exp_avg_sq = [self._load_array(state, f"max_exp_avg_sq_{i}", i) if group["amsgrad"] else None
+                               for i in range(n)]
         self.steps = [int(state[f"step_{i}"]) for i in range(n)]
 
 

@@ -120,7 +120,7 @@ def test_multistep_state_dict_resumes_the_schedule():
 
 # ---- state dicts -------------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.05), lambda ps: Adam(ps, lr=0.01, weight_decay=1e-3),
-                                  lambda ps: AdamW(ps, lr=0.01)])
+                                  lambda ps: AdamW(ps, lr=0.01), lambda ps: AdamW(ps, lr=0.01, amsgrad=True)])
 def test_optimizer_state_dict_resumes_bit_identically(make):
     net, x, y = net_and_batch()
     opt = make(net.parameters())
@@ -159,15 +159,16 @@ def test_adam_defaults_are_pytorchs():
     assert (g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"]) == (1e-3, (0.9, 0.999), 1e-8, 0, False)
     g = AdamW(w).param_groups[0]
     assert (g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"]) == (1e-3, (0.9, 0.999), 1e-8, 1e-2, False)
-    with pytest.raises(ValueError, match=r"AdamW\(amsgrad=True\) is not implemented"):
-        AdamW(w, amsgrad=True)
     with pytest.raises(ValueError, match=r"Adam: betas must be two numbers in \[0, 1\)"):
         Adam(w, betas=(0.9, 1.0))
 
 
-def documented_adam(w, grads, lr, beta1, beta2, eps, wd, decoupled):
-    """The algorithm box of PyTorch's Adam / AdamW documentation, literally, in float64."""
-    m = v = np.zeros_like(w)
+def documented_adam(w, grads, lr, beta1, beta2, eps, wd, decoupled, amsgrad=False):
+    """The algorithm box of PyTorch's Adam / AdamW documentation, literally, in float64. amsgrad:
+    v_max = max(v_max, v), v_hat = v_max / (1 - beta2^t), the maximum taken before the bias
+    correction, as PyTorch's code does and its docs say since pytorch/pytorch#142351 (the docs
+    before it put the maximum after the correction)."""
+    m = v = v_max = np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
         if decoupled:
             w = w - lr * wd * w
@@ -175,22 +176,27 @@ def documented_adam(w, grads, lr, beta1, beta2, eps, wd, decoupled):
             g = g + wd * w
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g ** 2
-        m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+        if amsgrad:
+            v_max = np.maximum(v_max, v)
+        m_hat, v_hat = m / (1 - beta1 ** t), (v_max if amsgrad else v) / (1 - beta2 ** t)
         w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
     return w
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("cls, wd", [(Adam, 0.0), (Adam, 0.1), (AdamW, 0.1), (AdamW, 0.0)])
-def test_adam_matches_the_documented_algorithm(cls, wd):
+def test_adam_matches_the_documented_algorithm(cls, wd, amsgrad):
     rng = np.random.default_rng(3)
     w0 = rng.standard_normal(50)
     grads = [rng.standard_normal(50) * 10 ** rng.uniform(-3, 1) for _ in range(20)]
     w = ig.nn.Parameter(w0.copy())
-    opt = cls([w], lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd)
+    opt = cls([w], lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd, amsgrad=amsgrad)
     for g in grads:
         w.grad = g.copy()
         opt.step()
-    expected = documented_adam(w0, grads, 0.01, 0.8, 0.99, 1e-6, wd, cls is AdamW)
+    expected = documented_adam(w0, grads, 0.01, 0.8, 0.99, 1e-6, wd, cls is AdamW, amsgrad)
+    if amsgrad:  # the maximum mattered: the gradients' scales vary over 4 decades
+        assert not np.allclose(expected, documented_adam(w0, grads, 0.01, 0.8, 0.99, 1e-6, wd, cls is AdamW))
     # each step moves w by at most ~lr, so the rounding of 20 steps is bounded by |w| + 20 lr
     np.testing.assert_allclose(w.data, expected, rtol=0, atol=1e-13 * (np.abs(w0).max() + 20 * 0.01))
     assert opt.steps == [20]
@@ -208,14 +214,16 @@ def test_adam_skips_a_parameter_without_grad_and_keeps_its_own_step():
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed: the formula tests above stand in for it")
+@pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("cls, tcls", [(Adam, "Adam"), (AdamW, "AdamW")])
-def test_adam_equals_torch(cls, tcls):
+def test_adam_equals_torch(cls, tcls, amsgrad):
     rng = np.random.default_rng(4)
     w0 = rng.standard_normal((7, 3))
-    grads = [rng.standard_normal((7, 3)) for _ in range(5)]
+    grads = [rng.standard_normal((7, 3)) * 10.0 ** -k for k in range(5)]
     w = ig.nn.Parameter(w0.copy())
     tw = torch.tensor(w0.copy(), requires_grad=True)
-    opt, topt = cls([w], lr=0.01, weight_decay=0.05), getattr(torch.optim, tcls)([tw], lr=0.01, weight_decay=0.05)
+    opt = cls([w], lr=0.01, weight_decay=0.05, amsgrad=amsgrad)
+    topt = getattr(torch.optim, tcls)([tw], lr=0.01, weight_decay=0.05, amsgrad=amsgrad)
     for g in grads:
         w.grad, tw.grad = g.copy(), torch.tensor(g.copy())
         opt.step()
@@ -224,19 +232,20 @@ def test_adam_equals_torch(cls, tcls):
 
 
 # ---- the kernel: emulator against the reference -----------------------------------------------
-def check_adam_kernel(shapes, dtype, wd, decoupled, version, steps=3):
+def check_adam_kernel(shapes, dtype, wd, decoupled, amsgrad, version, steps=3):
     rng = np.random.default_rng(7)
     ws = [rng.standard_normal(s).astype(dtype) for s in shapes]
-    ms, vs = [np.zeros(s, dtype) for s in shapes], [np.zeros(s, dtype) for s in shapes]
-    ref = [(w.copy(), m.copy(), v.copy()) for w, m, v in zip(ws, ms, vs)]
+    ms, vs, vms = ([np.zeros(s, dtype) for s in shapes] for _ in range(3))
+    ref = [(w.copy(), m.copy(), v.copy(), vm.copy()) for w, m, v, vm in zip(ws, ms, vs, vms)]
     for t in range(1, steps + 1):
-        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
-        adam_kernels.adam_step(ws, gs, ms, vs, t, 0.01, (0.9, 0.999), 1e-8, wd, decoupled, "emu", version=version)
-        for (w, m, v), g in zip(ref, gs):
-            adam_reference(w, g, m, v, t, 0.01, (0.9, 0.999), 1e-8, wd, decoupled)
-        for (w, m, v), (kw, km, kv) in zip(ref, zip(ws, ms, vs)):
+        gs = [rng.standard_normal(s).astype(dtype) * 10.0 ** -t for s in shapes]  # shrinking: vmax > v
+        adam_kernels.adam_step(ws, gs, ms, vs, t, 0.01, (0.9, 0.999), 1e-8, wd, decoupled, "emu", version=version,
+                               max_exp_avg_sqs=vms if amsgrad else None)
+        for (w, m, v, vm), g in zip(ref, gs):
+            adam_reference(w, g, m, v, t, 0.01, (0.9, 0.999), 1e-8, wd, decoupled, v_max=vm if amsgrad else None)
+        for (w, m, v, vm), (kw, km, kv, kvm) in zip(ref, zip(ws, ms, vs, vms)):
             for name, a, b, scale in (("w", kw, w, np.abs(w).sum() + 0.01 * w.size), ("m", km, m, np.abs(m).sum()),
-                                      ("v", kv, v, np.abs(v).sum())):
+                                      ("v", kv, v, np.abs(v).sum()), ("vmax", kvm, vm, np.abs(vm).sum())):
                 assert a.dtype == dtype
                 err = np.abs(a.astype(np.float64) - b).sum()
                 assert err <= NORM_TOL[np.dtype(dtype)] * max(scale, 1e-30), (name, t, err / scale)
@@ -246,14 +255,14 @@ def check_adam_kernel(shapes, dtype, wd, decoupled, version, steps=3):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @settings(max_examples=10)
 @given(shapes=st.lists(st.sampled_from([(1,), (7,), (4097,), (3, 5), (16, 2, 3, 3)]), min_size=1, max_size=4),
-       wd=st.sampled_from([0.0, 1e-2]), decoupled=st.booleans())
-def test_adam_kernel_versions_emu_equal_the_reference(shapes, dtype, wd, decoupled, version):
-    check_adam_kernel(shapes, dtype, wd, decoupled, version)
+       wd=st.sampled_from([0.0, 1e-2]), decoupled=st.booleans(), amsgrad=st.booleans())
+def test_adam_kernel_versions_emu_equal_the_reference(shapes, dtype, wd, decoupled, amsgrad, version):
+    check_adam_kernel(shapes, dtype, wd, decoupled, amsgrad, version)
 
 
 @pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize("cls", [Adam, AdamW])
-def test_adam_optimizer_on_emu_matches_cpu(cls, version):
+@pytest.mark.parametrize("cls, amsgrad", [(Adam, False), (AdamW, False), (AdamW, True)])
+def test_adam_optimizer_on_emu_matches_cpu(cls, amsgrad, version):
     """The optimizer on "emu" (kernel) ends where the CPU's NumPy reference ends, including a
     parameter that never gets a gradient and one that misses the first step (its own step count)."""
     rng = np.random.default_rng(8)
@@ -263,7 +272,7 @@ def test_adam_optimizer_on_emu_matches_cpu(cls, version):
     with use_version(adam=version):
         for dev in ("cpu", "emu"):
             params = [ig.nn.Parameter(w.copy()).to(dev) for w in init]
-            opt = cls(params, lr=0.01, weight_decay=1e-2)
+            opt = cls(params, lr=0.01, weight_decay=1e-2, amsgrad=amsgrad)
             for k, step in enumerate(grads):
                 for i, (p, g) in enumerate(zip(params, step)):
                     p.grad = None if i == 3 or (i == 2 and k == 0) else g.copy()
@@ -345,7 +354,7 @@ def test_adam_cu_registers_spills_stack(dtype):
 
 
 def test_hyper_parameters_are_the_bias_corrections():
-    h = adam_kernels.hyper_parameters(3, 0.01, (0.9, 0.999), 1e-8, 0.1, True, np.float64)
+    h = adam_kernels.hyper_parameters(3, 0.01, (0.9, 0.999), 1e-8, 0.1, True, False, np.float64)
     assert h[4] == pytest.approx(0.01 / (1 - 0.9 ** 3), rel=1e-15)
     assert h[5] == pytest.approx(math.sqrt(1 - 0.999 ** 3), rel=1e-15)
-    assert h[7] == pytest.approx(1 - 0.01 * 0.1, rel=1e-15) and h[8] == 1
+    assert h[7] == pytest.approx(1 - 0.01 * 0.1, rel=1e-15) and (h[8], h[9]) == (1, 0)
