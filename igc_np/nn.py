@@ -42,6 +42,10 @@ class Parameter(Tensor):
 class Module:
     """Base class: holds Parameters, buffers (running statistics) and sub-Modules as attributes."""
 
+    # Longer than the ~200-line guide: it is PyTorch's Module interface a user reaches for, in four
+    # banner sections (traversal, state, modes and devices, description); splitting it into mixins
+    # would make a reader open several classes to learn what one layer can do.
+
     def __init__(self):
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_params", OrderedDict())
