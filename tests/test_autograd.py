@@ -207,22 +207,26 @@ def test_integer_constants_take_the_float_type():
 class _Tiered(ig.Function):
     """A toy tiered op that records which tier ran: y = 2x on every tier."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
     def __init__(self, log):
         self.log = log
 
-    def forward_reference(self, x):
+    def forward_reference(self, xp, x):
         self.log.append("forward_reference")
         return 2 * x
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         self.log.append("backward_reference")
         return 2 * gy
 
-    def forward_cpu(self, x):
+    def forward_cpu(self, xp, x):
         self.log.append("forward_cpu")
         return 2 * x
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         self.log.append("backward_cpu")
         return 2 * gy
 
@@ -251,11 +255,37 @@ def test_function_apply_picks_one_tier_and_backward_stays_on_it(device, referenc
     np.testing.assert_array_equal(x.grad, [2, 2, 2])
 
 
-def test_a_function_without_its_tier_names_what_is_missing():
-    class Half(ig.Function):
-        def forward_cpu(self, x):
-            return x
-    x = ig.Tensor(np.ones(2))
-    with ig.backend.use_reference(), pytest.raises(NotImplementedError, match="Half defines neither .* "
-                                                                               "forward_reference"):
-        Half().apply(x)
+def test_a_tier_table_naming_a_missing_method_fails_when_the_class_is_defined():
+    with pytest.raises(TypeError, match=r"Half.tiers\['reference'\] names 'forward_reference', which Half "
+                                        "does not define"):
+        class Half(ig.Function):
+            tiers = {"reference": ("forward_reference", "backward_reference"),
+                     "cpu": ("forward_cpu", "backward_cpu"), "gpu": ("forward_cpu", "backward_cpu")}
+
+            def forward_cpu(self, xp, x):
+                return x
+
+            def backward_cpu(self, xp, gy):
+                return gy
+    with pytest.raises(TypeError, match="must map each tier"):
+        class NoGpu(ig.Function):
+            tiers = {"reference": ("forward", "backward"), "cpu": ("forward", "backward")}
+
+
+def test_a_plain_function_serves_every_tier_with_forward_and_backward():
+    class Double(ig.Function):
+        def forward(self, xp, x):
+            return 2 * x
+
+        def backward(self, xp, gy):
+            return 2 * gy
+    for device, reference in (("cpu", False), ("cpu", True), ("emu", False)):
+        x = ig.Tensor(np.ones(2), requires_grad=True, device=device)
+        with ig.backend.use_reference(reference):
+            Double()(x).sum().backward()
+        np.testing.assert_array_equal(x.grad, [2, 2])
+    with pytest.raises(NotImplementedError, match="NoBackward defines no backward"):
+        class NoBackward(ig.Function):
+            def forward(self, xp, x):
+                return x
+        NoBackward()(ig.Tensor(np.ones(2), requires_grad=True)).sum().backward()

@@ -58,22 +58,26 @@ def check_conv_args(x_shape, W_shape, stride, padding, groups, op="conv2d"):
 class Conv2dFunction(Function):
     """The differentiable grouped conv (no bias); F.conv2d validates and adds the bias."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
     def __init__(self, stride, padding, groups):
         self.stride, self.padding, self.groups = stride, padding, groups
 
-    def forward_reference(self, x, W):
+    def forward_reference(self, xp, x, W):
         self.x, self.W = x, W
         return reference.conv2d(x, W, self.stride, self.padding, self.groups)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return reference.conv2d_backward(self.x, self.W, gy, self.stride, self.padding, self.groups)
 
-    def forward_cpu(self, x, W):
+    def forward_cpu(self, xp, x, W):
         self.x_shape, self.W = x.shape, W
         y, self.x_pad = cpu_conv.conv2d_forward(x, W, self.stride, self.padding, self.groups)
         return y
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         gx = None
         if self.needs_input_grad[0]:  # False for the stem conv, whose input is the data
             gx = cpu_conv.conv2d_backward_data(gy, self.W, self.x_shape, self.stride, self.padding,

@@ -31,33 +31,30 @@ class _PoolFunction(Function):
     """k x k pooling; the cpu and gpu tiers share one xp implementation (forward_xp/backward_xp),
     the reference tier calls the pair reference_ops = (forward, backward) of ops/reference.py."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_xp", "backward_xp"),
+             "gpu": ("forward_xp", "backward_xp")}
     reference_ops = None
 
     def __init__(self, kernel, stride, padding):
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
-    def forward_reference(self, x):
+    def forward_reference(self, xp, x):
         self.x = x
         return self.reference_ops[0](x, self.kernel, self.stride, self.padding)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return self.reference_ops[1](self.x, gy, self.kernel, self.stride, self.padding)
 
     def out_size(self, shape):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         return output_size(shape[2], kh, sh, ph), output_size(shape[3], kw, sw, pw)
 
-    def forward_cpu(self, x):
-        return self.forward_xp(np, x)
+    def forward_xp(self, xp, x):  # each pooling class writes its own
+        raise NotImplementedError
 
-    def backward_cpu(self, gy):
-        return self.backward_xp(np, gy)
-
-    def forward_gpu(self, xp, x):
-        return self.forward_xp(xp, x)
-
-    def backward_gpu(self, xp, gy):
-        return self.backward_xp(xp, gy)
+    def backward_xp(self, xp, gy):
+        raise NotImplementedError
 
 
 class MaxPool2dFunction(_PoolFunction):
