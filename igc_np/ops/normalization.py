@@ -206,6 +206,9 @@ def _check_running(name, v, x):
     if v.dtype.kind != "f":
         raise ValueError(f"batch_norm: {name} must be floating point, got dtype {v.dtype} (shape "
                          f"{tuple(v.shape)}); integer statistics would truncate every update")
+    if v.dtype == np.float16:  # as Tensor: float16 statistics lose the updates; see autograd._check_dtype
+        raise ValueError(f"batch_norm: {name} is float16 (shape {tuple(v.shape)}), which is not "
+                         "supported; use float32: model.to(dtype=np.float32)")
     if (backend.device_of(v) == "cuda") != (x.device == "cuda"):
         raise ValueError(f"batch_norm: {name} is a {type(v).__module__} array but the input is on "
                          f"{x.device!r}; move the module with .to(device)")
