@@ -11,7 +11,8 @@ igc_np knows three devices:
 
 Every op receives ``xp`` (``numpy`` or ``cupy``) so that one code path serves both where the maths
 allows (the Chainer/DeZero ``get_array_module`` idea). Which implementation of an op runs - its
-*tier* - is chosen once per op call by ``tier(device)`` (see autograd.Function).
+*tier* - is chosen once per op call by ``tier(device)`` (see autograd.Function.apply). The
+reference switch, like autograd's grad mode, belongs to the thread that sets it.
 """
 import contextlib
 import ctypes

@@ -81,3 +81,65 @@ def test_for_each_visits_every_item_once_on_at_most_threads_threads(two_threads)
     assert k == 2 and sorted(i for _, i in seen) == list(range(17))
     assert {t for t, _ in seen} <= {0, 1}
     assert parallel.for_each([], visit) == 0
+
+
+class _FakeBlas:
+    """A BLAS library controller that records its thread count."""
+
+    def __init__(self, n):
+        self.num_threads = n
+
+    def set_num_threads(self, n):
+        self.num_threads = n
+
+
+def test_blas_limit_is_restored_by_the_last_of_two_overlapping_regions():
+    """Two Python threads in parallel regions at once: the first to leave must not restore BLAS's
+    threads under the other, and the last must restore the original count (not the other's 1)."""
+    blas = parallel._SingleThreadedBlas()
+    blas.libs = [_FakeBlas(4)]
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with blas:
+            a_inside.set()
+            b_inside.wait()
+        a_left.set()
+
+    def b():
+        a_inside.wait()
+        with blas:
+            b_inside.set()
+            a_left.wait()
+            seen["while b runs"] = blas.libs[0].num_threads
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"while b runs": 1} and blas.libs[0].num_threads == 4
+
+
+def test_two_python_threads_share_the_pool(two_threads):
+    """Concurrent callers each get their own results from the one pool, errors included."""
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def caller(k):
+        try:
+            barrier.wait()
+            for i in range(50):
+                out = [None] * 6
+                parallel.run([lambda j=j: out.__setitem__(j, (k, i, j)) for j in range(6)])
+                assert out == [(k, i, j) for j in range(6)]
+                s = parallel.matmul_reduce(np.full((1, 1, 3000), float(k + 1)), np.ones((1, 3000, 1)))
+                assert s[0, 0, 0] == 3000.0 * (k + 1)
+            results[k] = True
+        except BaseException as e:  # noqa: B902 - reported below
+            errors.append(e)
+    workers = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors and results == {0: True, 1: True}

@@ -4,7 +4,6 @@ The fast tier (cpu and gpu alike, any xp and any memory layout) takes the window
 slices of the (padded) input, one per kernel tap, so every pass is a whole-array operation with no
 host synchronisation on the GPU. The reference tier (reference.max_pool2d, ...) stacks the taps.
 """
-import numpy as np
 
 from ..autograd import Function
 from . import reference
