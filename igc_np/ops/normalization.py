@@ -1,4 +1,4 @@
-"""Batch normalisation over (N, H, W) per channel (the reference code's BatchNorm, eps 2e-5).
+"""Batch normalisation over (N, H, W) per channel (as BatchNorm in the authors' code, eps 2e-5).
 
 Training: y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta with the batch statistics, and
 running = momentum * running + (1 - momentum) * batch statistic (biased variance, as MXNet).

@@ -1,4 +1,4 @@
-"""The channel permutation of IGC (the reference code's ``Reorder``, paper section 3: P).
+"""The channel permutation of IGC (``Reorder`` in the authors' MXNet code; paper section 3: P).
 
 permute_channels(x, b) views the channel axis of x (N, C, H, W) as a (b, C/b) grid and transposes
 it: y[:, j*b + i] = x[:, i*(C/b) + j] (the formula lives in reference.permutation_index). Its

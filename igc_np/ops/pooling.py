@@ -113,7 +113,7 @@ class AvgPool2dFunction(_PoolFunction):
 
 
 class GlobalAvgPool2dFunction(Function):
-    """One tier: the reference's array code serves every device."""
+    """One tier: the reference tier's array code (reference.global_avg_pool2d) serves every device."""
 
     def forward(self, xp, x):
         self.x_shape = x.shape
