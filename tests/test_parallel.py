@@ -143,3 +143,32 @@ def test_two_python_threads_share_the_pool(two_threads):
     for w in workers:
         w.join()
     assert not errors and results == {0: True, 1: True}
+
+
+def test_reductions_have_the_same_bits_for_every_thread_count(monkeypatch):
+    """The weight gradients (matmul_reduce, the conv's tiles) add their blocks in a fixed order: one
+    thread, three threads and a slowed thread give identical bits (a per-thread sum would not)."""
+    from igc_np.ops import cpu_conv
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, 3, 9000)).astype(np.float32)
+    b = rng.standard_normal((2, 9000, 4)).astype(np.float32)
+    x = rng.standard_normal((8, 6, 20, 20)).astype(np.float32)
+    gy = rng.standard_normal((8, 4, 20, 20)).astype(np.float32)
+    monkeypatch.setattr(cpu_conv, "TILE_BYTES", 1 << 14)  # many tiles
+    _, x_pad = cpu_conv.conv2d_forward(x, np.zeros((4, 3, 3, 3), np.float32), (1, 1), (1, 1), 2)
+    results = []
+    for threads, slow in ((1, False), (3, False), (3, True), (2, True)):
+        monkeypatch.setattr(parallel, "THREADS", threads)
+        monkeypatch.setattr(parallel, "_pool", None)
+        real = np.matmul
+
+        def matmul(*args, **kwargs):  # the first thread to call it sleeps: others take more blocks
+            if slow and threading.current_thread() is threading.main_thread():
+                time.sleep(0.002)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(np, "matmul", matmul)
+        results.append((parallel.matmul_reduce(a, b),
+                        cpu_conv.conv2d_backward_weight(x_pad, gy, (4, 3, 3, 3), (1, 1), 2)))
+        monkeypatch.setattr(np, "matmul", real)
+    for r, g in results[1:]:
+        assert r.tobytes() == results[0][0].tobytes() and g.tobytes() == results[0][1].tobytes()

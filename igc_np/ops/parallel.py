@@ -233,15 +233,28 @@ def matmul(a, b, out=None):
 
 
 def matmul_reduce(a, b):
-    """a (G, m, K) @ b (G, K, n) -> (G, m, n) for a long reduction axis K (weight gradients):
-    each thread sums the products of blocks of K into its own (G, m, n), then those are added."""
-    G, m, K = a.shape
-    parts = [np.zeros((G, m, b.shape[2]), np.result_type(a, b)) for _ in range(THREADS)]
+    """a (G, m, K) @ b (G, K, n) -> (G, m, n) for a long reduction axis K (weight gradients).
 
-    def add(t, c):
-        parts[t] += np.matmul(a[:, :, c[0]:c[1]], b[:, c[0]:c[1], :])
-    k = for_each(_chunks(K), add)
-    return sum(parts[1:k], parts[0])
+    The threads multiply blocks of K, whichever thread gets which; the block products are then
+    added in block order, so the result has the same bits for every thread count and timing
+    (a sum per thread would depend on which blocks each thread happened to take)."""
+    chunks = _chunks(a.shape[2])
+    products = [None] * len(chunks)
+
+    def mul(t, i):
+        c0, c1 = chunks[i]
+        products[i] = np.matmul(a[:, :, c0:c1], b[:, c0:c1, :])
+    for_each(range(len(chunks)), mul)
+    return ordered_sum(products, (a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
+
+
+def ordered_sum(parts, shape, dtype):
+    """zeros(shape) + parts[0] + parts[1] + ..., in this order: the same bits however the parts
+    were computed (the reductions of the CPU tier; see matmul_reduce)."""
+    total = np.zeros(shape, dtype)
+    for p in parts:
+        total += p
+    return total
 
 
 def elementwise(fn, out, *arrays):
