@@ -83,6 +83,8 @@ def _check_dtype(data, what):
                         "~300 returns zeros); use float32: x.astype(np.float32), or model.to(dtype=np.float32)")
 
 
+# ~200 lines: the one class users hold (the array, its NumPy/PyTorch conversions and habits, the
+# entry to backward); the graph walk is _walk, the operators are attached in ops/math.py.
 class Tensor:
     """An n-dimensional array with an optional gradient.
 
@@ -141,20 +143,11 @@ class Tensor:
         self._data = value
         self._versions[0] += 1
 
-    @property
-    def _version(self):
-        """How many times this tensor's data was changed through the Tensor API (PyTorch's name)."""
-        return self._versions[0]
-
-    @property
-    def grad_fn(self):
-        """The Function that made this tensor (PyTorch's name for ``creator``); None for a leaf."""
-        return self.creator
-
-    @property
-    def is_leaf(self):
-        """True for a tensor no op made (data, parameters): backward fills its ``.grad``."""
-        return self.creator is None
+    # how many times the data was changed through the Tensor API (PyTorch's name); the op that
+    # made the tensor (PyTorch's name for creator, None for a leaf); no op made it
+    _version = property(lambda self: self._versions[0])
+    grad_fn = property(lambda self: self.creator)
+    is_leaf = property(lambda self: self.creator is None)
 
     def requires_grad_(self, requires_grad=True):
         """Set requires_grad in place and return self (PyTorch's habit: ``w = ig.Tensor(a).requires_grad_()``)."""
