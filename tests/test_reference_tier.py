@@ -101,9 +101,27 @@ def test_no_op_calls_another_functions_tier_methods():
     ops = pathlib.Path(ig.__file__).parent / "ops"
     for path in sorted(ops.glob("*.py")):
         text = path.read_text()
-        calls = re.findall(r"\w+\.(?:forward|backward)_\w+\(|getattr\([^)]*\"(?:forward|backward)_", text)
+        calls = re.findall(r"\w+\._?(?:forward|backward)_\w+\(|getattr\([^)]*\"(?:forward|backward)_", text)
         calls = [c for c in calls if not c.startswith("self.")]
         assert not calls, f"{path.name}: {calls}"
+
+
+def test_ops_import_project_modules_at_the_top():
+    """No igc_np module imported inside a function of the engine's files (issue 17: ops/fused.py
+    and ops/normalization.py imported the kernels lazily); optional third-party ones may be."""
+    import ast
+    import pathlib
+    root = pathlib.Path(ig.__file__).parent
+    files = sorted((root / "ops").glob("*.py")) + [root / n for n in ("autograd.py", "backend.py",
+                                                                      "functional.py", "gradcheck.py", "random.py")]
+    late = []
+    for path in files:
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                late += [f"{path.name}:{node.lineno}" for node in ast.walk(fn)
+                         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("igc_np"))
+                         or isinstance(node, ast.Import) and any(a.name.startswith("igc_np") for a in node.names)]
+    assert not late
 
 
 # ---- conv ------------------------------------------------------------------------------------------
