@@ -114,13 +114,12 @@ def test_ops_import_project_modules_at_the_top():
     root = pathlib.Path(ig.__file__).parent
     files = sorted((root / "ops").glob("*.py")) + [root / n for n in ("autograd.py", "backend.py",
                                                                       "functional.py", "gradcheck.py", "random.py")]
-    late = []
-    for path in files:
-        for fn in ast.walk(ast.parse(path.read_text())):
-            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                late += [f"{path.name}:{node.lineno}" for node in ast.walk(fn)
-                         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("igc_np"))
-                         or isinstance(node, ast.Import) and any(a.name.startswith("igc_np") for a in node.names)]
+    def project(node):  # `from .x import y`, `from igc_np... import`, `import igc_np...`
+        if isinstance(node, ast.ImportFrom):
+            return node.level > 0 or (node.module or "").startswith("igc_np")
+        return isinstance(node, ast.Import) and any(a.name.startswith("igc_np") for a in node.names)
+    late = [f"{path.name}:{node.lineno}" for path in files for fn in ast.walk(ast.parse(path.read_text()))
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(fn) if project(node)]
     assert not late
 
 
