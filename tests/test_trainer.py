@@ -318,7 +318,7 @@ def test_metrics_top1_top5():
 
 
 # ---- newcomer habits ---------------------------------------------------------------------------
-def test_dataset_alone_trains_the_reference_cifar_network_on_the_cpu():
+def test_dataset_alone_trains_the_authors_cifar_network_on_the_cpu():
     o, ckpt = cli.resolve_options(options.parse_args(["--dataset", "cifar10"]))
     assert ckpt is None
     assert (o["network"], o["depth"], o["primary_partition"], o["secondary_partition"]) == \
@@ -355,7 +355,7 @@ def test_young_bn_statistics_are_recalibrated_for_the_test_pass_only(tmp_path):
     assert auto[-1]["test_loss"] < running[-1]["test_loss"]
     assert_same_checkpoint(tmp_path / "running" / "model-0002.npz",
                            tmp_path / "auto" / "model-0002.npz")
-    # the long-run protocol is the reference's: old statistics are used as they are
+    # the long-run protocol is the authors': old statistics are used as they are
     net = ig.nets.get_network("plain_igc", 5, primary_partition=2, secondary_partition=2)
     assert evaluation.stale_statistics(net, 100) and not evaluation.stale_statistics(net, 1000)
 

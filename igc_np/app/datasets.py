@@ -98,7 +98,7 @@ def _imagenet(o, download):
                          workers=o.get("workers") or default_workers())
 
 
-# the reference's CIFAR network resnet_igc-20 IGC-L24M2 (the network is the same for all three)
+# the authors' CIFAR network resnet_igc-20 IGC-L24M2 (the network is the same for all three)
 _CIFAR_NET = dict(network="resnet_igc", depth=20, primary_partition=24, secondary_partition=2)
 
 REGISTRY = {

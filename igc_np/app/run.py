@@ -127,6 +127,25 @@ class Report:
             self.bar.close()
             self.bar = None
 
+    def interval(self, epoch, batch, speed, m):
+        """The line of a --log-iters interval: speed (samples/s) and the epoch's metrics ``m``."""
+        self.say(f"Epoch[{epoch}] Batch [{batch}]\tSpeed: {speed:.2f} samples/sec\t"
+                 f"loss: {m.loss:.6f}\ttop1: {m.top1:.6f}")
+        if self.bar:
+            self.bar.set_postfix(loss=f"{m.loss:.4f}", top1=f"{m.top1:.4f}", refresh=False)
+
+    def epoch(self, record, history):
+        """An epoch's record: its line on the console, log.jsonl, the curves."""
+        r, top5 = record, "test_top5" in record
+        self.say(f"Epoch[{r['epoch']}] lr {r['lr']:g}  train loss {r['train_loss']:.4f} top1 "
+                 f"{r['train_top1']:.4f}" + (f" top5 {r['train_top5']:.4f}" if top5 else "")
+                 + f"  test loss {r['test_loss']:.4f} top1 {r['test_top1']:.4f}"
+                 + (f" top5 {r['test_top5']:.4f}" if top5 else "")
+                 + f"  time {r['epoch_time']:.1f}s (total {r['elapsed']:.1f}s)"
+                 + ("" if r["eval_bn"] == "running" else f"  [test BN: {r['eval_bn']}]"))
+        self.write_log(record)
+        self.plot(history)
+
     def write_log(self, record):
         if not self.writer:
             return
@@ -180,19 +199,60 @@ class Saver:
     def interrupted_path(self):
         return self.prefix.with_name(self.prefix.name + "-interrupted.npz")
 
+    def remove_resumed_interrupt_file(self, ckpt, say):
+        """Once resumed and a later checkpoint is safe, our own -interrupted.npz is obsolete:
+        remove it; True if it was removed."""
+        own = self.interrupted_path
+        if self.writer and ckpt is not None and ckpt.path.resolve() == own.resolve() \
+                and own.is_file():
+            own.unlink()
+            say(f"Removed {own} (resumed, and {self.last} is written)")
+            return True
+        return False
+
+
+class QuietOverflow:
+    """Overflow in a diverging run: the NaN check says so in one line, without NumPy warnings
+    (errstate is per thread; the engine's worker threads warn through the filters)."""
+
+    def __enter__(self):
+        self._errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        self._errstate.__enter__()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(None, None, None)
+        self._errstate.__exit__(None, None, None)
+        return False
+
+
+def check_position(ckpt, data):
+    """A mid-epoch checkpoint's batch and sample count must fit this data and batch size."""
+    if not ckpt.batch:
+        return
+    n = len(data)
+    seen = min(ckpt.batch * data.batch_size, data.train_size)
+    if ckpt.batch >= n:
+        raise CheckpointError(f"checkpoint {ckpt.path}: field 'batch' is {ckpt.batch}, but an "
+                              f"epoch of this data has {n} batches")
+    if ckpt.train_sums[1] != seen:
+        raise CheckpointError(f"checkpoint {ckpt.path}: field 'train_sums' counts "
+                              f"{ckpt.train_sums[1]:.0f} samples after {ckpt.batch} batches "
+                              f"of {data.batch_size} (expected {seen})")
+
 
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 class Run:
-    """State of one training run around the loop (see the module docstring for the loop).
-
-    ``o``: resolved options (``output_dir``, ``model_prefix``, ``num_epochs``, ``log_iters``,
-    ``checkpoint_every``, ``lr_steps``, ``eval_bn`` ...); ``ckpt``: the Checkpoint resumed from;
-    ``resume_command(path)``: the command line that continues an interrupted run (for the
-    message). 200+ lines: the resume position, the epoch's metrics and the stops (NaN, Ctrl-C,
-    a failed last save) are one state machine; the files are in RunFolder, Report and Saver.
-    """
+    """One training run around the loop (the module docstring shows the loop): the resume
+    position, the epoch's metrics, the stops (NaN, Ctrl-C, a failed last save). ``o``: resolved
+    options; ``ckpt``: the Checkpoint resumed from; ``resume_command(path)``: the command that
+    continues an interrupted run. The files are RunFolder's, Report's and Saver's."""
 
     def __init__(self, o, model, optimizer, data, ckpt=None, rng=None, resume_command=None,
                  overwrite=False, comm=None):
@@ -215,7 +275,7 @@ class Run:
     def __enter__(self):
         if self.ckpt is not None:  # does it fit? (before touching any folder)
             restore(self.ckpt, self.model, self.optimizer)
-            self._check_position(self.ckpt)
+            check_position(self.ckpt, self.data)
         self.folder.open()
         try:
             if self.ckpt is not None:
@@ -229,14 +289,7 @@ class Run:
         self.elapsed_before = self.history[-1].get("elapsed", 0.0) if self.history else 0.0
         self.t_start = time.perf_counter()
         self.interrupt.__enter__()
-        # overflow in a diverging run: the NaN check says so in one line, without NumPy warnings
-        # (errstate is per thread; the engine's worker threads warn through the filters)
-        self._errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
-        self._errstate.__enter__()
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
-                                RuntimeWarning)
+        self._quiet = QuietOverflow().__enter__()
         return self
 
     def _resume(self, ckpt):
@@ -249,23 +302,8 @@ class Run:
                  else f"Epoch[{self.start_epoch}]")
         print(f"Resumed from {ckpt.path}: continuing with {where}")
 
-    def _check_position(self, ckpt):
-        """A mid-epoch checkpoint's batch and sample count must fit this data and batch size."""
-        if not ckpt.batch:
-            return
-        n = len(self.data)
-        seen = min(ckpt.batch * self.data.batch_size, self.data.train_size)
-        if ckpt.batch >= n:
-            raise CheckpointError(f"checkpoint {ckpt.path}: field 'batch' is {ckpt.batch}, but an "
-                                  f"epoch of this data has {n} batches")
-        if ckpt.train_sums[1] != seen:
-            raise CheckpointError(f"checkpoint {ckpt.path}: field 'train_sums' counts "
-                                  f"{ckpt.train_sums[1]:.0f} samples after {ckpt.batch} batches "
-                                  f"of {self.data.batch_size} (expected {seen})")
-
     def __exit__(self, exc_type, exc, tb):
-        self._warnings.__exit__(None, None, None)
-        self._errstate.__exit__(None, None, None)
+        self._quiet.__exit__()
         self.interrupt.__exit__()
         self.report_to.close_bar()
         self.folder.close()
@@ -275,10 +313,6 @@ class Run:
             self.status = exc.status
             return True
         return False
-
-    @property
-    def last_checkpoint(self):
-        return self.saver.last
 
     # ---- the loop's calls ----------------------------------------------------------------------
     def epochs(self):
@@ -300,9 +334,8 @@ class Run:
             self.start_batch, self.train_sums = 0, None
 
     def batches(self, epoch):
-        """(x, y) of the epoch from the resume position on. On several ranks (comm.size > 1) each
-        rank gets only its rows of every batch (``data.batches(..., part=(rank, size))``), and
-        ``self.batch_rows`` is the global batch's size, for ``dp_step(global_batch=...)``."""
+        """(x, y) of the epoch from the resume position on; on several ranks this rank's rows of
+        each batch, and ``self.batch_rows`` the global batch's size (``dp_step(global_batch=)``)."""
         d = self.data
         if self.comm.size == 1:  # any data source with the four members, whole batches
             source = d.batches(self.rng, self.start_batch)
@@ -311,9 +344,6 @@ class Run:
         for b, (x, y) in enumerate(source, self.start_batch):
             self.batch_rows = min(d.batch_size, d.train_size - b * d.batch_size)
             yield x, y
-
-    def say(self, line):
-        self.report_to.say(line)
 
     def after_batch(self, loss, logits, y):
         """Metrics (on the device), the log line and the NaN check every --log-iters, Ctrl-C."""
@@ -333,17 +363,13 @@ class Run:
     def _after(self, rows, stop):
         self.b += 1
         self.seen += rows
-        bar = self.report_to.bar
-        if bar:
-            bar.update(1)
+        if self.report_to.bar:
+            self.report_to.bar.update(1)
         if self.b % self.o["log_iters"] == 0:
             m = self.metrics  # reading it is the host sync of the interval
             self._check_finite(m.loss, f"Epoch[{self.epoch}] Batch [{self.b}]")
             speed = self.seen / max(time.perf_counter() - self.tic, 1e-9)
-            self.say(f"Epoch[{self.epoch}] Batch [{self.b}]\tSpeed: {speed:.2f} samples/sec\t"
-                     f"loss: {m.loss:.6f}\ttop1: {m.top1:.6f}")
-            if bar:
-                bar.set_postfix(loss=f"{m.loss:.4f}", top1=f"{m.top1:.4f}", refresh=False)
+            self.report_to.interval(self.epoch, self.b, speed, m)
             self.tic, self.seen = time.perf_counter(), 0
         if stop:  # this batch is complete: save and leave
             self._stop_mid_epoch()
@@ -395,14 +421,7 @@ class Run:
         record.update(eval_bn=statistics, epoch_time=now - self.t_epoch,
                       elapsed=self.elapsed_before + now - self.t_start)
         self.history.append(record)
-        self.report_to.write_log(record)
-        self.say(f"Epoch[{epoch}] lr {lr:g}  train loss {m.loss:.4f} top1 {m.top1:.4f}"
-                 + (f" top5 {m.top5:.4f}" if self.top5 else "")
-                 + f"  test loss {test.loss:.4f} top1 {test.top1:.4f}"
-                 + (f" top5 {test.top5:.4f}" if self.top5 else "")
-                 + f"  time {record['epoch_time']:.1f}s (total {record['elapsed']:.1f}s)"
-                 + ("" if statistics == "running" else f"  [test BN: {statistics}]"))
-        self.report_to.plot(self.history)
+        self.report_to.epoch(record, self.history)
 
     def save(self, epoch):
         """The checkpoint after ``epoch`` every --checkpoint-every epochs (and after the last, and
@@ -414,8 +433,9 @@ class Run:
         if done % self.o["checkpoint_every"] == 0 or last or stop or self.saver.failed:
             path = checkpoint_path(self.prefix, done)
             if self._save(path, done, 0, self.rng.bit_generator.state, np.zeros(4)):
-                self.say(f"Saved {path}")
-                self._remove_resumed_interrupt_file()
+                self.report_to.say(f"Saved {path}")
+                if self.saver.remove_resumed_interrupt_file(self.ckpt, self.report_to.say):
+                    self.ckpt = None
             elif last:
                 raise Stop(EXIT_ERROR, f"the final checkpoint {path} could not be written (see "
                                        "above); the training of this run is lost after "
@@ -431,12 +451,3 @@ class Run:
 
     def _save(self, path, epoch, batch, epoch_rng_state, sums):
         return self.saver.save(path, epoch, batch, epoch_rng_state, sums, self.history, self.o)
-
-    def _remove_resumed_interrupt_file(self):
-        """Once resumed and a later checkpoint is safe, our own -interrupted.npz is obsolete."""
-        own = self.saver.interrupted_path
-        if self.writer and self.ckpt is not None and self.ckpt.path.resolve() == own.resolve() \
-                and own.is_file():
-            own.unlink()
-            self.say(f"Removed {own} (resumed, and {self.saver.last} is written)")
-            self.ckpt = None
