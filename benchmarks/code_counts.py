@@ -5,12 +5,14 @@ forward (CPU, and the GPU path through the emulator), one short trainer run; the
     python benchmarks/code_counts.py                    # this checkout
     python benchmarks/code_counts.py --root /work/main  # another checkout (e.g. before a change)
 
-"Files" are the project's .py files (igc_np/, examples/) with code that ran; "lines" the lines of
-the distinct functions that ran (their whole span: what a reader opens and reads), counted with
-sys.settrace. Units: every function and class of igc_np/ and examples/ by its line span (AST).
+"Files" are the project's .py files (igc_np/, examples/) with functions that ran (and, in
+brackets, all those imported); "lines" the lines of the distinct functions that ran (their whole
+span: what a reader opens and reads), counted with sys.settrace (pool threads started before the
+count are not traced: both sides of a comparison are counted the same way). Units: every function and class of igc_np/ and examples/ by its line span (AST).
 """
 import argparse
 import ast
+import inspect
 import os
 import subprocess
 import sys
@@ -36,17 +38,25 @@ def _traced(root, body):
     finally:
         sys.settrace(None)
         threading.settrace(None)
+    return _summary(ran)
+
+
+def _summary(ran):
+    imported = {c.co_filename for c in ran}
+    # a file's import and a class statement's body are not units a reader follows: functions only
+    ran = {c for c in ran if c.co_flags & inspect.CO_OPTIMIZED}
     files = {c.co_filename for c in ran}
     spans = {}
     for c in ran:
         lines = [line for _, _, line in c.co_lines() if line is not None] or [c.co_firstlineno]
         spans[(c.co_filename, c.co_firstlineno)] = max(lines) - c.co_firstlineno + 1
-    return files, spans
+    return files, spans, imported
 
 
-def _report(name, root, files, spans):
+def _report(name, root, files, spans, imported):
     rel = sorted(os.path.relpath(f, root) for f in files)
-    print(f"{name}: {len(files)} files, {len(spans)} functions, {sum(spans.values())} lines")
+    print(f"{name}: {len(files)} files with functions that ran ({len(imported)} imported), "
+          f"{len(spans)} functions, {sum(spans.values())} lines")
     print("   " + " ".join(rel))
 
 
@@ -86,7 +96,7 @@ def scenario_conv(root, device):
     return _traced(root, lambda: F.conv2d(x, w, padding=1))
 
 
-def scenario_trainer(root, tmp):
+def scenario_trainer(root, tmp, trace=True):
     """The trainer script, one epoch of 2 batches on 64 digits, as a command in this process."""
     import runpy
     script = str(Path(root) / "examples" / "cifar10_igc.py")
@@ -102,7 +112,39 @@ def scenario_trainer(root, tmp):
             pass
         finally:
             sys.argv = saved
-    return _traced(root, run)
+    return _traced(root, run) if trace else run()
+
+
+def scenario_loop_step(root, tmp):
+    """One iteration of the trainer's loop (batch 2 of 2): from the end of the first
+    ``Run.after_batch`` to the end of the second; the functions the loop body calls."""
+    import igc_np.training as training
+    calls, real = [], training.Run.after_batch
+
+    def marked(self, *args):
+        result = real(self, *args)
+        calls.append(1)
+        if len(calls) == 1:
+            sys.settrace(tracer)
+            threading.settrace(tracer)
+        elif len(calls) == 2:
+            sys.settrace(None)
+            threading.settrace(None)
+        return result
+    import threading
+    ran = set()
+    prefixes = (str(Path(root) / "igc_np"), str(Path(root) / "examples"))
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(prefixes):
+            ran.add(frame.f_code)
+        return None
+    training.Run.after_batch = marked
+    try:
+        scenario_trainer(root, tmp, trace=False)
+    finally:
+        training.Run.after_batch = real
+    return _summary(ran)
 
 
 def units(root, top=12):
@@ -123,11 +165,11 @@ def units(root, top=12):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(Path(__file__).resolve().parent.parent))
-    p.add_argument("--only", choices=("step", "conv-cpu", "conv-emu", "trainer", "units"))
+    p.add_argument("--only", choices=("step", "conv-cpu", "conv-emu", "trainer", "loop-step", "units"))
     args = p.parse_args(argv)
     root = str(Path(args.root).resolve())
     if args.only is None:  # each scenario in a fresh process: imports are part of what runs
-        for only in ("step", "conv-cpu", "conv-emu", "trainer", "units"):
+        for only in ("step", "conv-cpu", "conv-emu", "trainer", "loop-step", "units"):
             subprocess.run([sys.executable, __file__, "--root", root, "--only", only], check=False)
         return 0
     sys.path.insert(0, root)
@@ -143,7 +185,8 @@ def main(argv=None):
         result = {"step": lambda: scenario_step(root),
                   "conv-cpu": lambda: scenario_conv(root, "cpu"),
                   "conv-emu": lambda: scenario_conv(root, "emu"),
-                  "trainer": lambda: scenario_trainer(root, Path(tmp) / "run")}[args.only]()
+                  "trainer": lambda: scenario_trainer(root, Path(tmp) / "run"),
+                  "loop-step": lambda: scenario_loop_step(root, Path(tmp) / "run")}[args.only]()
         _report(args.only, root, *result)
     return 0
 
