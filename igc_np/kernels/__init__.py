@@ -18,5 +18,7 @@ from . import fused_ops, ops, versions
 from .loader import KERNEL_DIR, get_module, kernel_files, read_source
 from .versions import use_version
 
+versions.check_environment()  # a bad $IGC_NP_KERNELS is an error at start, on every device
+
 __all__ = ["ops", "fused_ops", "versions", "use_version", "get_module", "kernel_files", "read_source",
            "KERNEL_DIR"]

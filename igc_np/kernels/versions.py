@@ -25,7 +25,9 @@ Select a version, strongest first:
     (otherwise)                                             # default(op)
 
 Launchers ask ``resolve(op, version)``. An unknown op, a version the op lacks or a version that is
-not an int raises ValueError naming the op and the choices.
+not an int raises ValueError naming the op and the choices. $IGC_NP_KERNELS is checked when
+igc_np.kernels is imported (``check_environment``), on every device, the CPU too: a misspelt
+switch is an error at start, not a silent no-op on the CPU or a failure deep inside a run.
 """
 import contextlib
 import os
@@ -70,9 +72,14 @@ def default(op):
     return _defaults[op]
 
 
+def choices():
+    """Every op with its versions, as a switch would name them: 'conv2d_forward=1|2|3, ...'."""
+    return ", ".join(f"{op}={'|'.join(str(v) for v in sorted(_registry[op]))}" for op in ops())
+
+
 def _check_op(op, where):
     if op not in _registry:
-        raise ValueError(f"{where}: unknown kernel op {op!r}; registered ops are {ops()}")
+        raise ValueError(f"{where}: unknown kernel op {op!r}; the ops and their versions are {choices()}")
 
 
 def _check(op, version, where):
@@ -87,7 +94,8 @@ def _check(op, version, where):
             hint = f" (the old name {version!r} is version {int(version[1:])})"
         raise ValueError(f"{where}: version of {op} must be an int, one of {choices}, got {version!r}{hint}") from None
     if v not in _registry[op] or v != version and not isinstance(version, str):  # 2.5 is not 2
-        raise ValueError(f"{where}: {op} has versions {choices}, not {version}")
+        raise ValueError(f"{where}: {op} has versions {choices}, not {version} "
+                         f"({op}: {'; '.join(f'{k} = {d}' for k, d in sorted(_registry[op].items()))})")
     return v
 
 
@@ -104,6 +112,12 @@ def _from_env():
             chosen[op.strip()] = _check(op.strip(), v.strip(), f"${ENV}")
         _env_cache = (text, chosen)
     return _env_cache[1]
+
+
+def check_environment():
+    """Parse $IGC_NP_KERNELS now: ValueError naming the bad item and the valid ops and versions.
+    igc_np.kernels calls it on import, once every launcher module has registered its ops."""
+    _from_env()
 
 
 def selected(op):
