@@ -21,10 +21,11 @@ kernels compute 1/sqrt(var + eps) from it), so backward needs no extra launch in
 import numpy as np
 
 from . import versions
-from .loader import get_module
-from .ops import MAX_BLOCKS, _elementwise_launch, _prepare, _xp, i32
+from .launch import Launch, check, output, run
+from .loader import defines, get_module
+from .ops import MAX_BLOCKS, _elementwise_plan, _launch, _prepare, _xp, i32
 
-BN_THREADS = 256  # batch_norm.cu's BN_THREADS
+BN_THREADS = defines("batch_norm.cu")["BN_THREADS"]  # the per-channel reductions' block size
 BN_TARGET_BLOCKS = 1024   # v2: about this many reduction blocks (several per SM of an H100)
 BN_SLICE_VALUES = 2048    # v2: at least this many values per slice (block)
 
@@ -53,6 +54,35 @@ def _bn_version(op, version, slices, C, m):
 
 def _row_threads(HW):
     return min(BN_THREADS, 32 * ((HW + 31) // 32))
+
+
+def _channel_plan(kernel, blocks):
+    """One block of BN_THREADS per channel (or per (channel, slice)), grid-stride beyond MAX_BLOCKS."""
+    return Launch("batch_norm.cu", kernel, (), (min(blocks, MAX_BLOCKS),), (BN_THREADS,))
+
+
+def _row_plan(kernel, N, C, HW):
+    """One block per (n, c) row of HW values, no wider than the row (whole warps)."""
+    return Launch("batch_norm.cu", kernel, (), (min(N * C, MAX_BLOCKS),), (_row_threads(HW),))
+
+
+def batch_norm_plans(op, version, training, x_shape, P, itemsize):
+    """The launches of batch_norm_forward / batch_norm_backward `version` on x (N, C, H, W) with P
+    slices a channel (v2), checked (launch.check), in launch order."""
+    N, C, H, W = (int(d) for d in x_shape)
+    where = f"{op} v{version} (x shape {(N, C, H, W)}, slices={P})"
+    if op == "batch_norm_forward":
+        if not training:
+            plans = [_elementwise_plan("batch_norm.cu", "bn_apply", N * C * H * W)]
+        elif version == 1:
+            plans = [_channel_plan("bn_stats", C), _elementwise_plan("batch_norm.cu", "bn_apply", N * C * H * W)]
+        else:
+            plans = [_channel_plan("bn_stats_partial", C * P), _row_plan("bn_apply_rows", N, C, H * W)]
+    elif version == 1:
+        plans = [_channel_plan("bn_backward_reduce", C), _elementwise_plan("batch_norm.cu", "bn_backward_data", N * C * H * W)]
+    else:
+        plans = [_channel_plan("bn_backward_partial", C * P), _row_plan("bn_backward_data_rows", N, C, H * W)]
+    return [check(L, itemsize, where) for L in plans]
 
 
 def _scalar(dtype, v):
@@ -87,25 +117,23 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     module = get_module("batch_norm.cu", dt, device)
     dims = (i32(N), i32(C), i32(H * W))
     version, P = _bn_version(op, version, slices, C, N * H * W)  # evaluation: one elementwise pass either way
+    plans = batch_norm_plans(op, version, training, x.shape, P, dt.itemsize)
     if training:
         if N * H * W < 2:
             raise ValueError(f"{op}: training needs more than one value per channel ({text})")
-        mean, stat = xp.empty(C, dt), xp.empty(C, dt)
+        mean, stat = output(xp, C, dt, device), output(xp, C, dt, device)
         # the kernel updates the running statistics itself when they have x's dtype and layout
         in_kernel = running_mean is not None and all(
             v.dtype == dt and v.flags.c_contiguous for v in (running_mean, running_var))
         rm, rv = (running_mean, running_var) if in_kernel else (mean, stat)  # unused when not in_kernel
         hyper = (_scalar(dt, eps), _scalar(dt, momentum), _scalar(dt, 1 - momentum), i32(in_kernel))
         if version == 1:
-            module.get_function("bn_stats")((min(C, MAX_BLOCKS),), (BN_THREADS,), (x, mean, stat, rm, rv) + dims + hyper)
+            run(plans[0], module, (x, mean, stat, rm, rv) + dims + hyper)
         else:  # statistics by (channel, slice) blocks; the apply kernel combines them and writes y
-            partial = xp.empty((C, P, 2), dt)
-            module.get_function("bn_stats_partial")((min(C * P, MAX_BLOCKS),), (BN_THREADS,),
-                                                    (x, partial) + dims + (i32(P),))
-            y = xp.empty_like(x)
-            module.get_function("bn_apply_rows")(
-                (min(N * C, MAX_BLOCKS),), (_row_threads(H * W),),
-                (x, partial, gamma, beta, res, y, mean, stat, rm, rv) + dims + (i32(P),) + hyper
+            partial = output(xp, (C, P, 2), dt, device)
+            run(plans[0], module, (x, partial) + dims + (i32(P),))
+            y = output(xp, x.shape, dt, device)
+            run(plans[1], module, (x, partial, gamma, beta, res, y, mean, stat, rm, rv) + dims + (i32(P),) + hyper
                 + (i32(bool(relu)), i32(residual is not None)))
         if running_mean is not None and not in_kernel:
             # e.g. float32 buffers with float64 x (gradient checks): array ops, as the CPU path;
@@ -123,10 +151,9 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
             raise ValueError(f"{op}: evaluation mode (training=False) needs running_mean and running_var")
         mean, stat = (xp.ascontiguousarray(v.astype(dt, copy=False)) for v in (running_mean, running_var))
         stat_is_var = 1
-    y = xp.empty_like(x)
-    _elementwise_launch(module.get_function("bn_apply"), y.size,
-                        (x, mean, stat, gamma, beta, res, y) + dims
-                        + (_scalar(dt, eps), i32(stat_is_var), i32(bool(relu)), i32(residual is not None)))
+    y = output(xp, x.shape, dt, device)
+    run(plans[-1], module, (x, mean, stat, gamma, beta, res, y) + dims
+        + (_scalar(dt, eps), i32(stat_is_var), i32(bool(relu)), i32(residual is not None)))
     return y, mean, stat
 
 
@@ -146,27 +173,23 @@ def batch_norm_backward(gy, y, x, mean, stat, gamma, training, eps, device, relu
     module = get_module("batch_norm.cu", dt, device)
     dims = (i32(N), i32(C), i32(H * W))
     stat_is_var = i32(not training)
-    ggamma, gbeta = xp.empty(C, dt), xp.empty(C, dt)
+    ggamma, gbeta = output(xp, C, dt, device), output(xp, C, dt, device)
     version, P = _bn_version(op, version, slices, C, N * H * W)
-    gx = xp.empty_like(x)
-    gres = xp.empty_like(x) if has_residual else gx  # gx: a placeholder the kernel does not write
+    plans = batch_norm_plans(op, version, training, x.shape, P, dt.itemsize)
+    gx = output(xp, x.shape, dt, device)
+    gres = output(xp, x.shape, dt, device) if has_residual else gx  # gx: a placeholder the kernel does not write
     flags = (i32(bool(relu)), i32(bool(training)), i32(bool(has_residual)))
     if version == 2:
-        partial = xp.empty((C, P, 2), dt)
-        module.get_function("bn_backward_partial")(
-            (min(C * P, MAX_BLOCKS),), (BN_THREADS,),
+        partial = output(xp, (C, P, 2), dt, device)
+        run(plans[0], module,
             (gy, y, x, mean, stat, partial) + dims + (i32(P), _scalar(dt, eps), stat_is_var, i32(bool(relu))))
-        module.get_function("bn_backward_data_rows")(
-            (min(N * C, MAX_BLOCKS),), (_row_threads(H * W),),
-            (gy, y, x, mean, stat, gamma, partial, ggamma, gbeta, gx, gres) + dims
+        run(plans[1], module, (gy, y, x, mean, stat, gamma, partial, ggamma, gbeta, gx, gres) + dims
             + (i32(P), _scalar(dt, eps), stat_is_var) + flags)
         return gx, ggamma, gbeta, (gres if has_residual else None)
-    module.get_function("bn_backward_reduce")(
-        (min(C, MAX_BLOCKS),), (BN_THREADS,),
+    run(plans[0], module,
         (gy, y, x, mean, stat, ggamma, gbeta) + dims + (_scalar(dt, eps), stat_is_var, i32(bool(relu))))
-    _elementwise_launch(module.get_function("bn_backward_data"), gx.size,
-                        (gy, y, x, mean, stat, gamma, ggamma, gbeta, gx, gres) + dims
-                        + (_scalar(dt, eps), stat_is_var) + flags)
+    run(plans[1], module, (gy, y, x, mean, stat, gamma, ggamma, gbeta, gx, gres) + dims
+        + (_scalar(dt, eps), stat_is_var) + flags)
     return gx, ggamma, gbeta, (gres if has_residual else None)
 
 
@@ -209,9 +232,10 @@ def sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, d
              i32(bool(nesterov)))
     module = get_module("sgd.cu", dt, device)
     if version == 1:
-        fn = module.get_function("sgd_update")
-        for w, g, v in zip(weights, grads, velocities):
-            _elementwise_launch(fn, w.size, (w, g, v if use_momentum else w, i32(w.size)) + hyper)
+        for i, (w, g, v) in enumerate(zip(weights, grads, velocities)):
+            _launch(module, _elementwise_plan("sgd.cu", "sgd_update", w.size),
+                    (w, g, v if use_momentum else w, i32(w.size)) + hyper, f"{op} v1 (weight {i}, shape {tuple(w.shape)})",
+                    dt.itemsize)
         return
     rows, chunks = [], []
     for t, (w, g, v) in enumerate(zip(weights, grads, velocities)):
@@ -220,6 +244,6 @@ def sgd_step(weights, grads, velocities, lr, momentum, nesterov, weight_decay, d
     table = np.array([c for row in rows for c in row] + [c for ch in chunks for c in ch], dtype=np.uint64)
     table = xp.asarray(table)  # host -> device copy (asynchronous on a GPU); no sync
     # CuPy's memory pool is stream-ordered: `table` may be freed on return, the launch still reads it
-    module.get_function("sgd_multi_tensor")(
-        (min(len(chunks), MAX_BLOCKS),), (SGD_THREADS,),
-        (table, i32(len(rows)), i32(len(chunks)), i32(SGD_CHUNK)) + hyper)
+    _launch(module, Launch("sgd.cu", "sgd_multi_tensor", (), (min(len(chunks), MAX_BLOCKS),), (SGD_THREADS,)),
+            (table, i32(len(rows)), i32(len(chunks)), i32(SGD_CHUNK)) + hyper,
+            f"{op} v2 ({len(rows)} tensors, {len(chunks)} chunks)", dt.itemsize)

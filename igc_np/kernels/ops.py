@@ -19,12 +19,13 @@ $IGC_NP_KERNELS, the default) or an int version of its op: 1, 2, 3 for the conv 
 with Ho = (H + 2*ph - kh) // sh + 1 (Wo likewise). Invalid shapes raise ValueError naming the
 op, the argument and the shapes.
 """
-import dataclasses
+import functools
 
 import numpy as np
 
 from . import versions
-from .loader import get_module
+from .launch import Launch, LaunchPlanError, check, output, run, thread_limit  # noqa: F401 (re-exported)
+from .loader import defines, get_module, instantiations
 
 THREADS = 256          # threads per block of the one-thread-per-element kernels
 MAX_BLOCKS = 1 << 20   # the kernels loop (grid-stride) over whatever a grid this size leaves
@@ -109,19 +110,23 @@ def _conv_geometry(op, x_shape, W_shape, stride, padding, groups):
     return (N, C_out, Ho, Wo), tuple(i32(d) for d in dims)
 
 
-def _elementwise_launch(fn, total, args):
+def _elementwise_plan(file, kernel, total):
     """One thread per output element, grid-stride beyond MAX_BLOCKS blocks."""
-    blocks = min((total + THREADS - 1) // THREADS, MAX_BLOCKS)
-    fn((blocks,), (THREADS,), args)
+    return Launch(file, kernel, (), (max(1, min(_cdiv(total, THREADS), MAX_BLOCKS)),), (THREADS,))
 
 
-def _reduce_launch(fn, n_outputs, terms, itemsize, args):
+def _reduce_plan(file, kernel, n_outputs, terms, itemsize):
     """One block per output element; a power-of-two block of at most REDUCE_MAX_THREADS threads,
     no larger than the number of terms needs (minimum a warp), plus its shared memory."""
     threads = 32
     while threads < min(terms, REDUCE_MAX_THREADS):
         threads *= 2
-    fn((min(n_outputs, MAX_BLOCKS),), (threads,), args, shared_mem=threads * itemsize)
+    return Launch(file, kernel, (), (max(1, min(n_outputs, MAX_BLOCKS)),), (threads,), threads * itemsize)
+
+
+def _launch(module, launch, args, where, itemsize):
+    """Check `launch` (launch.check: a GPU's limits, `where` names the call) and run it."""
+    run(check(launch, itemsize, where), module, args)
 
 
 # ---- grouped convolution: the primary conv ladder (group_conv.cu v1, group_conv_v2.cu, group_conv_v3.cu)
@@ -143,11 +148,15 @@ versions.register("conv2d_backward_weight", {
 # (KH, KW, SH, SW) with a compiled kernel in v2 and v3 (their "// instantiate" line); any other
 # shape runs the generic instantiation (0, 0, 0, 0), which reads them at run time.
 SPECIALIZED = {(1, 1, 1, 1), (3, 3, 1, 1), (3, 3, 2, 2), (7, 7, 2, 2)}
-RW, CQ, TH, TW = 4, 2, 8, 8      # group_conv_v3.cu's IGC_RW, IGC_CQ, IGC_TH, IGC_TW
-V3_THREADS = 128                  # forward / backward-data block size (at most)
+# The tile constants, stated once in group_conv_v3.cu (its #defines and __launch_bounds__):
+_V3 = defines("group_conv_v3.cu")
+RW, CQ, TH, TW = _V3["IGC_RW"], _V3["IGC_CQ"], _V3["IGC_TH"], _V3["IGC_TW"]
+GP = _V3["IGC_GP"]                # backward-weight: words between two gy planes (TH*TW + 1)
+V3_THREADS = thread_limit("group_conv_v3.cu", "conv2d_forward_v3")  # forward / backward-data block size (at most)
 V3_SMEM = 24 * 1024               # their staging budget: a chunk of channels fits in 24 KiB
-V3_WEIGHT_THREADS = 256           # backward-weight pass-1 block size
+V3_WEIGHT_THREADS = thread_limit("group_conv_v3.cu", "conv2d_backward_weight_v3")  # pass-1 block size
 V3_WEIGHT_SMEM = 48 * 1024        # the default dynamic shared memory limit of a block
+BANKS = 32                        # shared-memory banks of 4-byte words (every GPU since Fermi)
 V3_TARGET_BLOCKS = 528            # backward-weight: enough blocks for 4 per SM of a 132-SM GPU
 
 
@@ -176,16 +185,71 @@ def _grid_2d_over(rows, cols, threads=256):
     return bx, by
 
 
-def _tile_block(rows, cols, channels):
-    """v3 block (tx, ty, tz): tx * RW columns, ty rows (a power of two), tz * CQ channels, at most
-    V3_THREADS threads.
+def _tile_block(rows, cols, channels, limit=None):
+    """v3 block (tx, ty, tz): tx * RW columns, ty rows, tz * CQ channels, tx * ty * tz at most
+    `limit` threads (the kernels' __launch_bounds__, V3_THREADS).
     Up to 4 channel pairs come first: every staged input element then feeds 8 channels' sums
-    (fewer rows means more halo rows per output row, a smaller cost for 3x3 kernels)."""
+    (fewer rows means more halo rows per output row, a smaller cost for 3x3 kernels). ty is any
+    count up to what the limit leaves (not a power of two: 56 rows at 14 x 8 threads are 7 row
+    tiles of 8, where a power of two, 16, made 224 threads, over the limit): the one that pads
+    the fewest rows, then the fewest row tiles."""
+    limit = V3_THREADS if limit is None else int(limit)
     tz = min(_cdiv(channels, CQ), 4)
     tx = min(_cdiv(cols, RW), 16)  # not a power of two: 56 columns are 14 threads, no idle ones
-    ty = _pow2_at_least(rows, max(1, V3_THREADS // (tx * tz)))
-    tz = max(1, min(_cdiv(channels, CQ), V3_THREADS // (tx * ty)))
+    ty_max = max(1, min(rows, limit // (tx * tz)))
+    ty = min(range(1, ty_max + 1), key=lambda t: (_cdiv(rows, t) * t, _cdiv(rows, t)))
+    tz = max(1, min(_cdiv(channels, CQ), limit // (tx * ty)))
     return tx, ty, tz
+
+
+def conflict_ways(addresses, itemsize):
+    """Shared-memory passes one warp's load takes: `addresses` (element indices, one per thread of
+    the warp) on BANKS banks of 4-byte words; threads reading one address share a pass. 8-byte
+    elements are served a half-warp at a time (each half's passes add up)."""
+    words = 1 if itemsize <= 4 else 2
+    halves = [addresses] if words == 1 else [addresses[:16], addresses[16:]]
+    total = 0
+    for part in halves:
+        banks = {}
+        for a in set(part):
+            for w in range(words):
+                banks.setdefault((a * words + w) % BANKS, set()).add(a)
+        total += max((len(v) for v in banks.values()), default=0)
+    return total
+
+
+def tile_read_addresses(block, pitch, step_h=1, step_w=1):
+    """Element offsets that the first warp of a v3 forward/backward-data block reads from its
+    staged tile in the hot loop: thread (x, y, z) reads row y*step_h, column x*step_w (z only
+    changes the channels, a broadcast)."""
+    tx, ty, tz = block
+    out = []
+    for t in range(min(32, tx * ty * tz)):
+        x, y = t % tx, (t // tx) % ty
+        out.append(y * step_h * pitch + x * step_w)
+    return out
+
+
+def tile_pitch(row, block, step_h, step_w, itemsize):
+    """The row pitch (elements, >= row) of a v3 staged tile: the smallest whose warp reads take
+    the fewest shared-memory passes (CIFAR stage 1's 34-float rows made 4-way bank conflicts)."""
+    return min(range(row, row + BANKS),
+               key=lambda p: (conflict_ways(tile_read_addresses(block, p, step_h, step_w), itemsize), p))
+
+
+def weight_gy_addresses(GB, COB, CIB, KH, JB, threads, pitch):
+    """Element offsets that the first warp of a v3 backward-weight block reads from the staged gy
+    planes at one pixel (q = 0): thread t owns slot t % n_slots (see the kernel), whose output
+    channel pair cq of group gb is plane gb*COBP + cq*CQ; lane t // n_slots reads row lane."""
+    n_cq = _cdiv(COB, CQ)
+    n_slots = GB * n_cq * CIB * KH * JB
+    out = []
+    for t in range(min(32, threads)):
+        slot, lane = t % n_slots, t // n_slots
+        s3 = slot // (JB * KH) // CIB
+        gb, cq = s3 // n_cq, s3 % n_cq
+        out.append((gb * n_cq * CQ + cq * CQ) * pitch + min(lane, TH - 1) * TW)
+    return out
 
 
 def _chunk(per_channel, count, itemsize, op):
@@ -217,7 +281,7 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
     for GB, COB, CIB in candidates:
         slots = GB * _cdiv(COB, CQ) * CIB * KH * JB
         # the tiles (or the lanes' sums), then the int offsets of the slice's channel planes
-        smem = (max(GB * _cdiv(COB, CQ) * CQ * TH * TW + GB * CIB * PRH * PRW, threads * CQ * KWB) * itemsize
+        smem = (max(GB * _cdiv(COB, CQ) * CQ * GP + GB * CIB * PRH * PRW, threads * CQ * KWB) * itemsize
                 + 4 * GB * (CIB + _cdiv(COB, CQ) * CQ))
         if slots > threads or smem > V3_WEIGHT_SMEM:
             continue
@@ -234,74 +298,70 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
     return best[1]
 
 
-@dataclasses.dataclass
-class Launch:
-    """One kernel launch of a conv version, computed from the shapes alone (kernel_report.py
-    models these without launching). Arguments: the op's (in, in, out) arrays, or for a "reduce"
-    launch (scratch, out), then the 14 ints of the conv (not for "reduce"), then `extra`."""
-    file: str
-    kernel: str
-    targs: tuple
-    grid: tuple
-    block: tuple
-    shared: int = 0       # dynamic shared memory, bytes
-    extra: tuple = ()     # ints after the conv's 14
-    scratch: tuple = ()   # shape of a scratch array the launch writes (v3 backward-weight partials)
-    kind: str = "conv"    # "conv" or "reduce"
-
-    @property
-    def threads(self):
-        return int(np.prod(self.block))
-
-    @property
-    def blocks(self):
-        return int(np.prod(self.grid))
-
-
-def _elementwise_plan(file, kernel, total):
-    return Launch(file, kernel, (), (min(_cdiv(total, THREADS), MAX_BLOCKS),), (THREADS,))
-
-
 def plan(op, version, dims, itemsize):
     """The launches of `op` ("conv2d_forward", ...) version 1, 2 or 3 for a conv with the int
-    argument tail `dims` = (N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo)."""
-    N, C_in, H, Wd, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = (int(d) for d in dims)
+    argument tail `dims` = (N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo), each checked
+    against a GPU's limits (launch.check: LaunchPlanError naming the shapes). Cached by shape:
+    the planner's Python (18-72 us for v3 backward-weight) runs once per layer shape."""
+    return _plan(str(op), int(version), tuple(int(d) for d in dims), int(itemsize))
+
+
+def _where(op, version, dims):
+    N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = dims
+    return (f"{op} v{version} (x shape {(N, C_in, H, W)}, W shape {(C_out, C_in // G, KH, KW)}, "
+            f"stride {(SH, SW)}, padding {(PH, PW)}, groups {G})")
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(op, version, dims, itemsize):
+    launches = _plan_unchecked(op, version, dims, itemsize)
+    where = _where(op, version, dims)
+    return tuple(check(L, itemsize, where) for L in launches)
+
+
+def _v3_tile_plan(op, dims, itemsize):
+    """The one launch of v3 forward or backward-data: block, row pitch of the staged tile, the
+    channels staged per pass, shared memory."""
+    N, C_in, H, Wd, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = dims
+    Cg_in, Cg_out = C_in // G, C_out // G
+    forward = op == "conv2d_forward"
+    rows, cols, owned, summed = (Ho, Wo, Cg_out, Cg_in) if forward else (H, Wd, Cg_in, Cg_out)
+    tx, ty, tz = _tile_block(rows, cols, owned)
+    if forward:  # the input patch of the output tile; a thread steps SH rows, SW columns
+        PRH, PRW, step_h, step_w = (ty - 1) * SH + KH, (tx * RW - 1) * SW + KW, SH, SW
+    else:        # the gy patch of the gx tile; a thread steps about 1/SH rows (see the kernel)
+        PRH, PRW, step_h, step_w = (ty + KH - 2) // SH + 2, (tx * RW + KW - 2) // SW + 2, 1, 1
+    XP = tile_pitch(PRW, (tx, ty, tz), step_h, step_w, itemsize)
+    CC = _chunk(PRH * XP + tz * CQ * KH * KW, summed, itemsize, op)
+    kernel = "conv2d_forward_v3" if forward else "conv2d_backward_data_v3"
+    return [Launch("group_conv_v3.cu", kernel, _targs(dims),
+                   (N * G * _cdiv(owned, tz * CQ), _cdiv(rows, ty), _cdiv(cols, tx * RW)), (tx, ty, tz),
+                   (CC * PRH * XP + tz * CQ * CC * KH * KW) * itemsize, (CC, XP))]
+
+
+def _plan_unchecked(op, version, dims, itemsize):
+    N, C_in, H, Wd, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = dims
     Cg_in, Cg_out = C_in // G, C_out // G
     targs = _targs(dims)
+    if op not in CONV_OPS:
+        raise ValueError(f"plan: op must be one of {', '.join(CONV_OPS)}, got {op!r}")
+    if version == 3 and op != "conv2d_backward_weight":
+        return _v3_tile_plan(op, dims, itemsize)
     if op == "conv2d_forward":
         if version == 1:
             return [_elementwise_plan("group_conv.cu", op, N * C_out * Ho * Wo)]
-        if version == 2:
-            bx, by = _grid_2d_over(Ho, Wo)
-            return [Launch("group_conv_v2.cu", "conv2d_forward_v2", targs, (N * C_out, _cdiv(Ho, by), _cdiv(Wo, bx)),
-                           (bx, by))]
-        tx, ty, tz = _tile_block(Ho, Wo, Cg_out)
-        PRH, PRW = (ty - 1) * SH + KH, (tx * RW - 1) * SW + KW
-        CIC = _chunk(PRH * PRW + tz * CQ * KH * KW, Cg_in, itemsize, op)
-        return [Launch("group_conv_v3.cu", "conv2d_forward_v3", targs,
-                       (N * G * _cdiv(Cg_out, tz * CQ), _cdiv(Ho, ty), _cdiv(Wo, tx * RW)), (tx, ty, tz),
-                       (CIC * PRH * PRW + tz * CQ * CIC * KH * KW) * itemsize, (CIC,))]
+        bx, by = _grid_2d_over(Ho, Wo)
+        return [Launch("group_conv_v2.cu", "conv2d_forward_v2", targs, (N * C_out, _cdiv(Ho, by), _cdiv(Wo, bx)),
+                       (bx, by))]
     if op == "conv2d_backward_data":
         if version == 1:
             return [_elementwise_plan("group_conv.cu", op, N * C_in * H * Wd)]
-        if version == 2:
-            bx, by = _grid_2d_over(H, Wd)
-            return [Launch("group_conv_v2.cu", "conv2d_backward_data_v2", targs,
-                           (N * C_in, _cdiv(H, by), _cdiv(Wd, bx)), (bx, by))]
-        tx, ty, tz = _tile_block(H, Wd, Cg_in)
-        PRH, PRW = (ty + KH - 2) // SH + 2, (tx * RW + KW - 2) // SW + 2
-        COC = _chunk(PRH * PRW + tz * CQ * KH * KW, Cg_out, itemsize, op)
-        return [Launch("group_conv_v3.cu", "conv2d_backward_data_v3", targs,
-                       (N * G * _cdiv(Cg_in, tz * CQ), _cdiv(H, ty), _cdiv(Wd, tx * RW)), (tx, ty, tz),
-                       (COC * PRH * PRW + COC * tz * CQ * KH * KW) * itemsize, (COC,))]
-    if op != "conv2d_backward_weight":
-        raise ValueError(f"plan: op must be one of conv2d_forward, conv2d_backward_data, "
-                         f"conv2d_backward_weight, got {op!r}")
+        bx, by = _grid_2d_over(H, Wd)
+        return [Launch("group_conv_v2.cu", "conv2d_backward_data_v2", targs,
+                       (N * C_in, _cdiv(H, by), _cdiv(Wd, bx)), (bx, by))]
     n_weights = C_out * Cg_in * KH * KW
     if version == 1:
-        threads = _pow2_at_least(N * Ho * Wo, REDUCE_MAX_THREADS)
-        return [Launch("group_conv.cu", op, (), (min(n_weights, MAX_BLOCKS),), (max(32, threads),),
-                       max(32, threads) * itemsize)]
+        return [_reduce_plan("group_conv.cu", op, n_weights, N * Ho * Wo, itemsize)]
     if version == 2:
         bx, by = _grid_2d_over(Ho, Wo)
         return [Launch("group_conv_v2.cu", "conv2d_backward_weight_v2", targs, (C_out, Cg_in, KH * KW), (bx, by),
@@ -318,19 +378,22 @@ def plan(op, version, dims, itemsize):
                    kind="reduce")]
 
 
+CONV_OPS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+
+
 def _run(op, version, a, b, out, dims):
     """Launch `op` version `version` on arrays (a, b) -> out (all on one device, one dtype)."""
     device = _device(out)
     scratch = None
     for L in plan(op, version, dims, out.dtype.itemsize):
-        fn = get_module(L.file, out.dtype, device).get_function(L.kernel, L.targs)
+        module = get_module(L.file, out.dtype, device)
         extra = tuple(i32(v) for v in L.extra)
         if L.kind == "reduce":
-            fn(L.grid, L.block, (scratch, out) + extra, shared_mem=L.shared)
+            run(L, module, (scratch, out) + extra)
             continue
         if L.scratch:
-            scratch = _xp(device).empty(L.scratch, dtype=out.dtype)
-        fn(L.grid, L.block, (a, b, scratch if L.scratch else out) + dims + extra, shared_mem=L.shared)
+            scratch = output(_xp(device), L.scratch, out.dtype, device)
+        run(L, module, (a, b, scratch if L.scratch else out) + dims + extra)
 
 
 def _versions_of(op):
@@ -354,7 +417,7 @@ def conv2d_forward(x, W, stride, padding, groups, device, version=None):
     op = "conv2d_forward"
     xp, (x, W) = _prepare(op, device, x=x, W=W)
     y_shape, dims = _conv_geometry(op, x.shape, W.shape, stride, padding, groups)
-    y = xp.empty(y_shape, dtype=x.dtype)
+    y = output(xp, y_shape, x.dtype, device)
     _FORWARD[versions.resolve(op, version)](x, W, y, dims)
     return y
 
@@ -375,7 +438,7 @@ def conv2d_backward_data(gy, W, x_shape, stride, padding, groups, device, versio
     if int(np.prod(x_shape)) > MAX_INDEXED_ELEMENTS:  # gx is the one array _prepare and _conv_geometry do not see
         raise ValueError(f"{op}: gx of x shape {x_shape} has {int(np.prod(x_shape))} elements, more than "
                          f"the kernels' int indexing allows ({MAX_INDEXED_ELEMENTS})")
-    gx = xp.empty(x_shape, dtype=gy.dtype)
+    gx = output(xp, x_shape, gy.dtype, device)
     _BACKWARD_DATA[versions.resolve(op, version)](gy, W, gx, dims)
     return gx
 
@@ -387,7 +450,7 @@ def conv2d_backward_weight(x, gy, W_shape, stride, padding, groups, device, vers
     W_shape = _shape4(op, "W_shape", W_shape)
     y_shape, dims = _conv_geometry(op, x.shape, W_shape, stride, padding, groups)
     _check_gy(op, gy, y_shape, x.shape, W_shape)
-    gW = xp.empty(W_shape, dtype=x.dtype)
+    gW = output(xp, W_shape, x.dtype, device)
     _BACKWARD_WEIGHT[versions.resolve(op, version)](x, gy, gW, dims)
     return gW
 
@@ -413,6 +476,15 @@ def permute_version(version, H, W):
     return version
 
 
+def permute_plan(version, N, C, H, W):
+    """The launch of permute_channels kernel `version` (1 or 2) on x (N, C, H, W)."""
+    if version == 1:
+        return _elementwise_plan("permutation.cu", "permute_channels", N * C * H * W)
+    # one block per row of H*W pixels; a block no wider than the row (whole warps)
+    threads = min(THREADS, 32 * ((H * W + 31) // 32))
+    return Launch("permutation.cu", "permute_channels_rows", (), (min(N * C, MAX_BLOCKS),), (threads,))
+
+
 def permute_channels(x, b, device, version=None):
     """y (N,C,H,W): input channel i*(C/b) + j goes to output channel j*b + i (inverse: b' = C/b)."""
     op = "permute_channels"
@@ -422,14 +494,11 @@ def permute_channels(x, b, device, version=None):
     if b < 1 or C % b:
         raise ValueError(f"{op}: b={b} must divide the channel count C={C} (x shape {tuple(x.shape)})")
     version = permute_version(versions.resolve(op, version), H, W)
-    y = xp.empty_like(x)
+    y = output(xp, x.shape, x.dtype, device)
     args = (x, y, i32(N), i32(C), i32(H * W), i32(b))
     module = get_module("permutation.cu", x.dtype, device)
-    if version == 1:
-        _elementwise_launch(module.get_function(op), y.size, args)
-    else:  # one block per row of H*W pixels; a block no wider than the row (whole warps)
-        threads = min(THREADS, 32 * ((H * W + 31) // 32))
-        module.get_function("permute_channels_rows")((min(N * C, MAX_BLOCKS),), (threads,), args)
+    _launch(module, permute_plan(version, N, C, H, W), args, f"{op} v{version} (x shape {tuple(x.shape)}, b={b})",
+            x.dtype.itemsize)
     return y
 
 
@@ -450,13 +519,11 @@ def _check_W2(op, W2_shape, C, S, shape_text):
                          f"({shape_text}, S={S})")
 
 
-TILE = 32            # v2 tiles: 32 output rows x 32 pixels (interleaved_secondary.cu's IS_TR, IS_TP)
-TILE_THREADS = 256   # its IS_THREADS
+_IS = defines("interleaved_secondary.cu")
+TILE = _IS["IS_TR"]             # v2 tiles: 32 output rows x 32 pixels (IS_TR = IS_TP); backward-weight's
+TILE_THREADS = _IS["IS_THREADS"]
+TILE_ROWS = tuple(t for (t,) in instantiations("interleaved_secondary.cu")["interleaved_secondary_forward_tiled"])
 WEIGHT_CHUNKS = 64   # v2 backward-weight: about this many partial sums per weight (pass 1's parallelism)
-
-
-def _tiles(N, S, K, HW):
-    return N * S * ((K + TILE - 1) // TILE) * ((HW + TILE - 1) // TILE)
 
 
 def _interleaved_map(op, name, a, W2, L, S, device, version):
@@ -468,15 +535,49 @@ def _interleaved_map(op, name, a, W2, L, S, device, version):
     L, S = _check_LS(op, C, L, S, text)
     _check_W2(op, W2.shape, C, S, text)
     version = versions.resolve("interleaved_secondary", version, where=op)
-    out = xp.empty_like(a)
+    out = output(xp, a.shape, a.dtype, device)
     module = get_module("interleaved_secondary.cu", a.dtype, device)
     args = (a, W2, out, i32(N), i32(C), i32(H * W), i32(L), i32(S))
-    if version == 1:
-        _elementwise_launch(module.get_function(op), out.size, args)
-    else:
-        tiles = _tiles(N, S, C // S, H * W)
-        module.get_function(op + "_tiled")((min(tiles, MAX_BLOCKS),), (TILE_THREADS,), args)
+    (launch,) = interleaved_plan(op, version, (N, C, H, W), L, S, a.dtype.itemsize)
+    run(launch, module, args)
     return out
+
+
+def interleaved_plan(op, version, x_shape, L, S, itemsize):
+    """The launches of interleaved_secondary_{forward,backward_data,backward_weight} `version` on
+    x (N, C, H, W), checked (launch.check); backward-weight v2: pass 1 then pass 2."""
+    N, C, H, W = (int(d) for d in x_shape)
+    file, where = "interleaved_secondary.cu", f"{op} v{version} (x shape {(N, C, H, W)}, L={L}, S={S})"
+    K = C // S
+    if op == "interleaved_secondary_backward_weight":
+        if version == 1:
+            plans = [_reduce_plan(file, op, C * K, N * H * W, itemsize)]
+        else:
+            chunk_len, n_chunks = weight_chunks(N * H * W)
+            tiles = n_chunks * S * ((K + TILE - 1) // TILE) ** 2
+            plans = [Launch(file, op + "_partial", (), (min(tiles, MAX_BLOCKS),), (TILE_THREADS,)),
+                     _elementwise_plan(file, op + "_sum", C * K)]
+    elif version == 1:
+        plans = [_elementwise_plan(file, op, N * C * H * W)]
+    else:
+        TR = tile_rows(K, H * W)
+        tiles = N * S * _cdiv(K, TR) * _cdiv(H * W, TILE_THREADS * 4 // TR)
+        plans = [Launch(file, op + "_tiled", (TR,), (min(tiles, MAX_BLOCKS),), (TILE_THREADS,))]
+    return [check(P, itemsize, where) for P in plans]
+
+
+def tile_rows(K, HW):
+    """The rows TR (32, 8 or 4: the kernel's instantiations) of a v2 forward/backward-data tile for
+    groups of K channels on HW pixels: the one whose FMAs are most often useful (rows, reduction
+    steps of TK = min(TR, 16) rows and pixels that are not padding), or the tallest within 3/4 of
+    that: a tile of TR rows reads each input value for TR outputs, so small tiles re-read the
+    input (through L2) K/TR times. A tile is TR rows x 1024/TR pixels. IGC-L4M32's K = 4: 32-row
+    tiles did 3% useful FMAs, 4-row ones 94%."""
+    def useful(TR):
+        TK, TP = min(TR, _IS["IS_TK"]), TILE_THREADS * 4 // TR
+        return (K / (_cdiv(K, TR) * TR)) * (K / (_cdiv(K, TK) * TK)) * (HW / (_cdiv(HW, TP) * TP))
+    best = max(useful(TR) for TR in TILE_ROWS)
+    return max(TR for TR in TILE_ROWS if useful(TR) >= 0.75 * best)
 
 
 def interleaved_secondary_forward(x, W2, L, S, device, version=None):
@@ -492,7 +593,8 @@ def interleaved_secondary_backward_data(gy, W2, L, S, device, version=None):
 def weight_chunks(terms):
     """(chunk_len, n_chunks) of the v2 backward-weight: chunks of a multiple of 32 terms (the
     kernel's IS_TT), about WEIGHT_CHUNKS of them."""
-    chunk_len = 32 * max(1, -(-terms // (32 * WEIGHT_CHUNKS)))
+    tt = _IS["IS_TT"]
+    chunk_len = tt * max(1, -(-terms // (tt * WEIGHT_CHUNKS)))
     return chunk_len, -(-terms // chunk_len)
 
 
@@ -508,18 +610,15 @@ def interleaved_secondary_backward_weight(x, gy, W2_shape, L, S, device, version
     W2_shape = _shape4(op, "W2_shape", W2_shape)
     _check_W2(op, W2_shape, C, S, text)
     version = versions.resolve("interleaved_secondary", version, where=op)
-    gW2 = xp.empty(W2_shape, dtype=x.dtype)
+    gW2 = output(xp, W2_shape, x.dtype, device)
     module = get_module("interleaved_secondary.cu", x.dtype, device)
     dims = (i32(N), i32(C), i32(H * W), i32(L), i32(S))
+    plans = interleaved_plan(op, version, x.shape, L, S, x.dtype.itemsize)
     if version == 1:
-        _reduce_launch(module.get_function(op), gW2.size, N * H * W, x.dtype.itemsize, (x, gy, gW2) + dims)
+        run(plans[0], module, (x, gy, gW2) + dims)
         return gW2
     chunk_len, n_chunks = weight_chunks(N * H * W)
-    partial = xp.empty((n_chunks,) + W2_shape, dtype=x.dtype)  # every element is written by pass 1
-    K = C // S
-    tiles = n_chunks * S * ((K + TILE - 1) // TILE) ** 2
-    module.get_function(op + "_partial")((min(tiles, MAX_BLOCKS),), (TILE_THREADS,),
-                                         (x, gy, partial) + dims + (i32(chunk_len), i32(n_chunks)))
-    _elementwise_launch(module.get_function(op + "_sum"), gW2.size,
-                        (partial, gW2, i32(gW2.size), i32(n_chunks)))
+    partial = output(xp, (n_chunks,) + W2_shape, x.dtype, device)  # every element is written by pass 1
+    run(plans[0], module, (x, gy, partial) + dims + (i32(chunk_len), i32(n_chunks)))
+    run(plans[1], module, (partial, gW2, i32(gW2.size), i32(n_chunks)))
     return gW2
