@@ -145,7 +145,7 @@ def test_v3_weight_gy_planes_are_65_words_apart():
 def test_a_bad_kernel_switch_is_an_error_at_start_on_the_cpu(value, message):
     """Before: ignored on the CPU (no kernel runs there), and on emu an error deep in the first launch."""
     code = ("import numpy as np, igc_np as ig\n"
-            "x = ig.tensor(np.ones((1, 2, 4, 4), np.float32))\n"
+            "x = ig.Tensor(np.ones((1, 2, 4, 4), np.float32))\n"
             "print('ran', ig.nn.Conv2d(2, 2, 3, padding=1)(x).shape)\n")
     env = dict(os.environ, IGC_NP_KERNELS=value, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
