@@ -27,7 +27,7 @@ version and conv shape:
     bytes / bandwidth), where issue time = instructions / (SMs used * 128 lanes * clock * issue
     efficiency) and shared-memory time = wavefronts / (SMs used * clock) (one 128-byte wavefront
     per clock and SM: a warp's 32-bit load of 32 distinct banks is one, an n-way bank conflict n;
-    the staged tiles' reads take the conflicts of the plan's pitch (kernels/ops.py conflict_ways),
+    the staged tiles' reads take the conflicts of the plan's pitch (kernels/launch.py conflict_ways),
     the other shared loads of the hot loop one wavefront per word), and
       instructions = FMA slots * (instructions per FMA of the inner loop)
                    + staged shared-memory elements * (instructions per element of the staging loops)
@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from igc_np.kernels import ops, sass, versions  # noqa: E402
+from igc_np.kernels import conv, launch, sass, versions  # noqa: E402
 from igc_np.kernels.launch import LaunchPlanError  # noqa: E402
 from igc_np.kernels.loader import c_type, instantiations, name_expression  # noqa: E402
 
@@ -152,21 +152,21 @@ def _fma_slots_and_staged(op, version, L, dims):
     if op in ("conv2d_forward", "conv2d_backward_data"):
         tx, ty, tz = L.block
         depth = Cg_in if op == "conv2d_forward" else Cg_out   # the channels each output sums over
-        slots = L.blocks * L.threads * ops.CQ * ops.RW * depth * khw
+        slots = L.blocks * L.threads * conv.CQ * conv.RW * depth * khw
         if op == "conv2d_forward":
-            PRH, PRW = (ty - 1) * SH + KH, (tx * ops.RW - 1) * SW + KW
+            PRH, PRW = (ty - 1) * SH + KH, (tx * conv.RW - 1) * SW + KW
         else:
-            PRH, PRW = (ty + KH - 2) // SH + 2, (tx * ops.RW + KW - 2) // SW + 2
+            PRH, PRW = (ty + KH - 2) // SH + 2, (tx * conv.RW + KW - 2) // SW + 2
         # every chunk of channels: its input patch, then its weights
-        return slots, (L.blocks * depth * PRH * PRW, L.blocks * depth * tz * ops.CQ * khw)
+        return slots, (L.blocks * depth * PRH * PRW, L.blocks * depth * tz * conv.CQ * khw)
     GB, COB, CIB, NB = L.extra
-    KWB = KW if ops._targs(dims) != (0, 0, 0, 0) and KW <= 3 else 1
-    n_cq = -(-COB // ops.CQ)
+    KWB = KW if conv._targs(dims) != (0, 0, 0, 0) and KW <= 3 else 1
+    n_cq = -(-COB // conv.CQ)
     n_slots = GB * n_cq * CIB * KH * (KW // KWB)
-    slots = L.blocks * NB * n_slots * ops.TH * ops.TW * ops.CQ * KWB
-    PRH, PRW = (ops.TH - 1) * SH + KH, (ops.TW - 1) * SW + KW
+    slots = L.blocks * NB * n_slots * conv.TH * conv.TW * conv.CQ * KWB
+    PRH, PRW = (conv.TH - 1) * SH + KH, (conv.TW - 1) * SW + KW
     # every image: the gy tile, then the x tile
-    return slots, (L.blocks * NB * GB * n_cq * ops.CQ * ops.TH * ops.TW, L.blocks * NB * GB * CIB * PRH * PRW)
+    return slots, (L.blocks * NB * GB * n_cq * conv.CQ * conv.TH * conv.TW, L.blocks * NB * GB * CIB * PRH * PRW)
 
 
 def roofline(op, version, dims, dtype=np.float32, gpu=H100):
@@ -179,7 +179,7 @@ def roofline(op, version, dims, dtype=np.float32, gpu=H100):
     x, y, w = N * C_in * H * W, N * C_out * Ho * Wo, C_out * (C_in // G) * KH * KW
     compulsory = (x + y + w) * dtype.itemsize
     try:
-        launches = ops.plan(op, version, dims, dtype.itemsize)
+        launches = conv.plan(op, version, dims, dtype.itemsize)
     except LaunchPlanError as e:  # a GPU refuses it: no time to model
         return dict(op=op, version=version, flops=flops, bytes=compulsory, roofline_s=float("nan"),
                     memory_s=float("nan"), model_s=float("inf"), ratio=float("inf"), launches=[],
@@ -231,15 +231,15 @@ def shared_conflicts(op, version, L, dims, itemsize, loop):
     words = 2 if itemsize == 8 else 1
     if op in ("conv2d_forward", "conv2d_backward_data"):
         steps = (SH, SW) if op == "conv2d_forward" else (1, 1)
-        ways = ops.conflict_ways(ops.tile_read_addresses(L.block, L.extra[1], *steps), itemsize)
+        ways = launch.conflict_ways(conv.tile_read_addresses(L.block, L.extra[1], *steps), itemsize)
         # of RW + CQ loads per tap, RW read the staged input (the CQ weights are broadcasts)
-        return ways, loop.shared_words * ops.RW // (ops.RW + ops.CQ) // words * words
+        return ways, loop.shared_words * conv.RW // (conv.RW + conv.CQ) // words * words
     GB, COB, CIB, NB = L.extra
-    KWB = KW if ops._targs(dims) != (0, 0, 0, 0) and KW <= 3 else 1
-    addresses = ops.weight_gy_addresses(GB, COB, CIB, KH, KW // KWB, L.threads, ops.GP)
-    ways = ops.conflict_ways(addresses, itemsize)
+    KWB = KW if conv._targs(dims) != (0, 0, 0, 0) and KW <= 3 else 1
+    addresses = conv.weight_gy_addresses(GB, COB, CIB, KH, KW // KWB, L.threads, conv.GP)
+    ways = launch.conflict_ways(addresses, itemsize)
     # per pixel CQ gy loads and about KWB x loads (see the kernel): the gy share of the words
-    return ways, loop.shared_words * ops.CQ // (ops.CQ + KWB)
+    return ways, loop.shared_words * conv.CQ // (conv.CQ + KWB)
 
 
 @functools.lru_cache(maxsize=None)
@@ -265,7 +265,7 @@ def resource_rows(dtype=np.float32):
     rows = []
     for op in CONV_OPS:
         for version in sorted(versions.versions(op)):
-            launches = ops.plan(op, version, dims, np.dtype(dtype).itemsize)
+            launches = conv.plan(op, version, dims, np.dtype(dtype).itemsize)
             for L in launches:
                 for targs in instantiations(L.file)[L.kernel]:
                     res, loop, _, _ = kernel_info(L.file, L.kernel, targs, dtype)

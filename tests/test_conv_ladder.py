@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from igc_np.kernels import ops, use_version, versions
+from igc_np.kernels import conv, interleaved_secondary, permutation, use_version, versions
 from igc_np.ops import reference
 
 import strategies
@@ -87,7 +87,7 @@ def test_backward_data_refuses_a_gx_past_int_indexing():
     gy = np.ones((1, 1, 1, 2), np.float32)
     W = np.ones((1, 1, 1, 1), np.float32)
     with pytest.raises(ValueError, match=r"conv2d_backward_data: gx of x shape \(1, 1, 32768, 32769\)"):
-        ops.conv2d_backward_data(gy, W, x_shape, (2**15, 2**15), (0, 0), 1, "emu")
+        conv.conv2d_backward_data(gy, W, x_shape, (2**15, 2**15), (0, 0), 1, "emu")
 
 
 def test_v3_weight_gradient_is_deterministic_and_two_pass():
@@ -96,8 +96,8 @@ def test_v3_weight_gradient_is_deterministic_and_two_pass():
     rng = np.random.default_rng(7)
     x = rng.standard_normal(case[0]).astype(np.float32)
     gy = rng.standard_normal((5, 12, 17, 13)).astype(np.float32)
-    a = ops.conv2d_backward_weight(x, gy, case[1], *case[2:], "emu", version=3)
-    b = ops.conv2d_backward_weight(x, gy, case[1], *case[2:], "emu", version=3)
+    a = conv.conv2d_backward_weight(x, gy, case[1], *case[2:], "emu", version=3)
+    b = conv.conv2d_backward_weight(x, gy, case[1], *case[2:], "emu", version=3)
     np.testing.assert_array_equal(a, b)
     _, ref = reference.conv2d_backward(x.astype(np.float64), np.zeros(case[1]), gy.astype(np.float64), *case[2:])
     checks.assert_norm_close(a, ref, np.float32)
@@ -109,14 +109,14 @@ def test_weight_slices_fit_the_block(Cg_in, Cg_out, G, k):
     """The v3 backward-weight slice: slots fit 256 threads, tiles fit 48 KiB, and small groups
     (IGC's M = 2) share a block so most threads work."""
     for itemsize in (4, 8):
-        GB, COB, CIB, smem = ops.weight_slices(Cg_in, Cg_out, G, k, k, 1, 1, True, itemsize)
+        GB, COB, CIB, smem = conv.weight_slices(Cg_in, Cg_out, G, k, k, 1, 1, True, itemsize)
         KWB = k if k <= 3 else 1
-        slots = GB * -(-COB // ops.CQ) * CIB * k * (k // KWB)
+        slots = GB * -(-COB // conv.CQ) * CIB * k * (k // KWB)
         assert 1 <= GB <= G and 1 <= COB <= Cg_out and 1 <= CIB <= Cg_in
-        assert slots <= ops.V3_WEIGHT_THREADS and smem <= ops.V3_WEIGHT_SMEM
+        assert slots <= conv.V3_WEIGHT_THREADS and smem <= conv.V3_WEIGHT_SMEM
         assert GB == 1 or (COB, CIB) == (Cg_out, Cg_in)  # a block holds whole groups or part of one
         if Cg_in * Cg_out * k <= 16:  # tiny groups: several per block, at least half the threads busy
-            assert GB > 1 and slots * min(ops.TH, ops.V3_WEIGHT_THREADS // slots) >= ops.V3_WEIGHT_THREADS // 2
+            assert GB > 1 and slots * min(conv.TH, conv.V3_WEIGHT_THREADS // slots) >= conv.V3_WEIGHT_THREADS // 2
 
 
 # ---- the switch ----------------------------------------------------------------------------------
@@ -125,8 +125,8 @@ def test_weight_slices_fit_the_block(Cg_in, Cg_out, G, k):
 def spy(monkeypatch):
     """Record which launcher version runs, for every conv op (the kernels still run)."""
     ran = []
-    for table, op in ((ops._FORWARD, "conv2d_forward"), (ops._BACKWARD_DATA, "conv2d_backward_data"),
-                      (ops._BACKWARD_WEIGHT, "conv2d_backward_weight")):
+    for table, op in ((conv._FORWARD, "conv2d_forward"), (conv._BACKWARD_DATA, "conv2d_backward_data"),
+                      (conv._BACKWARD_WEIGHT, "conv2d_backward_weight")):
         for v, fn in list(table.items()):
             def record(*args, _fn=fn, _v=v, _op=op):
                 ran.append((_op, _v))
@@ -137,9 +137,9 @@ def spy(monkeypatch):
 
 def _run_all():
     x, W = np.ones((1, 2, 4, 4)), np.ones((2, 1, 3, 3))
-    y = ops.conv2d_forward(x, W, (1, 1), (1, 1), 2, "emu")
-    ops.conv2d_backward_data(y, W, x.shape, (1, 1), (1, 1), 2, "emu")
-    ops.conv2d_backward_weight(x, y, W.shape, (1, 1), (1, 1), 2, "emu")
+    y = conv.conv2d_forward(x, W, (1, 1), (1, 1), 2, "emu")
+    conv.conv2d_backward_data(y, W, x.shape, (1, 1), (1, 1), 2, "emu")
+    conv.conv2d_backward_weight(x, y, W.shape, (1, 1), (1, 1), 2, "emu")
 
 
 def test_default_context_and_environment(spy, monkeypatch):
@@ -165,7 +165,7 @@ def test_default_context_and_environment(spy, monkeypatch):
 
 def test_version_argument_overrides_the_switch(spy):
     with use_version(conv2d_forward=1):
-        ops.conv2d_forward(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), (1, 1), (0, 0), 1, "emu", version=2)
+        conv.conv2d_forward(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), (1, 1), (0, 0), 1, "emu", version=2)
     assert spy == [("conv2d_forward", 2)]
 
 
@@ -175,7 +175,7 @@ def test_version_argument_overrides_the_switch(spy):
     (lambda: use_version(conv2d_forward="fast").__enter__(),
      r"version of conv2d_forward must be an int, one of \[1, 2, 3\], got 'fast'"),
     (lambda: versions.register("x", {1: "a"}, default=2), r"default version 2 is not one of \[1\]"),
-    (lambda: ops.conv2d_forward(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), (1, 1), (0, 0), 1, "emu", version=0),
+    (lambda: conv.conv2d_forward(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), (1, 1), (0, 0), 1, "emu", version=0),
      r"conv2d_forward: conv2d_forward has versions \[1, 2, 3\], not 0"),
     # the same switch and messages for the other kernels' ops
     (lambda: use_version(sgd=3).__enter__(), r"use_version: sgd has versions \[1, 2\], not 3"),
@@ -184,9 +184,9 @@ def test_version_argument_overrides_the_switch(spy):
     (lambda: use_version(batchnorm=1).__enter__(), r"use_version: unknown kernel op 'batchnorm'; the ops and their versions are "
                                                    r".*batch_norm=1\|2.*sgd=1\|2"),
     (lambda: versions.versions("conv9"), r"versions: unknown kernel op 'conv9'"),
-    (lambda: ops.permute_channels(np.zeros((1, 2, 1, 1)), 1, "emu", version=3),
+    (lambda: permutation.permute_channels(np.zeros((1, 2, 1, 1)), 1, "emu", version=3),
      r"permute_channels: permute_channels has versions \[0, 1, 2\], not 3"),
-    (lambda: ops.interleaved_secondary_forward(np.zeros((1, 2, 1, 1)), np.zeros((2, 1, 1, 1)), 2, 2, "emu",
+    (lambda: interleaved_secondary.interleaved_secondary_forward(np.zeros((1, 2, 1, 1)), np.zeros((2, 1, 1, 1)), 2, 2, "emu",
                                                version=1.5),
      r"interleaved_secondary_forward: interleaved_secondary has versions \[1, 2\], not 1.5"),
 ])
@@ -297,17 +297,17 @@ def test_kernel_report_marks_an_unlaunchable_plan_fail(monkeypatch, capsys):
     kr = _kernel_report()
 
     def pow2_rows(rows, cols, channels, limit=None):  # the old geometry
-        tx = min(-(-cols // ops.RW), 16)
-        return tx, ops._pow2_at_least(rows, max(1, 128 // tx)), 1
-    monkeypatch.setattr(ops, "_tile_block", pow2_rows)
-    ops._plan.cache_clear()
+        tx = min(-(-cols // conv.RW), 16)
+        return tx, conv._pow2_at_least(rows, max(1, 128 // tx)), 1
+    monkeypatch.setattr(conv, "_tile_block", pow2_rows)
+    conv._plan.cache_clear()
     try:
         r = kr.roofline("conv2d_forward", 3, kr.dims_of(256, 200, 56, 56, 200, groups=100))
         assert r["ratio"] == float("inf") and "224 threads exceeds the kernel's limit of 128" in r["unlaunchable"]
         kr.print_roofline(np.float32)
         assert "FAIL (unlaunchable) (DEFAULT)" in capsys.readouterr().out
     finally:
-        ops._plan.cache_clear()
+        conv._plan.cache_clear()
 
 
 def test_the_model_counts_bank_conflicts(monkeypatch):
@@ -319,12 +319,12 @@ def test_the_model_counts_bank_conflicts(monkeypatch):
     assert padded["conflict_ways"] == 1
     weight = kr.roofline("conv2d_backward_weight", 3, dims)["launches"][0]
     assert weight["conflict_ways"] == 1
-    monkeypatch.setattr(ops, "tile_pitch", lambda row, *a: row)
-    monkeypatch.setattr(ops, "GP", ops.TH * ops.TW)
-    ops._plan.cache_clear()
+    monkeypatch.setattr(conv, "tile_pitch", lambda row, *a: row)
+    monkeypatch.setattr(conv, "GP", conv.TH * conv.TW)
+    conv._plan.cache_clear()
     try:
         old = kr.roofline("conv2d_forward", 3, dims)["launches"][0]
         assert old["conflict_ways"] == 4 and old["smem_s"] > 2.5 * padded["smem_s"]
         assert kr.roofline("conv2d_backward_weight", 3, dims)["launches"][0]["conflict_ways"] == 6
     finally:
-        ops._plan.cache_clear()
+        conv._plan.cache_clear()

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from igc_np.kernels import launch, loader, ops, versions
+from igc_np.kernels import conv, interleaved_secondary, launch, loader, versions
 from igc_np.kernels.launch import Launch, LaunchPlanError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,28 +28,28 @@ def test_igc_l100m2_v3_plans_obey_the_launch_bounds(HW):
     blocks (224 threads) for kernels compiled with __launch_bounds__(128); a GPU refuses them."""
     dims = dims_of(256, 200, HW, HW, 200, groups=100)
     for op in ("conv2d_forward", "conv2d_backward_data"):
-        (L,) = ops.plan(op, 3, dims, 4)
+        (L,) = conv.plan(op, 3, dims, 4)
         assert L.threads <= 128 == launch.thread_limit(L.file, L.kernel), (op, L.block)
-        assert L.block[0] * ops.RW >= HW or L.grid[2] > 1
+        assert L.block[0] * conv.RW >= HW or L.grid[2] > 1
 
 
 def test_tile_block_never_exceeds_the_limit():
     for rows in range(1, 70):
         for cols in (1, 3, 7, 28, 32, 56, 64, 70):
             for channels in (1, 2, 3, 8, 64):
-                tx, ty, tz = ops._tile_block(rows, cols, channels)
-                assert tx * ty * tz <= ops.V3_THREADS, (rows, cols, channels, (tx, ty, tz))
+                tx, ty, tz = conv._tile_block(rows, cols, channels)
+                assert tx * ty * tz <= conv.V3_THREADS, (rows, cols, channels, (tx, ty, tz))
                 assert ty <= rows
 
 
 def test_tile_constants_are_read_from_the_cu_file():
     d = loader.defines("group_conv_v3.cu")
-    assert (ops.RW, ops.CQ, ops.TH, ops.TW, ops.GP) == (d["IGC_RW"], d["IGC_CQ"], d["IGC_TH"], d["IGC_TW"],
+    assert (conv.RW, conv.CQ, conv.TH, conv.TW, conv.GP) == (d["IGC_RW"], d["IGC_CQ"], d["IGC_TH"], d["IGC_TW"],
                                                          d["IGC_TH"] * d["IGC_TW"] + 1)
     bounds = loader.launch_bounds("group_conv_v3.cu")
-    assert (ops.V3_THREADS, ops.V3_WEIGHT_THREADS) == (bounds["conv2d_forward_v3"], bounds["conv2d_backward_weight_v3"])
+    assert (conv.V3_THREADS, conv.V3_WEIGHT_THREADS) == (bounds["conv2d_forward_v3"], bounds["conv2d_backward_weight_v3"])
     assert bounds["conv2d_backward_weight_v3_reduce"] == 1024  # no __launch_bounds__: the GPU maximum
-    assert loader.launch_bounds("interleaved_secondary.cu")["interleaved_secondary_forward_tiled"] == ops.TILE_THREADS
+    assert loader.launch_bounds("interleaved_secondary.cu")["interleaved_secondary_forward_tiled"] == interleaved_secondary.TILE_THREADS
 
 
 def test_launch_bounds_and_static_shared_memory_of_a_kernel_file(tmp_path, monkeypatch):
@@ -87,52 +87,52 @@ def test_a_bad_plan_fails_in_the_planner_with_its_shape(monkeypatch):
     """The planner checks what it makes: with the old power-of-two rows the 56x56 plan is refused
     on the CPU, naming the op and the shapes, before any launch."""
     def pow2_rows(rows, cols, channels, limit=None):
-        tx = min(-(-cols // ops.RW), 16)
-        return tx, ops._pow2_at_least(rows, max(1, 128 // tx)), 1
-    monkeypatch.setattr(ops, "_tile_block", pow2_rows)
-    ops._plan.cache_clear()
+        tx = min(-(-cols // conv.RW), 16)
+        return tx, conv._pow2_at_least(rows, max(1, 128 // tx)), 1
+    monkeypatch.setattr(conv, "_tile_block", pow2_rows)
+    conv._plan.cache_clear()
     try:
         with pytest.raises(LaunchPlanError, match=r"conv2d_forward v3 \(x shape \(2, 200, 56, 56\), "
                                                   r"W shape \(200, 2, 3, 3\).*groups 100\).*224 threads"):
-            ops.plan("conv2d_forward", 3, dims_of(2, 200, 56, 56, 200, groups=100), 4)
+            conv.plan("conv2d_forward", 3, dims_of(2, 200, 56, 56, 200, groups=100), 4)
     finally:
-        ops._plan.cache_clear()
+        conv._plan.cache_clear()
 
 
 def test_plans_are_cached_by_shape():
-    ops._plan.cache_clear()
+    conv._plan.cache_clear()
     dims = dims_of(64, 48, 32, 32, 48, groups=24)
-    first = ops.plan("conv2d_backward_weight", 3, tuple(np.int32(d) for d in dims), 4)
-    assert ops.plan("conv2d_backward_weight", 3, dims, 4) is first
-    assert ops._plan.cache_info().hits == 1
+    first = conv.plan("conv2d_backward_weight", 3, tuple(np.int32(d) for d in dims), 4)
+    assert conv.plan("conv2d_backward_weight", 3, dims, 4) is first
+    assert conv._plan.cache_info().hits == 1
 
 
 # ---- speed hazards: bank conflicts of the staged tiles ---------------------------------------------
 
 def test_conflict_model():
-    assert ops.conflict_ways(list(range(32)), 4) == 1
-    assert ops.conflict_ways([0] * 32, 4) == 1              # one address: a broadcast
-    assert ops.conflict_ways([32 * t for t in range(32)], 4) == 32
-    assert ops.conflict_ways(list(range(32)), 8) == 2       # doubles: two passes of 16 threads
+    assert launch.conflict_ways(list(range(32)), 4) == 1
+    assert launch.conflict_ways([0] * 32, 4) == 1              # one address: a broadcast
+    assert launch.conflict_ways([32 * t for t in range(32)], 4) == 32
+    assert launch.conflict_ways(list(range(32)), 8) == 2       # doubles: two passes of 16 threads
 
 
 @pytest.mark.parametrize("N, C, HW, L", [(64, 48, 32, 32), (64, 96, 16, 24), (256, 200, 56, 100), (256, 128, 56, 4)])
 @pytest.mark.parametrize("op", ["conv2d_forward", "conv2d_backward_data"])
 def test_v3_tile_rows_are_padded_against_bank_conflicts(N, C, HW, L, op):
     """CIFAR stage 1's x tile rows were 34 floats apart: a warp of 8 x 4 threads hit one bank 4 times."""
-    (P,) = ops.plan(op, 3, dims_of(N, C, HW, HW, C, groups=L), 4)
+    (P,) = conv.plan(op, 3, dims_of(N, C, HW, HW, C, groups=L), 4)
     XP = P.extra[1]
-    assert ops.conflict_ways(ops.tile_read_addresses(P.block, XP), 4) == 1, (P.block, XP)
+    assert launch.conflict_ways(conv.tile_read_addresses(P.block, XP), 4) == 1, (P.block, XP)
     if (N, C, HW) == (64, 48, 32):
-        assert ops.conflict_ways(ops.tile_read_addresses(P.block, 34), 4) == 4  # the old pitch
+        assert launch.conflict_ways(conv.tile_read_addresses(P.block, 34), 4) == 4  # the old pitch
 
 
 def test_v3_weight_gy_planes_are_65_words_apart():
     """Backward-weight threads of a warp read CQ planes of several slots at one pixel: 64 words
     apart they share a bank."""
-    assert ops.GP == 65
+    assert conv.GP == 65
     planes = [p * 64 for p in range(6)]
-    assert ops.conflict_ways(planes, 4) == 6 and ops.conflict_ways([p * ops.GP for p in range(6)], 4) == 1
+    assert launch.conflict_ways(planes, 4) == 6 and launch.conflict_ways([p * conv.GP for p in range(6)], 4) == 1
 
 
 # ---- $IGC_NP_KERNELS is checked at start ------------------------------------------------------------
@@ -178,3 +178,22 @@ def test_outputs_are_nan_filled_in_sanitizer_mode_on_emu_only(monkeypatch):
     assert not launch.sanitizing("emu")
     monkeypatch.setenv(launch.SANITIZE_ENV, "1")
     assert not launch.sanitizing("cuda")
+
+
+# ---- the launchers' layout: the old module names still work ------------------------------------------
+
+def test_old_launcher_names_re_export_the_new_modules():
+    """igc_np/ops/*.py and the benchmarks import kernels.ops and kernels.fused_ops: same functions."""
+    from igc_np.kernels import batch_norm, fused_ops, ops, permutation, sgd
+    assert ops.conv2d_forward is conv.conv2d_forward and ops.plan is conv.plan
+    assert ops.permute_channels is permutation.permute_channels
+    assert ops.interleaved_secondary_backward_weight is interleaved_secondary.interleaved_secondary_backward_weight
+    assert fused_ops.batch_norm_forward is batch_norm.batch_norm_forward and fused_ops.sgd_step is sgd.sgd_step
+
+
+def test_cuda_without_cupy_says_how_to_install_it(monkeypatch):
+    """Issue 19: a bare "No module named 'cupy'" before."""
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy fails as if it were not installed
+    x, W = np.zeros((1, 2, 3, 3), np.float32), np.zeros((2, 1, 3, 3), np.float32)
+    with pytest.raises(ModuleNotFoundError, match=r"device 'cuda' needs CuPy: pip install cupy-cuda12x .* cupy-cuda13x"):
+        conv.conv2d_forward(x, W, (1, 1), (1, 1), 2, "cuda")

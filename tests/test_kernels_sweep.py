@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from igc_np import nets
-from igc_np.kernels import fused_ops, ops, versions
+from igc_np.kernels import batch_norm, conv, interleaved_secondary, launch, permutation, versions
 from igc_np.kernels.launch import SANITIZE_ENV
 from igc_np.nn import BatchNorm2d, Conv2d, IGCConv, MaxPool2d, Sequential
 
@@ -127,25 +127,25 @@ def _plans(key, N, itemsize):
     plans = []
     if kind == "conv":
         _, _, W_shape, stride, padding, G = key
-        _, dims = ops._conv_geometry("sweep", shape, W_shape, stride, padding, G)
-        for op in ops.CONV_OPS:
+        _, dims = conv._conv_geometry("sweep", shape, W_shape, stride, padding, G)
+        for op in conv.CONV_OPS:
             for v in versions.kernels(op):
-                plans += ops.plan(op, v, dims, itemsize)
+                plans += conv.plan(op, v, dims, itemsize)
     elif kind == "interleaved":
         for op in ("interleaved_secondary_forward", "interleaved_secondary_backward_data",
                    "interleaved_secondary_backward_weight"):
             for v in versions.kernels("interleaved_secondary"):
-                plans += ops.interleaved_plan(op, v, shape, key[2], key[3], itemsize)
+                plans += interleaved_secondary.interleaved_plan(op, v, shape, key[2], key[3], itemsize)
     elif kind == "permute":
-        plans += [ops.permute_plan(v, *shape) for v in versions.kernels("permute_channels")]
+        plans += [permutation.permute_plan(v, *shape) for v in versions.kernels("permute_channels")]
         for P in plans:
-            ops.check(P, itemsize, f"permute_channels {shape}")
+            launch.check(P, itemsize, f"permute_channels {shape}")
     else:
         m = shape[0] * shape[2] * shape[3]
         for op in ("batch_norm_forward", "batch_norm_backward"):
             for v in versions.kernels("batch_norm"):
                 for training in (True, False):
-                    plans += fused_ops.batch_norm_plans(op, v, training, shape, fused_ops.bn_slices(shape[1], m),
+                    plans += batch_norm.batch_norm_plans(op, v, training, shape, batch_norm.bn_slices(shape[1], m),
                                                         itemsize)
     return plans
 

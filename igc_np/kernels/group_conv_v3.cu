@@ -28,7 +28,7 @@
 #define IGC_GP (IGC_TH * IGC_TW + 1)  // backward-weight: words between two staged gy planes. Not 64:
                    // threads of a warp read different planes at the same pixel, and planes 64 words
                    // apart fall in one bank (~6-way conflicts at M = 2); 65 spreads them.
-// The launcher (kernels/ops.py) reads these #defines and the __launch_bounds__ below: they are
+// The launcher (kernels/conv.py) reads these #defines and the __launch_bounds__ below: they are
 // the one statement of the tile geometry.
 // Blocks of at most 128 (forward, backward-data) and 256 (backward-weight) threads; the second
 // number asks ptxas for 64 registers a thread at most, so that 2048 threads fit an SM's 64K registers.

@@ -15,7 +15,7 @@
 // Inverting src: x channel cx sits at a = (cx % M)*L + cx / M = p*K + k (p = a / K, k = a % K),
 // and it feeds the outputs c = q*S + p of that same group p, for every q < K.
 //
-// Versions (the launchers in kernels/ops.py pick one; benchmarks/bench_gpu.py times each):
+// Versions (the launchers in kernels/interleaved_secondary.py pick one; benchmarks/bench_gpu.py times each):
 //   v1 interleaved_secondary_{forward,backward_data,backward_weight}: one thread per output
 //      element with the K-term dot product read straight from global memory; backward-weight one
 //      block per weight element with a shared-memory tree.
@@ -116,7 +116,7 @@ __global__ void interleaved_secondary_backward_weight(const T* __restrict__ x, c
 #define IS_B_SIZE (4 * IS_THREADS)
 // Small groups (IGC-L4M32: K = 4) waste a 32-row tile: 4 of 32 rows and 4 of 16 reduction steps
 // do useful work (3% of the FMAs). Tiles of TR = 8 or 4 rows x 1024/TR pixels keep the same 256
-// threads and 4 rows a thread; the launcher picks TR from K and HW (kernels/ops.py).
+// threads and 4 rows a thread; the launcher picks TR from K and HW (kernels/interleaved_secondary.py, tile_rows).
 // instantiate TR: (32) (8) (4)
 
 // One tile of out(o, pix) = sum_r A(o, r) * in(r, pix) for image n and group p, where (forward)

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .loader import MAX_THREADS, launch_bounds, static_shared
+from .loader import MAX_THREADS, import_cupy, launch_bounds, static_shared
 
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -120,3 +120,104 @@ def output(xp, shape, dtype, device):
     if sanitizing(device):
         a.fill(np.nan)
     return a
+
+
+# ---- what every launcher shares: devices, array checks, the one-thread-per-element plans ---------
+
+THREADS = 256          # threads per block of the one-thread-per-element kernels
+MAX_BLOCKS = 1 << 20   # the kernels loop (grid-stride) over whatever a grid this size leaves
+REDUCE_MAX_THREADS = 256
+# The most elements an array of a launch may have. The kernels index with (32-bit) int and step
+# by gridDim.x * blockDim.x (at most MAX_BLOCKS * THREADS = 2^28): below 2^30 elements, idx + step
+# stays below 2^31, so no index overflows.
+MAX_INDEXED_ELEMENTS = 2**30
+
+i32 = np.int32
+
+
+def xp_of(device):
+    """The array module of `device`: cupy for "cuda" (or "cuda:k"), numpy for "emu"."""
+    if isinstance(device, str) and device.split(":")[0] == "cuda":  # "cuda:1": the caller's current device
+        return import_cupy()
+    if device == "emu":
+        return np
+    raise ValueError(f"device must be 'cuda' or 'emu', got {device!r}")
+
+
+def prepare(op, device, **arrays):
+    """Check the arrays' kind (numpy for emu, cupy for cuda), rank 4 and common float dtype;
+    return them C-contiguous, in the keyword order given."""
+    xp = xp_of(device)
+    out, dtype = [], None
+    for name, a in arrays.items():
+        if not isinstance(a, xp.ndarray):
+            raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
+                            f"got {type(a).__module__}.{type(a).__name__}")
+        if a.ndim != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (NCHW or OIHW), got shape {tuple(a.shape)}")
+        if a.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        if dtype is not None and a.dtype != dtype:
+            raise ValueError(f"{op}: {name} has dtype {a.dtype} but {next(iter(arrays))} has {dtype}")
+        dtype = a.dtype
+        out.append(xp.ascontiguousarray(a))
+    for a in out:
+        if a.size > MAX_INDEXED_ELEMENTS:
+            raise ValueError(f"{op}: arrays of {a.size} elements exceed the kernels' int indexing")
+    return xp, out
+
+
+def shape4(op, name, shape):
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"{op}: {name} must be 4 positive ints, got {shape}")
+    return shape
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def elementwise_plan(file, kernel, total):
+    """One thread per output element, grid-stride beyond MAX_BLOCKS blocks."""
+    return Launch(file, kernel, (), (max(1, min(cdiv(total, THREADS), MAX_BLOCKS)),), (THREADS,))
+
+
+def reduce_plan(file, kernel, n_outputs, terms, itemsize):
+    """One block per output element; a power-of-two block of at most REDUCE_MAX_THREADS threads,
+    no larger than the number of terms needs (minimum a warp), plus its shared memory."""
+    threads = 32
+    while threads < min(terms, REDUCE_MAX_THREADS):
+        threads *= 2
+    return Launch(file, kernel, (), (max(1, min(n_outputs, MAX_BLOCKS)),), (threads,), threads * itemsize)
+
+
+def check_and_run(module, plan, args, where, itemsize):
+    """Check `plan` (check: a GPU's limits, `where` names the call) and run it."""
+    run(check(plan, itemsize, where), module, args)
+
+
+def device_of(a):
+    """The launch device of an array that prepare accepted: "emu" for numpy, else "cuda"."""
+    return "emu" if isinstance(a, np.ndarray) else "cuda"
+
+
+# ---- shared memory banks -----------------------------------------------------------------------
+
+BANKS = 32  # shared-memory banks of 4-byte words (every GPU since Fermi)
+
+
+def conflict_ways(addresses, itemsize):
+    """Shared-memory passes one warp's load takes: `addresses` (element indices, one per thread of
+    the warp) on BANKS banks of 4-byte words; threads reading one address share a pass. 8-byte
+    elements are served a half-warp at a time (each half's passes add up)."""
+    words = 1 if itemsize <= 4 else 2
+    halves = [addresses] if words == 1 else [addresses[:16], addresses[16:]]
+    total = 0
+    for part in halves:
+        banks = {}
+        for a in set(part):
+            for w in range(words):
+                banks.setdefault((a * words + w) % BANKS, set()).add(a)
+        total += max((len(v) for v in banks.values()), default=0)
+    return total

@@ -36,6 +36,20 @@ _INSTANTIATE = re.compile(r"^\s*//\s*instantiate\s+(\w+(?:\s*,\s*\w+)*)\s*:(.*)$
 NVRTC_OPTIONS = ("-std=c++14",)
 
 _modules = {}
+CUPY_HINT = ("device 'cuda' needs CuPy: pip install cupy-cuda12x (CUDA 12 drivers) or cupy-cuda13x "
+             "(CUDA 13), or run on 'cpu' (or 'emu', the CPU emulator of the kernels)")
+
+
+def import_cupy():
+    """cupy, or ModuleNotFoundError saying how to install it (CuPy is optional: imported lazily,
+    only by the GPU path)."""
+    try:
+        import cupy
+    except ModuleNotFoundError as e:
+        if e.name != "cupy":
+            raise
+        raise ModuleNotFoundError(CUPY_HINT, name="cupy") from None
+    return cupy
 
 
 def kernel_files():
@@ -191,7 +205,7 @@ class KernelModule:
         self._expr = {(name, t): name_expression(name, ctype, t) for name, ts in self._targs.items() for t in ts}
         exprs = list(self._expr.values())
         if device == "cuda":
-            import cupy  # lazily: only the GPU path needs it
+            cupy = import_cupy()
             self._module = cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=exprs)
         elif device == "emu":
             from ..emu import EmuModule
@@ -226,8 +240,7 @@ def get_module(filename, dtype, device):
         device = "cuda"
     key = (filename, dtype, device)
     if device == "cuda":
-        import cupy
-        key += (cupy.cuda.Device().id,)
+        key += (import_cupy().cuda.Device().id,)
     if key not in _modules:
         _modules[key] = KernelModule(filename, dtype, device)
     return _modules[key]

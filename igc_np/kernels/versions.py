@@ -5,11 +5,11 @@ naive teaching kernel (one thread per output), each higher version adds one idea
 version is kept and validated (emulator tests against the reference tier, igc_np/ops/reference.py).
 The registry maps op name -> {version (int): description}. The ops:
 
-    conv2d_forward, conv2d_backward_data, conv2d_backward_weight   1, 2, 3   (kernels/ops.py)
-    permute_channels                                                0, 1, 2   (kernels/ops.py)
-    interleaved_secondary  (its forward, backward-data and backward-weight)  1, 2
-    batch_norm             (its forward and backward)                1, 2   (kernels/fused_ops.py)
-    sgd                                                              1, 2   (kernels/fused_ops.py)
+    conv2d_forward, conv2d_backward_data, conv2d_backward_weight   1, 2, 3   (kernels/conv.py)
+    permute_channels                                                0, 1, 2   (kernels/permutation.py)
+    interleaved_secondary  (its forward, backward-data and backward-weight)  1, 2   (kernels/interleaved_secondary.py)
+    batch_norm             (its forward and backward)                1, 2   (kernels/batch_norm.py)
+    sgd                                                              1, 2   (kernels/sgd.py)
 
 Version 0, where an op has one, is not a kernel but a rule that picks one of the op's kernels by
 shape (permute_channels: 2 when H*W >= 32, else 1); ``kernels(op)`` lists the real kernels only.
@@ -18,7 +18,7 @@ them all), so the switch knows every op before the first launch.
 
 Select a version, strongest first:
 
-    ops.conv2d_forward(x, W, ..., version=1)                 # one call
+    conv.conv2d_forward(x, W, ..., version=1)                # one call
     with igc_np.kernels.use_version(conv2d_forward=1, sgd=1):
         ...                                                 # this thread, this block; nests
     IGC_NP_KERNELS="conv2d_forward=1,sgd=1" python train.py  # the process (re-read at each launch)
