@@ -81,17 +81,25 @@ SHAPES = [
 ]
 
 
+# cudaDeviceAttr values (stable across CUDA versions; CUDA 13 dropped clockRate and
+# memoryClockRate from cudaDeviceProp, so they are read as attributes)
+_ATTR = dict(sms=16, clock_khz=13, memory_clock_khz=36, bus_bits=37)
+
+
 def cupy_device():
-    """The figures of CuPy's current GPU (attributes of the device), or None without CuPy or a GPU.
+    """The figures of CuPy's current GPU (device attributes), or None without CuPy or a GPU.
     Bandwidth: 90% of the nominal 2 * memory clock * bus width (copies reach ~4.3 of the H200's 4.8)."""
     try:
         import cupy
-        p = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        dev = cupy.cuda.Device().id
+        get = cupy.cuda.runtime.deviceGetAttribute
+        a = {k: int(get(v, dev)) for k, v in _ATTR.items()}
+        name = cupy.cuda.runtime.getDeviceProperties(dev)["name"]
     except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: use --device
         return None
-    nominal = 2 * p["memoryClockRate"] * 1e3 * p["memoryBusWidth"] / 8
-    name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
-    return gpu_figures(name, p["multiProcessorCount"], p["clockRate"] * 1e3, 0.9 * nominal)
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    nominal = 2 * a["memory_clock_khz"] * 1e3 * a["bus_bits"] / 8
+    return gpu_figures(name, a["sms"], a["clock_khz"] * 1e3, 0.9 * nominal)
 
 
 def dims_of(N, C_in, H, W, C_out, k=3, stride=1, padding=1, groups=1):

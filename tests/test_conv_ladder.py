@@ -292,6 +292,24 @@ def test_kernel_report_prints_every_kernel(capsys):
     assert len(rows) == sum(len(VERSIONS) for _ in CONV_OPS) * len(kr.SHAPES)
 
 
+def test_kernel_report_reads_the_gpu_it_runs_on(monkeypatch):
+    """With CuPy and a GPU the model takes its figures from the device's attributes (CUDA 13 has no
+    clockRate in cudaDeviceProp: attributes), e.g. an H200: 132 SMs, 1.98 GHz, HBM3e at 3.2 GHz x 6144 bits."""
+    import sys
+    import types
+    kr = _kernel_report()
+    attrs = {16: 132, 13: 1980000, 36: 3201000, 37: 6144}
+    runtime = types.SimpleNamespace(deviceGetAttribute=lambda attr, dev: attrs[attr],
+                                    getDeviceProperties=lambda dev: {"name": b"NVIDIA H200"})
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0), runtime=runtime))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    gpu = kr.cupy_device()
+    assert gpu["name"] == "NVIDIA H200" and gpu["sms"] == 132 and gpu["clock"] == 1.98e9
+    assert gpu["bandwidth"] == pytest.approx(0.9 * 2 * 3.201e9 * 768)  # 4.4 TB/s of the 4.9 nominal
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert kr.cupy_device() is None
+
+
 def test_kernel_report_marks_an_unlaunchable_plan_fail(monkeypatch, capsys):
     """Before issue 16 the model had no thread limit: the 224-thread v3 plan of IGC-L100M2 read PASS."""
     kr = _kernel_report()
@@ -300,14 +318,14 @@ def test_kernel_report_marks_an_unlaunchable_plan_fail(monkeypatch, capsys):
         tx = min(-(-cols // conv.RW), 16)
         return tx, conv._pow2_at_least(rows, max(1, 128 // tx)), 1
     monkeypatch.setattr(conv, "_tile_block", pow2_rows)
-    conv._plan.cache_clear()
+    conv.plan.cache_clear()
     try:
         r = kr.roofline("conv2d_forward", 3, kr.dims_of(256, 200, 56, 56, 200, groups=100))
         assert r["ratio"] == float("inf") and "224 threads exceeds the kernel's limit of 128" in r["unlaunchable"]
         kr.print_roofline(np.float32)
         assert "FAIL (unlaunchable) (DEFAULT)" in capsys.readouterr().out
     finally:
-        conv._plan.cache_clear()
+        conv.plan.cache_clear()
 
 
 def test_the_model_counts_bank_conflicts(monkeypatch):
@@ -321,10 +339,10 @@ def test_the_model_counts_bank_conflicts(monkeypatch):
     assert weight["conflict_ways"] == 1
     monkeypatch.setattr(conv, "tile_pitch", lambda row, *a: row)
     monkeypatch.setattr(conv, "GP", conv.TH * conv.TW)
-    conv._plan.cache_clear()
+    conv.plan.cache_clear()
     try:
         old = kr.roofline("conv2d_forward", 3, dims)["launches"][0]
         assert old["conflict_ways"] == 4 and old["smem_s"] > 2.5 * padded["smem_s"]
         assert kr.roofline("conv2d_backward_weight", 3, dims)["launches"][0]["conflict_ways"] == 6
     finally:
-        conv._plan.cache_clear()
+        conv.plan.cache_clear()

@@ -90,21 +90,21 @@ def test_a_bad_plan_fails_in_the_planner_with_its_shape(monkeypatch):
         tx = min(-(-cols // conv.RW), 16)
         return tx, conv._pow2_at_least(rows, max(1, 128 // tx)), 1
     monkeypatch.setattr(conv, "_tile_block", pow2_rows)
-    conv._plan.cache_clear()
+    conv.plan.cache_clear()
     try:
         with pytest.raises(LaunchPlanError, match=r"conv2d_forward v3 \(x shape \(2, 200, 56, 56\), "
                                                   r"W shape \(200, 2, 3, 3\).*groups 100\).*224 threads"):
             conv.plan("conv2d_forward", 3, dims_of(2, 200, 56, 56, 200, groups=100), 4)
     finally:
-        conv._plan.cache_clear()
+        conv.plan.cache_clear()
 
 
 def test_plans_are_cached_by_shape():
-    conv._plan.cache_clear()
+    conv.plan.cache_clear()
     dims = dims_of(64, 48, 32, 32, 48, groups=24)
     first = conv.plan("conv2d_backward_weight", 3, tuple(np.int32(d) for d in dims), 4)
     assert conv.plan("conv2d_backward_weight", 3, dims, 4) is first
-    assert conv._plan.cache_info().hits == 1
+    assert conv.plan.cache_info().hits == 1
 
 
 # ---- speed hazards: bank conflicts of the staged tiles ---------------------------------------------

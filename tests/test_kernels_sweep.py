@@ -101,10 +101,22 @@ def layer_ops(model, x_shape):
     return found
 
 
+def _shallowest(configs):
+    """One depth per (network, L, M): the shallowest of the table's with 2 or more layers (plain)
+    or blocks (resnet) a stage. A stage's first layer changes the width, the second keeps it, and
+    later ones repeat the second's shapes: deeper nets add no shape (test_depth_adds_no_shape)."""
+    out = {}
+    for name, depth, L, M in sorted(configs, key=lambda c: c[1]):
+        n = (depth - 2) // (6 if name.startswith("resnet") else 3)
+        if n >= 2:
+            out.setdefault((name, L, M), depth)
+    return [(name, depth, L, M) for (name, L, M), depth in out.items()]
+
+
 def _all_layer_ops():
     """{op key with batch 1: the real batch} of every network configuration."""
     out = {}
-    for name, depth, L, M in CIFAR:
+    for name, depth, L, M in _shallowest(CIFAR):
         model = nets.get_network(name, depth, primary_partition=L, secondary_partition=M, rng=0)
         for key in layer_ops(model, (1, 3, 32, 32)):
             out[key] = CIFAR_BATCH
@@ -148,6 +160,13 @@ def _plans(key, N, itemsize):
                     plans += batch_norm.batch_norm_plans(op, v, training, shape, batch_norm.bn_slices(shape[1], m),
                                                         itemsize)
     return plans
+
+
+def test_depth_adds_no_shape():
+    for name, L, M, depths in (("plain_igc", 4, 8, (8, 26)), ("resnet_igc", 4, 8, (20, 38)), ("resnet", 16, 1, (20, 62))):
+        shallow, deep = (layer_ops(nets.get_network(name, d, primary_partition=L, secondary_partition=M, rng=0),
+                                   (1, 3, 32, 32)) for d in depths)
+        assert shallow == deep, (name, depths)
 
 
 def test_the_sweep_covers_every_kind_and_the_widest_layers():

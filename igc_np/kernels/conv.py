@@ -212,25 +212,24 @@ def weight_slices(Cg_in, Cg_out, G, KH, KW, SH, SW, specialized, itemsize, threa
     return best[1]
 
 
+@functools.lru_cache(maxsize=4096)
 def plan(op, version, dims, itemsize):
     """The launches of `op` ("conv2d_forward", ...) version 1, 2 or 3 for a conv with the int
     argument tail `dims` = (N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo), each checked
-    against a GPU's limits (launch.check: LaunchPlanError naming the shapes). Cached by shape:
-    the planner's Python (18-72 us for v3 backward-weight) runs once per layer shape."""
-    return _plan(str(op), int(version), tuple(int(d) for d in dims), int(itemsize))
+    against a GPU's limits (launch.check: LaunchPlanError naming the shapes). A pure function of
+    the shapes, cached: the planner's Python (18-72 us for v3 backward-weight, more with the
+    checks) runs once per layer shape. (numpy ints hash as Python ints: the launchers' int32 dims
+    hit the same entries.)"""
+    dims = tuple(int(d) for d in dims)
+    launches = _plan_unchecked(str(op), int(version), dims, int(itemsize))
+    where = _where(op, version, dims)
+    return tuple(check(L, itemsize, where) for L in launches)
 
 
 def _where(op, version, dims):
     N, C_in, H, W, C_out, KH, KW, SH, SW, PH, PW, G, Ho, Wo = dims
     return (f"{op} v{version} (x shape {(N, C_in, H, W)}, W shape {(C_out, C_in // G, KH, KW)}, "
             f"stride {(SH, SW)}, padding {(PH, PW)}, groups {G})")
-
-
-@functools.lru_cache(maxsize=4096)
-def _plan(op, version, dims, itemsize):
-    launches = _plan_unchecked(op, version, dims, itemsize)
-    where = _where(op, version, dims)
-    return tuple(check(L, itemsize, where) for L in launches)
 
 
 def _v3_tile_plan(op, dims, itemsize):
