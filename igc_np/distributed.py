@@ -204,8 +204,8 @@ def _pointer(a):
 class NCCL(Communicator):
     """One process per GPU, on `cupy.cuda.nccl` (NCCL >= 2.7 for send/recv).
 
-    unique_id: what ``nccl.get_unique_id()`` returned on one rank, handed to all (by ``spawn``
-    through the environment, or by MPI). The deterministic all-reduce is a grouped send/recv
+    unique_id: what ``nccl.get_unique_id()`` returned on one rank (128 bytes in CuPy 14), handed
+    to all (by ``spawn`` through the environment, or by MPI). The deterministic all-reduce is a grouped send/recv
     all-to-all, an ordered sum on the GPU, then ``allGather`` (see the module docstring).
     ``nccl`` and ``xp`` are replaceable for tests (a fake module driving NumPy buffers).
     """
@@ -218,7 +218,7 @@ class NCCL(Communicator):
         self.rank, self.size = int(rank), int(size)
         self.local_rank = self.rank if local_rank is None else int(local_rank)
         self.local_size = self.size if local_size is None else int(local_size)
-        self.comm = nccl.NcclCommunicator(self.size, tuple(unique_id), self.rank)
+        self.comm = nccl.NcclCommunicator(self.size, _id_bytes(unique_id), self.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
 
     def _stream(self):
@@ -267,11 +267,13 @@ def _cupy_nccl():
     try:
         from cupy.cuda import nccl
     except ImportError as e:
-        raise DistError(f"--dist nccl needs CuPy with NCCL: pip install cupy-cuda12x "
-                        f"nvidia-nccl-cu12 ({e})") from None
+        raise DistError(f"--dist nccl needs CuPy with NCCL: pip install -e \".[cuda]\" "
+                        f"nvidia-nccl-cu12 (CUDA 12) or -e \".[cuda13]\" nvidia-nccl-cu13 "
+                        f"(CUDA 13) ({e})") from None
     if not getattr(nccl, "available", True):
         raise DistError("--dist nccl: CuPy was built without NCCL (cupy.cuda.nccl.available is "
-                        "False): pip install nvidia-nccl-cu12")
+                        "False): pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 "
+                       "(CUDA 13)")
     return nccl
 
 
@@ -398,13 +400,31 @@ def _init_nccl(gpu_ids):
     return NCCL(rank, size, uid, local_rank, local_size)
 
 
+NCCL_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
+
+
+def _id_bytes(uid):
+    """NCCL's unique id as CuPy 14 takes it: 128 bytes (CuPy < 14 used a tuple of ints)."""
+    if not isinstance(uid, bytes):
+        raise DistError(f"NCCL unique id: expected the {NCCL_ID_BYTES} bytes of CuPy >= 14's "
+                        f"nccl.get_unique_id(), got {type(uid).__name__} (CuPy < 14 is not "
+                        "supported: pip install -e \".[cuda]\" or \".[cuda13]\")")
+    if len(uid) != NCCL_ID_BYTES:
+        raise DistError(f"NCCL unique id: expected {NCCL_ID_BYTES} bytes, got {len(uid)}")
+    return uid
+
+
 def _encode_id(uid):
-    """NCCL's unique id (a tuple of 128 signed chars) as hex, for an environment variable."""
-    return bytes(b & 0xFF for b in uid).hex()
+    """NCCL's unique id (128 bytes) as hex, for an environment variable."""
+    return _id_bytes(uid).hex()
 
 
 def _decode_id(text):
-    return tuple(b - 256 if b > 127 else b for b in bytes.fromhex(text))
+    try:
+        return _id_bytes(bytes.fromhex(text))
+    except ValueError:
+        raise DistError(f"{ENV_NCCL_ID} is not the hex of a {NCCL_ID_BYTES}-byte NCCL id: "
+                        f"{text[:40]!r}...") from None
 
 
 # --------------------------------------------------------------------------------------------

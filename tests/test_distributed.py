@@ -365,12 +365,49 @@ def _view(ptr, count, dtype):
     return np.frombuffer(raw, dtype=dtype)
 
 
-class FakeNccl:
-    """The part of cupy.cuda.nccl that NCCL uses: communicators of threads in one process.
+# CuPy 14.2's cupy.cuda.nccl (= cupy_backends/cuda/libs/nccl.pyx), pinned from the first lines of
+# its docstrings (read from the cupy-cuda12x 14.2.0 wheel; the test below compares them with the
+# installed module when it imports). The fake checks every call against these types.
+CUPY_NCCL_SIGNATURES = {
+    "NcclCommunicator": "NcclCommunicator(int ndev, bytes commId, int rank, NcclConfig config=None)",
+    "send": "NcclCommunicator.send(self, intptr_t sendbuf, size_t count, int datatype, int peer, "
+            "intptr_t stream)",
+    "recv": "NcclCommunicator.recv(self, intptr_t recvbuf, size_t count, int datatype, int peer, "
+            "intptr_t stream)",
+    "allGather": "NcclCommunicator.allGather(self, intptr_t sendbuf, intptr_t recvbuf, size_t count, "
+                 "int datatype, intptr_t stream)",
+    "allReduce": "NcclCommunicator.allReduce(self, intptr_t sendbuf, intptr_t recvbuf, size_t count, "
+                 "int datatype, int op, intptr_t stream)",
+    "bcast": "NcclCommunicator.bcast(self, intptr_t buff, size_t count, int datatype, int root, "
+             "intptr_t stream)",
+}
 
-    Point-to-point calls are only legal between groupStart and groupEnd (a real NCCL would
-    deadlock on a blocking send/recv pair between two ranks), as the real API requires of an
-    all-to-all.
+
+def _check_call(method, args):
+    """TypeError as Cython raises it when an argument is not of the pinned C type."""
+    params = CUPY_NCCL_SIGNATURES[method].split("(", 1)[1].rstrip(")").split(", ")
+    params = [q for q in params if q != "self" and "=" not in q]
+    if len(args) != len(params):
+        raise TypeError(f"{method}() takes exactly {len(params)} positional arguments "
+                        f"({len(args)} given)")
+    for value, param in zip(args, params):
+        ctype, name = param.split()
+        if ctype == "bytes":
+            if not isinstance(value, bytes):
+                raise TypeError(f"Argument '{name}' has incorrect type (expected bytes, got "
+                                f"{type(value).__name__})")
+        elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{method}: '{name}' ({ctype}) must be an integer, got "
+                            f"{type(value).__name__}")
+
+
+class FakeNccl:
+    """The part of CuPy 14's cupy.cuda.nccl that NCCL uses: communicators of threads in one process.
+
+    Argument types as CUPY_NCCL_SIGNATURES (the unique id is 128 bytes: a tuple is a TypeError,
+    as in CuPy 14). Point-to-point calls are only legal between groupStart and groupEnd (a real
+    NCCL would deadlock on a blocking send/recv pair between two ranks), as the real API
+    requires of an all-to-all.
     """
     NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
     DTYPES = {7: np.float32, 8: np.float64}
@@ -382,7 +419,9 @@ class FakeNccl:
 
         class NcclCommunicator:
             def __init__(self, ndev, commId, rank):
-                assert len(commId) == 128 and all(-128 <= b <= 127 for b in commId)
+                _check_call("NcclCommunicator", (ndev, commId, rank))
+                if len(commId) != 128:
+                    raise ValueError(f"commId length {len(commId)} != 128.")
                 with fake.lock:
                     self.world = fake.worlds.setdefault(commId, dict(
                         barrier=threading.Barrier(ndev), mail={}, slots=[None] * ndev,
@@ -390,35 +429,39 @@ class FakeNccl:
                 self.rank, self.ndev = rank, ndev
 
             def _p2p(self, kind, ptr, count, dtype, peer, stream):
+                _check_call(kind, (ptr, count, dtype, peer, stream))
                 if getattr(fake.local, "group", None) is None:
                     raise RuntimeError(f"fake NCCL: {kind} outside groupStart/groupEnd")
                 fake.local.group.append((self, kind, ptr, count, dtype, peer))
 
-            def send(self, ptr, count, dtype, peer, stream):
-                self._p2p("send", ptr, count, dtype, peer, stream)
+            def send(self, sendbuf, count, datatype, peer, stream):
+                self._p2p("send", sendbuf, count, datatype, peer, stream)
 
-            def recv(self, ptr, count, dtype, peer, stream):
-                self._p2p("recv", ptr, count, dtype, peer, stream)
+            def recv(self, recvbuf, count, datatype, peer, stream):
+                self._p2p("recv", recvbuf, count, datatype, peer, stream)
 
-            def allGather(self, sendptr, recvptr, count, dtype, stream):
+            def allGather(self, sendbuf, recvbuf, count, datatype, stream):
+                _check_call("allGather", (sendbuf, recvbuf, count, datatype, stream))
                 fake.calls.append("allGather")
-                w, t = self.world, fake.DTYPES[dtype]
-                w["slots"][self.rank] = _view(sendptr, count, t).copy()
+                w, t = self.world, fake.DTYPES[datatype]
+                w["slots"][self.rank] = _view(sendbuf, count, t).copy()
                 w["barrier"].wait()
-                _view(recvptr, count * self.ndev, t)[:] = np.concatenate(w["slots"])
+                _view(recvbuf, count * self.ndev, t)[:] = np.concatenate(w["slots"])
                 w["barrier"].wait()
 
-            def bcast(self, ptr, count, dtype, root, stream):
-                w, t = self.world, fake.DTYPES[dtype]
+            def bcast(self, buff, count, datatype, root, stream):
+                _check_call("bcast", (buff, count, datatype, root, stream))
+                w, t = self.world, fake.DTYPES[datatype]
                 if self.rank == root:
-                    w["slots"][root] = _view(ptr, count, t).copy()
+                    w["slots"][root] = _view(buff, count, t).copy()
                 w["barrier"].wait()
-                _view(ptr, count, t)[:] = w["slots"][root]
+                _view(buff, count, t)[:] = w["slots"][root]
                 w["barrier"].wait()
         self.NcclCommunicator = NcclCommunicator
 
     def get_unique_id(self):
-        return tuple(int(b) for b in np.random.default_rng().integers(-128, 128, 128))
+        """128 random bytes (CuPy 14: bytes; a tuple of ints before 14.0)."""
+        return np.random.default_rng().bytes(128)
 
     def groupStart(self):
         self.local.group = []
@@ -482,7 +525,56 @@ def test_nccl_broadcast_barrier_and_dtype_error():
 
 def test_nccl_unique_id_travels_as_hex_unchanged():
     uid = FakeNccl().get_unique_id()
-    assert dist._decode_id(dist._encode_id(uid)) == uid
+    assert isinstance(uid, bytes) and dist._decode_id(dist._encode_id(uid)) == uid
+    assert len(dist._encode_id(uid)) == 256
+    with pytest.raises(dist.DistError, match="CuPy < 14 is not supported"):
+        dist.NCCL(0, 1, tuple(uid), nccl=FakeNccl(), xp=np)  # CuPy 13's id format
+    with pytest.raises(dist.DistError, match="IGC_NP_NCCL_ID is not the hex of a 128-byte"):
+        dist._decode_id("zz" * 128)
+    with pytest.raises(dist.DistError, match="expected 128 bytes, got 3"):
+        dist._decode_id("000000")
+
+
+def test_the_fake_nccl_refuses_what_cupy_14_refuses():
+    fake = FakeNccl()
+    with pytest.raises(TypeError, match="'commId' has incorrect type \\(expected bytes, got tuple"):
+        fake.NcclCommunicator(1, tuple(fake.get_unique_id()), 0)
+    with pytest.raises(ValueError, match="commId length 3 != 128"):
+        fake.NcclCommunicator(1, b"abc", 0)
+    comm = fake.NcclCommunicator(1, fake.get_unique_id(), 0)
+    buf = np.zeros(4)
+    with pytest.raises(TypeError, match="'buff' \\(intptr_t\\) must be an integer, got ndarray"):
+        comm.bcast(buf, 4, fake.NCCL_FLOAT64, 0, 0)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'stream'"):
+        comm.bcast(buf.ctypes.data, 4, fake.NCCL_FLOAT64, 0)  # the stream is not optional
+
+
+def _real_cupy_nccl():
+    try:
+        from cupy_backends.cuda.libs import nccl  # needs libnccl.so.2 (nvidia-nccl-cu12/cu13)
+    except Exception as e:  # not installed, or no libnccl: the pinned signatures stand alone
+        pytest.skip(f"CuPy's NCCL module does not import here ({type(e).__name__}: {e}); the fake "
+                    "follows CUPY_NCCL_SIGNATURES, read from cupy-cuda12x 14.2.0")
+    return nccl
+
+
+def test_the_fake_nccl_follows_the_installed_cupy():
+    """The pinned signatures are CuPy's own (docstrings of the Cython module: no GPU needed), and
+    CuPy's get_unique_id / NcclCommunicator take and give what the fake does."""
+    nccl = _real_cupy_nccl()
+    for name, pinned in CUPY_NCCL_SIGNATURES.items():
+        real = nccl.NcclCommunicator if name == "NcclCommunicator" else \
+            getattr(nccl.NcclCommunicator, name)
+        first = real.__doc__.strip().splitlines()[0]
+        assert first == pinned, f"CuPy {name}: {first!r}, the fake pins {pinned!r}"
+    for const in ("NCCL_FLOAT32", "NCCL_FLOAT64", "NCCL_SUM"):
+        assert getattr(nccl, const) == getattr(FakeNccl, const)
+    uid = nccl.get_unique_id()  # works without a GPU
+    assert isinstance(uid, bytes) and len(uid) == 128
+    with pytest.raises(TypeError, match="'commId' has incorrect type \\(expected bytes, got tuple"):
+        nccl.NcclCommunicator(1, tuple(uid), 0)
+    with pytest.raises(ValueError, match="commId length 3 != 128"):
+        nccl.NcclCommunicator(1, b"abc", 0)
 
 
 CHILD = """
@@ -546,7 +638,7 @@ open(os.path.join(out, rank + ".got"), "w").write(",".join(got))
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_spawn_forwards_a_signal_to_every_rank_exactly_once(tmp_path, sig):
     parent = ("import sys, types; from igc_np import distributed as d; "
-              "fake = types.SimpleNamespace(get_unique_id=lambda: (0,) * 128); "
+              "fake = types.SimpleNamespace(get_unique_id=lambda: bytes(128)); "
               f"sys.exit(d.spawn([0, 1], ['-c', {FORWARDED!r}, {str(tmp_path)!r}], nccl=fake))")
     p = subprocess.Popen([sys.executable, "-c", parent],
                          env=dict(os.environ, PYTHONPATH=ROOT))
