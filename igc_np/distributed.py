@@ -46,6 +46,7 @@ same module. Environment set by ``spawn`` for each child: ``IGC_NP_DIST_RANK``,
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -57,9 +58,9 @@ import numpy as np
 from . import backend
 from .autograd import Tensor
 
-__all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
+__all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "FollowerError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
-           "root_first",
+           "root_first", "abort_on_error", "abort_if_distributed", "root_reads", "broadcast_bytes",
            "evaluate", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
@@ -78,6 +79,11 @@ _LAUNCHER_ENV = (("PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"),
 
 class DistError(RuntimeError):
     """A distributed set-up that cannot work; the message says which option or engine and why."""
+
+
+class FollowerError(DistError):
+    """Raised on the other ranks when rank 0 failed at something all ranks needed: rank 0
+    prints the error that says why; the others stay quiet (see ``abort_on_error``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +112,12 @@ class Communicator:
 
     def barrier(self):
         raise NotImplementedError
+
+    def abort(self, status=1):
+        """End every rank now (after an error on this one): no collective can complete any more.
+        Here: this process exits at once; ``spawn``'s parent then stops the other ranks."""
+        _flush()
+        os._exit(status)
 
     def __repr__(self):
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
@@ -189,6 +201,19 @@ class MPI(Communicator):
 
     def bcast_object(self, obj, root=0):
         return self.comm.bcast(obj, root=root)
+
+    def abort(self, status=1):
+        """MPI_Abort on COMM_WORLD: the launcher (mpiexec, srun) kills every rank of the job."""
+        _flush()
+        self._mpi.COMM_WORLD.Abort(status)
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):  # closed or replaced streams
+            pass
 
 
 def _like(host, buf):
@@ -359,7 +384,50 @@ def init(kind="auto", gpus=None, threads=True):
         _use_gpu(gpu_ids, comm)
     if threads and comm.size > 1:
         set_threads(threads_per_rank(comm.local_size))
+    if comm.size > 1:
+        abort_on_error(comm)
     return comm
+
+
+# --------------------------------------------------------------------------------------------
+# An error on one rank ends every rank (the others would wait for it forever in a collective)
+# --------------------------------------------------------------------------------------------
+_active = None  # the communicator of this process once init() made one of several ranks
+FOLLOWER_WAIT_S = 10.0
+
+
+def abort_on_error(comm):
+    """From now on an exception that escapes on this rank prints its traceback once, headed
+    "rank r of P failed", and ends every rank (``comm.abort``: MPI_Abort, or the exit that
+    ``spawn``'s parent answers by stopping the others). ``init`` calls it for P > 1."""
+    global _active
+    _active = comm
+    if getattr(sys.excepthook, "_igc_np_abort", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        comm = _active
+        if comm is None or comm.size == 1 or issubclass(kind, (SystemExit, KeyboardInterrupt)):
+            return previous(kind, value, tb)
+        if issubclass(kind, FollowerError):  # rank 0 prints why and aborts the job: give it
+            time.sleep(FOLLOWER_WAIT_S)       # the time, then say this much and abort anyway
+            print(f"error: {value}", file=sys.stderr)
+        else:
+            print(f"rank {comm.rank} of {comm.size} failed; stopping every rank:", file=sys.stderr)
+            previous(kind, value, tb)
+        comm.abort(1)
+    hook._igc_np_abort = True
+    sys.excepthook = hook
+
+
+def abort_if_distributed(status=1):
+    """For a program that catches its own errors (one line instead of a traceback) and then
+    exits with `status` != 0: when this process is one of several ranks, end them all now;
+    otherwise return. Call it after printing the error."""
+    if status and _active is not None and _active.size > 1:
+        print(f"(rank {_active.rank} of {_active.size}: stopping every rank)", file=sys.stderr)
+        _active.abort(status)
 
 
 def _parse_gpus(gpus):
@@ -397,7 +465,10 @@ def _init_nccl(gpu_ids):
         raise DistError(f"rank {rank}: local rank {local_rank} but --gpus lists {len(gpu_ids)} ids "
                         f"({gpu_ids}): give one GPU per rank on each machine")
     backend.cupy_module().cuda.Device(gpu_ids[local_rank]).use()  # before NCCL binds to a device
-    return NCCL(rank, size, uid, local_rank, local_size)
+    comm = NCCL(rank, size, uid, local_rank, local_size)
+    if ENV_SIZE not in os.environ:  # ranks of an MPI launcher: an error aborts through MPI
+        comm.abort = mpi.abort
+    return comm
 
 
 NCCL_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
@@ -604,7 +675,43 @@ def root_first(comm, fn, errors=(Exception,)):
     if reduce_flag(comm, error is not None):
         if error is not None:
             raise error
-        raise DistError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
+        raise FollowerError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
+
+
+def broadcast_bytes(comm, data, root=0):
+    """Root's `data` (bytes; the other ranks pass anything) on every rank, as bytes.
+
+    Sent as float64 words through ``comm.broadcast``: a broadcast copies bits (MPI_Bcast, ncclBcast
+    compute nothing), so any bytes arrive unchanged on every engine."""
+    n = int(comm.broadcast(np.array([len(data) if comm.rank == root else 0], np.float64), root)[0])
+    words = np.zeros(-(-n // 8), np.float64)
+    if comm.rank == root:
+        words.view(np.uint8)[:n] = np.frombuffer(data, np.uint8)
+    got = np.asarray(backend.to_device(comm.broadcast(words, root), "cpu"))
+    return got.view(np.uint8)[:n].tobytes()
+
+
+def root_reads(comm, fn, errors=(Exception,)):
+    """``fn()`` run on rank 0 alone, its result on every rank: a file (a checkpoint) that only
+    rank 0 can see, on a cluster without a shared file system.
+
+    The result travels pickled through ``broadcast_bytes`` (rank 0's own objects, from the same
+    program: never bytes from a file). If fn raises one of `errors`, every rank raises (rank 0
+    that error, the others a DistError saying so), as ``root_first``."""
+    if comm.size == 1:
+        return fn()
+    payload, error = b"", None
+    if comm.is_root:
+        try:
+            payload = pickle.dumps(fn(), protocol=pickle.HIGHEST_PROTOCOL)
+        except errors as e:
+            error = e
+    if reduce_flag(comm, error is not None):
+        if error is not None:
+            raise error
+        raise FollowerError(f"rank {comm.rank}: stopping because rank 0 could not read what every "
+                        "rank needs (its message says why)")
+    return pickle.loads(broadcast_bytes(comm, payload))
 
 
 def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=np.float32):

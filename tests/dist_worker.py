@@ -2,6 +2,10 @@
 
     mpiexec -n 3 python tests/dist_worker.py OUT_DIR STEPS [--resume STATE.npz] [--dist KIND]
 
+--resume: rank 0 alone reads the file (``distributed.root_reads``); the other ranks may be given a
+path they cannot read. IGC_NP_TEST_RAISE="RANK,STEP" makes rank RANK raise a ValueError before
+its step STEP (a rank failing mid-run).
+
 Trains a tiny resnet_igc in float64 on random 8x8 images with ``distributed.dp_step`` for STEPS
 batches (batch 8 of 23 images: the epoch ends on an uneven batch of 7), continuing from
 STATE.npz if given. Every rank compares its final state with rank 0's (broadcast), the verdict
@@ -73,7 +77,10 @@ def run(comm, steps, micro_batches=1, state=None, device="cpu"):
         step, rng_state = int(state["step"]), json.loads(str(state["rng_state"]))
         sums = np.array(state["sums"])
     source = batches(step, rng_state)
-    for _ in range(steps):
+    fail_rank, fail_step = (int(v) for v in os.environ.get("IGC_NP_TEST_RAISE", "-1,-1").split(","))
+    for i in range(steps):
+        if comm.rank == fail_rank and i == fail_step:
+            raise ValueError(f"rank {comm.rank} failed on purpose before step {i} (IGC_NP_TEST_RAISE)")
         xb, yb, epoch_state = next(source)
         result = distributed.dp_step(model, opt, xb, yb, comm, micro_batches=micro_batches)
         assert result.finite, "the loss became non-finite in the test run"
@@ -93,7 +100,8 @@ def main():
     p.add_argument("--gpus")
     a = p.parse_args()
     comm = distributed.init(a.dist, gpus=a.gpus)
-    state = dict(np.load(a.resume)) if a.resume else None
+    # only rank 0 needs to see the file: it reads it and sends the arrays to the others
+    state = distributed.root_reads(comm, lambda: dict(np.load(a.resume))) if a.resume else None
     final = run(comm, a.steps, state=state, device="cuda" if a.gpus else "cpu")
     # every rank must hold the same bits: compare with rank 0's, through the communicator
     mine = np.concatenate([np.asarray(final[n], dtype=np.float64).reshape(-1)

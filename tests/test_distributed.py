@@ -355,6 +355,81 @@ def test_mpi_resume_on_another_world_size_stays_exact(tmp_path):
     assert int(first["step"]) == 2 and _equal_states(first, got) != []
 
 
+def _worker_env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    env.pop("IGC_NP_THREADS", None)
+    return env
+
+
+@needs_mpi
+def test_an_error_on_one_rank_ends_every_rank_within_seconds(tmp_path):
+    """Rank 1 raises before its step 2 while rank 0 waits in the step's all-reduce: rank 1's
+    traceback is printed once and MPI_Abort ends the job (before: rank 0 waited forever)."""
+    t0 = time.monotonic()
+    p = subprocess.run(["mpiexec", "-n", "2", sys.executable, WORKER, str(tmp_path / "out"), "50"],
+                       env=_worker_env(IGC_NP_TEST_RAISE="1,2"), capture_output=True, text=True,
+                       timeout=120)
+    seconds = time.monotonic() - t0
+    assert p.returncode != 0 and not (tmp_path / "out").exists()
+    assert p.stderr.count("ValueError: rank 1 failed on purpose before step 2") == 1, p.stderr
+    assert p.stderr.count("rank 1 of 2 failed; stopping every rank:") == 1
+    assert "rank 0 of 2 failed" not in p.stderr
+    assert seconds < 30, f"the job took {seconds:.1f} s to end after rank 1 failed"
+
+
+def test_an_escaping_error_aborts_through_the_communicator(monkeypatch, capsys):
+    aborted = []
+
+    class Rank1Of2(dist.SingleProcess):
+        rank, size = 1, 2
+
+        def abort(self, status=1):
+            aborted.append(status)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(dist, "_active", None)
+    dist.abort_on_error(Rank1Of2())
+    try:
+        raise ValueError("bad shard")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert aborted == [1] and err.startswith("rank 1 of 2 failed; stopping every rank:")
+    assert err.count("ValueError: bad shard") == 1
+    dist.abort_if_distributed(0)  # success: nothing happens
+    dist.abort_if_distributed(2)  # a caught error, exit status 2: every rank ends
+    assert aborted == [1, 2]
+
+
+def test_broadcast_bytes_and_root_reads_on_one_process():
+    comm = dist.SingleProcess()
+    data = bytes(range(256)) * 3 + b"\xff\xf8\x00"  # NaN bit patterns among them
+    assert dist.broadcast_bytes(comm, data) == data
+    assert dist.root_reads(comm, lambda: {"a": np.arange(3)})["a"].tolist() == [0, 1, 2]
+
+
+@needs_mpi
+def test_a_resume_reads_the_file_on_rank_0_only(tmp_path):
+    """No shared file system: rank 1 is given a path that does not exist on its side; rank 0
+    reads the state and sends it; the run equals the resume that every rank could read."""
+    first = _mpiexec(2, tmp_path / "two", 2)
+    state = str(tmp_path / "two" / "state.npz")
+    missing = str(tmp_path / "only-on-rank-0" / "state.npz")
+    out = tmp_path / "resumed"
+    cmd = ["mpiexec", "-n", "1", sys.executable, WORKER, str(out), "3", "--resume", state, ":",
+           "-n", "1", sys.executable, WORKER, str(out), "3", "--resume", missing]
+    p = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    got = dict(np.load(out / "state.npz"))
+    assert int(got["step"]) == 5 and bool(got["identical"])
+    twin = dist_worker.run(dist.SingleProcess(), 3, micro_batches=2, state=first)
+    assert _equal_states(twin, got) == []
+    # and when rank 0 cannot read it either, every rank stops with rank 0's error
+    p = subprocess.run(["mpiexec", "-n", "2", sys.executable, WORKER, str(out), "3", "--resume",
+                        missing], env=_worker_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and p.stderr.count("No such file or directory") == 1, p.stderr
+    assert "rank 0 of 2 failed" in p.stderr and "rank 1" not in p.stderr  # rank 0's error, once
+
+
 # --------------------------------------------------------------------------------------------
 # NCCL against a fake cupy.cuda.nccl (threads as ranks, bytes moved through raw pointers)
 # --------------------------------------------------------------------------------------------
