@@ -55,8 +55,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend
+from . import backend, training
+from . import functional as F
 from .autograd import Tensor
+from .ops import parallel
 
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "FollowerError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
@@ -341,7 +343,6 @@ def set_threads(n):
     count (and its pool); the variable is set too, for child processes.
     """
     global _blas_limit
-    from .ops import parallel
     n = parallel.set_threads(max(1, int(n)))
     os.environ["IGC_NP_THREADS"] = str(n)
     try:
@@ -542,60 +543,86 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
             global_batch=None):
     """One data-parallel training step; returns a StepResult (the same on every rank).
 
-    xb (B, C, H, W), yb (B,): arrays (NumPy, CuPy) or Tensors; the global batch, of which this rank uses ``slice_of(B, rank,
-    size)``; or, with ``global_batch=B``, this rank's slice already (a loader that builds only
-    its rows). micro_batches K: the rank's slice is cut into K pieces run one after another
-    (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits, labels) -> mean loss
-    Tensor (default cross entropy). stop: this rank wants to stop after this step (Ctrl-C,
-    SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with the metrics,
-    so all ranks stop after the same batch.
+    xb (B, C, H, W), yb (B,): arrays (NumPy, CuPy) or Tensors; the global batch, of which this
+    rank uses ``slice_of(B, rank, size)``; or, with ``global_batch=B``, this rank's slice already
+    (a loader that builds only its rows). micro_batches K: the rank's slice is cut into K pieces
+    run one after another (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits,
+    labels) -> mean loss Tensor (default cross entropy). stop: this rank wants to stop after this
+    step (Ctrl-C, SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with
+    the metrics, so all ranks stop after the same batch.
+
+    One process and one piece is ``training.train_step`` itself (the update is then applied
+    whatever the loss; ``finite`` reports it, as the one-process trainer checks it).
     """
-    from . import functional as F
     loss_fn = loss_fn or F.cross_entropy
     xb, yb = (v.data if isinstance(v, Tensor) else v for v in (xb, yb))  # arrays, any device
     K, P = int(micro_batches), comm.size
     if K < 1:
         raise ValueError(f"dp_step: micro_batches must be >= 1, got {micro_batches}")
     B = len(xb) if global_batch is None else int(global_batch)
-    mine = slice_of(B, comm.rank, P)
-    if global_batch is not None:
+    mine = _rows_of_this_rank(xb, yb, comm, B, global_batch is not None)
+    if P == 1 and K == 1 and loss_fn is F.cross_entropy:
+        return _train_step(model, optimizer, xb, yb, stop)
+
+    buffers = _bn_buffers(model)
+    start = [getattr(m, key).copy() for m, key in buffers]
+    sums, grads, stats = _run_pieces(model, optimizer, xb, yb, mine, K, B, loss_fn, buffers, start)
+    sums, stop, finite = _reduce_metrics(comm, sums, stop)
+    if not finite:  # leave the model exactly as it was before this step
+        _set_statistics(buffers, start)
+        optimizer.zero_grad()
+        return StepResult(sums, stop, finite)
+    # one buffer, one reduction: the gradients and the running statistics together
+    xp = backend.get_array_module(model.device)
+    total = comm.allreduce(xp.concatenate([grads, stats]))
+    pieces = sum(1 for r in range(P) for k in range(K)
+                 if _piece_rows(B, r, P, k, K) > 0)  # the same count on every rank
+    _apply_reduction(total, optimizer.params, buffers, start, pieces)
+    optimizer.step()
+    return StepResult(sums, stop, finite)
+
+
+def _rows_of_this_rank(xb, yb, comm, B, given_slice):
+    """This rank's rows of the global batch of B (a slice of xb), with the arguments checked."""
+    mine = slice_of(B, comm.rank, comm.size)
+    if given_slice:
         if len(xb) != mine.stop - mine.start:
-            raise ValueError(f"dp_step: rank {comm.rank} of {P} should get rows {mine.start}.."
+            raise ValueError(f"dp_step: rank {comm.rank} of {comm.size} should get rows {mine.start}.."
                              f"{mine.stop} ({mine.stop - mine.start}) of the global batch of {B}, "
                              f"got {len(xb)} rows")
         mine = slice(0, len(xb))
     if len(yb) != len(xb):
         raise ValueError(f"dp_step: {len(xb)} images but {len(yb)} labels")
+    return mine
+
+
+def _train_step(model, optimizer, xb, yb, stop):
+    """One process, one piece: ``training.train_step``, and the metric sums it leaves."""
     device = model.device
-    params = optimizer.params
+    loss, logits = training.train_step(model, optimizer, Tensor(xb, device=device),
+                                       Tensor(yb, device=device))
+    sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
+    return StepResult(sums, bool(stop), bool(np.isfinite(sums[0])))
 
-    if P == 1 and K == 1:  # one process, one piece: exactly the plain step, no copies
-        x, y = Tensor(xb, device=device), Tensor(yb, device=device)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
-        finite = bool(np.isfinite(sums[0]))
-        if finite:
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return StepResult(sums, bool(stop), finite)
 
+def _run_pieces(model, optimizer, xb, yb, mine, K, B, loss_fn, buffers, start):
+    """Forward and backward of this rank's K pieces; returns (metric sums, the gradients of all
+    parameters summed over the pieces, the pieces' running statistics summed), the last two
+    as flat buffers. Piece j of n_j rows back-propagates (n_j / B) * its mean loss; every piece
+    starts from the running statistics `start`."""
+    device, params = model.device, optimizer.params
     xp = backend.get_array_module(device)
-    buffers = _bn_buffers(model)
-    start = [getattr(m, key).copy() for m, key in buffers]
     dtype = np.result_type(*[p.dtype for p in params], *[s.dtype for s in start])
     rows = mine.stop - mine.start
-    sums, acc, bn_acc = np.zeros(4), None, None
+    sums, grads, stats = np.zeros(4), None, None
     for k in range(K):
         piece = slice_of(rows, k, K)
         n = piece.stop - piece.start
         if n == 0:  # fewer rows than pieces (a small last batch): this piece adds nothing
             continue
         lo, hi = mine.start + piece.start, mine.start + piece.stop
-        if acc is not None:  # every piece starts from the same running statistics
-            for (m, key), s in zip(buffers, start):
-                _assign(getattr(m, key), s)
+        if grads is not None:  # every piece starts from the same running statistics
+            _set_statistics(buffers, start)
         optimizer.zero_grad()
         logits = model(Tensor(xb[lo:hi], device=device))
         loss = loss_fn(logits, Tensor(yb[lo:hi], device=device))
@@ -603,39 +630,41 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
         sums += _sums(value, logits.numpy(), backend.to_device(yb[lo:hi], "cpu"))
         if np.isfinite(value):  # else the step is skipped anyway: no need for a backward pass
             (loss * (n / B)).backward()
-        grads = _flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype) for p in params],
-                         xp, dtype)
-        stats = _flatten([getattr(m, key) for m, key in buffers], xp, dtype)
-        if acc is None:
-            acc, bn_acc = grads, stats
+        g = _flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype) for p in params],
+                     xp, dtype)
+        st = _flatten([getattr(m, key) for m, key in buffers], xp, dtype)
+        if grads is None:
+            grads, stats = g, st
         else:  # pieces in order, as ordered_sum
-            acc += grads
-            bn_acc += stats
-    if acc is None:  # this rank has no rows at all: it still takes part in every collective
-        acc = xp.zeros(sum(p.size for p in params), dtype)
-        bn_acc = xp.zeros(sum(s.size for s in start), dtype)
+            grads += g
+            stats += st
+    if grads is None:  # this rank has no rows at all: it still takes part in every collective
+        grads = xp.zeros(sum(p.size for p in params), dtype)
+        stats = xp.zeros(sum(s.size for s in start), dtype)
+    return sums, grads, stats
 
+
+def _reduce_metrics(comm, sums, stop):
+    """(global metric sums, some rank asked to stop, the global loss is finite): one reduction."""
     small = comm.allreduce(np.concatenate([sums, [float(bool(stop))]]))
-    sums, stop, finite = small[:4].copy(), bool(small[4] > 0), bool(np.isfinite(small[0]))
-    if not finite:  # leave the model exactly as it was before this step
-        for (m, key), s in zip(buffers, start):
-            _assign(getattr(m, key), s)
-        optimizer.zero_grad()
-        return StepResult(sums, stop, finite)
+    return small[:4].copy(), bool(small[4] > 0), bool(np.isfinite(small[0]))
 
-    # one buffer, one reduction: the gradients and the running statistics together
-    total = comm.allreduce(xp.concatenate([acc, bn_acc]))
-    pieces = sum(1 for r in range(P) for k in range(K)
-                 if _piece_rows(B, r, P, k, K) > 0)  # the same count on every rank
+
+def _set_statistics(buffers, values):
+    for (m, key), v in zip(buffers, values):  # plain arrays, in place: the modules see them
+        _assign(getattr(m, key), v)
+
+
+def _apply_reduction(total, params, buffers, start, pieces):
+    """The reduced flat buffer back into the parameters' gradients and, averaged over the
+    `pieces` non-empty pieces of all ranks, into the running statistics."""
     offset = 0
     for p in params:
         p.grad = total[offset:offset + p.size].reshape(p.shape).astype(p.dtype, copy=False)
         offset += p.size
-    for (m, key), s in zip(buffers, start):  # plain arrays, in place: the modules see them
+    for (m, key), s in zip(buffers, start):
         _assign(getattr(m, key), (total[offset:offset + s.size] / pieces).reshape(s.shape))
         offset += s.size
-    optimizer.step()
-    return StepResult(sums, stop, finite)
 
 
 def _piece_rows(B, r, P, k, K):
@@ -646,8 +675,7 @@ def _piece_rows(B, r, P, k, K):
 
 def _sums(loss, logits, labels):
     """training.Metrics' sums of one piece: [loss * rows, rows, top-1 hits, top-5 hits]."""
-    from .training import Metrics
-    m = Metrics()
+    m = training.Metrics()
     m.update(loss, logits, labels)
     return m.sums
 
@@ -719,11 +747,10 @@ def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=n
 
     Same arguments as ``training.evaluate`` plus `comm`; every rank gets the same Metrics.
     """
-    from .training import Metrics, evaluate as evaluate_one
     part = slice_of(len(x), comm.rank, comm.size)
-    local = evaluate_one(model, x[part], y[part], mean, std, batch_size, device, dtype) \
-        if part.stop > part.start else Metrics()
-    return Metrics(reduce_sums(comm, local.sums))
+    local = training.evaluate(model, x[part], y[part], mean, std, batch_size, device, dtype) \
+        if part.stop > part.start else training.Metrics()
+    return training.Metrics(reduce_sums(comm, local.sums))
 
 
 # Signals (SIGINT, SIGTERM, SIGUSR1) are caught by training.GracefulInterrupt; a loop passes its

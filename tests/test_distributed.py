@@ -89,13 +89,17 @@ def _data(steps=3, seed=5):
     return [next(gen)[:2] for _ in range(steps)]
 
 
-def test_one_rank_one_piece_is_the_plain_step_bit_for_bit():
+def test_one_rank_one_piece_is_the_plain_step_bit_for_bit(monkeypatch):
+    from igc_np import training
     data = _data()
     model_a, opt_a = dist_worker.make_model()
     _plain_steps(model_a, opt_a, data)
     model_b, opt_b = dist_worker.make_model()
+    calls, real = [], training.train_step
+    monkeypatch.setattr(training, "train_step", lambda *a: calls.append(1) or real(*a))
     for xb, yb in data:
         r = dist.dp_step(model_b, opt_b, xb, yb, dist.SingleProcess())
+    assert len(calls) == len(data)  # the one-process case is training.train_step itself
     a = dist_worker.pack(model_a, opt_a, 0, {}, np.zeros(4))
     b = dist_worker.pack(model_b, opt_b, 0, {}, np.zeros(4))
     assert _equal_states(a, b) == []
