@@ -179,11 +179,13 @@ gpu_tests() {
     HYPOTHESIS_PROFILE=ci "$PY" -m pytest -q -rs -p no:cacheprovider \
         tests/test_kernels_cuda.py tests/test_kernels_cuda_fused.py tests/test_devices.py \
         tests/test_kernels_nvrtc.py tests/test_nvrtc_discovery.py \
+        --deselect tests/test_nvrtc_discovery.py::test_the_cuda13_wheel_layout_is_found_with_its_builtins \
         "tests/test_distributed.py::test_nccl_on_real_gpus_equals_the_micro_batch_twin" \
         | tee "$WORK/gpu_tests.txt"
     local rc=${PIPESTATUS[0]}
     # expected skips: test_devices' CPU-only check, the 2-GPU NCCL test on one GPU, ptxas absent
-    local expected="a GPU is present|ptxas|pip cannot fetch"
+    # (the CUDA 13 venv test is left out: it needs the network, and CuPy's own wheels test it here)
+    local expected="a GPU is present|ptxas"
     [ "$gpus" -lt 2 ] && expected="$expected|at least 2 GPUs"
     local unexpected
     unexpected=$(grep "^SKIPPED" "$WORK/gpu_tests.txt" | grep -Ev "$expected")

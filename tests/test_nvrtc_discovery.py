@@ -67,7 +67,7 @@ def test_the_cuda13_wheel_layout_is_found_with_its_builtins(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     try:
         got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                              "--disable-pip-version-check", "--target", site,
+                              "--disable-pip-version-check", "--retries", "0", "--timeout", "20", "--target", site,
                               "nvidia-cuda-nvrtc>=13,<14", "cuda-pathfinder>=1.3.4"],
                              capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
