@@ -422,13 +422,28 @@ def abort_on_error(comm):
     sys.excepthook = hook
 
 
-def abort_if_distributed(status=1):
+def abort_if_distributed(status=1, error=None):
     """For a program that catches its own errors (one line instead of a traceback) and then
     exits with `status` != 0: when this process is one of several ranks, end them all now;
-    otherwise return. Call it after printing the error."""
-    if status and _active is not None and _active.size > 1:
-        print(f"(rank {_active.rank} of {_active.size}: stopping every rank)", file=sys.stderr)
-        _active.abort(status)
+    otherwise return. Call it after printing the error. An `error` that every rank already
+    knows of (``root_first`` / ``root_reads``: rank 0's error, the others' FollowerError) needs
+    no abort: all ranks leave together, each with its status."""
+    if not status or _active is None or _active.size == 1:
+        return
+    if error is not None and (isinstance(error, FollowerError)
+                              or getattr(error, "_igc_np_every_rank_knows", False)):
+        return
+    print(f"(rank {_active.rank} of {_active.size}: stopping every rank)", file=sys.stderr)
+    _active.abort(status)
+
+
+def _known_to_every_rank(error):
+    """Mark rank 0's error once every rank has learnt (by a reduction) that it failed."""
+    try:
+        error._igc_np_every_rank_knows = True
+    except AttributeError:  # an exception type with __slots__: abort_if_distributed aborts
+        pass
+    return error
 
 
 def _parse_gpus(gpus):
@@ -702,7 +717,7 @@ def root_first(comm, fn, errors=(Exception,)):
             error = e
     if reduce_flag(comm, error is not None):
         if error is not None:
-            raise error
+            raise _known_to_every_rank(error)
         raise FollowerError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
 
 
@@ -736,7 +751,7 @@ def root_reads(comm, fn, errors=(Exception,)):
             error = e
     if reduce_flag(comm, error is not None):
         if error is not None:
-            raise error
+            raise _known_to_every_rank(error)
         raise FollowerError(f"rank {comm.rank}: stopping because rank 0 could not read what every "
                         "rank needs (its message says why)")
     return pickle.loads(broadcast_bytes(comm, payload))
@@ -778,15 +793,16 @@ def _die_with_parent():
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
+def spawn(gpus, argv, nccl=None, grace_s=3.0, executable=None):
     """Run ``python argv...`` once per GPU id (NCCL ranks) and wait; returns the exit status.
 
     Each child gets ``IGC_NP_DIST_RANK/SIZE/LOCAL_RANK``, the NCCL unique id made here, and its
     share of the cores in ``IGC_NP_THREADS``; ``init("auto")`` in the child reads them. The
     children run in their own process group, so a terminal's Ctrl-C reaches this parent only,
-    which forwards SIGINT, SIGTERM and SIGUSR1 to every child exactly once. When a child fails,
-    the others (which would wait forever in a collective) get SIGTERM, then SIGKILL after
-    `grace_s` seconds. The status is the one of the first child that failed, else 0.
+    which forwards SIGINT, SIGTERM and SIGUSR1 to every child exactly once. When a child fails
+    (it printed its error), the others, which would wait forever in a collective and cannot
+    save anything, get SIGTERM, then SIGKILL after `grace_s` seconds; this parent says once
+    which rank failed. The status is the one of the first child that failed, else 0.
     """
     gpu_ids = _parse_gpus(gpus)
     if not gpu_ids:
@@ -799,7 +815,10 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
     threads = threads_per_rank(size)
     children = []
 
+    forwarded = []  # after a forwarded signal every rank stops by itself (rank 0 saves)
+
     def forward(signum, frame):
+        forwarded.append(signum)
         for c in children:
             if c.poll() is None:
                 c.send_signal(signum)
@@ -821,8 +840,12 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
             for i, c in enumerate(children):
                 if codes[i] is None:
                     codes[i] = c.poll()
-                    if codes[i] not in (None, 0) and failed_at is None:
-                        failed_at, status = time.monotonic(), codes[i]
+                    if codes[i] not in (None, 0) and not status:
+                        status = codes[i]
+                    if codes[i] not in (None, 0) and failed_at is None and not forwarded:
+                        failed_at = time.monotonic()
+                        print(f"rank {i} (GPU {gpu_ids[i]}) failed with exit status {codes[i]}: "
+                              "stopping the other ranks", file=sys.stderr)
                         for other in children:
                             if other.poll() is None:
                                 other.terminate()

@@ -699,6 +699,48 @@ def test_spawn_returns_the_failing_rank_status_and_stops_the_others(tmp_path):
         dist.spawn("0,0", ["-c", "pass"], nccl=FakeNccl())
 
 
+STUCK = """
+import os, signal, sys, time
+if os.environ["IGC_NP_DIST_RANK"] == "1":
+    time.sleep(0.5)
+    sys.exit("rank 1: bad batch")
+signal.signal(signal.SIGTERM, lambda s, f: None)  # as a trainer blocked in an NCCL collective
+time.sleep(120)
+"""
+
+
+def test_a_failing_gpu_rank_ends_the_others_within_seconds(capsys):
+    """Rank 1 fails; rank 0 ignores SIGTERM (its handler only sets a flag while it waits in a
+    collective): SIGKILL follows after the grace, and the parent names the failed rank once."""
+    t0 = time.monotonic()
+    assert dist.spawn([0, 1], ["-c", STUCK], nccl=FakeNccl()) == 1
+    seconds = time.monotonic() - t0
+    assert seconds < 10, f"{seconds:.1f} s"
+    err = capsys.readouterr().err
+    assert err.count("rank 1 (GPU 1) failed with exit status 1: stopping the other ranks") == 1
+
+
+def test_an_error_every_rank_knows_of_needs_no_abort(monkeypatch):
+    aborted = []
+
+    class Rank0Of2(dist.SingleProcess):
+        rank, size = 0, 2
+
+        def allreduce(self, buf):
+            return buf
+
+        def abort(self, status=1):
+            aborted.append(status)
+    monkeypatch.setattr(dist, "_active", Rank0Of2())
+    with pytest.raises(OSError) as e:  # root_first: rank 0's error, after the reduction
+        dist.root_first(Rank0Of2(), lambda: (_ for _ in ()).throw(OSError("disk full")), (OSError,))
+    dist.abort_if_distributed(1, e.value)  # every rank leaves by itself
+    dist.abort_if_distributed(1, dist.FollowerError("rank 1: stopping because rank 0 failed"))
+    assert aborted == []
+    dist.abort_if_distributed(1, ValueError("only here"))  # no other rank knows: abort them all
+    assert aborted == [1]
+
+
 FORWARDED = """
 import os, signal, sys, time
 out, rank = sys.argv[1], os.environ["IGC_NP_DIST_RANK"]
