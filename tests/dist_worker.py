@@ -144,7 +144,8 @@ def load_trainer():
 def trainer_main(argv):
     """``dist_worker.py trainer ARGS``: examples/cifar10_igc.py's main(ARGS) on this rank, where
     IGC_NP_TEST_SIGNAL="STEP,RANK,NAME" raises signal NAME on rank RANK right after its
-    optimizer step number STEP (a signal on one rank only, at a known batch)."""
+    optimizer step number STEP (a signal on one rank only, at a known batch); NAME "RAISE" makes
+    it raise a RuntimeError there instead."""
     import signal
     from igc_np import optim as optim_module
     trainer = load_trainer()
@@ -157,6 +158,8 @@ def trainer_main(argv):
             real_step(self)
             calls.append(1)
             if len(calls) == int(at) and os.environ.get("PMI_RANK", "0") == rank:
+                if name == "RAISE":  # a rank failing mid-run instead
+                    raise RuntimeError(f"rank {rank} failed on purpose after step {at}")
                 signal.raise_signal(getattr(signal, name))
         optim_module.SGD.step = step_then_signal
     return trainer.main(argv)

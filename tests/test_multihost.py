@@ -70,6 +70,10 @@ class TwoHosts:
         self.veth = {"hostA": f"igcvA{tag}", "hostB": f"igcvB{tag}"}
         self.addr = {"hostA": f"10.200.{net}.1", "hostB": f"10.200.{net}.2"}
         self.made, self.tmp = [], tmp
+
+    def make(self):
+        """Create both namespaces, the link, the hosts files and the ssh stand-in (OSError if not)."""
+        tmp = self.tmp
         A, B = self.ns["hostA"], self.ns["hostB"]
         self._ip("netns", "add", A)
         self.made.append(A)
@@ -79,7 +83,7 @@ class TwoHosts:
         hosts = "127.0.0.1 localhost\n" + "".join(f"{a} {h}\n" for h, a in self.addr.items())
         for h in ("hostA", "hostB"):
             ns, dev = self.ns[h], self.veth[h]
-            self._ip("link", "set", dev, "netns", ns)
+            self._ip("link", "set", dev, "netns", ns)  # the pair goes when its namespace goes
             self._ip("-n", ns, "addr", "add", f"{self.addr[h]}/24", "dev", dev)
             self._ip("-n", ns, "link", "set", dev, "up")
             self._ip("-n", ns, "link", "set", "lo", "up")
@@ -104,6 +108,8 @@ class TwoHosts:
         for ns in self.made:  # deleting a namespace deletes its end of the veth, and so the pair
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+        # a pair left outside the namespaces (a failure half-way): gone with either end
+        subprocess.run(["ip", "link", "del", self.veth["hostA"]], capture_output=True, timeout=30)
 
     def link_bytes(self):
         """Bytes received on hostB's end of the link."""
@@ -129,14 +135,15 @@ def hosts(tmp_path_factory):
     why = _cannot_make_namespaces()
     if why:
         pytest.skip(f"two stand-in hosts cannot be made here: {why}")
+    two = TwoHosts(str(tmp_path_factory.mktemp("hosts")))
     try:
-        two = TwoHosts(str(tmp_path_factory.mktemp("hosts")))
-    except OSError as e:
-        pytest.skip(f"two stand-in hosts cannot be made here: {e}")
-    try:
+        try:
+            two.make()
+        except OSError as e:
+            pytest.skip(f"two stand-in hosts cannot be made here: {e}")
         yield two
     finally:
-        two.close()
+        two.close()  # whatever was made
 
 
 HELLO = """
