@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from igc_np import distributed, nets, optim  # noqa: E402
-from igc_np.data import iterate_batches  # noqa: E402
+from igc_np import nets, optim  # noqa: E402
+from igc_np.app import distributed  # noqa: E402
+from igc_np.app.data import iterate_batches  # noqa: E402
 
 N_IMAGES, BATCH = 23, 8
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import igc_np as ig
-from igc_np import distributed as dist
+from igc_np.app import distributed as dist
 from igc_np import functional as F, nn, optim
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -90,16 +90,15 @@ def _data(steps=3, seed=5):
 
 
 def test_one_rank_one_piece_is_the_plain_step_bit_for_bit(monkeypatch):
-    from igc_np import training
     data = _data()
     model_a, opt_a = dist_worker.make_model()
     _plain_steps(model_a, opt_a, data)
     model_b, opt_b = dist_worker.make_model()
-    calls, real = [], training.train_step
-    monkeypatch.setattr(training, "train_step", lambda *a: calls.append(1) or real(*a))
+    calls, real = [], dist.train_step
+    monkeypatch.setattr(dist, "train_step", lambda *a: calls.append(1) or real(*a))
     for xb, yb in data:
         r = dist.dp_step(model_b, opt_b, xb, yb, dist.SingleProcess())
-    assert len(calls) == len(data)  # the one-process case is training.train_step itself
+    assert len(calls) == len(data)  # the one-process case is igc_np.step.train_step itself
     a = dist_worker.pack(model_a, opt_a, 0, {}, np.zeros(4))
     b = dist_worker.pack(model_b, opt_b, 0, {}, np.zeros(4))
     assert _equal_states(a, b) == []

@@ -55,10 +55,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, training
-from . import functional as F
-from .autograd import Tensor
-from .ops import parallel
+from .. import backend
+from .. import functional as F
+from ..autograd import Tensor
+from ..ops import parallel
+from ..step import train_step
+from .data import slice_of
+from .evaluation import Metrics
+from .evaluation import evaluate as evaluate_one
 
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "FollowerError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
@@ -517,16 +521,6 @@ def _decode_id(text):
 # --------------------------------------------------------------------------------------------
 # The data-parallel step
 # --------------------------------------------------------------------------------------------
-def slice_of(batch_size, rank, size):
-    """Rows of a `batch_size` batch that rank `rank` of `size` takes: contiguous, near-equal.
-
-    Rank r gets [B*r//P, B*(r+1)//P): sizes differ by at most one, the larger ones last.
-    """
-    if size < 1 or not 0 <= rank < size:
-        raise ValueError(f"slice_of: rank {rank} is not in 0..{size - 1}")
-    return slice(batch_size * rank // size, batch_size * (rank + 1) // size)
-
-
 @dataclass
 class StepResult:
     """What ``dp_step`` returns, identical on every rank.
@@ -566,7 +560,7 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
     step (Ctrl-C, SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with
     the metrics, so all ranks stop after the same batch.
 
-    One process and one piece is ``training.train_step`` itself (the update is then applied
+    One process and one piece is ``igc_np.step.train_step`` itself (the update is then applied
     whatever the loss; ``finite`` reports it, as the one-process trainer checks it).
     """
     loss_fn = loss_fn or F.cross_entropy
@@ -612,9 +606,9 @@ def _rows_of_this_rank(xb, yb, comm, B, given_slice):
 
 
 def _train_step(model, optimizer, xb, yb, stop):
-    """One process, one piece: ``training.train_step``, and the metric sums it leaves."""
+    """One process, one piece: ``igc_np.step.train_step``, and the metric sums it leaves."""
     device = model.device
-    loss, logits = training.train_step(model, optimizer, Tensor(xb, device=device),
+    loss, logits = train_step(model, optimizer, Tensor(xb, device=device),
                                        Tensor(yb, device=device))
     sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
     return StepResult(sums, bool(stop), bool(np.isfinite(sums[0])))
@@ -690,7 +684,7 @@ def _piece_rows(B, r, P, k, K):
 
 def _sums(loss, logits, labels):
     """training.Metrics' sums of one piece: [loss * rows, rows, top-1 hits, top-5 hits]."""
-    m = training.Metrics()
+    m = Metrics()
     m.update(loss, logits, labels)
     return m.sums
 
@@ -763,9 +757,9 @@ def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=n
     Same arguments as ``training.evaluate`` plus `comm`; every rank gets the same Metrics.
     """
     part = slice_of(len(x), comm.rank, comm.size)
-    local = training.evaluate(model, x[part], y[part], mean, std, batch_size, device, dtype) \
-        if part.stop > part.start else training.Metrics()
-    return training.Metrics(reduce_sums(comm, local.sums))
+    local = evaluate_one(model, x[part], y[part], mean, std, batch_size, device, dtype) \
+        if part.stop > part.start else Metrics()
+    return Metrics(reduce_sums(comm, local.sums))
 
 
 # Signals (SIGINT, SIGTERM, SIGUSR1) are caught by training.GracefulInterrupt; a loop passes its
