@@ -931,6 +931,45 @@ def test_trainer_ranks_stop_together_on_a_signal_to_one_rank(tmp_path, monkeypat
                              tmp_path / "micro" / "model-0003.npz") == []
 
 
+@needs_mpi
+@pytest.mark.xfail(strict=True, reason="needs igc_np/app/cli.py run_command to call "
+                   "distributed.abort_if_distributed(status, e) after printing an error (reported "
+                   "to house): until then the trainer's other ranks wait forever")
+def test_trainer_rank_failing_mid_run_ends_every_rank(tmp_path):
+    env = _worker_env(IGC_NP_TEST_SIGNAL="7,1,RAISE")
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(["mpiexec", "-n", "2", sys.executable, WORKER, "trainer", *TRAINER,
+                            "--num-epochs", "3", "--output-dir", str(tmp_path / "out")],
+                           env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank still waited 30 s after rank 1 failed")
+    assert p.returncode != 0 and time.monotonic() - t0 < 30
+    assert p.stderr.count("rank 1 failed on purpose after step 7") == 1, p.stderr
+
+
+@needs_mpi
+@pytest.mark.xfail(strict=True, reason="needs examples/cifar10_igc.py to read the checkpoint through "
+                   "distributed.root_reads (reported to house): today every rank opens the file")
+def test_trainer_resume_needs_the_file_on_rank_0_only(tmp_path):
+    _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "1")
+    ckpt = str(tmp_path / "ranks" / "model-0001.npz")
+    rest = [*TRAINER, "--num-epochs", "2", "--output-dir", str(tmp_path / "ranks")]
+    try:
+        p = subprocess.run(["mpiexec", "-n", "1", sys.executable, WORKER, "trainer", *rest, "--resume",
+                            ckpt, ":", "-n", "1", sys.executable, WORKER, "trainer", *rest, "--resume",
+                            str(tmp_path / "not-on-rank-1" / "model-0001.npz")],
+                           env=_worker_env(), capture_output=True, text=True, timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks still waited 40 s after rank 1 could not open its path")
+    assert p.returncode == 0, p.stderr
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "1", "--micro-batches", "2") == 0
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "2", "--load-epoch", "1",
+                         "--micro-batches", "2") == 0
+    assert _same_checkpoints(tmp_path / "ranks" / "model-0002.npz",
+                             tmp_path / "micro" / "model-0002.npz") == []
+
+
 def test_root_first_makes_every_rank_leave_when_rank_0_fails():
     def refuse():
         raise OSError("no space left")

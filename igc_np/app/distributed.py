@@ -67,6 +67,7 @@ from .evaluation import evaluate as evaluate_one
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "FollowerError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
            "root_first", "abort_on_error", "abort_if_distributed", "root_reads", "broadcast_bytes",
+           "launcher_comm",
            "evaluate", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
@@ -448,6 +449,14 @@ def _known_to_every_rank(error):
     except AttributeError:  # an exception type with __slots__: abort_if_distributed aborts
         pass
     return error
+
+
+def launcher_comm():
+    """The MPI communicator when an MPI launcher started several ranks, else SingleProcess: what
+    a program can use before ``init`` (e.g. ``root_reads`` of the checkpoint its options come
+    from). Ranks started by ``spawn`` share one machine, and its files: SingleProcess."""
+    launcher = launched_by_mpi()
+    return MPI() if launcher and launcher[0] > 1 and ENV_SIZE not in os.environ else SingleProcess()
 
 
 def _parse_gpus(gpus):
