@@ -15,8 +15,12 @@ prints the milliseconds of one call and the ratio ours / cuDNN (below 1: ours is
     PyTorch's batch_norm + relu; SGD over resnet_igc-20's parameters vs torch.optim.SGD (foreach).
 Timing: `--loop` launches back to back between one pair of CUDA events (one call per event pair
 would measure the ~20-40 us of Python launch overhead on these small CIFAR shapes, not the kernel),
-median of `--repeat` such loops. cuDNN runs NCHW and channels_last, and the faster counts. Every
-result is first checked against a float64 reference (igc_np/ops/reference.py; norm-relative error).
+median of `--repeat` such loops; beside it the CPU (Python) time to issue one call, measured on
+the same loops (when it exceeds the GPU time, the op is launch-bound). cuDNN runs NCHW and
+channels_last, both are recorded, and the faster counts. Every result is first checked against a
+float64 reference (igc_np/ops/reference.py; norm-relative error). --json FILE is rewritten after
+every row (a run killed by a time limit keeps what it measured); a row that fails (wrong result,
+refused launch) is recorded with its error and the next row runs; the exit status is then 1.
 --roofline then sets each primary conv timing beside kernel_report.roofline's model of the same
 launch and its roofline (needs ptxas, cuobjdump and nvdisasm).
 
