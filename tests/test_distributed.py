@@ -949,8 +949,8 @@ def test_trainer_rank_failing_mid_run_ends_every_rank(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.xfail(strict=True, reason="needs examples/cifar10_igc.py to read the checkpoint through "
-                   "distributed.root_reads (reported to house): today every rank opens the file")
+@pytest.mark.xfail(strict=True, reason="needs igc_np/app/cli.py resolve_options to read the checkpoint "
+                   "through distributed.root_reads (reported to house): today every rank opens it")
 def test_trainer_resume_needs_the_file_on_rank_0_only(tmp_path):
     _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "1")
     ckpt = str(tmp_path / "ranks" / "model-0001.npz")
