@@ -51,6 +51,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,8 +211,13 @@ class MPI(Communicator):
         return self.comm.bcast(obj, root=root)
 
     def abort(self, status=1):
-        """MPI_Abort on COMM_WORLD: the launcher (mpiexec, srun) kills every rank of the job."""
+        """MPI_Abort on COMM_WORLD: the launcher (mpiexec, srun) kills every rank of the job.
+
+        First a pause of OUTPUT_DRAIN_S: the launcher forwards a rank's output asynchronously
+        and drops what it has not forwarded when the job is killed (measured: the traceback
+        cut after its first line on a loaded machine)."""
         _flush()
+        time.sleep(OUTPUT_DRAIN_S)
         self._mpi.COMM_WORLD.Abort(status)
 
 
@@ -400,6 +406,7 @@ def init(kind="auto", gpus=None, threads=True):
 # --------------------------------------------------------------------------------------------
 _active = None  # the communicator of this process once init() made one of several ranks
 FOLLOWER_WAIT_S = 10.0
+OUTPUT_DRAIN_S = 1.0
 
 
 def abort_on_error(comm):
@@ -419,9 +426,9 @@ def abort_on_error(comm):
         if issubclass(kind, FollowerError):  # rank 0 prints why and aborts the job: give it
             time.sleep(FOLLOWER_WAIT_S)       # the time, then say this much and abort anyway
             print(f"error: {value}", file=sys.stderr)
-        else:
-            print(f"rank {comm.rank} of {comm.size} failed; stopping every rank:", file=sys.stderr)
-            previous(kind, value, tb)
+        else:  # one write: the header and the traceback arrive together
+            sys.stderr.write(f"rank {comm.rank} of {comm.size} failed; stopping every rank:\n"
+                             + "".join(traceback.format_exception(kind, value, tb)))
         comm.abort(1)
     hook._igc_np_abort = True
     sys.excepthook = hook
