@@ -24,13 +24,17 @@ setup(
         # the teaching trainer: embedded digits data set, curves, progress bar, SVHN .mat files
         "examples": EXAMPLES,
         # the test suite: property tests, the trainer end to end, and the NVRTC compile check
-        # of every .cu file (libnvrtc works without a GPU) with cuobjdump/nvdisasm for the SASS report
-        # (those wheels exist for Linux and Windows only), and mpiexec -n 2/3 training runs
-        "test": ["pytest>=7", "hypothesis>=6.80"] + [f"{w}; {NVIDIA_WHEELS}" for w in (
+        # of every .cu file (libnvrtc works without a GPU; cuda-pathfinder finds it, as CuPy 14
+        # does) with cuobjdump/nvdisasm for the SASS report (those wheels exist for Linux and
+        # Windows only), and mpiexec -n 2/3 training runs
+        "test": ["pytest>=7", "hypothesis>=6.80", "cuda-pathfinder>=1.3.4"] + [f"{w}; {NVIDIA_WHEELS}" for w in (
             "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm")] + EXAMPLES + DIST + IMAGENET,
         "dist": DIST,
-        # [ctk]: CuPy's extra that brings NVRTC and the CUDA headers (a driver-only machine lacks both)
+        # [ctk]: CuPy's extra that brings NVRTC and the CUDA headers (a driver-only machine lacks
+        # both). One CuPy per environment: `cuda` for a CUDA 12 driver (>= 525), `cuda13` for a
+        # CUDA 13 driver (>= 580); `nvidia-smi` prints the driver's "CUDA Version".
         "cuda": ["cupy-cuda12x[ctk]>=14,<15"],
+        "cuda13": ["cupy-cuda13x[ctk]>=14,<15"],
         "imagenet": IMAGENET,
     },
 )
