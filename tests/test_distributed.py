@@ -932,9 +932,6 @@ def test_trainer_ranks_stop_together_on_a_signal_to_one_rank(tmp_path, monkeypat
 
 
 @needs_mpi
-@pytest.mark.xfail(strict=True, reason="needs igc_np/app/cli.py run_command to call "
-                   "distributed.abort_if_distributed(status, e) after printing an error (reported "
-                   "to house): until then the trainer's other ranks wait forever")
 def test_trainer_rank_failing_mid_run_ends_every_rank(tmp_path):
     env = _worker_env(IGC_NP_TEST_SIGNAL="7,1,RAISE")
     t0 = time.monotonic()
@@ -949,8 +946,6 @@ def test_trainer_rank_failing_mid_run_ends_every_rank(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.xfail(strict=True, reason="needs igc_np/app/cli.py resolve_options to read the checkpoint "
-                   "through distributed.root_reads (reported to house): today every rank opens it")
 def test_trainer_resume_needs_the_file_on_rank_0_only(tmp_path):
     _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "1")
     ckpt = str(tmp_path / "ranks" / "model-0001.npz")

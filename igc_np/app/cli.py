@@ -60,7 +60,10 @@ def resolve_options(args):
         if path is None:  # --load-epoch: the prefix is given, or derived from the output folder
             prefix = o.get("model_prefix") or os.path.join(guess_output_dir(o), "model")
             path = f"{prefix}-{int(args.load_epoch):04d}.npz"
-        ckpt = load_checkpoint(path)
+        # rank 0 alone reads the file (a cluster need not share a file system); the others get
+        # its contents, or its error
+        ckpt = distributed.root_reads(distributed.launcher_comm(), lambda: load_checkpoint(path),
+                                      (CheckpointError,))
         _take_from_checkpoint(o, ckpt, path)
         if args.resume and "model_prefix" not in o and "output_dir" not in o:
             o["model_prefix"] = prefix_of(args.resume)  # go on beside the file given
@@ -112,24 +115,32 @@ def run_command(body):
     try:
         return body()
     except (OptionError, RunFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CheckpointError, DatasetError, ImportError, DistError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_USAGE, e)
+    except DistError as e:
+        # a FollowerError: rank 0 failed at something every rank needed, and says why itself
+        return _fail(EXIT_ERROR, e, quiet=isinstance(e, distributed.FollowerError))
+    except (CheckpointError, DatasetError, ImportError) as e:
+        return _fail(EXIT_ERROR, e)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
         print("\ninterrupted: quit without saving (checkpoints already on disk are complete)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        print("error: out of memory; try a smaller --batch-size or network", file=sys.stderr)
-        return EXIT_ERROR
+    except MemoryError as e:
+        return _fail(EXIT_ERROR, e, "out of memory; try a smaller --batch-size or network")
     except Exception as e:  # noqa: BLE001 - one line instead of a traceback, unless asked
         if os.environ.get("IGC_NP_DEBUG"):
             raise
-        print(f"error: unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 for the "
-              "traceback, and please report it)", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_ERROR, e, f"unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 "
+                     "for the traceback, and please report it)")
+
+
+def _fail(status, error, text=None, quiet=False):
+    """Print ``error: <text or error>`` (unless quiet); with several ranks, end them all (a rank
+    that stops alone would leave the others waiting forever in the next reduction)."""
+    if not quiet:
+        print(f"error: {error if text is None else text}", file=sys.stderr)
+    distributed.abort_if_distributed(status, error)
+    return status
 
 
 class _QuietPipe:
