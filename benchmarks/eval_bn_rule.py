@@ -8,8 +8,9 @@ Trains each network family with the trainer's short-run protocol (Nesterov SGD, 
 in a run of 1-3 epochs, weight decay 1e-4, batch 64) and, after t updates, tests the same weights
 twice: with the running statistics, and with precise statistics (the plain average of the batch
 statistics of 20 training batches). Prints one row per (data set, network, BN momentum, t): the
-test top-1 of both, the gap, momentum**t (the share of the initial statistics still held), and
-t * (1 - momentum) (how many averaging windows have passed).
+test top-1 of both, the gap, momentum**t (the share of the initial statistics still held),
+t * (1 - momentum) (how many averaging windows have passed), and the distance between the two sets
+of statistics (``statistics_distance``: 0 when they agree).
 
 digits32 is a CIFAR-like stand-in built offline from the 8x8 digits (no CIFAR download here):
 each digit upscaled 3x to 24x24, put at a random place on a 32x32 canvas, with random background
@@ -58,6 +59,21 @@ def digits32(train_size=5000, test_size=1000, seed=0):
     return Dataset("digits32", train_x, train_y, test_x, test_y, 10, mean, std, image_size=32)
 
 
+def statistics_distance(model, saved):
+    """How far the running statistics ``saved`` [(mean, var) per BN] are from the model's current
+    (precise) ones, in the units that matter to a normalised activation: per channel
+    |mean_r - mean_p| / std_p + |log(var_r / var_p)| / 2, averaged over the channels of a layer;
+    the largest over the layers."""
+    worst = 0.0
+    for m, (mean_r, var_r) in zip(training.batch_norms(model), saved):
+        mean_p = np.asarray(m.running_mean, np.float64)
+        var_p = np.asarray(m.running_var, np.float64) + m.eps
+        d = np.abs(np.asarray(mean_r, np.float64) - mean_p) / np.sqrt(var_p) \
+            + np.abs(np.log((np.asarray(var_r, np.float64) + m.eps) / var_p)) / 2
+        worst = max(worst, float(d.mean()))
+    return worst
+
+
 def measure(ds, network, momentum, checkpoints, seed=0, lr=0.1):
     """Rows (t, running top-1, precise top-1) after each t in ``checkpoints`` updates."""
     depth, L, M = FAMILIES[network]
@@ -77,10 +93,13 @@ def measure(ds, network, momentum, checkpoints, seed=0, lr=0.1):
             if t == todo[0]:
                 todo.pop(0)
                 running = training.evaluate_batches(model, data.test_batches()).top1
+                saved = [(m.running_mean.copy(), m.running_var.copy())
+                         for m in training.batch_norms(model)]
                 with training.precise_bn_statistics(model, data.plain_train_batches(20)):
                     precise = training.evaluate_batches(model, data.test_batches()).top1
+                    distance = statistics_distance(model, saved)
                 model.train()
-                rows.append((t, running, precise))
+                rows.append((t, running, precise, distance))
                 if not todo:
                     break
     return rows
@@ -96,17 +115,17 @@ def main(argv=None):
     a = p.parse_args(argv)
     checkpoints = [int(s) for s in a.updates.split(",")]
     print("| data set | network | BN momentum | updates t | running top-1 | precise top-1 | gap "
-          "| momentum**t | t*(1-momentum) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| momentum**t | t*(1-momentum) | distance |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in a.datasets.split(","):
         ds = digits32() if name == "digits32" else load_dataset(name)
         for network in a.families.split(","):
             for momentum in (float(m) for m in a.momenta.split(",")):
                 t0 = time.perf_counter()
-                for t, running, precise in measure(ds, network, momentum, checkpoints, a.seed):
+                for t, running, precise, d in measure(ds, network, momentum, checkpoints, a.seed):
                     print(f"| {name} | {network} | {momentum:g} | {t} | {running:.3f} | "
                           f"{precise:.3f} | {precise - running:+.3f} | {momentum ** t:.2g} | "
-                          f"{t * (1 - momentum):.1f} |", flush=True)
+                          f"{t * (1 - momentum):.1f} | {d:.3f} |", flush=True)
                 print(f"# {name} {network} {momentum:g}: {time.perf_counter() - t0:.0f} s",
                       file=sys.stderr, flush=True)
 
