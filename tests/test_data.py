@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from igc_np import data
+from igc_np.app import data
 from igc_np.data import DatasetError, DatasetNotFoundError, iterate_batches, load_dataset
 
 
