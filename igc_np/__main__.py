@@ -19,10 +19,10 @@ import sys
 import numpy as np
 
 import igc_np as ig
+from igc_np.app.cli import run_command
 from igc_np.app.predict import PredictError, load_images, load_trained, predict, top_k
 from igc_np.emu import loader as emu_loader
 from igc_np.ops import parallel
-from igc_np.training import run_command
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 SCRIPTS = {"train": "cifar10_igc.py", "evaluate": "evaluate.py"}

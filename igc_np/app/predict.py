@@ -27,9 +27,9 @@ import numpy as np
 
 import igc_np as ig
 from igc_np import functional as F
-from igc_np.data import CIFAR, SVHN, load_dataset
-from igc_np.imagenet import IMAGENET_MEAN, IMAGENET_STD, ValTransform
-from igc_np.training import CheckpointError, load_checkpoint, restore
+from igc_np.app.checkpoint import CheckpointError, load_checkpoint, restore
+from igc_np.app.data import CIFAR, SVHN, load_dataset
+from igc_np.app.imagenet import IMAGENET_MEAN, IMAGENET_STD, ValTransform
 
 __all__ = ["InputSpec", "PredictError", "load_trained", "input_spec", "load_images", "predict",
            "top_k", "CLASS_NAMES"]
