@@ -10,7 +10,8 @@ twice: with the running statistics, and with precise statistics (the plain avera
 statistics of 20 training batches). Prints one row per (data set, network, BN momentum, t): the
 test top-1 of both, the gap, momentum**t (the share of the initial statistics still held),
 t * (1 - momentum) (how many averaging windows have passed), and the distance between the two sets
-of statistics (``statistics_distance``: 0 when they agree).
+of statistics (``statistics_distance``: 0 when they agree), and the top-1 and loss of the 20
+training batches themselves in eval mode under either set (what a rule can see without the test set).
 
 digits32 is a CIFAR-like stand-in built offline from the 8x8 digits (no CIFAR download here):
 each digit upscaled 3x to 24x24, put at a random place on a 32x32 canvas, with random background
@@ -93,13 +94,17 @@ def measure(ds, network, momentum, checkpoints, seed=0, lr=0.1):
             if t == todo[0]:
                 todo.pop(0)
                 running = training.evaluate_batches(model, data.test_batches()).top1
+                # what a rule may look at without the test set: the same training images in
+                # eval mode, under either set of statistics
+                train_r = training.evaluate_batches(model, data.plain_train_batches(20))
                 saved = [(m.running_mean.copy(), m.running_var.copy())
                          for m in training.batch_norms(model)]
                 with training.precise_bn_statistics(model, data.plain_train_batches(20)):
                     precise = training.evaluate_batches(model, data.test_batches()).top1
+                    train_p = training.evaluate_batches(model, data.plain_train_batches(20))
                     distance = statistics_distance(model, saved)
                 model.train()
-                rows.append((t, running, precise, distance))
+                rows.append((t, running, precise, distance, train_r, train_p))
                 if not todo:
                     break
     return rows
@@ -115,17 +120,20 @@ def main(argv=None):
     a = p.parse_args(argv)
     checkpoints = [int(s) for s in a.updates.split(",")]
     print("| data set | network | BN momentum | updates t | running top-1 | precise top-1 | gap "
-          "| momentum**t | t*(1-momentum) | distance |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| momentum**t | t*(1-momentum) | distance | train top-1 running / precise "
+          "| train loss running / precise |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.datasets.split(","):
         ds = digits32() if name == "digits32" else load_dataset(name)
         for network in a.families.split(","):
             for momentum in (float(m) for m in a.momenta.split(",")):
                 t0 = time.perf_counter()
-                for t, running, precise, d in measure(ds, network, momentum, checkpoints, a.seed):
+                for t, running, precise, d, tr, tp in measure(ds, network, momentum, checkpoints,
+                                                              a.seed):
                     print(f"| {name} | {network} | {momentum:g} | {t} | {running:.3f} | "
                           f"{precise:.3f} | {precise - running:+.3f} | {momentum ** t:.2g} | "
-                          f"{t * (1 - momentum):.1f} | {d:.3f} |", flush=True)
+                          f"{t * (1 - momentum):.1f} | {d:.3f} | {tr.top1:.3f} / {tp.top1:.3f} "
+                          f"| {tr.loss:.3f} / {tp.loss:.3f} |", flush=True)
                 print(f"# {name} {network} {momentum:g}: {time.perf_counter() - t0:.0f} s",
                       file=sys.stderr, flush=True)
 
