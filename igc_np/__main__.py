@@ -20,7 +20,8 @@ import numpy as np
 
 import igc_np as ig
 from igc_np.app.cli import run_command
-from igc_np.app.predict import PredictError, load_images, load_trained, predict, top_k
+from igc_np.app.predict import (BN_STATISTICS, PredictError, load_images, load_trained, predict,
+                                 top_k)
 from igc_np.emu import loader as emu_loader
 from igc_np.ops import parallel
 
@@ -102,7 +103,8 @@ def run_script(name, argv):
 
 def _predict(args):
     try:
-        model = load_trained(args.checkpoint, device=args.device)
+        model = load_trained(args.checkpoint, device=args.device, data_dir=args.data_dir,
+                             bn_statistics=args.bn_statistics)
         spec = model.input_spec
         x, names = load_images(args.images, spec)  # errors name the file
     except PredictError as e:
@@ -134,6 +136,12 @@ def parser():
                     help="PNG/JPEG files (resized to the data set's size) or .npy arrays on 0..255")
     pr.add_argument("--top-k", type=int, default=5, help="classes shown per image [5]")
     pr.add_argument("--device", choices=ig.backend.DEVICES, default="cpu", help="[cpu]")
+    pr.add_argument("--bn-statistics", choices=BN_STATISTICS, default="as-tested",
+                    help="BatchNorm statistics: those of the trainer's last test pass (precise ones "
+                         "are recomputed on training images), the stored running ones, or precise "
+                         "[as-tested]")
+    pr.add_argument("--data-dir", help="where the run's data set is, for precise statistics "
+                                       "[$IGC_NP_DATA or ./data; the digits need none]")
     return p
 
 

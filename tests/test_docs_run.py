@@ -7,7 +7,10 @@ Rules for the pages (what this test enforces):
   fence, ``<!-- needs: gpu -->`` (or ``internet``, ``data: CIFAR-10``, ``torch``, ``cluster``, ...):
   it is skipped with that reason. Everything else runs here, in page order, in a scratch folder,
   except the commands CI itself runs (``ELSEWHERE``).
+- A ```python block that needs what the page's commands made (a checkpoint) is marked
+  ``<!-- after: ... -->``: it runs in the scratch folder after the commands before it.
 - The README's sample output has the shape of what its main command prints (numbers aside).
+- Every repository path and relative link the pages name exists.
 """
 import os
 import re
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 SHELL = {"bash", "sh", "shell", "console"}
 OUTPUT = {"", "text", "output"}
-NEEDS = re.compile(r"<!--\s*needs:\s*(.+?)\s*-->")
+NEEDS = re.compile(r"<!--\s*(needs|after):\s*(.+?)\s*-->")
 # commands CI runs itself (.ci/run): installing, and the whole test suite
 ELSEWHERE = {
     'python -m pip install -e ".[examples]"': ".ci/run installs it",
@@ -51,7 +54,8 @@ def blocks(path):
         while i < len(lines) and not re.match(r"^\s*```\s*$", lines[i]):
             body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i])
             i += 1
-        out.append((lang, start + 1, "\n".join(body) + "\n", need.group(1) if need else None))
+        mark = None if not need else (need.group(2) if need.group(1) == "needs" else "after")
+        out.append((lang, start + 1, "\n".join(body) + "\n", mark))
         i += 1
     return out
 
@@ -74,6 +78,8 @@ PYTHON = [(p, line, code, need) for p in PAGES for lang, line, code, need in blo
 @pytest.mark.parametrize("path,line,code,need", PYTHON,
                          ids=[_case_id(p, line) for p, line, _, _ in PYTHON])
 def test_python_block_runs(path, line, code, need, tmp_path, monkeypatch):
+    if need == "after":
+        pytest.skip("runs after the page's commands (test_shell_commands_run)")
     if need:
         pytest.skip(f"needs {need}")
     first = code.strip().splitlines()[0]
@@ -131,6 +137,12 @@ def test_shell_commands_run(path, tmp_path):
     ran, skipped = [], []
     page = blocks(path)
     for k, (lang, line, code, need) in enumerate(page):
+        if lang == "python" and need == "after":
+            r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, f"{_case_id(path, line)}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+            ran.append(f"python block at line {line}")
+            continue
         if lang not in SHELL:
             continue
         for cmd in commands(code):
@@ -160,3 +172,23 @@ def _check_sample(path, block, stdout, cmd):
         f"  shown:   {shown[0]}\n  printed: {stdout.splitlines()[0]}"
     for s in shown[1:]:
         assert _shape(s) in printed, f"{_case_id(path, line)}: {cmd} prints no line like {s!r}"
+
+
+PATH_RE = re.compile(r"`((?:igc_np|examples|tests|docs|benchmarks)/[\w./*-]*)`")
+LINK_RE = re.compile(r"\]\(([^)#:]+)(?:#[^)]*)?\)")
+
+
+def test_named_paths_and_links_exist():
+    """`igc_np/nn.py`, `tests/test_nn.py`, [text](docs/x.md): a renamed file must not leave the
+    docs pointing at nothing (globs like `igc_np/kernels/*.cu` must match something)."""
+    missing = []
+    for path in PAGES:
+        text = path.read_text()
+        for name in PATH_RE.findall(text):
+            name = name.rstrip(".")
+            if not list(ROOT.glob(name)) and not (ROOT / name).exists():
+                missing.append(f"{path.relative_to(ROOT)}: `{name}`")
+        for link in LINK_RE.findall(text):
+            if not (path.parent / link).exists():
+                missing.append(f"{path.relative_to(ROOT)}: link {link}")
+    assert not missing, "\n".join(missing)

@@ -34,6 +34,15 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """One epoch (23 updates): the trainer tests with precise BN statistics (young running ones)."""
+    out = tmp_path_factory.mktemp("short")
+    r = _run(str(ROOT / "examples" / "cifar10_igc.py"), "--num-epochs", "1", "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    return out / "model-0001.npz"
+
+
+@pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
 
@@ -179,3 +188,34 @@ def test_python_m_igc_np_train_and_evaluate_run_the_scripts(checkpoint, tmp_path
     assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
     r = _run("-m", "igc_np", "bogus")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_a_short_run_predicts_as_well_as_its_logged_test(short_run, digits):
+    """The trainer logged its test with precise BN statistics: load_trained keeps those (computed
+    again on the same training batches), so predict reproduces the logged accuracy; the stored
+    running statistics alone would not."""
+    last = training.load_checkpoint(short_run).history[-1]
+    assert last["eval_bn"].startswith("precise")
+    acc = {}
+    for bn in ("as-tested", "running", "precise"):
+        probs = predict(load_trained(short_run, bn_statistics=bn), digits.test_x)
+        acc[bn] = (probs.argmax(axis=1) == digits.test_y).mean()
+    assert acc["as-tested"] == acc["precise"] == pytest.approx(last["test_top1"], abs=0)
+    assert acc["running"] < acc["precise"] - 0.05, acc  # what load_trained gave before
+    ckpt = training.load_checkpoint(short_run)  # the file is unchanged
+    for k, v in load_trained(short_run, bn_statistics="running").state_dict().items():
+        np.testing.assert_array_equal(v, ckpt.model_state[k], err_msg=k)
+
+
+def test_precise_statistics_without_the_data_say_what_to_do(short_run, monkeypatch):
+    from igc_np.app import predict as predict_module
+    from igc_np.app.data import DatasetNotFoundError
+
+    def missing(*args, **kwargs):
+        raise DatasetNotFoundError("no digits here")
+    monkeypatch.setattr(predict_module, "load_dataset", missing)
+    with pytest.raises(training.CheckpointError, match="--data-dir.*--bn-statistics running"):
+        load_trained(short_run)
+    load_trained(short_run, bn_statistics="running")  # needs no data
+    with pytest.raises(ValueError, match="bn_statistics"):
+        load_trained(short_run, bn_statistics="best")

@@ -28,8 +28,11 @@ import numpy as np
 import igc_np as ig
 from igc_np import functional as F
 from igc_np.app.checkpoint import CheckpointError, load_checkpoint, restore
-from igc_np.app.data import CIFAR, SVHN, load_dataset
-from igc_np.app.imagenet import IMAGENET_MEAN, IMAGENET_STD, ValTransform
+from igc_np.app.data import CIFAR, SVHN, DatasetError, load_dataset
+from igc_np.app.evaluation import PRECISE_BN_BATCHES, batch_norms, precise_bn_statistics
+from igc_np.app.imagenet import (IMAGENET_MEAN, IMAGENET_STD, ImageNetTrainingData, ValTransform,
+                                 default_workers, imagenet_dir, load_imagenet)
+from igc_np.app.run import TrainingData
 
 __all__ = ["InputSpec", "PredictError", "load_trained", "input_spec", "load_images", "predict",
            "top_k", "CLASS_NAMES"]
@@ -89,17 +92,28 @@ def input_spec(dataset, num_classes, image_size=None):
     return InputSpec(dataset, int(size), tuple(mean), tuple(std), classes, grey=dataset == "digits")
 
 
-def load_trained(path, device="cpu"):
+BN_STATISTICS = ("as-tested", "running", "precise")
+
+
+def load_trained(path, device="cpu", bn_statistics="as-tested", data_dir=None):
     """The model a trainer checkpoint holds, rebuilt from its stored options, in eval mode.
 
     path: a ``model-NNNN.npz`` (or ``model-interrupted.npz``) of examples/cifar10_igc.py. Raises
     CheckpointError naming the file for anything else (an MXNet ``.params`` file says how to load
     it). The model carries ``model.input_spec`` (InputSpec) for ``predict``.
+
+    bn_statistics: which BatchNorm statistics the model keeps. 'running': the stored ones.
+    'precise': recalibrated on the run's first PRECISE_BN_BATCHES training batches (its data set,
+    from ``data_dir``; the file is not changed). 'as-tested' (default): those the trainer's last
+    test pass used (its log says 'precise ...' for a short run, whose running statistics lag the
+    weights), so that the model predicts as well as the logged test accuracy.
     """
+    if bn_statistics not in BN_STATISTICS:
+        raise ValueError(f"bn_statistics must be one of {', '.join(BN_STATISTICS)}, got {bn_statistics!r}")
     path = os.fspath(path)
     if path.endswith(".params"):
         raise CheckpointError(f"{path}: an MXNet .params file, not a trainer checkpoint; load it with "
-                              "ig.nets.imagenet_model(NAME, weights=FILE)")
+                              "igc_np.app.mxnet_io.load_released(NAME, FILE)")
     ckpt = load_checkpoint(path)
     o = ckpt.args
     missing = [k for k in ("network", "depth", "primary_partition", "secondary_partition",
@@ -123,10 +137,44 @@ def load_trained(path, device="cpu"):
                                     secondary_partition=o["secondary_partition"])
     model.to(device, np.dtype(o.get("dtype", "float32")))
     restore(ckpt, model)  # errors name the file and the entry that does not fit
+    tested = ckpt.history[-1].get("eval_bn", "running") if ckpt.history else "running"
+    if bn_statistics == "precise" or (bn_statistics == "as-tested" and tested.startswith("precise")):
+        _recalibrate(model, ckpt, device, data_dir, bn_statistics)
     model.input_spec = input_spec(o["dataset"], num_classes,
                                   o.get("image_size") if o["dataset"] == "imagenet" else None)
     model.eval()
     return model
+
+
+def _recalibrate(model, ckpt, device, data_dir, asked):
+    """Keep precise BN statistics (PRECISE_BN_BATCHES training batches) in ``model``."""
+    o = ckpt.args
+    try:
+        if o["dataset"] == "imagenet":
+            ds = load_imagenet(imagenet_dir(data_dir), image_size=o.get("image_size") or 224,
+                               workers=o.get("workers") or default_workers())
+            data = ImageNetTrainingData(ds, o.get("batch_size", 256), model_dtype(model), device)
+        else:
+            ds = load_dataset(o["dataset"], data_dir, subset=o.get("subset"))
+            data = TrainingData(ds, o.get("batch_size", 64), model_dtype(model), device)
+    except (DatasetError, OSError, ImportError) as e:
+        why = ("asked for" if asked == "precise" else
+               "the trainer tested this checkpoint with them: its running statistics lag the weights")
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: precise BN statistics ({why}) are computed on training images "
+            f"of {o['dataset']}, which could not be read ({e}); give data_dir (--data-dir), or keep "
+            "the stored running statistics with bn_statistics='running' (--bn-statistics running)") \
+            from None
+    bns = batch_norms(model)
+    with precise_bn_statistics(model, data.plain_train_batches(PRECISE_BN_BATCHES)):
+        kept = [(m.running_mean.copy(), m.running_var.copy()) for m in bns]
+    for m, (mean, var) in zip(bns, kept):  # the block put the stored ones back: keep these
+        m.running_mean[...] = mean
+        m.running_var[...] = var
+
+
+def model_dtype(model):
+    return _parameter(model).data.dtype
 
 
 # ---- images -----------------------------------------------------------------------------------------
@@ -232,7 +280,7 @@ def predict(model, images, batch_size=256, spec=None):
     else:
         x, _ = load_images(images, spec)
     p = _parameter(model)
-    dtype = p.data.dtype
+    dtype = model_dtype(model)
     # exactly as data.iterate_batches normalises: (x - mean) * (1 / std), each in the model's dtype
     mean = np.asarray(spec.mean, np.float64).astype(dtype).reshape(1, 3, 1, 1)
     inv_std = (1.0 / np.asarray(spec.std, np.float64)).astype(dtype).reshape(1, 3, 1, 1)
