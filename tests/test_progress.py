@@ -74,3 +74,17 @@ def test_the_trainer_prints_timed_lines_into_a_log_file(tmp_path, monkeypatch, c
     out = capsys.readouterr().out
     batch_lines = [line.split("\t")[0] for line in out.splitlines() if "Speed:" in line]
     assert batch_lines == ["Epoch[0] Batch [4]", "Epoch[1] Batch [4]"], out
+
+
+@pytest.mark.parametrize("eval_bn,shown", [("running", "[test BN: running]"),
+                                           ("precise", "[test BN: precise (5 training batches; asked for)]"),
+                                           ("auto", "[test BN: precise (5 training batches; the running statistics are young after 5 updates)]")])
+def test_the_epoch_line_says_which_statistics_were_used(tmp_path, capsys, eval_bn, shown):
+    status = _trainer().main(["--network", "resnet_igc", "--depth", "8", "--primary-partition", "2",
+                              "--secondary-partition", "2", "--batch-size", "32", "--subset", "160",
+                              "--num-epochs", "1", "--eval-bn", eval_bn,
+                              "--output-dir", str(tmp_path / "run")])
+    assert status == 0
+    epoch_line = next(line for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("Epoch[0] lr"))
+    assert epoch_line.endswith(shown), epoch_line
