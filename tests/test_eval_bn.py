@@ -5,7 +5,7 @@ import pytest
 import igc_np as ig
 from igc_np.app import evaluation
 from igc_np.app.data import load_dataset
-from igc_np.app.run import TrainingData
+from igc_np.app.datasets import TrainingData
 from igc_np.step import train_step
 
 FAMILIES = {"plain": (8, 8, 1), "resnet": (8, 8, 1), "plain_igc": (8, 4, 2), "resnet_igc": (8, 4, 2)}

@@ -29,10 +29,10 @@ import igc_np as ig
 from igc_np import functional as F
 from igc_np.app.checkpoint import CheckpointError, load_checkpoint, restore
 from igc_np.app.data import CIFAR, SVHN, DatasetError, load_dataset
+from igc_np.app.datasets import TrainingData
 from igc_np.app.evaluation import PRECISE_BN_BATCHES, batch_norms, precise_bn_statistics
 from igc_np.app.imagenet import (IMAGENET_MEAN, IMAGENET_STD, ImageNetTrainingData, ValTransform,
                                  default_workers, imagenet_dir, load_imagenet)
-from igc_np.app.run import TrainingData
 
 __all__ = ["InputSpec", "PredictError", "load_trained", "input_spec", "load_images", "predict",
            "top_k", "CLASS_NAMES"]
