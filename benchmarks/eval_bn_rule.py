@@ -27,8 +27,10 @@ import time
 import numpy as np
 
 import igc_np as ig
-from igc_np import training
-from igc_np.data import Dataset, load_dataset
+from igc_np.app import evaluation
+from igc_np.app.data import Dataset, load_dataset
+from igc_np.app.datasets import TrainingData
+from igc_np.step import train_step
 
 FAMILIES = {  # network -> (depth, L, M) small enough for 2 CPU cores; C = L*M for the IGC nets
     "plain": (8, 16, 1), "resnet": (8, 16, 1), "plain_igc": (8, 4, 4), "resnet_igc": (8, 4, 4)}
@@ -67,7 +69,7 @@ def statistics_distance(model, saved):
     |mean_r - mean_p| / std_p + |log(var_r / var_p)| / 2, averaged over the channels of a layer;
     the largest over the layers."""
     worst = 0.0
-    for m, (mean_r, var_r) in zip(training.batch_norms(model), saved):
+    for m, (mean_r, var_r) in zip(evaluation.batch_norms(model), saved):
         mean_p = np.asarray(m.running_mean, np.float64)
         var_p = np.asarray(m.running_var, np.float64) + m.eps
         d = np.abs(np.asarray(mean_r, np.float64) - mean_p) / np.sqrt(var_p) \
@@ -76,24 +78,7 @@ def statistics_distance(model, saved):
     return worst
 
 
-CHECK = 4  # training batches a rule looks at
-
-
-def batch_statistics_metrics(model, batches):
-    """Metrics of the batches in train mode (each normalised by its own statistics, as in
-    training), the running statistics left untouched."""
-    bns = training.batch_norms(model)
-    saved = [(m.running_mean.copy(), m.running_var.copy()) for m in bns]
-    model.train()
-    metrics = training.Metrics()
-    with ig.no_grad():
-        for x, y in batches:
-            logits = model(x)
-            metrics.update(ig.functional.cross_entropy(logits, y), logits, y)
-    for m, (mean, var) in zip(bns, saved):
-        m.running_mean[...] = mean
-        m.running_var[...] = var
-    return metrics
+CHECK = evaluation.CHECK_BATCHES  # training batches the rule looks at
 
 
 def measure(ds, network, momentum, checkpoints, seed=0, lr=0.1):
@@ -101,28 +86,28 @@ def measure(ds, network, momentum, checkpoints, seed=0, lr=0.1):
     depth, L, M = FAMILIES[network]
     model = ig.nets.get_network(network, depth, num_classes=ds.num_classes, primary_partition=L,
                                 secondary_partition=M, rng=seed)
-    for bn in training.batch_norms(model):
+    for bn in evaluation.batch_norms(model):
         bn.momentum = momentum
     opt = ig.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    data = training.TrainingData(ds, 64)
+    data = TrainingData(ds, 64)
     rng = np.random.default_rng(seed)
     rows, t, todo = [], 0, sorted(checkpoints)
     while todo:
         model.train()
         for x, y in data.batches(rng):
-            training.train_step(model, opt, x, y)
+            train_step(model, opt, x, y)
             t += 1
             if t == todo[0]:
                 todo.pop(0)
-                running = training.evaluate_batches(model, data.test_batches()).top1
+                running = evaluation.evaluate_batches(model, data.test_batches()).top1
                 # what a rule may look at without the test set: a few training batches in eval
                 # mode (running statistics) and in train mode (each batch's own statistics)
-                train_r = training.evaluate_batches(model, data.plain_train_batches(CHECK))
-                train_b = batch_statistics_metrics(model, data.plain_train_batches(CHECK))
+                train_r = evaluation.evaluate_batches(model, data.plain_train_batches(CHECK))
+                train_b = evaluation.batch_statistics_metrics(model, data.plain_train_batches(CHECK))
                 saved = [(m.running_mean.copy(), m.running_var.copy())
-                         for m in training.batch_norms(model)]
-                with training.precise_bn_statistics(model, data.plain_train_batches(20)):
-                    precise = training.evaluate_batches(model, data.test_batches()).top1
+                         for m in evaluation.batch_norms(model)]
+                with evaluation.precise_bn_statistics(model, data.plain_train_batches(20)):
+                    precise = evaluation.evaluate_batches(model, data.test_batches()).top1
                     distance = statistics_distance(model, saved)
                 model.train()
                 rows.append((t, running, precise, distance, train_r, train_b))
