@@ -1,7 +1,7 @@
 """The docs run: every ```python block and every shell command of README.md and docs/*.md.
 
 Rules for the pages (what this test enforces):
-- A ```python block runs by itself, verbatim, in a fresh namespace (imports included).
+- A ```python block runs by itself, verbatim, in a process of its own (imports included).
 - Shell commands live in ```bash blocks (an unlabelled or ```text block is output: no command in it).
 - A block that needs what a test machine lacks is marked by an HTML comment on the line before its
   fence, ``<!-- needs: gpu -->`` (or ``internet``, ``data: CIFAR-10``, ``torch``, ``cluster``, ...):
@@ -79,7 +79,7 @@ PYTHON = [(p, line, code, need) for p in PAGES for lang, line, code, need in blo
 
 @pytest.mark.parametrize("path,line,code,need", PYTHON,
                          ids=[_case_id(p, line) for p, line, _, _ in PYTHON])
-def test_python_block_runs(path, line, code, need, tmp_path, monkeypatch):
+def test_python_block_runs(path, line, code, need, tmp_path):
     if need == "after":
         pytest.skip("runs after the page's commands (test_shell_commands_run)")
     if need:
@@ -87,8 +87,12 @@ def test_python_block_runs(path, line, code, need, tmp_path, monkeypatch):
     first = code.strip().splitlines()[0]
     if first in PENDING:
         pytest.skip(f"pending: {PENDING[first]}")
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, f"{path.name}:{line}", "exec"), {"__name__": "__docs__"})
+    # a process of its own: a block may change global state (a data set registered, a seed)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("IGC_NP_DEBUG", None)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, f"{_case_id(path, line)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
 
 def test_output_blocks_hold_no_commands():
