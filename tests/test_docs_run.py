@@ -35,8 +35,9 @@ ELSEWHERE = {
 }
 # blocks of pages another engineer owns, waiting for their marker (first code line -> why)
 PENDING = {
-    "import igc_np.kernels as K": "docs/kernels.md (kernels): K.ops.conv2d_forward on 'cuda' with "
-                                  "x and W undefined; needs <!-- needs: gpu --> or an 'emu' example",
+    ("kernels.md", "import igc_np.kernels as K"):
+        "docs/kernels.md (kernels): K.conv.conv2d_forward on 'cuda' with x and W undefined; needs "
+        "<!-- needs: gpu --> or an 'emu' example",
 }
 
 
@@ -84,7 +85,7 @@ def test_python_block_runs(path, line, code, need, tmp_path):
         pytest.skip("runs after the page's commands (test_shell_commands_run)")
     if need:
         pytest.skip(f"needs {need}")
-    first = code.strip().splitlines()[0]
+    first = (path.name, code.strip().splitlines()[0])
     if first in PENDING:
         pytest.skip(f"pending: {PENDING[first]}")
     # a process of its own: a block may change global state (a data set registered, a seed)
