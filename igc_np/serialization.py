@@ -33,14 +33,17 @@ Reading (``read_npz``)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SerializationError", "write_npz", "read_npz", "atomic_write", "save", "load"]
+__all__ = ["SerializationError", "NotRegularFileError", "write_npz", "read_npz", "atomic_write",
+           "open_regular", "read_regular", "describe_os_error", "save", "load"]
 
 #: limits of ``read_npz`` unless the caller gives others
 MAX_MEMBER_BYTES = 8 << 30       # one array: 8 GiB (an ImageNet IGC net is a few hundred MiB)
@@ -63,6 +66,94 @@ _UMASK = _read_umask()
 
 class SerializationError(ValueError):
     """A file is not a readable, safe .npz archive; the message names the file (and member)."""
+
+
+class NotRegularFileError(SerializationError, OSError):
+    """A path to be read is missing, a folder, a FIFO, a device or a socket (``open_regular``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# opening files to read: regular files only
+# --------------------------------------------------------------------------------------------
+_KINDS = ((stat.S_ISDIR, "is a folder, not a file"),
+          (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file: reading it could wait forever"),
+          (stat.S_ISCHR, "is a character device (like /dev/zero), not a regular file: reading it "
+                         "could never end"),
+          (stat.S_ISBLK, "is a block device, not a regular file"),
+          (stat.S_ISSOCK, "is a socket, not a regular file"))
+_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.ENOTDIR: "no such file (a part of the path "
+                "is not a folder)", errno.ELOOP: "a symbolic link loop (the link points back at "
+                "itself)", errno.ENAMETOOLONG: "the path or one of its names is too long for the "
+                "file system (PATH_MAX / NAME_MAX)", errno.EACCES: "permission denied"}
+
+
+def describe_os_error(e):
+    """A short reason for an OSError met on a path ("a symbolic link loop", "no such file")."""
+    if e.errno == errno.EISDIR:
+        return "is a folder, not a file"
+    return _OPEN_ERRORS.get(e.errno, e.strerror or str(e))
+
+
+def _kind_problem(mode):
+    """None for a regular file, else why a file of this st_mode is not read."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, problem in _KINDS:
+        if test(mode):
+            return problem
+    return "is not a regular file"
+
+
+def open_regular(path, what="file", error=None):
+    """Open ``path`` for reading (binary) if it is a regular file after following links, else
+    raise ``error`` (default NotRegularFileError) naming it: "<what> <path>: is a FIFO ...".
+
+    Every file igc_np reads goes through here. The check is made on the opened descriptor
+    (``fstat``), so a name swapped between a check and the open cannot slip through, and the open
+    itself uses O_NONBLOCK, so even opening a FIFO with no writer returns at once instead of
+    waiting forever. A regular file then reads normally (O_NONBLOCK means nothing for it).
+    """
+    error = error or NotRegularFileError
+    where = f"{what} {os.fsdecode(path)}"
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+        | getattr(os, "O_BINARY", 0)
+    try:
+        problem = _kind_problem(os.stat(path).st_mode)  # refuse a device before opening it
+        if problem:
+            raise error(f"{where}: {problem}")
+        fd = os.open(path, flags)
+    except ValueError as e:  # a NUL byte in the path
+        if isinstance(e, error):
+            raise
+        raise error(f"{where!r}: not a usable path ({e})") from None
+    except OSError as e:
+        if isinstance(e, error):
+            raise
+        raise error(f"{where}: {describe_os_error(e)}") from None
+    try:
+        problem = _kind_problem(os.fstat(fd).st_mode)
+        if problem:
+            raise error(f"{where}: {problem}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, what="file", limit=None, error=None):
+    """The bytes of the regular file ``path`` (``open_regular``), at most ``limit`` of them:
+    a larger file is refused before reading, and reading stops at the size ``fstat`` gave (a
+    file growing meanwhile cannot make the read unbounded)."""
+    error = error or NotRegularFileError
+    with open_regular(path, what, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise error(f"{what} {os.fsdecode(path)}: {size} bytes, more than the {limit} "
+                        "expected of such a file; refusing to read it")
+        data = f.read(size)
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,16 +225,19 @@ def read_npz(path, accept=None, *, max_member_bytes=MAX_MEMBER_BYTES,
     """
     path = Path(path)
     where = f"{what} {path}"
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path, what) as f:  # the one descriptor, checked regular, read throughout
+        try:
             magic = f.read(6)
-            size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise SerializationError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise SerializationError(f"{where}: is a folder, not a file") from None
-    except OSError as e:
-        raise SerializationError(f"{where}: cannot be read ({e.strerror or e})") from None
+            f.seek(0)
+        except OSError as e:
+            raise SerializationError(f"{where}: cannot be read ({e.strerror or e})") from None
+        size = os.fstat(f.fileno()).st_size
+        return _read_npz_open(f, where, magic, size, accept, max_member_bytes, max_total_bytes,
+                              max_ratio)
+
+
+def _read_npz_open(f, where, magic, size, accept, max_member_bytes, max_total_bytes, max_ratio):
+    """read_npz on the open file ``f`` (its first bytes ``magic``, its size ``size``)."""
     if magic.startswith(_NPY_MAGIC):
         raise SerializationError(f"{where}: is a single-array .npy file, not an .npz archive "
                                  "(read it with numpy.load, or save with numpy.savez)")
@@ -154,7 +248,7 @@ def read_npz(path, accept=None, *, max_member_bytes=MAX_MEMBER_BYTES,
         raise SerializationError(f"{where}: not a readable .npz file (it does not start like a "
                                  "zip archive): corrupt, or not written by numpy.savez")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
             if len(infos) > MAX_MEMBERS:
                 raise SerializationError(f"{where}: {len(infos)} members, more than {MAX_MEMBERS}")
