@@ -87,7 +87,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .serialization import describe_os_error, read_regular
+from .serialization import describe_os_error, open_regular, read_regular
 
 __all__ = ["Dataset", "DatasetError", "DatasetNotFoundError", "load_dataset", "iterate_batches",
            "check_data_dir", "DATASETS", "DEFAULT_DATA_DIR"]
@@ -534,7 +534,7 @@ def _svhn_file(folder: Path, split: str, download: bool, root: Path) -> Path:
     """Path of one SVHN split's .mat file, fetching it first if allowed."""
     fname, md5 = SVHN["files"][split]
     path = folder / fname
-    if not path.is_file():
+    if not path.exists():  # (a FIFO or device under the name is refused by the reader, named)
         if not download:
             raise DatasetNotFoundError(f"SVHN: missing {path}\n" + _svhn_missing_message(root))
         url = SVHN["url"].format(fname)
@@ -546,7 +546,7 @@ def _find_svhn(root: Path) -> Path | None:
     """The folder holding the SVHN .mat files (root/svhn or root itself), or None."""
     names = [f for f, _ in SVHN["files"].values()]
     for folder in (root / SVHN["folder"], root):
-        if any((folder / n).is_file() for n in names):
+        if any((folder / n).exists() for n in names):
             return folder
     return None
 
@@ -567,8 +567,9 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
                           "(or pip install -e \".[examples]\")") from None
     where = f"{path.parent.name}/{path.name}"
     try:
-        mat = loadmat(path, variable_names=["X", "y"])
-    except MemoryError:
+        with open_regular(path, where, DatasetError) as f:  # a FIFO or device: refused, named
+            mat = loadmat(f, variable_names=["X", "y"])
+    except (MemoryError, DatasetError):
         raise
     except Exception as e:  # scipy raises many types (ValueError, MatReadError, OSError, ...)
         raise DatasetError(f"{where}: cannot read .mat file ({type(e).__name__}: {e})") from None

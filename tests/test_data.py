@@ -841,3 +841,26 @@ def test_binary_cifar_fifo_is_refused(tmp_path):
     os.mkfifo(target)
     with pytest.raises(DatasetError, match="test_batch.bin: is a FIFO"):
         load_dataset("cifar10", tmp_path)
+
+
+def test_svhn_fifo_is_refused_naming_it(tmp_path):
+    pytest.importorskip("scipy")
+    folder = tmp_path / "svhn"
+    write_svhn(folder, "train_32x32.mat", 3, 0)
+    write_svhn(folder, "extra_32x32.mat", 3, 1)
+    os.mkfifo(folder / "test_32x32.mat")
+    with pytest.raises(DatasetError, match="test_32x32.mat: is a FIFO"):
+        load_dataset("svhn", tmp_path)
+
+
+def test_the_command_line_without_data_is_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-m", "igc_np.data", "cifar10", "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: CIFAR-10 not found under") and "--download" in r.stderr
+    (tmp_path / "f").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "igc_np.data", "cifar10", "--data-dir", str(tmp_path / "f")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr

@@ -490,3 +490,49 @@ def test_nan_stop_prints_no_numpy_warnings(finished, tmp_path, capsys):
     assert "RuntimeWarning" not in err
     assert "loss is nan" in err.lower() or "loss is inf" in err.lower()
     assert "--log-iters" in err and "model-0002.npz (untouched)" in err
+
+
+# ---- files that are not regular files (issue 18) ----------------------------------------------
+@pytest.mark.parametrize("kind,message", [
+    ("fifo", "is a FIFO"), ("devzero", "is a character device"), ("loop", "symbolic link loop"),
+    ("folder", "is a folder"), ("missing", "no such file"), ("long", "too long")])
+def test_ig_load_refuses_what_is_not_a_regular_file_at_once(tmp_path, kind, message):
+    import signal
+    path = tmp_path / "m.npz"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "loop":
+        path.symlink_to(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "long":
+        path = tmp_path / ("x" * 300 + ".npz")
+
+    def expired(*_):
+        raise TimeoutError("ig.load blocked")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    try:
+        with pytest.raises(SerializationError, match=message) as e:
+            ig.load(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(path)[:60] in str(e.value)
+    assert isinstance(e.value, OSError)  # also what `except OSError` around file reading expects
+
+
+def test_open_regular_checks_the_opened_descriptor(tmp_path, monkeypatch):
+    """A name swapped for a FIFO between the check and the open is caught by fstat."""
+    fifo = tmp_path / "swap"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(serialization.os, "stat",
+                        lambda p, *a, **k: real_stat(tmp_path) if str(p) == str(fifo) else real_stat(p, *a, **k))
+    monkeypatch.setattr(serialization, "_kind_problem",
+                        lambda mode, real=serialization._kind_problem: None if mode == real_stat(tmp_path).st_mode
+                        else real(mode))
+    with pytest.raises(serialization.NotRegularFileError, match="swap: is a FIFO"):
+        serialization.open_regular(fifo, "file")
