@@ -15,8 +15,8 @@ weight decay 1e-4 on every parameter, learning rate 0.1 divided by 10 at 1/2, 3/
 epochs, batch 64, He-normal conv initialisation, pad-4/crop/mirror augmentation on CIFAR.
 
 Read ``train()`` from top to bottom: data, network, optimizer, then the loop, whose step is
-``training.train_step``. Everything around the step (run folder, lock, checkpoints, resume,
-metrics, log, curves, Ctrl-C/SIGTERM) is ``igc_np/training.py``; examples/minimal_train.py is the
+``train_step``. Everything around the step (run folder, lock, checkpoints, resume,
+metrics, log, curves, Ctrl-C/SIGTERM) is ``igc_np/app/``; examples/minimal_train.py is the
 same loop in 40 lines without any of it.
 
 Numbering follows the reference (MXNet): the console counts epochs from 0 (``Epoch[0]`` is the first
@@ -32,7 +32,7 @@ state after that batch, with the batch index and the data rng state of the epoch
 ``--resume <prefix>-interrupted.npz`` continues *exactly* (the full command is printed). Exit status
 130 (SIGINT) or 143 (SIGTERM). A second signal quits at once without saving; every file is written
 atomically, so nothing half-written is ever left behind. Data parallel (``--dist``, ``--gpus``
-with several ids, ``--micro-batches``; igc_np/distributed.py): ``--batch-size`` is the global
+with several ids, ``--micro-batches``; igc_np/app/distributed.py): ``--batch-size`` is the global
 batch; a signal on any rank (SIGUSR1 too: Open MPI forwards it, not SIGINT) stops every rank
 after the same batch, and rank 0 alone writes files.
 """
@@ -54,10 +54,16 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
-from igc_np import distributed, training  # noqa: E402
-from igc_np.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
-from igc_np.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
-from igc_np.training import CheckpointError, NETWORKS, OptionError  # noqa: E402
+from igc_np.app import distributed  # noqa: E402
+from igc_np.app.checkpoint import CheckpointError, checkpoint_path, load_checkpoint  # noqa: E402
+from igc_np.app.cli import run_command  # noqa: E402
+from igc_np.app.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
+from igc_np.app.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
+from igc_np.app.options import NETWORKS, OptionError, check_options  # noqa: E402
+from igc_np.app.run import Run, TrainingData  # noqa: E402
+from igc_np.app.run_folder import RunFolderError, check_run_folder  # noqa: E402
+from igc_np.app.signals import EXIT_USAGE  # noqa: E402
+from igc_np.step import train_step  # noqa: E402
 
 # Options that depend on the data set. digits is tuned so that the run with no options reaches
 # >= 97% test accuracy well inside 2 minutes on 2 CPU cores; the others are the reference's, with
@@ -225,8 +231,8 @@ def resolve_options(args):
             guess = {**DEFAULTS, **DATASET_DEFAULTS[o.get("dataset", DEFAULTS["dataset"])], **o}
             prefix = o.get("model_prefix") or os.path.join(
                 o.get("output_dir") or default_output_dir(guess), "model")
-            path = training.checkpoint_path(prefix, args.load_epoch)
-        ckpt = training.load_checkpoint(path)
+            path = checkpoint_path(prefix, args.load_epoch)
+        ckpt = load_checkpoint(path)
         if ckpt.nonfinite:
             raise CheckpointError(
                 f"checkpoint {path} holds NaN/inf values ({', '.join(ckpt.nonfinite[:3])}"
@@ -276,7 +282,7 @@ def resolve_options(args):
             print(f"note: --lr-steps {','.join(map(str, late))} at or after --num-epochs "
                   f"{o['num_epochs']}: that step never happens in this run", file=sys.stderr)
     o["lr_steps"] = steps
-    training.check_options(o)
+    check_options(o)
     return o, ckpt
 
 
@@ -362,7 +368,7 @@ def main(argv=None):
                                      + list(sys.argv[1:] if argv is None else argv))
     except distributed.DistError as e:  # e.g. --gpus x
         print(f"error: {e}", file=sys.stderr)
-        return training.EXIT_USAGE
+        return EXIT_USAGE
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
 
@@ -370,7 +376,7 @@ def main(argv=None):
         opts, ckpt = resolve_options(args)
         return train(opts, ckpt, download=args.download, overwrite=args.overwrite)
     try:
-        return training.run_command(body)  # errors: one line, exit 1 or 2 (see --help)
+        return run_command(body)  # errors: one line, exit 1 or 2 (see --help)
     finally:
         sys.stdout, sys.stderr = saved
 
@@ -398,12 +404,12 @@ def train(o, ckpt=None, download=False, overwrite=False):
 
     # a quick answer before loading data: is the output folder usable (writable, no other run)?
     # (rank 0's folder: the others write nothing)
-    distributed.root_first(comm, lambda: training.check_run_folder(
-        o["output_dir"], o["model_prefix"], ckpt, overwrite), (training.RunFolderError, OSError))
+    distributed.root_first(comm, lambda: check_run_folder(
+        o["output_dir"], o["model_prefix"], ckpt, overwrite), (RunFolderError, OSError))
 
     # ---- data ---------------------------------------------------------------------------------
     try:
-        if o["dataset"] == "imagenet":  # JPEGs streamed from disk (igc_np/imagenet.py)
+        if o["dataset"] == "imagenet":  # JPEGs streamed from disk (igc_np/app/imagenet.py)
             ds = load_imagenet(imagenet_dir(o["data_dir"]), subset=o["subset"], image_size=o["image_size"],
                                workers=o.get("workers") or default_workers())
         else:
@@ -419,7 +425,7 @@ def train(o, ckpt=None, download=False, overwrite=False):
     if o["dataset"] == "imagenet":
         data = ImageNetTrainingData(ds, o["batch_size"], dtype, device)
     else:
-        data = training.TrainingData(ds, o["batch_size"], dtype, device)
+        data = TrainingData(ds, o["batch_size"], dtype, device)
 
     # ---- network ------------------------------------------------------------------------------
     # two independent random streams: the initialisation, and the data order/augmentation
@@ -447,7 +453,7 @@ def train(o, ckpt=None, download=False, overwrite=False):
     schedule = ig.optim.MultiStepLR(optimizer, o["lr_steps"], factor=o["lr_factor"])
 
     # ---- the loop: the step is train_step; Run restores a checkpoint and writes every file ----
-    run = training.Run(o, model, optimizer, data, ckpt, rng=np.random.default_rng(data_seed),
+    run = Run(o, model, optimizer, data, ckpt, rng=np.random.default_rng(data_seed),
                        resume_command=lambda path: resume_command(o, path, comm),
                        overwrite=overwrite, comm=comm)
     with run:
@@ -460,7 +466,7 @@ def train(o, ckpt=None, download=False, overwrite=False):
                                                        stop=run.interrupt.requested,
                                                        global_batch=run.batch_rows))
                     continue
-                loss, logits = training.train_step(model, optimizer, x, y)
+                loss, logits = train_step(model, optimizer, x, y)
                 run.after_batch(loss, logits, y)  # metrics stay on the device; Ctrl-C checked
             run.end_epoch(epoch, lr)              # test, log.jsonl, curves, checkpoint
     return run.status

@@ -26,11 +26,15 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import igc_np as ig  # noqa: E402
-from igc_np import training  # noqa: E402
-from igc_np.data import DATASETS, load_dataset  # noqa: E402
-from igc_np.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
-from igc_np.imagenet import evaluate as evaluate_imagenet  # noqa: E402
-from igc_np.training import CheckpointError  # noqa: E402
+from igc_np.app.checkpoint import CheckpointError, load_checkpoint, restore  # noqa: E402
+from igc_np.app.cli import run_command  # noqa: E402
+from igc_np.app.data import DATASETS, load_dataset  # noqa: E402
+from igc_np.app.evaluation import test_pass  # noqa: E402
+from igc_np.app.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
+from igc_np.app.imagenet import evaluate as evaluate_imagenet  # noqa: E402
+from igc_np.app.mxnet_io import load_released  # noqa: E402
+from igc_np.app.options import OptionError  # noqa: E402
+from igc_np.app.run import TrainingData  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -66,7 +70,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    return training.run_command(lambda: _evaluate(args))  # errors: one line, exit 1 or 2
+    return run_command(lambda: _evaluate(args))  # errors: one line, exit 1 or 2
 
 
 def _device(args):
@@ -77,7 +81,7 @@ def _device(args):
             ig.backend.cupy_module().cuda.Device(int(args.gpus.split(",")[0])).use()
     except (RuntimeError, ValueError) as e:
         given = f"--device {device}" + (f" --gpus {args.gpus}" if args.gpus else "")
-        raise training.OptionError(f"{given}: {e}") from None
+        raise OptionError(f"{given}: {e}") from None
     return device
 
 
@@ -86,7 +90,7 @@ def _evaluate_params(args):
     _check_file("--weights", args.weights)  # before the (long) indexing of the validation set
     data = load_imagenet(imagenet_dir(args.data_dir), val_only=True, workers=default_workers())
     device = _device(args)
-    model = ig.nets.imagenet_model(args.model, num_classes=data.num_classes, weights=args.weights)
+    model = load_released(args.model, args.weights, num_classes=data.num_classes)
     model.to(device)
     print(f"Model: {args.model} from {args.weights}")
     print(f"Parameters: {ig.nets.count_params(model)}")
@@ -113,7 +117,7 @@ def _evaluate(args):
                                    "it with --model NAME --weights FILE (NAME: "
                                    f"{', '.join(ig.nets.IMAGENET_CONFIGS)})")
     try:
-        ckpt = training.load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint)
     except CheckpointError as e:
         raise CheckpointError(f"--checkpoint: {e}") from None
     o = ckpt.args
@@ -145,16 +149,16 @@ def _evaluate(args):
                                     secondary_partition=o["secondary_partition"])
     dtype = np.dtype(o.get("dtype", "float32"))
     model.to(device, dtype)
-    training.restore(ckpt, model)  # no optimizer: only the weights and BN statistics
+    restore(ckpt, model)  # no optimizer: only the weights and BN statistics
     print(f"Checkpoint: {ckpt.path} ({o['network']}-{o['depth']} L={o['primary_partition']} "
           f"M={o['secondary_partition']}, {ckpt.epoch} epochs"
           + (f" + {ckpt.batch} batches" if ckpt.batch else "") + ")")
     print(f"Parameters: {ig.nets.count_params(model)}")
     print(f"Data: {ds}")
-    make_data = ImageNetTrainingData if dataset == "imagenet" else training.TrainingData
+    make_data = ImageNetTrainingData if dataset == "imagenet" else TrainingData
     data = make_data(ds, o.get("batch_size", 64), dtype, device, test_batch_size=args.batch_size)
     updates = ckpt.epoch * len(data) + ckpt.batch
-    m, note = training.test_pass(model, data, args.eval_bn or o.get("eval_bn", "auto"), updates)
+    m, note = test_pass(model, data, args.eval_bn or o.get("eval_bn", "auto"), updates)
     line = f"Test {dataset}: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}"
     if ds.num_classes >= 100:
         line += f"  top5 {m.top5:.4f}"

@@ -20,7 +20,7 @@ __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn
            "gradcheck", "cuda_available", "save", "load"]
 
 
-_LAZY = ("nets", "data", "mxnet_io", "imagenet", "distributed", "training", "serialization",
+_LAZY = ("nets", "data", "mxnet_io", "imagenet", "distributed", "training", "serialization", "app",
          "igc", "mxnet_graph", "backend", "kernels")
 
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import igc_np as ig
-from igc_np import distributed as dist
+from igc_np.app import distributed as dist
 from igc_np import functional as F, nn, optim
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 import igc_np as ig
+from igc_np.app import options
 from igc_np import mxnet_io
 from test_imagenet_data import make_folders
 from test_trainer import assert_same_checkpoint
@@ -56,7 +57,7 @@ def test_train_on_imagenet_folders_then_resume_mid_epoch_and_evaluate(tmp_path, 
 
 def test_the_trainer_refuses_mixed_networks_and_data(tmp_path, capsys):
     trainer, _ = _scripts()
-    assert set(trainer.IMAGENET_LM) == set(ig.nets.IMAGENET_CONFIGS) <= set(ig.training.NETWORKS)
+    assert set(trainer.IMAGENET_LM) == set(ig.nets.IMAGENET_CONFIGS) <= set(options.NETWORKS)
     assert trainer.main(["--dataset", "imagenet", "--network", "resnet_igc", "--output-dir", str(tmp_path)]) == 2
     assert "train on --dataset imagenet" in capsys.readouterr().err
     assert trainer.main(["--dataset", "digits", "--network", "igc_l4m32", "--output-dir", str(tmp_path)]) == 2

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import igc_np as ig
 from igc_np import serialization, training
+from igc_np.app import checkpoint
 from igc_np.serialization import SerializationError
 from igc_np.training import CheckpointError
 
@@ -168,7 +169,7 @@ def test_an_unwritable_model_prefix_fails_before_training(tmp_path, capsys):
 
 
 def test_a_failed_save_says_where_the_retry_goes(tmp_path, monkeypatch, capsys):
-    real, calls = training.write_npz, []
+    real, calls = checkpoint.write_npz, []
 
     def full_disk_once(path, arrays):
         calls.append(Path(path).name)
@@ -176,7 +177,7 @@ def test_a_failed_save_says_where_the_retry_goes(tmp_path, monkeypatch, capsys):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, arrays)
 
-    monkeypatch.setattr(training, "write_npz", full_disk_once)
+    monkeypatch.setattr(checkpoint, "write_npz", full_disk_once)
     status, out = run(tmp_path, "--num-epochs", "3", "--checkpoint-every", "2")
     assert status == 0
     err = capsys.readouterr().err
@@ -461,7 +462,7 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(tmp_path, monkeypa
     def broken(*args):
         raise ZeroDivisionError("something deep")
 
-    monkeypatch.setattr(training, "train_step", broken)
+    monkeypatch.setattr(ig.optim.SGD, "step", broken)
     status, out = run(tmp_path, "--num-epochs", "1")
     err = capsys.readouterr().err
     assert status == 1 and "unexpected ZeroDivisionError: something deep" in err

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import igc_np as ig
+from igc_np.app import checkpoint, evaluation, progress, run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = ROOT / "examples" / "cifar10_igc.py"
@@ -180,16 +181,16 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsy
 
 
 def test_ctrl_c_during_the_test_pass_saves_the_finished_epoch(tmp_path, monkeypatch):
-    real_evaluate = ig.training.evaluate_batches
+    real_evaluate = evaluation.evaluate_batches
 
     def evaluate_then_ctrl_c(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(ig.training, "evaluate_batches", evaluate_then_ctrl_c)
+    monkeypatch.setattr(evaluation, "evaluate_batches", evaluate_then_ctrl_c)
     status, out = run(tmp_path, "--num-epochs", "3", "--checkpoint-every", "2")
     assert status == 130
-    ckpt = ig.training.load_checkpoint(out / "model-0001.npz")  # an ordinary epoch checkpoint
+    ckpt = checkpoint.load_checkpoint(out / "model-0001.npz")  # an ordinary epoch checkpoint
     assert (ckpt.epoch, ckpt.batch, len(ckpt.history)) == (1, 0, 1)
     assert not (out / "model-interrupted.npz").exists()
 
@@ -215,8 +216,8 @@ def test_a_signal_in_a_real_process_saves_and_exits(tmp_path, signum, status, na
     assert (out / "model-interrupted.npz").is_file() and "Saved" in err and name in err
     assert f"python examples/cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err \
         or f"cifar10_igc.py --resume {out / 'model-interrupted.npz'}" in err
-    assert ig.training.load_checkpoint(out / "model-interrupted.npz").epoch == 0
-    assert not (out / ig.training.LOCK_NAME).exists()
+    assert checkpoint.load_checkpoint(out / "model-interrupted.npz").epoch == 0
+    assert not (out / run_folder.LOCK_NAME).exists()
 
 
 def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
@@ -270,7 +271,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, c
     assert "Epoch[" in err and "Batch [" in err and "nan" in err.lower()
     assert "learning rate" in err and "model-0001.npz" in err
     assert good.read_bytes() == before
-    ig.training.load_checkpoint(good)
+    checkpoint.load_checkpoint(good)
 
 
 def test_evaluate_reproduces_the_logged_test_accuracy(tmp_path, capsys):
@@ -299,17 +300,17 @@ def test_other_devices_train_like_the_cpu(tmp_path, device):
 
 def test_curves_are_skipped_with_a_notice_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
-    monkeypatch.setattr(ig.training, "_matplotlib_missing_noted", False)
+    monkeypatch.setattr(progress, "_matplotlib_missing_noted", False)
     history = [dict(epoch=0, train_loss=1.0, test_loss=1.0, train_top1=0.5, test_top1=0.5)]
-    assert ig.training.plot_curves(history, tmp_path) is False
-    assert ig.training.plot_curves(history, tmp_path) is False
+    assert progress.plot_curves(history, tmp_path) is False
+    assert progress.plot_curves(history, tmp_path) is False
     assert capsys.readouterr().out.count("matplotlib is not installed") == 1  # one line, once
     assert not list(tmp_path.iterdir())
 
 
 def test_metrics_top1_top5():
     logits = np.array([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]], dtype=np.float32)
-    m = ig.training.Metrics()
+    m = evaluation.Metrics()
     m.update(0.5, logits, np.array([6, 5]))    # row 0: top-1 hit; row 1: 6th best, a miss
     m.update(1.5, logits, np.array([2, 4]))    # row 0: 5th best, a top-5 hit; row 1: 5th best
     assert (m.count, m.loss, m.top1, m.top5) == (4, 1.0, 0.25, 0.75)
@@ -334,7 +335,7 @@ def test_pytorch_style_aliases_and_optimizer_options(tmp_path):
     assert (o["num_epochs"], o["rand_seed"], o["momentum"], o["wd"]) == (3, 5, 0.5, 0.001)
     status, out = run(tmp_path, "--epochs", "1", "--momentum", "0", "--wd", "0")
     assert status == 0
-    stored = ig.training.load_checkpoint(out / "model-0001.npz")
+    stored = checkpoint.load_checkpoint(out / "model-0001.npz")
     assert (stored.args["momentum"], stored.args["wd"]) == (0, 0)
     # momentum 0 keeps no velocities
     assert all(v.size == 0 for k, v in stored.optimizer_state.items() if k.startswith("velocity"))
@@ -355,7 +356,7 @@ def test_young_bn_statistics_are_recalibrated_for_the_test_pass_only(tmp_path):
                            tmp_path / "auto" / "model-0002.npz")
     # the long-run protocol is the reference's: old statistics are used as they are
     net = ig.nets.get_network("plain_igc", 5, primary_partition=2, secondary_partition=2)
-    assert ig.training.stale_statistics(net, 100) and not ig.training.stale_statistics(net, 1000)
+    assert evaluation.stale_statistics(net, 100) and not evaluation.stale_statistics(net, 1000)
 
 
 def test_curves_name_the_run_and_mark_the_lr_steps(tmp_path, monkeypatch):
@@ -368,11 +369,11 @@ def test_curves_name_the_run_and_mark_the_lr_steps(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", keep)
     record = dict(train_loss=1.0, test_loss=1.0, train_top1=0.5, test_top1=0.5)
-    ig.training.plot_curves([dict(record, epoch=0)], tmp_path, title="my run")
+    progress.plot_curves([dict(record, epoch=0)], tmp_path, title="my run")
     ax = figures[-1].axes[0]
     assert ax.get_title() == "my run" and list(ax.get_xticks()) == [0]  # one epoch: one tick
     history = [dict(record, epoch=e) for e in range(4)]
-    ig.training.plot_curves(history, tmp_path, title="my run", lr_steps=[2, 3])
+    progress.plot_curves(history, tmp_path, title="my run", lr_steps=[2, 3])
     ax = figures[-1].axes[0]
     steps = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert [line.get_xdata()[0] for line in steps] == [1.5, 2.5]
@@ -381,7 +382,7 @@ def test_curves_name_the_run_and_mark_the_lr_steps(tmp_path, monkeypatch):
 
 
 def test_metrics_stay_on_the_device_until_read():
-    m = ig.training.Metrics()
+    m = evaluation.Metrics()
     logits = ig.Tensor(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
     m.update(ig.Tensor(np.float32(0.5)), logits, ig.Tensor(np.array([1, 1])))
     assert m._pending is not None and not m._host.any()  # nothing brought to the host yet

@@ -61,10 +61,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError, check_data_dir
-from .distributed import slice_of
-from .mxnet_io import RecordIO
-from .serialization import describe_os_error, read_regular
+from .. import functional as F
+from .. import nets
+from ..autograd import Tensor, no_grad
+from ..serialization import describe_os_error, read_regular
+from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError, check_data_dir, slice_of
+from .evaluation import Metrics
+from .mxnet_io import MXNetFormatError, RecordIO, load_released
 
 __all__ = ["load_imagenet", "ImageNetNotFoundError", "ImageError", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples",
            "FolderSamples", "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
@@ -609,7 +612,6 @@ class ImageNetTrainingData:
         return self.data.train.num_batches(self.batch_size)
 
     def _tensors(self, batches):
-        from .autograd import Tensor
         for xb, yb in batches:
             yield Tensor(xb.astype(self.dtype, copy=False), device=self.device), Tensor(yb, device=self.device)
 
@@ -743,9 +745,6 @@ def evaluate(model, source, batch_size=256, device="cpu", dtype=np.float32, limi
     """Metrics (loss, top-1, top-5; igc_np.training.Metrics) of model on an ImageNetSource (its
     validation transform), in inference mode. limit: stop after that many images; log: a function
     called with a line every 10 batches."""
-    from . import functional as F
-    from .autograd import Tensor, no_grad
-    from .training import Metrics
     model.eval()
     metrics = Metrics()
     with no_grad():
@@ -766,8 +765,6 @@ def main(argv=None):
     import argparse
     import sys
 
-    from . import nets
-    from .mxnet_io import MXNetFormatError
     p = argparse.ArgumentParser(description="Top-1 / top-5 of an ImageNet model on the validation split "
                                             "(short side 256, centre crop 224).")
     p.add_argument("--model", required=True, choices=list(nets.IMAGENET_CONFIGS))
@@ -781,7 +778,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         data = load_imagenet(args.data_dir, workers=args.workers, val_only=True)
-        model = nets.imagenet_model(args.model, num_classes=data.num_classes, weights=args.weights)
+        model = load_released(args.model, args.weights, num_classes=data.num_classes)
     except (OSError, ValueError, MXNetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -54,8 +54,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend
-from .autograd import Tensor
+from .. import backend
+from .. import functional as F
+from ..autograd import Tensor
+from ..ops import parallel
+from .data import slice_of
+from .evaluation import Metrics
+from .evaluation import evaluate as evaluate_one
 
 __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
@@ -314,7 +319,6 @@ def set_threads(n):
     count (and its pool); the variable is set too, for child processes.
     """
     global _blas_limit
-    from .ops import parallel
     n = parallel.set_threads(max(1, int(n)))
     os.environ["IGC_NP_THREADS"] = str(n)
     try:
@@ -410,16 +414,6 @@ def _decode_id(text):
 # --------------------------------------------------------------------------------------------
 # The data-parallel step
 # --------------------------------------------------------------------------------------------
-def slice_of(batch_size, rank, size):
-    """Rows of a `batch_size` batch that rank `rank` of `size` takes: contiguous, near-equal.
-
-    Rank r gets [B*r//P, B*(r+1)//P): sizes differ by at most one, the larger ones last.
-    """
-    if size < 1 or not 0 <= rank < size:
-        raise ValueError(f"slice_of: rank {rank} is not in 0..{size - 1}")
-    return slice(batch_size * rank // size, batch_size * (rank + 1) // size)
-
-
 @dataclass
 class StepResult:
     """What ``dp_step`` returns, identical on every rank.
@@ -459,7 +453,6 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
     SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with the metrics,
     so all ranks stop after the same batch.
     """
-    from . import functional as F
     loss_fn = loss_fn or F.cross_entropy
     xb, yb = (v.data if isinstance(v, Tensor) else v for v in (xb, yb))  # arrays, any device
     K, P = int(micro_batches), comm.size
@@ -555,7 +548,6 @@ def _piece_rows(B, r, P, k, K):
 
 def _sums(loss, logits, labels):
     """training.Metrics' sums of one piece: [loss * rows, rows, top-1 hits, top-5 hits]."""
-    from .training import Metrics
     m = Metrics()
     m.update(loss, logits, labels)
     return m.sums
@@ -592,7 +584,6 @@ def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=n
 
     Same arguments as ``training.evaluate`` plus `comm`; every rank gets the same Metrics.
     """
-    from .training import Metrics, evaluate as evaluate_one
     part = slice_of(len(x), comm.rank, comm.size)
     local = evaluate_one(model, x[part], y[part], mean, std, batch_size, device, dtype) \
         if part.stop > part.start else Metrics()

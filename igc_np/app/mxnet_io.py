@@ -45,8 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..nets import IMAGENET_CONFIGS, imagenet_model
+from ..nn import Module
+from ..serialization import atomic_write, check_writable_path, open_regular, read_regular
 from .data import DatasetError
-from .serialization import atomic_write, check_writable_path, open_regular, read_regular
+from .mxnet_graph import identify_graph, num_classes_of_graph
 
 __all__ = ["MXNetFormatError", "read_ndarray_list", "write_ndarray_list", "load_params", "save_params",
            "read_params", "load_checkpoint", "RecordIO", "unpack_image_record"]
@@ -234,7 +237,6 @@ def read_params(path):
 
 def _check_model_arg(op, model, path):
     """(model, path) in that order: a swapped call fails here with a message, not deep inside."""
-    from .nn import Module
     if not isinstance(model, Module):
         swapped = " (the arguments are swapped?)" if isinstance(path, Module) else ""
         raise TypeError(f"{op}(model, path): model must be an igc_np Module, got "
@@ -319,21 +321,18 @@ def load_checkpoint(prefix, epoch):
     """What MXNet's ``mx.model.load_checkpoint(prefix, epoch)`` gives the seed's users, as an igc_np
     model: ``<prefix>-symbol.json`` says which released model it is (mxnet_graph.identify_graph),
     ``<prefix>-<epoch:04d>.params`` holds its weights. Returns (model, name)."""
-    from .mxnet_graph import identify_graph, num_classes_of_graph
-    from .nets import imagenet_model
     symbol = Path(f"{prefix}-symbol.json")
     params = Path(f"{prefix}-{int(epoch):04d}.params")
     for path in (symbol, params):
         if not path.is_file():
             raise FileNotFoundError(f"load_checkpoint: {path} does not exist")
     name = identify_graph(symbol)
-    return imagenet_model(name, num_classes=num_classes_of_graph(symbol), weights=params), name
+    return load_released(name, params, num_classes=num_classes_of_graph(symbol)), name
 
 
 def _released_hint(arg):
     """' The file looks like <name>' when its stem conv is that of one of the five released
     ImageNet models (their stem widths C0 all differ), else ''."""
-    from .nets import IMAGENET_CONFIGS  # only for this message
     for stem_name in ("g0_conv_weight", "g0_weight"):
         shape = getattr(arg.get(stem_name), "shape", None)
         if shape is not None and len(shape) == 4 and shape[1:] == (3, 7, 7):
@@ -504,3 +503,9 @@ def unpack_image_record(raw, where="record"):
         label = np.frombuffer(raw, "<f4", flag, start).astype(np.float32)
         start += 4 * flag
     return label, bytes(raw[start:])
+
+
+def load_released(name, path, num_classes=1000):
+    """``nets.imagenet_model(name, num_classes)`` with the weights of the MXNet ``.params`` file
+    ``path`` loaded into it by ``load_params`` (strict: every parameter and BN statistic)."""
+    return load_params(imagenet_model(name, num_classes=num_classes), path)

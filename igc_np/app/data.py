@@ -87,7 +87,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .serialization import describe_os_error, open_regular, read_regular
+from ..serialization import describe_os_error, open_regular, read_regular
 
 __all__ = ["Dataset", "DatasetError", "DatasetNotFoundError", "load_dataset", "iterate_batches",
            "check_data_dir", "DATASETS", "DEFAULT_DATA_DIR"]
@@ -191,8 +191,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     elif name == "digits":
         ds = _load_digits()
     elif name == "imagenet":  # JPEGs read from disk batch by batch, not an in-memory Dataset
-        from .imagenet import imagenet_dir, load_imagenet
-        return load_imagenet(imagenet_dir(root), subset=subset)
+        raise ValueError("imagenet is streamed from disk, not loaded into memory: use "
+                         "igc_np.app.imagenet.load_imagenet(imagenet_dir(data_dir)), or "
+                         "igc_np.data.load_dataset('imagenet'), which dispatches to it")
     else:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if subset is not None and subset < len(ds.train_x):
@@ -801,6 +802,16 @@ class _progress:
 # --------------------------------------------------------------------------------------------
 # Batching and augmentation
 # --------------------------------------------------------------------------------------------
+def slice_of(batch_size, rank, size):
+    """Rows of a `batch_size` batch that rank `rank` of `size` takes: contiguous, near-equal.
+
+    Rank r gets [B*r//P, B*(r+1)//P): sizes differ by at most one, the larger ones last.
+    """
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"slice_of: rank {rank} is not in 0..{size - 1}")
+    return slice(batch_size * rank // size, batch_size * (rank + 1) // size)
+
+
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False,
                     rng: np.random.Generator | None = None, augment: bool = False,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
@@ -836,7 +847,6 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
     inv_std_c = (1.0 / std).astype(dtype).reshape(1, C, 1, 1)
     y = np.asarray(y, dtype=np.int64)
     if part is not None:
-        from .distributed import slice_of
         rank, size = part
         slice_of(0, rank, size)  # a rank outside 0..size-1 fails here, before any batch
 

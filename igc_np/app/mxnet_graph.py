@@ -18,7 +18,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .serialization import read_regular
+from .. import nets
+from ..serialization import read_regular
 
 MAX_SYMBOL_BYTES = 64 << 20  # the released graphs are < 1 MB
 
@@ -139,7 +140,6 @@ def identify_graph(json_path):
     is ``json_path``: every learned array's name and shape must match, or UnknownGraphError says
     which arrays differ. A graph with another number of classes (fc_score) is still recognised;
     build it with ``imagenet_model(name, num_classes=num_classes_of_graph(json_path))``."""
-    from . import nets  # imported here: reading a graph needs no network code
     counts = graph_counts(json_path)
     shapes = counts.param_shapes
     stem = shapes.get("g0_weight", shapes.get("g0_conv_weight"))

@@ -1,0 +1,26 @@
+"""The application around the core: what a training job needs besides tensors, layers and optimizers.
+
+The core (``igc_np/autograd.py``, ``ops/``, ``kernels/``, ``emu/``, ``nn.py``, ``nets.py``, ``igc.py``,
+``optim.py``, ``ig.save/ig.load``) never imports this package; this package imports the core.
+
+=================  ===========================================================================
+module             what it holds
+=================  ===========================================================================
+``data``           CIFAR-10/100, SVHN, digits in memory; downloads; batches and augmentation
+``imagenet``       ImageNet streamed from RecordIO or folders; the authors' augmentation
+``datasets``       every data set by name (``load_dataset``), the in-memory ones and ImageNet
+``mxnet_io``       MXNet ``.params`` / RecordIO files; ``load_released`` (a released model)
+``mxnet_graph``    MXNet ``-symbol.json`` graphs: which released model a file is
+``distributed``    several processes (MPI, NCCL): ``dp_step``, reductions, ``spawn``
+``options``        the trainer's options and their valid ranges (``check_options``)
+``checkpoint``     trainer checkpoints: ``save_checkpoint``, ``load_checkpoint``, ``restore``
+``run_folder``     the run folder: its lock, no earlier run replaced, writable
+``signals``        Ctrl-C / SIGTERM as a flag between batches; ``Stop``; exit statuses
+``progress``       ``log.jsonl``, the curves, progress bars and lines
+``evaluation``     ``Metrics``, ``evaluate``, precise BN statistics, the test pass
+``run``            ``Run`` (everything around the loop's step) and ``TrainingData``
+``cli``            ``run_command``: one line and an exit status instead of a traceback
+=================  ===========================================================================
+
+Nothing is imported here: ``import igc_np.app.options`` loads only what that module needs.
+"""

@@ -1,0 +1,236 @@
+"""Trainer checkpoints: ``save_checkpoint``, ``load_checkpoint`` (checked), ``restore``.
+
+Checkpoint files
+----------------
+``<prefix>-<epoch:04d>.npz`` holds the state after ``epoch`` completed epochs (the reference's
+MXNet numbering: the file written after ``Epoch[0]`` is ``-0001``). It is a plain ``.npz`` written
+atomically and read back with the bounded reader of ``igc_np.serialization`` (no pickles, sizes
+checked before reading). Strings (JSON) are stored as 0-d unicode arrays:
+
+=================  =========  ===============================================================
+key                array      meaning
+=================  =========  ===============================================================
+``format``         0-d str    ``"igc_np.checkpoint/1"``
+``model/<name>``   arrays     ``Module.state_dict()``: parameters and BN statistics, by the
+                              reference's names (``g1_b1_p2_two1_conv1_weight``, ...)
+``optimizer/<k>``  arrays     ``SGD.state_dict()``: ``lr``, ``velocity_0`` ...
+``epoch``          0-d int    epochs completed
+``batch``          0-d int    batches completed in epoch ``epoch`` (0 at an epoch boundary;
+                              > 0 only in a checkpoint written on Ctrl-C / SIGTERM)
+``rng_state``      0-d str    JSON of the data rng's ``bit_generator.state`` at the *start* of
+                              epoch ``epoch``: the shuffle of that epoch is drawn again on resume
+``train_sums``     (4,) f64   running sums of the unfinished epoch (see ``Metrics.sums``)
+``history``        0-d str    JSON list of the per-epoch records so far (the log and the curves)
+``args``           0-d str    JSON of the resolved options (paths among them are informative
+                              only: a resumed run writes where its command line says)
+=================  =========  ===============================================================
+
+Every field is checked on loading (``CheckpointError`` names the field); a model with NaN or inf
+values is never written, and one read from a file is refused for resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..serialization import SerializationError, read_npz, write_npz
+from .options import OptionError, check_options
+
+FORMAT = "igc_np.checkpoint/1"
+
+
+class CheckpointError(SerializationError):
+    """A checkpoint is missing, corrupt or does not fit the model; the message names the file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def checkpoint_path(prefix, epoch):
+    """``<prefix>-<epoch:04d>.npz``: the state after ``epoch`` completed epochs."""
+    return Path(f"{prefix}-{int(epoch):04d}.npz")
+
+
+def _text(value):
+    """A 0-d unicode array: how a string travels through an npz without pickling."""
+    return np.array(json.dumps(value) if not isinstance(value, str) else value, dtype=np.str_)
+
+
+def nonfinite_entries(state):
+    """Names of the arrays of ``state`` ({name: array}) holding NaN or inf."""
+    return [k for k, v in state.items()
+            if np.asarray(v).dtype.kind in "fc" and not np.isfinite(v).all()]
+
+
+def save_checkpoint(path, model, optimizer, *, epoch, batch, rng_state, train_sums, history, args):
+    """Write the whole training state to ``path`` atomically; refuse a non-finite model.
+
+    Raises CheckpointError (and writes nothing) if a weight or BN statistic is NaN/inf: such a
+    file would later be "the last good checkpoint". OSError (full disk, ...) propagates with
+    no file left behind.
+    """
+    path = Path(path)
+    model_state = model.state_dict()
+    bad = nonfinite_entries(model_state)
+    if bad or not np.isfinite(train_sums).all():
+        raise CheckpointError(f"checkpoint {path} not written: NaN/inf in "
+                              f"{', '.join(bad[:3]) or 'the running loss'}"
+                              f"{' ...' if len(bad) > 3 else ''}")
+    arrays = {"format": _text(FORMAT),
+              "epoch": np.int64(epoch), "batch": np.int64(batch),
+              "rng_state": _text(rng_state),
+              "train_sums": np.asarray(train_sums, dtype=np.float64),
+              "history": _text(history), "args": _text(args)}
+    arrays.update({f"model/{k}": v for k, v in model_state.items()})
+    arrays.update({f"optimizer/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    return write_npz(path, arrays)
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` returns: every entry of the file, decoded and checked."""
+    path: Path
+    model_state: dict
+    optimizer_state: dict
+    epoch: int
+    batch: int
+    rng_state: dict
+    train_sums: np.ndarray
+    history: list = field(default_factory=list)
+    args: dict = field(default_factory=dict)
+    nonfinite: list = field(default_factory=list)  # model entries with NaN/inf (never resumed)
+
+
+_SCALARS = ("format", "epoch", "batch", "rng_state", "train_sums", "history", "args")
+_RECORD_NUMBERS = ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "train_top5",
+                   "test_top5", "epoch_time", "elapsed")
+
+
+def _known_member(key):
+    return key in _SCALARS or key.startswith(("model/", "optimizer/"))
+
+
+def load_checkpoint(path):
+    """Read and check a checkpoint file; raise ``CheckpointError`` naming the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path}: is a folder; give a .npz file in it")
+        raise CheckpointError(f"checkpoint {path}: no such file{_available_hint(path)}")
+    try:
+        entries = read_npz(path, _known_member, what="checkpoint")
+    except CheckpointError:
+        raise
+    except SerializationError as e:
+        raise CheckpointError(str(e)) from None
+    where = f"checkpoint {path}"
+
+    def fail(key, problem):
+        raise CheckpointError(f"{where}: field {key!r} {problem}")
+
+    fmt = entries.get("format")
+    if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
+        shown = str(fmt)[:40] if fmt is not None else "missing"
+        raise CheckpointError(f"{where}: format {shown!r}, expected {FORMAT!r} "
+                              "(not written by igc_np's trainer?)")
+    missing = [k for k in _SCALARS if k not in entries]
+    if missing:
+        raise CheckpointError(f"{where}: missing entries {missing}")
+
+    def integer(key, lo, hi):
+        v = entries[key]
+        if v.shape != () or v.dtype.kind not in "iu" or not lo <= int(v) <= hi:
+            fail(key, f"must be an integer in {lo}..{hi}, got {v!r}")
+        return int(v)
+
+    def json_field(key, kind):
+        v = entries[key]
+        if v.shape != () or v.dtype.kind != "U":
+            fail(key, "must be a JSON text")
+        try:
+            value = json.loads(str(v))
+        except ValueError as e:
+            fail(key, f"is not valid JSON ({e})")
+        if not isinstance(value, kind):
+            fail(key, f"must be a JSON {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    epoch = integer("epoch", 0, 100_000)
+    batch = integer("batch", 0, 1 << 40)
+    rng_state = json_field("rng_state", dict)
+    try:  # the only way to know a bit-generator state is valid is to set one
+        bit_generator = getattr(np.random, str(rng_state.get("bit_generator")))
+        if not (isinstance(bit_generator, type) and issubclass(bit_generator, np.random.BitGenerator)):
+            raise ValueError(f"unknown bit generator {rng_state.get('bit_generator')!r}")
+        bit_generator().state = rng_state
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as e:
+        fail("rng_state", f"is not a NumPy bit-generator state ({type(e).__name__}: {e})")
+    sums = entries["train_sums"]
+    if sums.shape != (4,) or sums.dtype.kind != "f":
+        fail("train_sums", f"must be 4 floats, got {sums.shape} {sums.dtype}")
+    sums = sums.astype(np.float64)
+    if not np.isfinite(sums).all() or (sums < 0).any() or sums[1] != int(sums[1]) \
+            or sums[2] > sums[1] or sums[3] > sums[1] or sums[2] > sums[3]:
+        fail("train_sums", f"must be [loss sum >= 0, samples, top-1 hits <= top-5 hits <= samples], "
+                           f"got {sums.tolist()}")
+    if batch == 0 and sums.any():
+        fail("train_sums", "must be zero at an epoch boundary (batch 0)")
+    history = json_field("history", list)
+    if len(history) != epoch:
+        fail("history", f"has {len(history)} records for {epoch} completed epochs")
+    for i, r in enumerate(history):
+        if not isinstance(r, dict) or r.get("epoch") != i:
+            fail("history", f"record {i} must be a JSON object with epoch {i}")
+        for k in _RECORD_NUMBERS:
+            if k in r and (isinstance(r[k], bool) or not isinstance(r[k], (int, float))
+                           or not math.isfinite(r[k]) or r[k] < 0):
+                fail("history", f"record {i}: {k} must be a finite number >= 0, got {r[k]!r}")
+    args = json_field("args", dict)
+    try:
+        check_options({k: v for k, v in args.items() if k != "lr_steps" or isinstance(v, list)},
+                      where=f"{where}: field 'args': ")
+    except OptionError as e:
+        raise CheckpointError(str(e)) from None
+    model_state = {k[6:]: v for k, v in entries.items() if k.startswith("model/")}
+    if not model_state:
+        fail("model/", "is empty: no weights stored")
+    optimizer_state = {k[10:]: v for k, v in entries.items() if k.startswith("optimizer/")}
+    if "lr" in optimizer_state:
+        lr = optimizer_state["lr"]
+        if lr.shape != () or lr.dtype.kind != "f" or not 0 < float(lr) < 1e3:
+            fail("optimizer/lr", f"must be a positive finite float, got {lr!r}")
+    return Checkpoint(path=path, model_state=model_state, optimizer_state=optimizer_state,
+                      epoch=epoch, batch=batch, rng_state=rng_state, train_sums=sums,
+                      history=history, args=args,
+                      nonfinite=nonfinite_entries(model_state) + [
+                          "optimizer/" + k for k in nonfinite_entries(optimizer_state)])
+
+
+def _available_hint(path):
+    """'; in DIR there are: ...-0005.npz, ...-0010.npz' listing checkpoints beside a missing one."""
+    stem = path.name.rsplit("-", 1)[0]
+    if not path.parent.is_dir():
+        return f" (the folder {path.parent} does not exist)"
+    found = sorted(p.name for p in path.parent.glob(f"{stem}-*.npz"))
+    return f"; in {path.parent} there are: {', '.join(found)}" if found else ""
+
+
+def restore(ckpt, model, optimizer=None):
+    """Copy a checkpoint's model (and optimizer) state in; errors name the file and the entry."""
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this network: {msg}") from None
+    if optimizer is None:
+        return
+    try:
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise CheckpointError(f"checkpoint {ckpt.path}: optimizer state does not fit: {msg}") from None
+
