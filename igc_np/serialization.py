@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backend
+
 __all__ = ["SerializationError", "NotRegularFileError", "write_npz", "read_npz", "atomic_write",
            "open_regular", "read_regular", "describe_os_error", "save", "load"]
 
@@ -356,7 +358,6 @@ def save(state_dict, path):
 
     The name is used as given (``m.npz`` recommended; no suffix is added).
     """
-    from . import backend
     if not isinstance(state_dict, dict):
         raise TypeError(f"igc_np.save: expected a dict of arrays (model.state_dict()), got "
                         f"{type(state_dict).__name__}")
