@@ -1,8 +1,10 @@
 """Safe files: atomic writing and bounded reading of ``.npz`` archives, and ``save`` / ``load``.
 
 Writing (``write_npz``, ``atomic_write``)
-    The bytes go to a temporary file with a unique name (``.<name>.<random>.tmp``) in the target's
-    folder, are flushed and ``fsync``-ed, and the temporary file is renamed onto the target with
+    The bytes go to a temporary file with a unique name (``.<name>.<host>-<pid>.<random>.tmp``:
+    ``<host>`` 8 hex digits of the machine's name, ``<pid>`` the writer's process id, so that a
+    temporary left by a killed process can be recognised and removed: ``stale_temporaries``) in
+    the target's folder, are flushed and ``fsync``-ed, and the temporary file is renamed onto the target with
     ``os.replace``, which is atomic on one file system. A crash, a full disk, SIGKILL or Ctrl-C
     therefore leaves either the old file or the new one under the name, never half of one; the
     temporary file is removed on every failure we can see (SIGKILL leaves it, under its dot-name).
@@ -34,7 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
+import socket
 import stat
 import tempfile
 import zipfile
@@ -45,7 +50,8 @@ import numpy as np
 from . import backend
 
 __all__ = ["SerializationError", "NotRegularFileError", "write_npz", "read_npz", "atomic_write",
-           "open_regular", "read_regular", "describe_os_error", "save", "load"]
+           "open_regular", "read_regular", "describe_os_error", "stale_temporaries",
+           "temporary_name_bytes", "save", "load"]
 
 #: limits of ``read_npz`` unless the caller gives others
 MAX_MEMBER_BYTES = 8 << 30       # one array: 8 GiB (an ImageNet IGC net is a few hundred MiB)
@@ -169,7 +175,7 @@ def atomic_write(path, mode="wb"):
     raises anything (including KeyboardInterrupt and a full disk).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         with contextlib.suppress(OSError):  # mkstemp makes 0600; a result file is 0666 - umask
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -183,6 +189,44 @@ def atomic_write(path, mode="wb"):
             os.unlink(tmp)
         raise
     _fsync_folder(path.parent)
+
+
+def host_tag(host=None):
+    """8 hex digits naming a machine (of its host name) in temporary names: short, fixed length."""
+    name = socket.gethostname() if host is None else host
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _owner():
+    return f"{host_tag()}-{os.getpid()}"
+
+
+#: ``.<name>.<host>-<pid>.<8 random>.tmp``: what atomic_write adds to a name, at most (pid <= 7 digits)
+TEMPORARY_EXTRA = len(".") + len(".") + 8 + 1 + 7 + 1 + 8 + len(".tmp")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})\.[a-z0-9_]{8}\.tmp$",
+                        re.S)
+
+
+def temporary_name_bytes(name):
+    """The longest name (in bytes) of atomic_write's temporary file for a target named ``name``."""
+    return len(os.fsencode(name)) + TEMPORARY_EXTRA
+
+
+def stale_temporaries(folder, alive):
+    """Temporary files of atomic_write in ``folder`` whose writer is a dead process of this
+    machine: ``alive(pid)`` is False. Temporaries of other machines (unknowable) and of live
+    processes are never listed."""
+    here = host_tag()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if m and m["host"] == here and int(m["pid"]) != os.getpid() and not alive(int(m["pid"])):
+            out.append(Path(folder) / name)
+    return sorted(out)
 
 
 def _fsync_folder(folder):

@@ -537,3 +537,133 @@ def test_open_regular_checks_the_opened_descriptor(tmp_path, monkeypatch):
                         else real(mode))
     with pytest.raises(serialization.NotRegularFileError, match="swap: is a FIFO"):
         serialization.open_regular(fifo, "file")
+
+
+# ---- signals during a save (issue 18) ----------------------------------------------------------
+import signal  # noqa: E402
+
+from igc_np.app import run_folder, signals  # noqa: E402
+
+
+def _tiny_state():
+    model = ig.nets.get_network("resnet_igc", depth=8, primary_partition=2, secondary_partition=2, rng=0)
+    return model, ig.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+
+
+def _save(path, model, opt):
+    checkpoint.save_checkpoint(path, model, opt, epoch=1, batch=0,
+                               rng_state=np.random.default_rng(0).bit_generator.state,
+                               train_sums=np.zeros(4), history=[{"epoch": 0}], args={})
+
+
+def _line_events(fn):
+    """How many 'line' trace events fn() makes (the points a signal can arrive between)."""
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+        return tracer
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count[0]
+
+
+def _signal_at(k, fn, signum=signal.SIGINT):
+    """fn() with ``signum`` sent to this process at its k-th line event."""
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] == k:
+                os.kill(os.getpid(), signum)
+        return tracer
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+
+
+def test_a_second_ctrl_c_at_any_moment_of_a_save_quits_after_it_cleanly(tmp_path):
+    """The first Ctrl-C asked for a save; the second arrives at one of ~60 points spread over
+    the save (zipfile, fsync, rename included): always KeyboardInterrupt (exit 130), never
+    "Can't close the ZIP file", the previous checkpoint intact, no temporary left, the target
+    absent, the old file or the complete new one."""
+    model, opt = _tiny_state()
+    previous = tmp_path / "model-0001.npz"
+    _save(previous, model, opt)
+    before = previous.read_bytes()
+    total = _line_events(lambda: _save(tmp_path / "probe.npz", model, opt))
+    (tmp_path / "probe.npz").unlink()
+    assert total > 200
+    points = sorted(set(list(range(1, 30)) + list(range(30, total + 1, max(1, total // 60)))))
+    for k in points:
+        target = tmp_path / ("model-interrupted.npz" if k % 2 else "model-0001.npz")
+        interrupt = signals.GracefulInterrupt(quiet=True)
+        with interrupt:
+            interrupt.requested = True  # the first Ctrl-C: this save is the one it asked for
+            with pytest.raises(KeyboardInterrupt):
+                _signal_at(k, lambda: _save(target, model, opt))
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert not leftovers, (k, leftovers)
+        if target.name == "model-0001.npz":
+            checkpoint.load_checkpoint(target)  # the old one or the new one, whole
+        else:
+            assert previous.read_bytes() == before
+            if target.exists():
+                checkpoint.load_checkpoint(target)
+                target.unlink()
+        previous.write_bytes(before)
+
+
+def test_deferred_signals_deliver_in_order_after_the_block_and_nest():
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda s, f: got.append("usr1"))
+    try:
+        with signals.deferred_signals():
+            with signals.deferred_signals():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                time.sleep(0.01)
+                assert got == []
+            assert got == []
+        assert got == ["usr1"]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_sighup_is_treated_like_sigterm_unless_ignored_by_nohup():
+    assert signal.SIGHUP in signals.GracefulInterrupt.SIGNALS
+    interrupt = signals.GracefulInterrupt(quiet=True)
+    with interrupt:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.01)
+    assert interrupt.requested and interrupt.exit_status == 129 and interrupt.name == "SIGHUP"
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        interrupt = signals.GracefulInterrupt(quiet=True)
+        with interrupt:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.01)
+        assert not interrupt.requested and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_sighup_saves_the_interrupted_state(tmp_path):
+    """A closed terminal (SIGHUP) saves model-interrupted.npz and exits 129, like SIGTERM."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
+        "--num-epochs", "50", "--output-dir", str(out)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Epoch[0] Batch"):
+            break
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129, err
+    assert checkpoint.load_checkpoint(out / "model-interrupted.npz").batch > 0

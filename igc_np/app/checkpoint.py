@@ -39,6 +39,7 @@ import numpy as np
 
 from ..serialization import SerializationError, read_npz, write_npz
 from .options import OptionError, check_options
+from .signals import deferred_signals
 
 FORMAT = "igc_np.checkpoint/1"
 
@@ -71,7 +72,8 @@ def save_checkpoint(path, model, optimizer, *, epoch, batch, rng_state, train_su
 
     Raises CheckpointError (and writes nothing) if a weight or BN statistic is NaN/inf: such a
     file would later be "the last good checkpoint". OSError (full disk, ...) propagates with
-    no file left behind.
+    no file left behind. A signal during the write is delivered when it is complete
+    (``signals.deferred_signals``).
     """
     path = Path(path)
     model_state = model.state_dict()
@@ -87,7 +89,8 @@ def save_checkpoint(path, model, optimizer, *, epoch, batch, rng_state, train_su
               "history": _text(history), "args": _text(args)}
     arrays.update({f"model/{k}": v for k, v in model_state.items()})
     arrays.update({f"optimizer/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
-    return write_npz(path, arrays)
+    with deferred_signals():  # a Ctrl-C now is delivered after the save, never inside zipfile
+        return write_npz(path, arrays)
 
 
 @dataclass
