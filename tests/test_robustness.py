@@ -667,3 +667,161 @@ def test_sighup_saves_the_interrupted_state(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 129, err
     assert checkpoint.load_checkpoint(out / "model-interrupted.npz").batch > 0
+
+
+# ---- the run folder: every folder written is locked and checked (issue 18) ----------------------
+import socket  # noqa: E402
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    """A folder A holding a finished run's checkpoints and the lock of a live process."""
+    a = tmp_path / "A"
+    status, _ = run(tmp_path, "--num-epochs", "1", name="A")
+    assert status == 0
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (a / run_folder.LOCK_NAME).write_text(json.dumps(
+        {"pid": sleeper.pid, "host": socket.gethostname(), "started": "2026-01-01 10:00:00",
+         "command": "cifar10_igc.py (run A)"}))
+    yield a, sleeper
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_model_prefix_into_a_live_runs_folder_is_refused(live_run, tmp_path, capsys):
+    a, sleeper = live_run
+    before = {p.name: p.read_bytes() for p in a.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        status = trainer.main(TINY + ["--output-dir", str(tmp_path / "B"), "--model-prefix",
+                                      str(a / "model"), "--num-epochs", "1"] + extra)
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert f"--model-prefix {a} is in use by another trainer: pid {sleeper.pid}" in err
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == before  # nothing written or deleted
+
+
+def test_the_prefix_folder_is_locked_while_a_run_writes_there(tmp_path):
+    out, elsewhere = tmp_path / "B", tmp_path / "A"
+    out.mkdir()
+    lock = run_folder.RunLock(out)
+    lock.acquire()
+    try:
+        run_folder.check_run_folder(out, elsewhere / "model", delete=True)
+        assert json.loads((elsewhere / run_folder.LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(run_folder.RunFolderError, match="in use"):  # a second run there
+            _other_process_lock(elsewhere)
+    finally:
+        lock.release()
+    assert not (elsewhere / run_folder.LOCK_NAME).exists() and not (out / run_folder.LOCK_NAME).exists()
+
+
+def _other_process_lock(folder):
+    """Try to take ``folder``'s lock from another process (raises RunFolderError if refused)."""
+    code = ("import sys; from igc_np.app import run_folder\n"
+            f"try:\n    run_folder.RunLock({str(folder)!r}).acquire()\n"
+            "except run_folder.RunFolderError as e:\n    print(e); sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    if r.returncode == 3:
+        raise run_folder.RunFolderError(r.stdout.strip())
+    assert r.returncode == 0, r.stderr
+
+
+def test_overwrite_removes_only_files_the_trainer_wrote(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    np.savez(out / "model-0007.npz", mine=np.arange(3))         # the user's own file, same pattern
+    (out / "model-notes.npz").write_bytes(b"x")                 # not a checkpoint name at all
+    assert run(tmp_path, "--num-epochs", "1", "--overwrite", name="run")[0] == 0
+    err = capsys.readouterr().err
+    assert "kept model-0007.npz (not written by the trainer)" in err
+    assert np.load(out / "model-0007.npz")["mine"].tolist() == [0, 1, 2]
+    assert (out / "model-notes.npz").read_bytes() == b"x"
+    assert not (out / "model-0002.npz").exists()  # the earlier run's own checkpoint is gone
+
+
+def test_a_prefix_with_glob_characters_is_matched_exactly(finished, tmp_path, capsys):
+    """model[v2]: the guard against replacing later checkpoints must see model[v2]-0002."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for p in finished.iterdir():
+        name = p.name.replace("model-", "model[v2]-")
+        if p.is_file():
+            shutil.copy(p, out / name)
+    later = (out / "model[v2]-0002.npz").read_bytes()
+    assert [p.name for p in run_folder.checkpoint_files(out / "model[v2]")] == \
+        ["model[v2]-0001.npz", "model[v2]-0002.npz"]
+    (out / "modelv-0009.npz").write_bytes(b"")  # what the glob model[v2]-*.npz would match
+    assert [p.name for p in run_folder.checkpoint_files(out / "model[v2]")][-1] == "model[v2]-0002.npz"
+    assert trainer.main(["--resume", str(out / "model[v2]-0001.npz")]) == 2
+    assert "model[v2]-0002.npz" in capsys.readouterr().err
+    assert (out / "model[v2]-0002.npz").read_bytes() == later
+
+
+def test_a_prefix_too_long_for_its_temporary_is_refused_before_training(tmp_path, capsys):
+    """244 bytes: model-0001.npz fits NAME_MAX (255), its temporary does not."""
+    prefix = tmp_path / "out" / ("m" * 244)
+    with pytest.raises(run_folder.RunFolderError, match=r"temporary name of \d+ bytes.*NAME_MAX"):
+        run_folder.check_run_folder(tmp_path / "out", prefix)
+    status = trainer.main(TINY + ["--model-prefix", str(prefix), "--num-epochs", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "NAME_MAX" in err and "please report" not in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    ok = name_max - serialization.TEMPORARY_EXTRA - len("-interrupted.npz")
+    run_folder.check_run_folder(tmp_path / "out", tmp_path / "out" / ("m" * ok))  # the longest that fits
+
+
+def test_a_path_over_path_max_is_a_clear_error(tmp_path, capsys):
+    deep = tmp_path.joinpath(*["d" * 200] * 25)  # ~5000 bytes
+    status = trainer.main(TINY + ["--output-dir", str(deep), "--num-epochs", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "PATH_MAX" in err and "please report" not in err and "Traceback" not in err
+
+
+def test_temporaries_of_killed_processes_are_removed_when_a_run_opens_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = serialization.host_tag()
+    stale = out / f".model-0003.npz.{here}-{dead.pid}.abcd1234.tmp"
+    alive = out / f".model-0003.npz.{here}-{os.getppid()}.abcd1234.tmp"
+    foreign = out / f".model-0003.npz.{serialization.host_tag('elsewhere')}-{dead.pid}.abcd1234.tmp"
+    users = out / ".notes.tmp"
+    for p in (stale, alive, foreign, users):
+        p.write_bytes(b"half a checkpoint")
+    assert run(tmp_path, "--num-epochs", "1", name="run")[0] == 0
+    assert f"removed {stale}" in capsys.readouterr().err
+    assert not stale.exists() and alive.exists() and foreign.exists() and users.exists()
+
+
+def test_a_folder_without_a_checkpoint_is_started_not_protected(tmp_path, capsys):
+    """A run that failed before its first checkpoint left an empty log.jsonl: the rerun starts."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text("")
+    assert run(tmp_path, "--num-epochs", "1", name="run")[0] == 0
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "nothing to resume" in err
+    assert len(read_log(out)) == 1 and (out / "model-0001.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_a_lock_file_that_is_a_fifo_or_device_is_refused_naming_it(tmp_path, capsys, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / run_folder.LOCK_NAME
+    os.mkfifo(lock) if kind == "fifo" else lock.symlink_to("/dev/zero")
+
+    def expired(*_):
+        raise TimeoutError("blocked on the lock file")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    try:
+        status = trainer.main(TINY + ["--output-dir", str(out), "--num-epochs", "1"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert status == 2 and f"unreadable lock file {lock}" in err
+    assert ("FIFO" if kind == "fifo" else "character device") in err

@@ -94,6 +94,8 @@ class RunLock:
                     f"Wait for it, choose another --output-dir / --model-prefix, or remove "
                     f"{self.path} if that process is gone"
                     + ("" if same_host else " (it runs on another machine: not checked)"))
+            except RunFolderError:
+                raise
             except OSError as e:
                 raise RunFolderError(f"{self.path}: cannot create the lock "
                                      f"({describe_os_error(e)})") from None
