@@ -825,3 +825,57 @@ def test_a_lock_file_that_is_a_fifo_or_device_is_refused_naming_it(tmp_path, cap
     err = capsys.readouterr().err
     assert status == 2 and f"unreadable lock file {lock}" in err
     assert ("FIFO" if kind == "fifo" else "character device") in err
+
+
+# ---- resuming (issue 18) -----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_resume_from_a_fifo_or_device_says_what_it_is(tmp_path, capsys, kind):
+    path = tmp_path / "model-0003.npz"
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+
+    def expired(*_):
+        raise TimeoutError("blocked on --resume")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(30)
+    try:
+        status = trainer.main(["--resume", str(path)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert status == 1 and ("is a FIFO" if kind == "fifo" else "is a character device") in err
+    assert "no such file" not in err
+
+
+def test_a_missing_checkpoint_lists_its_neighbours_exactly(tmp_path):
+    for name in ("model[v2]-0001.npz", "model[v2]-0002.npz", "modelv-0003.npz"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"no such file; in .* there are: "
+                                              r"model\[v2\]-0001.npz, model\[v2\]-0002.npz$"):
+        checkpoint.load_checkpoint(tmp_path / "model[v2]-0009.npz")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b))
+def test_a_printed_command_gives_the_same_bytes_back_when_pasted(name):
+    """shell_quote of any file name (undecodable bytes included, as os.fsdecode gives them):
+    pasted into bash, the argument is those bytes."""
+    text = os.fsdecode(b"runs/" + name)
+    line = checkpoint.shell_join(["printf", "%s", text])
+    assert "\\udc" not in line  # never the surrogate escapes of Python
+    r = subprocess.run(["bash", "-c", line], capture_output=True, timeout=30)
+    assert r.stdout == b"runs/" + name
+
+
+def test_resume_options_say_what_a_resume_keeps_or_changes():
+    stored = dict(num_epochs=40, lr_steps=[20, 30, 35], lr=0.1, batch_size=64, output_dir="x")
+    fill, notes = checkpoint.resume_options(stored, {"num_epochs": 80}, skip=("output_dir",))
+    assert fill["lr_steps"] == [40, 60, 70] and "output_dir" not in fill and fill["lr"] == 0.1
+    assert notes == ["resume: --num-epochs 80 (was 40): the default lr steps recomputed as "
+                     "40,60,70 (were 20,30,35)"]
+    stored["lr_steps"] = [10, 15]  # given explicitly by the run: kept
+    fill, notes = checkpoint.resume_options(stored, {"num_epochs": 80, "lr": 0.05})
+    assert fill["lr_steps"] == [10, 15] and "lr" not in fill
+    assert "the lr steps 10,15 given to the run are kept" in notes[-1]
+    assert "resume: --lr 0.05 (the checkpoint's was 0.1)" in notes
+    assert checkpoint.resume_options(stored, {})[1] == []  # the same length: nothing to say
