@@ -343,13 +343,16 @@ def test_the_trainer_data_source(tmp_path):
     import igc_np as ig
     data = load_imagenet(make_folders(tmp_path, per_class=3), workers=2)
     td = inet.ImageNetTrainingData(data, batch_size=4, test_batch_size=5)
-    assert (len(td), td.test_len(), td.train_size, td.num_classes, td.name) == (3, 2, 9, 3, "imagenet")
+    # 9 images, the last batch filled: 12 rows an epoch, as the trainer counts them
+    assert (len(td), td.test_len(), td.train_size, td.num_classes, td.name) == (3, 2, 12, 3, "imagenet")
     state = np.random.default_rng(3).bit_generator.state
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     first = [(x.numpy(), y.numpy()) for x, y in td.batches(rng)]
     assert isinstance(next(td.test_batches())[0], ig.Tensor)
     assert [len(y) for _, y in first] == [4, 4, 4]  # the last batch filled (round_batch)
+    # the rows Run.batches expects of batch b (dp_step's global_batch): what the source gives
+    assert [len(y) for _, y in first] == [min(4, td.train_size - b * 4) for b in range(len(td))]
     rng.bit_generator.state = state
     again = [(x.numpy(), y.numpy()) for x, y in td.batches(rng, start_batch=2)]
     np.testing.assert_array_equal(again[0][0], first[2][0])

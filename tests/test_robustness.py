@@ -879,3 +879,66 @@ def test_resume_options_say_what_a_resume_keeps_or_changes():
     assert "the lr steps 10,15 given to the run are kept" in notes[-1]
     assert "resume: --lr 0.05 (the checkpoint's was 0.1)" in notes
     assert checkpoint.resume_options(stored, {})[1] == []  # the same length: nothing to say
+
+
+# ---- trainer parts that need a change in a file trust does not own (reported; strict xfail:
+# ---- they pass, and must then be un-marked, once the change is applied) -------------------------
+NEEDS_HOUSE = pytest.mark.xfail(strict=True, reason="needs the examples/cifar10_igc.py / "
+                                "igc_np/app/run.py change in trust's issue-18 report")
+
+
+@NEEDS_HOUSE
+def test_a_closed_stdout_still_trains(tmp_path):
+    out = tmp_path / "out"
+    cmd = " ".join([sys.executable, str(TRAIN_SCRIPT)] + TINY + ["--num-epochs", "1", "--output-dir", str(out)])
+    r = subprocess.run(["bash", "-c", cmd + " >&-"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    assert "AttributeError" not in r.stderr and (out / "model-0001.npz").exists()
+
+
+@NEEDS_HOUSE
+def test_a_data_error_during_training_saves_first_and_names_the_file(tmp_path, capsys, monkeypatch):
+    from igc_np.app import run as run_module
+    from igc_np.app.data import DatasetError
+    real = run_module.TrainingData.batches
+
+    def failing(self, rng, start_batch=0, part=None):
+        for b, batch in enumerate(real(self, rng, start_batch, part)):
+            if b == 2:
+                raise DatasetError("train/n01/n01_7.JPEG (class 'n01', image 7): cannot decode")
+            yield batch
+    monkeypatch.setattr(run_module.TrainingData, "batches", failing)
+    status, out = run(tmp_path, "--num-epochs", "2")
+    err = capsys.readouterr().err
+    assert status == 1 and "n01_7.JPEG" in err and "model-interrupted.npz" in err
+    assert checkpoint.load_checkpoint(out / "model-interrupted.npz").batch == 2
+
+
+@NEEDS_HOUSE
+def test_a_non_utf8_output_folder_prints_a_resume_command_that_works_pasted(tmp_path):
+    """Ctrl-C in runs/caf\xe9 (Latin-1 bytes): the printed command, pasted into bash, names
+    the very file saved (not caf\\udce9)."""
+    out = os.fsencode(str(tmp_path)) + b"/caf\xe9"
+    proc = subprocess.Popen([os.fsencode(sys.executable), b"-u", os.fsencode(str(TRAIN_SCRIPT))]
+                            + [a.encode() for a in TINY] + [b"--num-epochs", b"50", b"--output-dir", out],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    for line in proc.stdout:
+        if line.startswith(b"Epoch[0] Batch"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    command = [l for l in err.splitlines() if l.strip().startswith(b"python")][-1].strip()
+    r = subprocess.run([b"bash", b"-c", b"set -- " + command + b"; printf %s \"$4\""], capture_output=True)
+    assert r.stdout == out + b"/model-interrupted.npz", command
+    assert os.path.exists(r.stdout)
+
+
+@NEEDS_HOUSE
+def test_a_resume_with_another_num_epochs_says_what_happens_to_the_lr_steps(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    assert trainer.main(["--resume", str(out / "model-0002.npz"), "--num-epochs", "4"]) == 0
+    assert "resume: --num-epochs 4 (was 2): the default lr steps recomputed as 2,3 (were 1)" \
+        in capsys.readouterr().out

@@ -606,7 +606,12 @@ class ImageNetTrainingData:
     def __init__(self, data, batch_size, dtype=np.float32, device="cpu", test_batch_size=256):
         self.data, self.batch_size, self.dtype, self.device = data, batch_size, np.dtype(dtype), device
         self.test_batch_size = test_batch_size
-        self.name, self.num_classes, self.train_size = "imagenet", data.num_classes, len(data.train)
+        self.name, self.num_classes = "imagenet", data.num_classes
+        # the rows of an epoch as the trainer counts them (batch b has min(B, train_size - b B)
+        # rows): every batch whole when the last one is filled (round_batch) or dropped
+        t = data.train
+        self.train_size = t.num_batches(batch_size) * batch_size if (t.round_batch or t.drop_last) \
+            else len(t)
 
     def __len__(self):
         return self.data.train.num_batches(self.batch_size)
