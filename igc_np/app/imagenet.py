@@ -167,19 +167,27 @@ class FolderSamples:
 
 def _entries(folder, split):
     """(name, st_mode after following links) of the non-hidden entries of ``folder``; an entry
-    that cannot be examined is an ImageError naming it."""
-    try:
-        names = os.listdir(folder)
-    except OSError as e:
-        raise ImageError(f"the {split} split: cannot list {folder}: {describe_os_error(e)}") from None
+    that cannot be examined (a link loop, a broken link) is an ImageError naming it. scandir
+    knows the kind of plain files and folders without a stat call each (1.28M files); only
+    links are followed (os.stat)."""
     out = []
-    for name in names:
-        if name.startswith("."):
-            continue
-        try:
-            out.append((name, os.stat(folder / name).st_mode))
-        except OSError as e:
-            raise ImageError(f"the {split} split: {folder / name}: {describe_os_error(e)}") from None
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink():
+                    mode = os.stat(entry.path).st_mode  # follows it: a loop or a dead end raises
+                elif entry.is_dir(follow_symlinks=False):
+                    mode = stat.S_IFDIR
+                elif entry.is_file(follow_symlinks=False):
+                    mode = stat.S_IFREG
+                else:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                out.append((entry.name, mode))
+    except OSError as e:
+        where = e.filename if e.filename else folder
+        raise ImageError(f"the {split} split: {where}: {describe_os_error(e)}") from None
     return out
 
 
