@@ -942,3 +942,10 @@ def test_a_resume_with_another_num_epochs_says_what_happens_to_the_lr_steps(fini
     assert trainer.main(["--resume", str(out / "model-0002.npz"), "--num-epochs", "4"]) == 0
     assert "resume: --num-epochs 4 (was 2): the default lr steps recomputed as 2,3 (were 1)" \
         in capsys.readouterr().out
+
+
+@NEEDS_HOUSE
+def test_a_negative_worker_count_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        trainer.main(["--dataset", "imagenet", "--workers", "-1", "--output-dir", str(tmp_path)])
+    assert e.value.code == 2 and "--workers" in capsys.readouterr().err
