@@ -549,6 +549,10 @@ def test_fifos_and_devices_are_refused_without_blocking(tmp_path, kind):
             identify_graph(make("s-symbol.json"))
         with pytest.raises(ig.serialization.SerializationError, match=rf"m.npz: is a {what}"):
             ig.load(make("m.npz"))
+        make("r-symbol.json")
+        (tmp_path / "r-0001.params").write_bytes(b"")
+        with pytest.raises(ValueError, match=rf"r-symbol.json: is a {what}"):
+            mxnet_io.load_checkpoint(tmp_path / "r", 1)  # not "does not exist"
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

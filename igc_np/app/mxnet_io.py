@@ -324,7 +324,7 @@ def load_checkpoint(prefix, epoch):
     symbol = Path(f"{prefix}-symbol.json")
     params = Path(f"{prefix}-{int(epoch):04d}.params")
     for path in (symbol, params):
-        if not path.is_file():
+        if not os.path.lexists(path):  # (a FIFO or device under the name is refused by its reader)
             raise FileNotFoundError(f"load_checkpoint: {path} does not exist")
     name = identify_graph(symbol)
     return load_released(name, params, num_classes=num_classes_of_graph(symbol)), name
