@@ -11,12 +11,14 @@ igc_np knows three devices:
 
 Every op receives ``xp`` (``numpy`` or ``cupy``) so that one code path serves both where the maths
 allows (the Chainer/DeZero ``get_array_module`` idea). Which implementation of an op runs - its
-*tier* - is chosen once per op call by ``tier(device)`` (see autograd.Function).
+*tier* - is chosen once per op call by ``tier(device)`` (see autograd.Function.apply). The
+reference switch, like autograd's grad mode, belongs to the thread that sets it.
 """
 import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 
 import numpy as np
 
@@ -31,10 +33,11 @@ def cupy_module():
     if _cupy is None:
         try:
             import cupy
-        except ImportError as e:  # pragma: no cover - depends on the machine
+        except ImportError as e:  # depends on the machine (tests: a blocked import)
             raise RuntimeError(
-                "device 'cuda' needs CuPy: pip install -e '.[cuda]' (or any cupy-cuda1Nx wheel) "
-                f"on a machine with an NVIDIA GPU ({e})") from None
+                "device 'cuda' needs CuPy, which is not installed: pip install -e \".[cuda]\" for "
+                "CUDA 12, or pip install -e \".[cuda13]\" for CUDA 13 (nvidia-smi prints the CUDA "
+                f"version), on a machine with an NVIDIA GPU ({type(e).__name__}: {e})") from None
         try:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as e:  # pragma: no cover
@@ -92,28 +95,32 @@ def check_device(device):
 
 TIERS = ("reference", "cpu", "gpu")
 
-# The reference switch: IGC_NP_REFERENCE=1 in the environment, or use_reference() in the code.
-_reference = os.environ.get("IGC_NP_REFERENCE", "0") not in ("", "0")
+class _ReferenceSwitch(threading.local):
+    """The reference switch of the calling thread: each thread starts from IGC_NP_REFERENCE=1 in the
+    environment (read at import) and changes its own with use_reference()."""
+    enabled = os.environ.get("IGC_NP_REFERENCE", "0") not in ("", "0")
+
+
+_reference = _ReferenceSwitch()
 
 
 @contextlib.contextmanager
 def use_reference(enabled=True):
-    """Inside this block every op on 'cpu' runs its reference tier (ops/reference.py).
+    """Inside this block every op on 'cpu' run by this thread runs its reference tier (ops/reference.py).
 
     Slow, but each op is the few lines of NumPy that define it, so a debugger can step through a
     whole training step. ``IGC_NP_REFERENCE=1`` switches it on for the whole process.
     """
-    global _reference
-    previous, _reference = _reference, bool(enabled)
+    previous, _reference.enabled = _reference.enabled, bool(enabled)
     try:
         yield
     finally:
-        _reference = previous
+        _reference.enabled = previous
 
 
 def reference_enabled():
-    """True inside use_reference() (or with IGC_NP_REFERENCE=1)."""
-    return _reference
+    """True inside use_reference() (or with IGC_NP_REFERENCE=1) in the calling thread."""
+    return _reference.enabled
 
 
 def tier(device):
@@ -121,8 +128,8 @@ def tier(device):
     'reference' on 'cpu' under the reference switch, else 'cpu'."""
     device = check_device(device)
     if device == "cpu":
-        return "reference" if _reference else "cpu"
-    if _reference:
+        return "reference" if _reference.enabled else "cpu"
+    if _reference.enabled:
         raise ValueError(f"use_reference(): the reference tier is NumPy code for device 'cpu', but the "
                          f"inputs are on {device!r}; move the model and data with .to('cpu')")
     return "gpu"

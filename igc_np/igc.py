@@ -24,6 +24,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor
+from .nn import IGCConv
 from .ops.reference import permutation_index
 
 __all__ = ["interleave_permutation", "permutation_matrix", "block_diagonal", "compose", "connectivity",
@@ -102,7 +103,6 @@ def compose(W_primary, W_secondary=None, L=None, S=None):
     paper's W = P^T W_d P W_p. So conv2d(x, compose(...), stride, k//2) == IGCConv(x) exactly.
     The kernel has the weights' dtype.
     """
-    from .nn import IGCConv
     if isinstance(W_primary, IGCConv):
         if not (W_secondary is None and L is None and S is None):
             raise TypeError("compose(igc_conv) takes the layer alone: its weights, L and S are its own")

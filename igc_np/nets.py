@@ -1,5 +1,5 @@
 """The networks of the IGC paper: CIFAR/SVHN nets (docs/reference_protocol.md) and the five
-ImageNet models of the paper's experiments as the reference code released them, with the reference
+ImageNet models of the paper's experiments as the authors' code released them, with the authors'
 code's parameter names.
 
     import igc_np as ig
@@ -19,18 +19,14 @@ Counting. ``count_params`` counts the learned arrays (conv weights, BN gamma and
 and bias), not the BN running statistics. ``count_macs`` walks the model with shapes only (no
 arithmetic) and adds the multiply-accumulates of the convs and the FC layer.
 """
-import math
-
 import numpy as np
 
-from .nn import (BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Identity, IGCConv, Linear,
-                 MaxPool2d, AvgPool2d, Module, ReLU, Sequential)
-from .ops.checks import output_size, pair
-from .ops.fused import batch_norm_relu
+from .nn import (BatchNorm2d, Conv2d, GlobalAvgPool2d, IGCConv, Linear, MaxPool2d, Module, Sequential,
+                 layer_name, walk_in_order)
 
 CIFAR_NETWORKS = ("plain", "resnet", "plain_igc", "resnet_igc")
 
-# model name -> released graph of the reference code (its "<name>-symbol.json"; see tests/test_nets.py)
+# model name -> released graph of the authors' code (its "<name>-symbol.json"; see tests/test_nets.py)
 IMAGENET_GRAPHS = {
     "resnet18_c64": "resnet_d18.json",
     "resnet18_c69": "resnet_d18_w69.json",
@@ -60,16 +56,17 @@ class ConvBN(Module):
         self.conv, self.bn, self.relu = conv, bn, relu
 
     def forward(self, x, residual=None, relu=None):
-        """[relu](bn(conv(x)) [+ residual]); relu None: this layer's own choice. BN, add and ReLU
-        are one op (ops/fused.py): 2 + 2 kernel launches on a GPU, the unfused ops' maths on the CPU."""
-        bn = self.bn
-        return batch_norm_relu(self.conv(x), bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.training,
-                               bn.momentum, bn.eps, relu=self.relu if relu is None else relu, residual=residual)
+        """[relu](bn(conv(x)) [+ residual]); relu None: this layer's own choice. The BatchNorm layer
+        runs BN, the add and the ReLU as one op (BatchNorm2d.forward)."""
+        return self.bn(self.conv(x), residual=residual, relu=self.relu if relu is None else relu)
+
+    def extra_repr(self):
+        return f"relu={self.relu}"
 
     def walk(self, path, shape, visit):
-        y = _walk(self.bn, f"{path}.bn", _walk(self.conv, f"{path}.conv", shape, visit), visit)
-        if self.relu:  # named as the reference graphs name it: <layer>_bn -> <layer>_relu
-            bn_name = _layer_name(self.bn, "_gamma", "")
+        y = self.bn.walk(f"{path}.bn", self.conv.walk(f"{path}.conv", shape, visit), visit)
+        if self.relu:  # named as the authors' graphs name it: <layer>_bn -> <layer>_relu
+            bn_name = layer_name(self.bn, "_gamma", "")
             visit(bn_name[:-3] + "_relu" if bn_name.endswith("_bn") else f"{path}.relu", "ReLU", y, 0, 0)
         return y
 
@@ -82,19 +79,22 @@ class ResidualBlock(Module):
 
     def __init__(self, conv1, conv2, shortcut=None, name=None):
         super().__init__()
-        # shortcut first: the reference graphs list the projection (p0 / proj) before the body
+        # shortcut first: the authors' graphs list the projection (p0 / proj) before the body
         self.shortcut = shortcut
         self.conv1, self.conv2 = conv1, conv2
         self.name = name
 
     def forward(self, x):
         s = x if self.shortcut is None else self.shortcut(x)
-        return self.conv2.forward(self.conv1(x), residual=s, relu=True)  # relu(bn(conv2(.)) + s), fused
+        return self.conv2(self.conv1(x), residual=s, relu=True)  # relu(bn(conv2(.)) + s), one op
+
+    def extra_repr(self):
+        return "shortcut=identity" if self.shortcut is None else ""
 
     def walk(self, path, shape, visit):
-        y = _walk(self.conv1, f"{path}.conv1", shape, visit)
-        y = _walk(self.conv2, f"{path}.conv2", y, visit)
-        s = shape if self.shortcut is None else _walk(self.shortcut, f"{path}.shortcut", shape, visit)
+        y = self.conv1.walk(f"{path}.conv1", shape, visit)
+        y = self.conv2.walk(f"{path}.conv2", y, visit)
+        s = shape if self.shortcut is None else self.shortcut.walk(f"{path}.shortcut", shape, visit)
         if s != y:
             raise ValueError(f"{path}: shortcut shape {s} != body shape {y}")
         visit(f"{self.name}_relu" if self.name else f"{path}.add_relu", "Add+ReLU", y, 0, 0)
@@ -114,12 +114,15 @@ class Network(Module):
     def forward(self, x):
         return self.fc(self.pool(self.stages(self.stem(x))))
 
-    def __repr__(self):
-        return f"Network({self.name!r}, {count_params(self):,} parameters)"
+    def extra_repr(self):
+        return f"name={self.name!r}, parameters={count_params(self):,}"
+
+    def walk(self, path, shape, visit):
+        return walk_in_order(self, path, shape, visit)
 
 
 def _named(layer, name):
-    """Give a parameter-free layer (pool, ReLU) the reference graph's name, for describe()."""
+    """Give a parameter-free layer (pool, ReLU) the authors' graph's name, for describe()."""
     layer.name = name
     return layer
 
@@ -227,15 +230,22 @@ def _blocks_per_stage(name, depth):
 
 
 # ---- ImageNet networks (the released graphs) ----------------------------------------------------
-def imagenet_model(name, num_classes=1000, rng=None, weights=None):
+def imagenet_model(name, num_classes=1000, rng=None, **kwargs):
     """One of the five released ResNet-18-layout models (224x224 input -> (N, num_classes)).
 
     Names: resnet18_c64, resnet18_c69, igc_l4m32, igc_l16m16, igc_l100m2. Every parameter has the
     name and shape of the released graph IMAGENET_GRAPHS[name]. The graphs end in a 7x7 average
     pool, which at 224x224 is the global average pool used here (so other sizes also run).
-    weights: an MXNet ``.params`` file (the seed's ``<prefix>-<epoch>.params``) loaded into the
-    model by ``igc_np.mxnet_io.load_params`` (strict: every parameter and BN statistic).
+    The released weights (MXNet ``.params`` files) are read by the application:
+    ``igc_np.app.mxnet_io.load_released(name, path)``; this module builds the network only.
     """
+    if "weights" in kwargs:
+        raise TypeError(f"imagenet_model({name!r}, weights=...): the network module does not read MXNet "
+                        f"files; use igc_np.app.mxnet_io.load_released({name!r}, path), which builds the "
+                        "model and loads the released .params file into it")
+    if kwargs:
+        raise TypeError(f"imagenet_model() got unexpected keyword arguments {sorted(kwargs)}; it takes "
+                        "name, num_classes and rng")
     if name not in IMAGENET_CONFIGS:
         raise ValueError(f"unknown ImageNet model {name!r}; valid names: {', '.join(IMAGENET_CONFIGS)}")
     _check_positive_int("num_classes", num_classes, name)
@@ -271,11 +281,7 @@ def imagenet_model(name, num_classes=1000, rng=None, weights=None):
             C_in = C_out
         stages.append(Sequential(*blocks))
     fc = Linear(widths[-1], num_classes, name="fc_score", rng=rng)
-    model = Network(stem, Sequential(*stages), fc, name=name)
-    if weights is not None:
-        from .mxnet_io import load_params  # the file reader is only needed here
-        load_params(model, weights)
-    return model
+    return Network(stem, Sequential(*stages), fc, name=name)
 
 
 # ---- counting ----------------------------------------------------------------------------------
@@ -287,25 +293,19 @@ def count_params(model):
 def count_macs(model, input_shape):
     """Multiply-accumulates of the convs and FC layers for one input of shape (C, H, W).
 
-    A 4-D shape (N, C, H, W) gives N times that. Only shapes are propagated: no arithmetic runs.
+    A 4-D shape (N, C, H, W) gives N times that. Only shapes are propagated (each layer's walk
+    method): no arithmetic runs.
     """
     shape, batch = _split_batch(input_shape)
-    total = 0
-
-    def visit(name, kind, out_shape, params, macs):
-        nonlocal total
-        total += macs
-
-    _walk(model, "", shape, visit)
-    return total * batch
+    return model.macs(shape) * batch
 
 
 def layers(model, input_shape):
     """One row per layer, in forward order: (name, kind, output shape, params, MACs) for one input
-    of shape (C, H, W). Names are the reference names where the layer has one (section 5)."""
+    of shape (C, H, W). Names are the authors' names where the layer has one (section 5)."""
     shape, _ = _split_batch(input_shape)
     rows = []
-    _walk(model, "", shape, lambda *row: rows.append(row))
+    model.walk("", shape, lambda *row: rows.append(row))
     return rows
 
 
@@ -336,84 +336,3 @@ def _split_batch(input_shape):
     if len(input_shape) == 3:
         return input_shape, 1
     raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {input_shape}")
-
-
-def _layer_name(module, suffix, path):
-    """The reference layer name (a parameter's name minus its suffix), else the attribute path."""
-    p = getattr(module, suffix[1:], None)
-    name = getattr(p, "name", None)
-    return name[: -len(suffix)] if name and name.endswith(suffix) else path
-
-
-def _own_params(module):
-    return sum(int(p.size) for p in module._params.values() if p is not None)
-
-
-def _check_fits(path, what, shape, out):
-    if out[1] < 1 or out[2] < 1:
-        raise ValueError(f"{path or 'input'}: {what} does not fit input shape {tuple(shape)} "
-                         f"(output {out[1]}x{out[2]}); the input is too small for this network")
-
-
-def _walk(m, path, shape, visit):
-    """Propagate a shape (C, H, W) through module m; call visit(name, kind, out_shape, params, MACs)
-    once per layer, return the output shape. No data is computed."""
-    if isinstance(m, Conv2d):
-        C, H, W = shape
-        if C != m.in_channels:
-            raise ValueError(f"{path}: expects {m.in_channels} input channels, got shape {shape}")
-        (kh, kw), (sh, sw), (ph, pw) = pair(m.kernel_size, "", ""), pair(m.stride, "", ""), pair(m.padding, "", "")
-        out = (m.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
-        _check_fits(path, f"kernel {kh}x{kw}", shape, out)
-        macs = m.weight.size * out[1] * out[2]  # each weight is used once per output pixel
-        visit(_layer_name(m, "_weight", path), f"Conv{kh}x{kw}/{sh} g={m.groups}", out, _own_params(m), macs)
-        return out
-    if isinstance(m, IGCConv):
-        # section 1: primary -> Reorder(L) -> secondary -> Reorder(S); the permutations move data only
-        name = m.name or path
-        y = _walk(m.primary, path + ".primary", shape, visit)
-        visit(f"{name}_reorder1", f"Reorder({m.L})", y, 0, 0)
-        y = _walk(m.secondary, path + ".secondary", y, visit)
-        visit(f"{name}_reorder2", f"Reorder({m.S})", y, 0, 0)
-        return y
-    if isinstance(m, BatchNorm2d):
-        visit(_layer_name(m, "_gamma", path), "BatchNorm", shape, _own_params(m), 0)
-        return shape
-    if isinstance(m, ReLU):
-        visit(getattr(m, "name", None) or path, "ReLU", shape, 0, 0)
-        return shape
-    if isinstance(m, (MaxPool2d, AvgPool2d)):
-        C, H, W = shape
-        k = pair(m.kernel_size, "", "")
-        s = pair(m.stride if m.stride is not None else m.kernel_size, "", "")
-        p = pair(m.padding, "", "")
-        out = (C, output_size(H, k[0], s[0], p[0]), output_size(W, k[1], s[1], p[1]))
-        _check_fits(path, f"window {k[0]}x{k[1]}", shape, out)
-        visit(getattr(m, "name", None) or path, f"{type(m).__name__[:3]}Pool{k[0]}x{k[1]}/{s[0]}", out, 0, 0)
-        return out
-    if isinstance(m, GlobalAvgPool2d):
-        visit(getattr(m, "name", None) or path, "GlobalAvgPool", (shape[0],), 0, 0)
-        return (shape[0],)
-    if isinstance(m, Flatten):
-        visit(getattr(m, "name", None) or path, "Flatten", (math.prod(shape),), 0, 0)
-        return (math.prod(shape),)
-    if isinstance(m, Linear):
-        if math.prod(shape) != m.in_features:
-            raise ValueError(f"{path}: expects {m.in_features} features, got shape {shape}")
-        visit(_layer_name(m, "_weight", path), "FullyConnected", (m.out_features,), _own_params(m),
-              m.weight.size)
-        return (m.out_features,)
-    if isinstance(m, (Dropout, Identity)):  # shape unchanged, nothing learned, no MACs
-        visit(path, type(m).__name__, shape, 0, 0)
-        return shape
-    if hasattr(m, "walk"):
-        return m.walk(path, shape, visit)
-    if isinstance(m, (Sequential, Network)):
-        children = list(m._modules.items())
-    else:
-        raise TypeError(f"count/describe: cannot walk a {type(m).__name__} at {path!r}: its forward is "
-                        "free Python; describe walks the library's layers, Sequential and the "
-                        "networks of this module (give a layer a walk(path, shape, visit) method)")
-    for key, child in children:
-        shape = _walk(child, f"{path}.{key}" if path else key, shape, visit)
-    return shape

@@ -2,17 +2,18 @@
 
 Parameter names. Every layer takes an optional ``name``; a named layer's parameters are called
 ``<name>_weight``, ``<name>_gamma``, ... and its BatchNorm statistics ``<name>_moving_mean`` /
-``<name>_moving_var``, exactly as the reference MXNet code stores them, so
-weights trained by the reference code map by name. Unnamed layers fall back to the attribute
+``<name>_moving_var``, exactly as the authors' MXNet code stores them, so
+weights trained by the authors' code map by name. Unnamed layers fall back to the attribute
 path (``block.conv.weight``) as in PyTorch.
 
-Conventions kept from the reference (MXNet) code, which differ from PyTorch's: ``Conv2d`` has no
+Conventions kept from the authors' (MXNet) code, which differ from PyTorch's: ``Conv2d`` has no
 bias by default (a BatchNorm follows every conv); ``BatchNorm2d(momentum=0.9)`` is the weight of
 the *old* running value (PyTorch's 0.1 is the weight of the new batch); weights are initialised
 from the default generator that ``ig.manual_seed`` seeds, unless a layer gets ``rng=``.
 """
 import math
 import os
+import types
 import warnings
 from collections import OrderedDict
 
@@ -21,7 +22,9 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor
-from .ops.checks import divisors
+from .ops.checks import divisors, output_size, pair
+from .ops.fused import batch_norm_relu
+from .ops.mse import REDUCTIONS
 from .random import default_generator
 
 
@@ -38,6 +41,10 @@ class Parameter(Tensor):
 
 class Module:
     """Base class: holds Parameters, buffers (running statistics) and sub-Modules as attributes."""
+
+    # Longer than the ~200-line guide: it is PyTorch's Module interface a user reaches for, in four
+    # banner sections (traversal, state, modes and devices, description); splitting it into mixins
+    # would make a reader open several classes to learn what one layer can do.
 
     def __init__(self):
         object.__setattr__(self, "_modules", OrderedDict())
@@ -82,7 +89,7 @@ class Module:
             raise err.with_traceback(e.__traceback__) from None
 
     def layer_label(self):
-        """How errors name this layer: its reference name (``Conv2d 'g1_b1_p2_two1_conv1'``) when
+        """How errors name this layer: its MXNet name (``Conv2d 'g1_b1_p2_two1_conv1'``) when
         it has one, else its repr (``Conv2d(16, 16, k=3, stride=1, groups=4)``)."""
         name = self.__dict__.get("name")
         if name is None:
@@ -128,7 +135,7 @@ class Module:
         return self
 
     def named_parameters(self):
-        """(name, Parameter) pairs; the reference name where the layer has one."""
+        """(name, Parameter) pairs; the MXNet name where the layer has one."""
         seen = set()
         for path, m in self.named_modules():
             for key, p in m._params.items():
@@ -157,17 +164,29 @@ class Module:
             state[n] = backend.to_device(getattr(m, key), "cpu").copy()
         return state
 
-    def load_state_dict(self, state, strict=True):
+    def load_state_dict(self, state, strict=True, prefix=""):
         """Copy arrays into parameters and buffers by name; shapes must match exactly.
 
         state: a dict name -> array (``model.state_dict()``, ``ig.load(path)``); each value is cast
         to the dtype of the parameter it replaces. strict: every name on both sides must match.
+        prefix: read only the entries whose name starts with it, without it: ``prefix="model/"``
+        takes the model out of a trainer checkpoint (whose other entries are the epoch, optimizer...).
         """
         if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
             hint = (f"; load the file first: model.load_state_dict(ig.load({state!r}))"
                     if isinstance(state, (str, os.PathLike)) else "")
             raise TypeError(f"load_state_dict: expected a dict name -> array (model.state_dict(), "
                             f"ig.load(path)), got {type(state).__name__}{hint}")
+        if prefix:
+            if not any(k.startswith(prefix) for k in state.keys()):
+                raise KeyError(f"load_state_dict: no entry starts with prefix {prefix!r}; the state's first "
+                               f"entries are {list(state.keys())[:5]}")
+            state = {k[len(prefix):]: state[k] for k in state.keys() if k.startswith(prefix)}
+        elif is_trainer_checkpoint(state):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: this is a trainer checkpoint (entries "
+                             "format, epoch, model/..., optimizer/...), not a model's state dict. Build the "
+                             "model it trained with igc_np.app.load_trained(path), or load its weights into "
+                             "this model with model.load_state_dict(ckpt, prefix='model/')")
         targets = {n: ("param", p) for n, p in self.named_parameters()}
         targets.update({n: ("buffer", (m, key)) for n, m, key in self.named_buffers()})
         missing = [n for n in targets if n not in state]
@@ -236,11 +255,89 @@ class Module:
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 
+    # ---- description: repr, shapes and MACs -------------------------------------------------
+    def extra_repr(self):
+        """This layer's own settings, shown inside its repr (as PyTorch's ``extra_repr``); '' if none."""
+        return ""
+
     def __repr__(self):
-        lines = [type(self).__name__ + "("]
-        for k, m in self._modules.items():
-            lines.append("  (" + k + "): " + repr(m).replace("\n", "\n  "))
-        return "\n".join(lines) + ")" if len(lines) > 1 else type(self).__name__ + "()"
+        """The layer tree as PyTorch prints it: ``Name(extra)`` for a leaf, else one ``(attribute): repr``
+        line per sub-module, indented, after the extra_repr lines."""
+        extra = self.extra_repr().split("\n") if self.extra_repr() else []
+        children = [f"({k}): " + repr(m).replace("\n", "\n  ") for k, m in self._modules.items()]
+        if len(extra) == 1 and not children:
+            return f"{type(self).__name__}({extra[0]})"
+        if not extra and not children:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(extra + children) + "\n)"
+
+    def walk(self, path, shape, visit):
+        """Propagate one sample's shape, e.g. (C, H, W), through this layer without computing data:
+        call ``visit(name, kind, out_shape, params, MACs)`` once per layer it holds and return the
+        output shape. Each layer defines its own; ``nets.describe``/``count_macs`` are built on it.
+        path: the attribute path that names the layer when it has no MXNet name."""
+        raise TypeError(f"count/describe: cannot walk a {type(self).__name__} at {path or 'the top'!r}: its "
+                        "forward is free Python; describe walks the library's layers, Sequential and the "
+                        "networks of igc_np.nets (give the layer a walk(path, shape, visit) method)")
+
+    def output_shape(self, input_shape):
+        """The output shape for ONE sample of shape `input_shape` (no batch axis), e.g. (3, 32, 32)
+        -> (10,) for a CIFAR network; only shapes are propagated."""
+        return tuple(self.walk("", tuple(input_shape), lambda *row: None))
+
+    def macs(self, input_shape):
+        """Multiply-accumulates of one sample of shape `input_shape` (no batch axis) through this layer."""
+        total = []
+        self.walk("", tuple(input_shape), lambda name, kind, out, params, macs: total.append(macs))
+        return sum(total)
+
+
+def is_trainer_checkpoint(state):
+    """Whether a dict of arrays is a trainer checkpoint (format, epoch, model/<name>, ...)."""
+    keys = list(state.keys())
+    return "format" in keys and "epoch" in keys and any(str(k).startswith("model/") for k in keys)
+
+
+# ---- nn.utils ---------------------------------------------------------------------------------
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale the gradients in place so that their total norm is at most max_norm; return the total
+    norm before clipping (a 0-d Tensor), as PyTorch's ``torch.nn.utils.clip_grad_norm_``:
+
+        total = || (||g_1||_p, ..., ||g_n||_p) ||_p        (p = norm_type; inf: the largest |g|)
+        g_i  *= max_norm / (total + 1e-6)                  only where that factor is < 1
+
+    parameters: a Tensor or an iterable of them; those without a gradient are skipped. The norms
+    are summed in float64; the factor is applied in each gradient's dtype.
+    """
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"clip_grad_norm_: parameter {i} is a {type(p).__name__}; pass model.parameters()")
+    grads = [p for p in params if p.grad is not None]
+    p_norm = float(norm_type)
+    if not p_norm > 0:
+        raise ValueError(f"clip_grad_norm_: norm_type must be > 0 (or inf), got {norm_type!r}")
+    if not grads:
+        return Tensor(np.zeros((), np.float32))
+    dtype = grads[0].grad.dtype
+    norms = []
+    for p in grads:
+        xp = backend.get_array_module(p.device)
+        a = xp.abs(p.grad.astype(np.float64, copy=False))
+        norms.append(float(a.max()) if p_norm == math.inf else float((a ** p_norm).sum()) ** (1 / p_norm))
+    total = max(norms) if p_norm == math.inf else float(np.sum(np.asarray(norms) ** p_norm) ** (1 / p_norm))
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+                           f"{total}, so it cannot be clipped; pass error_if_nonfinite=False to skip this check")
+    coef = float(max_norm) / (total + 1e-6)
+    if coef < 1:
+        with np.errstate(invalid="ignore"):  # an infinite total: coef 0, inf * 0 = nan, as PyTorch
+            for p in grads:
+                p.grad = p.grad * p.grad.dtype.type(coef)
+    return Tensor(np.asarray(total, dtype))
+
+
+utils = types.SimpleNamespace(clip_grad_norm_=clip_grad_norm_)  # nn.utils.clip_grad_norm_, as PyTorch
 
 
 def _is_dtype_name(value):
@@ -253,6 +350,49 @@ def _is_dtype_name(value):
 
 def _pname(name, suffix):
     return f"{name}_{suffix}" if name else None
+
+
+# ---- helpers of the layers' walk methods (describe, count_macs) -------------------------------
+def layer_name(module, suffix, path):
+    """The MXNet layer name (a parameter's name minus its suffix, e.g. ``g0_conv`` from
+    ``g0_conv_weight``), else the attribute path."""
+    name = getattr(module._params.get(suffix[1:]), "name", None)
+    return name[: -len(suffix)] if name and name.endswith(suffix) else path
+
+
+def own_params(module):
+    """Learned values held by the module itself (not its sub-modules)."""
+    return sum(int(p.size) for p in module._params.values() if p is not None)
+
+
+def _where(module, path):
+    return path or module.layer_label()
+
+
+def _image_shape(module, path, shape):
+    """(C, H, W) of one sample, or an error naming the layer when the shape has another rank."""
+    if len(shape) != 3:
+        raise ValueError(f"{_where(module, path)}: expects one image (C, H, W), got shape {tuple(shape)} "
+                         "(a Flatten or Linear before it?)")
+    return shape
+
+
+def _check_fits(module, path, what, shape, out):
+    if out[1] < 1 or out[2] < 1:
+        raise ValueError(f"{_where(module, path)}: {what} does not fit input shape {tuple(shape)} "
+                         f"(output {out[1]}x{out[2]}); the input is too small for this network")
+
+
+def walk_in_order(module, path, shape, visit):
+    """walk for a module whose forward applies its sub-modules one after the other (Sequential, nets.Network)."""
+    for key, child in module._modules.items():
+        shape = child.walk(f"{path}.{key}" if path else key, shape, visit)
+    return shape
+
+
+def _pair_repr(value):
+    """kernel_size / stride / padding as PyTorch prints them: (3, 3); 'same' and 'valid' as given."""
+    return repr(value) if isinstance(value, str) else str(pair(value, "", ""))
 
 
 def _refuse_plain_container(module, key, value):
@@ -279,7 +419,7 @@ def _refuse_plain_container(module, key, value):
 def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"), nonnegative=("padding",),
                      **args):
     """Validate a layer's size arguments: each an int > 0 (>= 0 for `nonnegative`; an int or a
-    pair of ints for `pairs`). The error names the layer (its reference name when it has one),
+    pair of ints for `pairs`). The error names the layer (its MXNet name when it has one),
     the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``."""
     where = f"{layer} {name!r}" if name else layer
     shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
@@ -296,7 +436,7 @@ def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"
 
 
 def he_normal(rng, shape, fan_in, dtype=np.float32):
-    """Normal with std sqrt(2 / fan_in): the reference code's conv initialisation."""
+    """Normal with std sqrt(2 / fan_in): the authors' code's conv initialisation."""
     return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
 
 
@@ -304,25 +444,33 @@ _default_rng = default_generator()  # the very object ig.manual_seed reseeds in 
 
 
 class Conv2d(Module):
-    """Grouped k x k convolution, NCHW: x (N, C_in, H, W) -> (N, C_out, H', W');
-    weight (C_out, C_in/groups, k, k), He-normal.
+    """Grouped 2-D convolution, NCHW: x (N, C_in, H, W) -> (N, C_out, H', W');
+    weight (C_out, C_in/groups, kh, kw), He-normal.
 
-    No bias by default (bias=False), unlike PyTorch: the reference code follows every conv with a
+    kernel_size, stride, padding: an int or a pair (h, w), as PyTorch; padding may also be 'valid'
+    (no padding) or 'same' (output H x W, stride 1 only, as PyTorch). The values are kept as given
+    (repr shows them as pairs) and passed to F.conv2d, which resolves them.
+
+    No bias by default (bias=False), unlike PyTorch: the authors' code follows every conv with a
     BatchNorm, whose beta makes a bias redundant; pass bias=True for one.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=False, name=None, rng=None):
         super().__init__()
-        check_layer_args("Conv2d", name, in_channels=in_channels, out_channels=out_channels,
-                         kernel_size=kernel_size, stride=stride, padding=padding, groups=groups)
+        sizes = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+                     stride=stride, padding=padding, groups=groups)
+        if isinstance(padding, str):
+            _check_padding_mode("Conv2d", name, padding, stride, sizes)
+            del sizes["padding"]
+        check_layer_args("Conv2d", name, **sizes)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d{' ' + repr(name) if name else ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must both be divisible by groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
         rng = rng or _default_rng
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        kh, kw = pair(kernel_size, "Conv2d", "kernel_size")
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(he_normal(rng, (out_channels, in_channels // groups, kh, kw), fan_in),
                                 name=_pname(name, "weight"))
@@ -331,13 +479,45 @@ class Conv2d(Module):
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
 
-    def __repr__(self):
-        return (f"Conv2d({self.in_channels}, {self.out_channels}, k={self.kernel_size}, "
-                f"stride={self.stride}, groups={self.groups})")
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={_pair_repr(self.kernel_size)}, "
+                f"stride={_pair_repr(self.stride)}")
+        if isinstance(self.padding, str) or pair(self.padding, "", "") != (0, 0):
+            text += f", padding={_pair_repr(self.padding)}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text + (", bias=False" if self.bias is None else "")
+
+    def walk(self, path, shape, visit):
+        C, H, W = _image_shape(self, path, shape)
+        if C != self.in_channels:
+            raise ValueError(f"{_where(self, path)}: expects {self.in_channels} input channels, got shape {shape}")
+        (kh, kw), (sh, sw) = pair(self.kernel_size, "", ""), pair(self.stride, "", "")
+        if self.padding == "same":
+            out = (self.out_channels, H, W)
+        else:
+            ph, pw = (0, 0) if self.padding == "valid" else pair(self.padding, "", "")
+            out = (self.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
+        _check_fits(self, path, f"kernel {kh}x{kw}", shape, out)
+        macs = self.weight.size * out[1] * out[2]  # each weight is used once per output pixel
+        visit(layer_name(self, "_weight", path), f"Conv{kh}x{kw}/{sh} g={self.groups}", out, own_params(self), macs)
+        return out
+
+
+def _check_padding_mode(layer, name, padding, stride, sizes):
+    """padding 'same' or 'valid' as PyTorch: 'same' keeps H x W, which a stride > 1 cannot."""
+    where = f"{layer} {name!r}" if name else layer
+    shown = ", ".join(f"{k}={v!r}" for k, v in sizes.items())
+    if padding not in ("same", "valid"):
+        raise ValueError(f"{where}({shown}): padding must be an int, a pair of ints, 'same' or 'valid', "
+                         f"got {padding!r}")
+    if padding == "same" and stride not in (1, (1, 1), [1, 1]):
+        raise ValueError(f"{where}({shown}): padding='same' needs stride=1 (as in PyTorch); for a strided "
+                         "conv give the padding as an int, e.g. padding=kernel_size // 2")
 
 
 class BatchNorm2d(Module):
-    """BatchNorm over (N, H, W) of x (N, C, H, W); eps 2e-5 and momentum 0.9 as the reference
+    """BatchNorm over (N, H, W) of x (N, C, H, W); eps 2e-5 and momentum 0.9 as the authors' code
     (0.99 in its plain nets).
 
     momentum is MXNet's: the weight of the OLD running value,
@@ -355,12 +535,21 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(num_features, np.float32), _pname(name, "moving_mean"))
         self.register_buffer("running_var", np.ones(num_features, np.float32), _pname(name, "moving_var"))
 
-    def forward(self, x):
-        return F.batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
-                            self.training, self.momentum, self.eps)
+    def forward(self, x, residual=None, relu=False):
+        """[relu](batch_norm(x) [+ residual]), x and residual (N, C, H, W). With relu or a residual
+        the three are ONE op (ops/fused.py: one pass over memory on the CPU, 2 + 2 kernel launches
+        on a GPU) with the unfused ops' maths; without, it is F.batch_norm."""
+        return batch_norm_relu(x, self.gamma, self.beta, self.running_mean, self.running_var, self.training,
+                               self.momentum, self.eps, relu=relu, residual=residual)
 
-    def __repr__(self):
-        return f"{type(self).__name__}({self.num_features}, momentum={self.momentum})"
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def walk(self, path, shape, visit):
+        if shape[:1] != (self.num_features,):
+            raise ValueError(f"{_where(self, path)}: expects {self.num_features} channels, got shape {shape}")
+        visit(layer_name(self, "_gamma", path), "BatchNorm", shape, own_params(self), 0)
+        return shape
 
 
 def _check_batch_norm(layer, name, num_features, momentum, eps):
@@ -389,14 +578,14 @@ class BatchNorm1d(BatchNorm2d):
 
 
 class Linear(Module):
-    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the reference FC initialisation)."""
+    """y = x W^T + b; W uniform in +-sqrt(1 / fan_in), b = 0 (the authors' FC initialisation)."""
 
     def __init__(self, in_features, out_features, bias=True, name=None, rng=None):
         check_layer_args("Linear", name, in_features=in_features, out_features=out_features)
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = rng or _default_rng
-        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the reference code
+        # MXNet's Xavier(rnd_type='uniform', factor_type='in', magnitude=1), as the authors' code
         # uses: bound sqrt(magnitude / fan_in) (not sqrt(3 / fan_in): that would be magnitude 3)
         bound = math.sqrt(1.0 / in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32),
@@ -406,13 +595,29 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
-    def __repr__(self):
-        return f"Linear({self.in_features}, {self.out_features})"
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def walk(self, path, shape, visit):
+        if math.prod(shape) != self.in_features:
+            raise ValueError(f"{_where(self, path)}: expects {self.in_features} features, got shape {shape}")
+        visit(layer_name(self, "_weight", path), "FullyConnected", (self.out_features,), own_params(self),
+              self.weight.size)
+        return (self.out_features,)
+
+
+def _walk_unchanged(module, path, shape, visit, kind):
+    """walk of a layer that keeps the shape and has no MACs (ReLU, Dropout, Identity)."""
+    visit(module.__dict__.get("name") or path, kind, shape, own_params(module), 0)
+    return shape
 
 
 class ReLU(Module):
     def forward(self, x):
         return F.relu(x)
+
+    def walk(self, path, shape, visit):
+        return _walk_unchanged(self, path, shape, visit, "ReLU")
 
 
 class Identity(Module):
@@ -420,6 +625,9 @@ class Identity(Module):
 
     def forward(self, x):
         return x
+
+    def walk(self, path, shape, visit):
+        return _walk_unchanged(self, path, shape, visit, "Identity")
 
 
 class Dropout(Module):
@@ -435,8 +643,11 @@ class Dropout(Module):
     def forward(self, x):
         return F.dropout(x, self.p, self.training, self.rng)
 
-    def __repr__(self):
-        return f"Dropout(p={self.p})"
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def walk(self, path, shape, visit):
+        return _walk_unchanged(self, path, shape, visit, "Dropout")
 
 
 class CrossEntropyLoss(Module):
@@ -451,7 +662,6 @@ class MSELoss(Module):
 
     def __init__(self, reduction="mean"):
         super().__init__()
-        from .ops.mse import REDUCTIONS
         if reduction not in REDUCTIONS:  # said now, not at the first forward pass
             raise ValueError(f"MSELoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
@@ -459,9 +669,13 @@ class MSELoss(Module):
     def forward(self, input, target):
         return F.mse_loss(input, target, self.reduction)
 
+    def extra_repr(self):
+        return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+
 
 class MaxPool2d(Module):
-    """k x k max pooling, x (N, C, H, W) -> (N, C, H', W'); stride defaults to kernel_size."""
+    """Max pooling, x (N, C, H, W) -> (N, C, H', W'); kernel_size, stride and padding an int or a
+    pair (h, w) each; stride defaults to kernel_size (as PyTorch)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -474,22 +688,120 @@ class MaxPool2d(Module):
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
+    def extra_repr(self):
+        stride = self.kernel_size if self.stride is None else self.stride
+        return f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}"
+
+    def walk(self, path, shape, visit):
+        C, H, W = _image_shape(self, path, shape)
+        k = pair(self.kernel_size, "", "")
+        s = pair(self.stride if self.stride is not None else self.kernel_size, "", "")
+        p = pair(self.padding, "", "")
+        out = (C, output_size(H, k[0], s[0], p[0]), output_size(W, k[1], s[1], p[1]))
+        _check_fits(self, path, f"window {k[0]}x{k[1]}", shape, out)
+        visit(self.__dict__.get("name") or path, f"{type(self).__name__[:3]}Pool{k[0]}x{k[1]}/{s[0]}", out, 0, 0)
+        return out
+
 
 class AvgPool2d(MaxPool2d):
-    """k x k average pooling (zero padding counted, as MXNet); stride defaults to kernel_size."""
+    """Average pooling (zero padding counted, as MXNet); stride defaults to kernel_size."""
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
 class GlobalAvgPool2d(Module):
+    """The mean over H and W: x (N, C, H, W) -> (N, C) (AdaptiveAvgPool2d(1) keeps (N, C, 1, 1))."""
+
     def forward(self, x):
         return F.global_avg_pool2d(x)
 
+    def walk(self, path, shape, visit):
+        C, _, _ = _image_shape(self, path, shape)
+        visit(self.__dict__.get("name") or path, "GlobalAvgPool", (C,), 0, 0)
+        return (C,)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size, x (N, C, H, W) -> (N, C, oh, ow), as PyTorch's.
+
+    output_size: an int or a pair (oh, ow); None in the pair keeps that input size. Implemented
+    where oh divides H and ow divides W (equal, non-overlapping windows; 1 always does): other sizes
+    need PyTorch's overlapping windows and are refused with the sizes that would work.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(sizes) != 2 or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                                     or v < 1) for v in sizes):
+            raise ValueError(f"AdaptiveAvgPool2d(output_size={output_size!r}): output_size must be a positive "
+                             "int or a pair of positive ints (or None to keep that input size)")
+        self.output_size = output_size
+        self._sizes = tuple(None if v is None else int(v) for v in sizes)
+
+    def _out(self, H, W):
+        oh, ow = (H if self._sizes[0] is None else self._sizes[0]), (W if self._sizes[1] is None else self._sizes[1])
+        if H % oh or W % ow:
+            raise ValueError(f"AdaptiveAvgPool2d(output_size={self.output_size!r}): input {H}x{W} does not "
+                             f"split into {oh}x{ow} equal windows; output sizes that do: heights "
+                             f"{divisors(H)}, widths {divisors(W)} (PyTorch's overlapping windows are not "
+                             "implemented)")
+        return oh, ow
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"AdaptiveAvgPool2d: expected x (N, C, H, W), got shape {tuple(x.shape)}")
+        N, C, H, W = x.shape
+        oh, ow = self._out(H, W)
+        if (oh, ow) == (1, 1):  # the global mean, reshaped as PyTorch returns it
+            return F.global_avg_pool2d(x).reshape(N, C, 1, 1)
+        return F.avg_pool2d(x, (H // oh, W // ow))
+
+    def extra_repr(self):
+        return f"output_size={self.output_size!r}"
+
+    def walk(self, path, shape, visit):
+        C, H, W = _image_shape(self, path, shape)
+        out = (C,) + self._out(H, W)
+        visit(path, f"AdaptiveAvgPool{out[1]}x{out[2]}", out, 0, 0)
+        return out
+
 
 class Flatten(Module):
+    """Merges the axes start_dim .. end_dim into one (PyTorch's defaults: (N, C, H, W) -> (N, C*H*W))."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for k, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"Flatten(start_dim={start_dim!r}, end_dim={end_dim!r}): {k} must be an int")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def _shape(self, shape):
+        n = len(shape)
+        s, e = self.start_dim % n if -n <= self.start_dim < n else None, \
+            self.end_dim % n if -n <= self.end_dim < n else None
+        if s is None or e is None or s > e:
+            raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}): no such axes, or "
+                             f"start after end, for an input of shape {tuple(shape)}")
+        return tuple(shape[:s]) + (math.prod(shape[s:e + 1]),) + tuple(shape[e + 1:])
+
     def forward(self, x):
-        return x.flatten(1)
+        if (self.start_dim, self.end_dim) == (1, -1):
+            return x.flatten(1)
+        return x.reshape(self._shape(x.shape))
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    def walk(self, path, shape, visit):
+        if self.start_dim == 0 or self.start_dim < -len(shape):
+            raise ValueError(f"{_where(self, path)}: describe walks one sample; Flatten(start_dim="
+                             f"{self.start_dim}) would merge the batch axis")
+        out = self._shape((1,) + tuple(shape))[1:]  # the batch axis, then dropped
+        visit(self.__dict__.get("name") or path, "Flatten", out, 0, 0)
+        return out
 
 
 class Sequential(Module):
@@ -520,6 +832,9 @@ class Sequential(Module):
         for layer in self._modules.values():
             x = layer(x)
         return x
+
+    def walk(self, path, shape, visit):
+        return walk_in_order(self, path, shape, visit)
 
 
 def _pick(container, items, i):
@@ -605,7 +920,7 @@ class ModuleDict(Module):
 
 
 class ParameterList(Module):
-    """A list of Parameters that registers them (named '0', '1', ... or their reference names)."""
+    """A list of Parameters that registers them (named '0', '1', ... or their MXNet names)."""
 
     def __init__(self, params=()):
         super().__init__()
@@ -639,6 +954,13 @@ class PermuteChannels(Module):
     def forward(self, x):
         return F.permute_channels(x, self.branch_factor)
 
+    def extra_repr(self):
+        return f"branch_factor={self.branch_factor}"
+
+    def walk(self, path, shape, visit):
+        visit(self.__dict__.get("name") or path, f"Reorder({self.branch_factor})", shape, 0, 0)
+        return shape
+
 
 class IGCConv(Module):
     """An interleaved group convolution (paper section 3), BN and ReLU not included:
@@ -651,7 +973,7 @@ class IGCConv(Module):
     unpermute  P_S: permute_channels(., S), back to primary order
 
     With S = C_out / L the last three steps run as ONE op, F.interleaved_secondary (P, W_d, P^T
-    without a permuted copy); the result is the same. Parameter names follow the reference:
+    without a permuted copy); the result is the same. Parameter names follow the authors' code:
     ``<name>_conv1_weight`` (W_p), ``<name>_conv2_weight`` (W_d).
     """
 
@@ -680,6 +1002,18 @@ class IGCConv(Module):
             return F.interleaved_secondary(y, self.secondary.weight, self.L)
         return self.unpermute(self.secondary(self.permute(y)))               # P_S W_d P
 
-    def __repr__(self):
-        return f"IGCConv({self.in_channels}, {self.out_channels}, L={self.L}, S={self.S})"
+    def extra_repr(self):
+        """L primary partitions, M = C_out/L channels each; S only where it is not M (P_S is not P^T)."""
+        M = self.out_channels // self.L
+        return (f"{self.in_channels}, {self.out_channels}, L={self.L}, M={M}"
+                + ("" if self.S == M else f", S={self.S}"))
+
+    def walk(self, path, shape, visit):
+        # section 1: primary -> Reorder(L) -> secondary -> Reorder(S); the permutations move data only
+        name = self.name or path
+        y = self.primary.walk(path + ".primary", shape, visit)
+        visit(f"{name}_reorder1", f"Reorder({self.L})", y, 0, 0)
+        y = self.secondary.walk(path + ".secondary", y, visit)
+        visit(f"{name}_reorder2", f"Reorder({self.S})", y, 0, 0)
+        return y
 

@@ -4,6 +4,10 @@ It draws the initial weights of every layer built without an explicit ``rng=`` (
 IGCConv's two convs) and the masks of dropout called without ``rng=``. It starts seeded with 0, so
 two fresh processes build identical networks. It does not cover data shuffling or augmentation
 (the trainer seeds those from --seed), nor NumPy's global ``np.random`` state.
+
+It is one generator for the process, shared by all threads (as PyTorch's default generator): two
+threads that build layers or draw dropout masks at the same time interleave their draws. To
+train models side by side in threads reproducibly, give each its own ``rng=``.
 """
 import numpy as np
 

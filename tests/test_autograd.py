@@ -207,22 +207,26 @@ def test_integer_constants_take_the_float_type():
 class _Tiered(ig.Function):
     """A toy tiered op that records which tier ran: y = 2x on every tier."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
     def __init__(self, log):
         self.log = log
 
-    def forward_reference(self, x):
+    def forward_reference(self, xp, x):
         self.log.append("forward_reference")
         return 2 * x
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         self.log.append("backward_reference")
         return 2 * gy
 
-    def forward_cpu(self, x):
+    def forward_cpu(self, xp, x):
         self.log.append("forward_cpu")
         return 2 * x
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         self.log.append("backward_cpu")
         return 2 * gy
 
@@ -251,11 +255,182 @@ def test_function_apply_picks_one_tier_and_backward_stays_on_it(device, referenc
     np.testing.assert_array_equal(x.grad, [2, 2, 2])
 
 
-def test_a_function_without_its_tier_names_what_is_missing():
-    class Half(ig.Function):
-        def forward_cpu(self, x):
-            return x
-    x = ig.Tensor(np.ones(2))
-    with ig.backend.use_reference(), pytest.raises(NotImplementedError, match="Half defines neither .* "
-                                                                               "forward_reference"):
-        Half().apply(x)
+def test_a_tier_table_naming_a_missing_method_fails_when_the_class_is_defined():
+    with pytest.raises(TypeError, match=r"Half.tiers\['reference'\] names 'forward_reference', which Half "
+                                        "does not define"):
+        class Half(ig.Function):
+            tiers = {"reference": ("forward_reference", "backward_reference"),
+                     "cpu": ("forward_cpu", "backward_cpu"), "gpu": ("forward_cpu", "backward_cpu")}
+
+            def forward_cpu(self, xp, x):
+                return x
+
+            def backward_cpu(self, xp, gy):
+                return gy
+    with pytest.raises(TypeError, match="must map each tier"):
+        class NoGpu(ig.Function):
+            tiers = {"reference": ("forward", "backward"), "cpu": ("forward", "backward")}
+
+
+def test_a_plain_function_serves_every_tier_with_forward_and_backward():
+    class Double(ig.Function):
+        def forward(self, xp, x):
+            return 2 * x
+
+        def backward(self, xp, gy):
+            return 2 * gy
+    for device, reference in (("cpu", False), ("cpu", True), ("emu", False)):
+        x = ig.Tensor(np.ones(2), requires_grad=True, device=device)
+        with ig.backend.use_reference(reference):
+            Double()(x).sum().backward()
+        np.testing.assert_array_equal(x.grad, [2, 2])
+    with pytest.raises(NotImplementedError, match="NoBackward defines no backward"):
+        class NoBackward(ig.Function):
+            def forward(self, xp, x):
+                return x
+        NoBackward()(ig.Tensor(np.ones(2), requires_grad=True)).sum().backward()
+
+
+# ---- versions: a tensor changed after an op used it (issue 18) ---------------------------------
+def _mul_graph():
+    x = ig.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    w = ig.Tensor(np.array([4.0, 5.0, 6.0]), requires_grad=True)
+    return x, w, (x * w).sum()
+
+
+@pytest.mark.parametrize("change", [
+    lambda w: setattr(w, "data", np.zeros(3)),          # w.data = other
+    lambda w: setattr(w, "data", w.data + 1),            # w.data = w.data + 1
+    lambda w: w.__setattr__("data", w.data.__iadd__(1)),  # what `w.data += 1` does
+])
+def test_backward_refuses_an_input_changed_after_the_forward_pass(change):
+    x, w, y = _mul_graph()
+    change(w)
+    with pytest.raises(RuntimeError, match=r"backward through Mul: its input 1 \(shape \(3,\), a leaf\) was "
+                                           r"changed after the forward pass used it \(version 0 -> 1"):
+        y.backward()
+
+
+def test_in_place_augmented_assignment_is_seen():
+    x, w, y = _mul_graph()
+    w.data += 1  # changes the very array Mul saved: the gradient of x would be 5, 6, 7
+    with pytest.raises(RuntimeError, match="Mul"):
+        y.backward()
+    assert x.grad is None
+
+
+def test_a_changed_op_output_names_the_op_that_made_it():
+    x = ig.Tensor(np.array([-1.0, 2.0]), requires_grad=True)
+    y = F.relu(x)
+    y.data = y.data * 3
+    with pytest.raises(RuntimeError, match=r"its input 0 \(shape \(2,\), made by ReLUFunction\)"):
+        y.sum().backward()
+    y = F.relu(x)
+    y.data -= 1
+    with pytest.raises(RuntimeError, match=r"backward through ReLUFunction: its output"):
+        y.backward(np.ones(2))
+
+
+def test_detach_shares_the_version_counter():
+    x, w, y = _mul_graph()
+    d = w.detach()
+    d.data += 1
+    assert w._version == d._version == 1
+    with pytest.raises(RuntimeError, match="Mul"):
+        y.backward()
+
+
+def test_changes_after_backward_are_normal_training():
+    """SGD writes param.data after backward: the next forward uses (and saves) the new version."""
+    model = ig.nn.Linear(3, 2, rng=np.random.default_rng(0))
+    opt = ig.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = ig.Tensor(np.ones((4, 3), np.float32))
+    for _ in range(3):
+        loss = (model(x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.weight._version == 3
+
+
+# ---- float16 (issue 18): refused, not computed wrong -------------------------------------------
+def test_float16_is_refused_with_the_way_out():
+    with pytest.raises(TypeError, match=r"float16 is not supported .*use float32"):
+        ig.Tensor(np.full((2, 3, 4, 4), 300, np.float16))
+    t = ig.Tensor(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"Mul: Tensor: float16 is not supported"):
+        t * np.ones(3, np.float16)
+    with pytest.raises(TypeError, match=r"Tensor.data: float16 is not supported"):
+        t.data = np.ones(3, np.float16)
+    model = ig.nn.Conv2d(3, 4, 3)
+    with pytest.raises(TypeError, match="float16 is not supported"):
+        model.to(dtype=np.float16)
+
+
+def test_float16_running_statistics_are_refused():
+    x = ig.Tensor(np.ones((2, 3, 4, 4), np.float32))
+    g, b = ig.Tensor(np.ones(3, np.float32)), ig.Tensor(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="running_mean is float16"):
+        F.batch_norm(x, g, b, np.zeros(3, np.float16), np.ones(3, np.float32))
+
+
+# ---- PyTorch habits (issue 19) ----------------------------------------------------------------
+def test_clone_copies_and_keeps_the_gradient_flowing():
+    x = ig.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    c = x.clone()
+    assert repr(c).endswith("grad_fn=<Clone>)")
+    assert not np.shares_memory(c.data, x.data)
+    np.testing.assert_array_equal(c.numpy(), [1.0, 2.0])
+    (c * c).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0])
+    with ig.no_grad():
+        assert x.clone().creator is None
+
+
+def test_requires_grad_in_place():
+    w = ig.Tensor(np.ones(2))
+    assert w.requires_grad_() is w and w.requires_grad
+    (w * 3).sum().backward()
+    np.testing.assert_array_equal(w.grad, [3.0, 3.0])
+    assert not w.requires_grad_(False).requires_grad
+    with pytest.raises(TypeError, match="floating point"):
+        ig.Tensor(np.arange(3)).requires_grad_()
+    y = ig.Tensor(np.ones(2), requires_grad=True) * 2
+    with pytest.raises(RuntimeError, match="made by Mul .*detach"):
+        y.requires_grad_(False)
+
+
+def test_backward_takes_pytorchs_gradient_keyword():
+    for kwargs in ({"gradient": np.array([1.0, 10.0])}, {"grad": np.array([1.0, 10.0])}):
+        x = ig.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        (x * x).backward(**kwargs)
+        np.testing.assert_array_equal(x.grad, [2.0, 40.0])
+    x = ig.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(TypeError, match="not both"):
+        (x * x).backward(gradient=np.ones(2), grad=np.ones(2))
+    with pytest.raises(ValueError, match="gradient shape"):
+        (x * x).backward(gradient=np.ones(3))
+
+
+def test_repr_names_the_op_that_made_the_tensor():
+    x = ig.Tensor(np.ones((1, 2, 3, 3), np.float32), requires_grad=True)
+    W = ig.Tensor(np.ones((2, 2, 1, 1), np.float32))
+    y = F.conv2d(x, W)
+    assert repr(y).startswith("Tensor([[[[2., 2., 2.],")
+    assert repr(y).endswith("dtype=float32, device='cpu', grad_fn=<Conv2dFunction>)")
+    assert y.grad_fn is y.creator and not y.is_leaf and x.is_leaf
+    big = F.relu(ig.Tensor(np.ones((64, 3, 32, 32), np.float32), requires_grad=True))
+    assert repr(big) == "Tensor(shape=(64, 3, 32, 32), dtype=float32, device='cpu', grad_fn=<ReLUFunction>)"
+    with ig.no_grad():
+        assert "grad_fn" not in repr(F.conv2d(x, W))
+
+
+def test_cuda_without_cupy_says_how_to_install_it(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    monkeypatch.setattr(ig.backend, "_cupy", None)
+    with pytest.raises(RuntimeError, match=r'needs CuPy, which is not installed: pip install -e "\.\[cuda\]" '
+                                           r'for CUDA 12, or pip install -e "\.\[cuda13\]" for CUDA 13'):
+        ig.backend.cupy_module()
+    with pytest.raises(RuntimeError, match=r"pip install -e"):
+        ig.Tensor(np.ones(2), device="cuda")

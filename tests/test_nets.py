@@ -1,7 +1,7 @@
-"""The networks of the paper: layouts, reference names, counts, forward passes and a few SGD steps.
+"""The networks of the paper: layouts, the authors' (MXNet) names, counts, forward passes and a few SGD steps.
 
 ImageNet models are checked against the released MXNet graphs (the ``*-symbol.json`` files that the
-paper's reference repository published with its ImageNet models) when a folder of them is found, and
+paper's authors published in their repository with its ImageNet models) when a folder of them is found, and
 against numbers derived from them (hard-coded below) everywhere. The folder is ``$IGC_NP_GRAPHS``, or
 ``shared/reference/mxnet-symbols`` beside the checkout (where the project's workspace keeps them). CIFAR networks are checked against parameter formulas written from section 2.
 """
@@ -21,7 +21,7 @@ SYMBOLS = Path(os.environ.get("IGC_NP_GRAPHS")
 needs_graphs = pytest.mark.skipif(
     not SYMBOLS.is_dir(),
     reason=f"the released MXNet graphs (resnet_d18.json, resnet_gcwf_noshare_imagenet_d18b*.json, from the "
-           f"IGC reference repository's ImageNet models) are not at {SYMBOLS}; set IGC_NP_GRAPHS=DIR to check "
+           f"IGC authors' repository's ImageNet models) are not at {SYMBOLS}; set IGC_NP_GRAPHS=DIR to check "
            f"against them (the counts they imply are tested anyway)")
 
 # (params, MACs at 224x224, number of learned arrays), derived by graph_counts from the released graphs
@@ -342,3 +342,25 @@ def test_count_macs_rejects_bad_shapes():
         ig.nets.count_macs(net, (32, 32))
     with pytest.raises(ValueError, match="expects 3 input channels"):
         ig.nets.count_macs(net, (1, 8, 8))
+
+
+def test_imagenet_model_reads_no_mxnet_file():
+    """The network module builds; the application loads released weights (issue 17)."""
+    with pytest.raises(TypeError, match=r"imagenet_model\('igc_l4m32', weights=\.\.\.\): the network module does "
+                                        r"not read MXNet files; use igc_np\.app\.mxnet_io\.load_released\('igc_l4m32', path\)"):
+        ig.nets.imagenet_model("igc_l4m32", weights="seed-0001.params")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['width'\]"):
+        ig.nets.imagenet_model("igc_l4m32", width=3)
+
+
+def test_counting_is_the_layers_own_walk():
+    """No isinstance chain in nets: every layer of a network walks itself, and the totals are the
+    sums of the layers' own reports."""
+    assert not hasattr(ig.nets, "_walk")
+    net = ig.nets.get_network("resnet_igc", 8, primary_partition=4, secondary_partition=2)
+    rows = ig.nets.layers(net, (3, 32, 32))
+    assert net.macs((3, 32, 32)) == sum(r[4] for r in rows) == ig.nets.count_macs(net, (3, 32, 32))
+    assert net.output_shape((3, 32, 32)) == (10,)
+    stem = net.stem
+    assert stem.macs((3, 32, 32)) == stem.conv.macs((3, 32, 32)) == 27 * 8 * 32 * 32
+    assert [r[0] for r in ig.nets.layers(stem, (3, 32, 32))] == ["g0_conv", "g0_bn", "g0_relu"]

@@ -337,3 +337,64 @@ def test_no_op_reads_a_device_array_back_to_the_host(monkeypatch):
     loss = F.cross_entropy(F.linear(h, W), labels)
     loss.backward()
     assert x.grad is not None and W.grad is not None
+
+
+# ---- padding='same' / 'valid' and tuple windows (issue 19) ----------------------------------------
+@given(st.sampled_from([(1, 1), (2, 2), (3, 3), (4, 4), (2, 3), (5, 2), (1, 4)]), st.integers(1, 3),
+       st.integers(2, 7), st.integers(2, 7), st.booleans(), st.data())
+def test_conv2d_same_padding_is_pytorchs(kernel, groups, H, W, reference_tier, data):
+    """'same' keeps H x W; an even kernel's odd zero row / column goes to the bottom / right (PyTorch:
+    left = (k - 1) // 2). Checked against the reference conv of the explicitly padded input, forward
+    and both gradients, on both tiers."""
+    kh, kw = kernel
+    x0 = data.draw(arrays((2, 2 * groups, H, W)))
+    W0 = data.draw(arrays((3 * groups, 2, kh, kw)))
+    gy = data.draw(arrays((2, 3 * groups, H, W)))
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    pads = ((0, 0), (0, 0), (top, kh - 1 - top), (left, kw - 1 - left))
+    want = reference.conv2d(np.pad(x0, pads), W0, groups=groups)
+    gx_pad, gW_want = reference.conv2d_backward(np.pad(x0, pads), W0, gy, groups=groups)
+    gx_want = gx_pad[:, :, top:top + H, left:left + W]
+    x, Wt = ig.Tensor(x0, requires_grad=True), ig.Tensor(W0, requires_grad=True)
+    with ig.backend.use_reference(reference_tier):
+        y = F.conv2d(x, Wt, padding="same", groups=groups)
+        y.backward(gy)
+    assert y.shape == (2, 3 * groups, H, W)
+    scale = np.abs(x0).max() * np.abs(W0).sum() * 1e-12  # bounded by the size of the terms
+    np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=scale)
+    np.testing.assert_allclose(x.grad, gx_want, rtol=0, atol=np.abs(gy).max() * np.abs(W0).sum() * 1e-12)
+    np.testing.assert_allclose(Wt.grad, gW_want, rtol=0, atol=np.abs(gy).sum() * np.abs(x0).max() * 1e-12)
+
+
+def test_conv2d_valid_padding_and_tuple_windows():
+    x = ig.Tensor(np.random.default_rng(0).standard_normal((1, 2, 7, 6)))
+    W = ig.Tensor(np.random.default_rng(1).standard_normal((4, 2, 3, 2)))
+    np.testing.assert_array_equal(F.conv2d(x, W, padding="valid").numpy(), F.conv2d(x, W, padding=0).numpy())
+    y = F.conv2d(x, W, stride=(2, 1), padding=(1, 0))
+    assert y.shape == (1, 4, 4, 5)
+    np.testing.assert_allclose(y.numpy(), reference.conv2d(x.numpy(), W.numpy(), (2, 1), (1, 0)), atol=1e-12)
+    assert F.max_pool2d(x, (2, 3), stride=(1, 2), padding=(1, 1)).shape == (1, 2, 8, 3)
+    assert F.avg_pool2d(x, kernel_size=(3, 2), stride=(2, 2)).shape == (1, 2, 3, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"padding": "same", "stride": 2}, r"padding='same' needs stride 1 \(as in PyTorch\), got stride=\(2, 2\)"),
+    ({"padding": "full"}, r"padding='full' is not one of \('same', 'valid'\)"),
+    ({"padding": -1}, r"padding must be >= 0"),
+    ({"stride": (1, 0)}, r"kernel_size and stride must be >= 1"),
+    ({"padding": (1, 2, 3)}, r"padding must be an int or a pair of ints"),
+])
+def test_conv2d_window_errors_name_the_argument(kwargs, message):
+    x, W = ig.Tensor(np.ones((1, 2, 5, 5))), ig.Tensor(np.ones((2, 2, 3, 3)))
+    with pytest.raises(ValueError, match="conv2d: " + message):
+        F.conv2d(x, W, **kwargs)
+
+
+def test_conv_window_resolves_what_nn_conv2d_passes():
+    from igc_np.ops.checks import conv_window
+    assert conv_window("Conv2d", 3) == ((3, 3), (1, 1), ((0, 0), (0, 0)))
+    assert conv_window("Conv2d", (3, 4), 1, "same") == ((3, 4), (1, 1), ((1, 1), (1, 2)))
+    assert conv_window("Conv2d", (3, 5), (2, 1), (1, 2)) == ((3, 5), (2, 1), ((1, 1), (2, 2)))
+    assert conv_window("Conv2d", 2, 2, "valid") == ((2, 2), (2, 2), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="layer1.conv: kernel_size must be an int or a pair"):
+        conv_window("layer1.conv", "3")

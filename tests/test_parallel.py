@@ -81,3 +81,94 @@ def test_for_each_visits_every_item_once_on_at_most_threads_threads(two_threads)
     assert k == 2 and sorted(i for _, i in seen) == list(range(17))
     assert {t for t, _ in seen} <= {0, 1}
     assert parallel.for_each([], visit) == 0
+
+
+class _FakeBlas:
+    """A BLAS library controller that records its thread count."""
+
+    def __init__(self, n):
+        self.num_threads = n
+
+    def set_num_threads(self, n):
+        self.num_threads = n
+
+
+def test_blas_limit_is_restored_by_the_last_of_two_overlapping_regions():
+    """Two Python threads in parallel regions at once: the first to leave must not restore BLAS's
+    threads under the other, and the last must restore the original count (not the other's 1)."""
+    blas = parallel._SingleThreadedBlas()
+    blas.libs = [_FakeBlas(4)]
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with blas:
+            a_inside.set()
+            b_inside.wait()
+        a_left.set()
+
+    def b():
+        a_inside.wait()
+        with blas:
+            b_inside.set()
+            a_left.wait()
+            seen["while b runs"] = blas.libs[0].num_threads
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"while b runs": 1} and blas.libs[0].num_threads == 4
+
+
+def test_two_python_threads_share_the_pool(two_threads):
+    """Concurrent callers each get their own results from the one pool, errors included."""
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def caller(k):
+        try:
+            barrier.wait()
+            for i in range(50):
+                out = [None] * 6
+                parallel.run([lambda j=j: out.__setitem__(j, (k, i, j)) for j in range(6)])
+                assert out == [(k, i, j) for j in range(6)]
+                s = parallel.matmul_reduce(np.full((1, 1, 3000), float(k + 1)), np.ones((1, 3000, 1)))
+                assert s[0, 0, 0] == 3000.0 * (k + 1)
+            results[k] = True
+        except BaseException as e:  # noqa: B902 - reported below
+            errors.append(e)
+    workers = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors and results == {0: True, 1: True}
+
+
+def test_reductions_have_the_same_bits_for_every_thread_count(monkeypatch):
+    """The weight gradients (matmul_reduce, the conv's tiles) add their blocks in a fixed order: one
+    thread, three threads and a slowed thread give identical bits (a per-thread sum would not)."""
+    from igc_np.ops import cpu_conv
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, 3, 9000)).astype(np.float32)
+    b = rng.standard_normal((2, 9000, 4)).astype(np.float32)
+    x = rng.standard_normal((8, 6, 20, 20)).astype(np.float32)
+    gy = rng.standard_normal((8, 4, 20, 20)).astype(np.float32)
+    monkeypatch.setattr(cpu_conv, "TILE_BYTES", 1 << 14)  # many tiles
+    _, x_pad = cpu_conv.conv2d_forward(x, np.zeros((4, 3, 3, 3), np.float32), (1, 1), (1, 1), 2)
+    results = []
+    for threads, slow in ((1, False), (3, False), (3, True), (2, True)):
+        monkeypatch.setattr(parallel, "THREADS", threads)
+        monkeypatch.setattr(parallel, "_pool", None)
+        real = np.matmul
+
+        def matmul(*args, **kwargs):  # the first thread to call it sleeps: others take more blocks
+            if slow and threading.current_thread() is threading.main_thread():
+                time.sleep(0.002)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(np, "matmul", matmul)
+        results.append((parallel.matmul_reduce(a, b),
+                        cpu_conv.conv2d_backward_weight(x_pad, gy, (4, 3, 3, 3), (1, 1), 2)))
+        monkeypatch.setattr(np, "matmul", real)
+    for r, g in results[1:]:
+        assert r.tobytes() == results[0][0].tobytes() and g.tobytes() == results[0][1].tobytes()

@@ -73,26 +73,54 @@ def test_use_reference_refuses_device_arrays():
         F.relu(x)
 
 
-def test_every_tiered_function_defines_every_tier():
-    """A Function that has a CPU engine must also have a reference tier and a GPU tier, or the
-    switch would silently run the fast path."""
+def test_every_tiered_function_has_a_reference_tier_apart_from_its_fast_code():
+    """Every op declares its tiers in one table (autograd.Function checks the names when the class
+    is defined); an op with a CPU engine must have a reference tier and a GPU tier of its own, or
+    the switch would silently run the fast path."""
     from igc_np.autograd import Function
-    tiers = ("forward_reference", "backward_reference", "forward_cpu", "backward_cpu", "forward_gpu",
-             "backward_gpu")
-    seen = []
+    from igc_np.ops import fused  # noqa: F401 - defines BatchNormReLUFunction
+    seen = {}
     stack = list(Function.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls.forward is not Function.forward:  # plain-xp op: one code path for every tier
-            continue
-        if cls.__name__.startswith("_"):
-            continue
-        seen.append(cls.__name__)
-        missing = [m for m in tiers if getattr(cls, m) is getattr(Function, m)]
-        assert not missing, f"{cls.__name__} lacks {missing}"
+        if cls.__module__.startswith("igc_np.") and cls.tiers is not Function.tiers:
+            seen[cls.__name__] = cls.tiers
     assert {"Conv2dFunction", "BatchNormFunction", "PermuteChannelsFunction", "ReLUFunction",
-            "InterleavedSecondaryFunction", "MaxPool2dFunction", "AvgPool2dFunction"} <= set(seen)
+            "InterleavedSecondaryFunction", "MaxPool2dFunction", "AvgPool2dFunction",
+            "BatchNormReLUFunction"} <= set(seen)
+    for name, tiers in seen.items():
+        assert tiers["reference"] != tiers["cpu"] and tiers["reference"] != tiers["gpu"], name
+
+
+def test_no_op_calls_another_functions_tier_methods():
+    """A composed op runs its parts through run_forward/run_backward (the table), never their tier
+    methods or private helpers by name (issue 17)."""
+    import pathlib
+    import re
+    ops = pathlib.Path(ig.__file__).parent / "ops"
+    for path in sorted(ops.glob("*.py")):
+        text = path.read_text()
+        calls = re.findall(r"\w+\._?(?:forward|backward)_\w+\(|getattr\([^)]*\"(?:forward|backward)_", text)
+        calls = [c for c in calls if not c.startswith("self.")]
+        assert not calls, f"{path.name}: {calls}"
+
+
+def test_ops_import_project_modules_at_the_top():
+    """No igc_np module imported inside a function of the engine's files (issue 17: ops/fused.py
+    and ops/normalization.py imported the kernels lazily); optional third-party ones may be."""
+    import ast
+    import pathlib
+    root = pathlib.Path(ig.__file__).parent
+    files = sorted((root / "ops").glob("*.py")) + [root / n for n in ("autograd.py", "backend.py",
+                                                                      "functional.py", "gradcheck.py", "random.py")]
+    def project(node):  # `from .x import y`, `from igc_np... import`, `import igc_np...`
+        if isinstance(node, ast.ImportFrom):
+            return node.level > 0 or (node.module or "").startswith("igc_np")
+        return isinstance(node, ast.Import) and any(a.name.startswith("igc_np") for a in node.names)
+    late = [f"{path.name}:{node.lineno}" for path in files for fn in ast.walk(ast.parse(path.read_text()))
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(fn) if project(node)]
+    assert not late
 
 
 # ---- conv ------------------------------------------------------------------------------------------

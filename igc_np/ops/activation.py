@@ -7,19 +7,23 @@ from .layout import empty_keeping_layout
 
 
 class ReLUFunction(Function):
-    def forward_reference(self, x):
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
+    def forward_reference(self, xp, x):
         self.x = x
         return reference.relu(x)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return reference.relu_backward(self.x, gy)
 
-    def forward_cpu(self, x):
+    def forward_cpu(self, xp, x):
         # one threaded pass, the output in x's memory layout (ops/layout.py)
         self.y = parallel.elementwise(lambda o, a: np.maximum(a, 0, out=o), empty_keeping_layout(x), x)
         return self.y
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         return parallel.elementwise(lambda o, g, y: np.multiply(g, y > 0, out=o),
                                     empty_keeping_layout(self.y), gy, self.y)
 

@@ -1,4 +1,4 @@
-"""Argument helpers shared by the public ops (F.*) and the layers: one `pair`, one `divisors`.
+"""Argument helpers shared by the public ops (F.*) and the layers: `pair`, `conv_window`, `divisors`.
 
 Validation happens once, at the public API (the F.* functions in ops/*.py); the Functions and the
 engines behind them trust their arguments.
@@ -17,6 +17,38 @@ def pair(value, op, name):
     except (TypeError, ValueError):
         raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
     return int(a), int(b)
+
+
+PADDING_MODES = ("same", "valid")
+
+
+def conv_window(op, kernel_size, stride=1, padding=0):
+    """Normalise a conv's window arguments as PyTorch's Conv2d takes them -> (kernel, stride, padding).
+
+    kernel_size, stride: an int or a pair of ints (h, w) -> pairs of Python ints (>= 1).
+    padding: an int or a pair (h, w) pads both sides alike; 'valid' is no padding; 'same' keeps
+    H x W (stride 1 only, as PyTorch): k - 1 zeros in all, the odd one of an even kernel at the
+    bottom / right, as PyTorch puts it. -> ((top, bottom), (left, right)).
+    Errors name `op` (the layer or function) and the argument. F.conv2d and nn.Conv2d use it.
+    """
+    kernel = pair(kernel_size, op, "kernel_size")
+    stride = pair(stride, op, "stride")
+    if min(kernel) < 1 or min(stride) < 1:
+        raise ValueError(f"{op}: kernel_size and stride must be >= 1, got kernel_size={kernel}, stride={stride}")
+    if isinstance(padding, str):
+        if padding not in PADDING_MODES:
+            raise ValueError(f"{op}: padding={padding!r} is not one of {PADDING_MODES} (or an int or a "
+                             "pair of ints)")
+        if padding == "valid":
+            return kernel, stride, ((0, 0), (0, 0))
+        if stride != (1, 1):
+            raise ValueError(f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride={stride}; "
+                             f"give the padding as numbers, e.g. padding={kernel[0] // 2}")
+        return kernel, stride, tuple((t // 2, t - t // 2) for t in (kernel[0] - 1, kernel[1] - 1))
+    ph, pw = pair(padding, op, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"{op}: padding must be >= 0, got {(ph, pw)}")
+    return kernel, stride, ((ph, ph), (pw, pw))
 
 
 def divisors(n):

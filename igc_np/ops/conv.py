@@ -15,7 +15,7 @@ import numpy as np
 from ..autograd import Function
 from ..kernels import ops as kernel_ops
 from . import cpu_conv, reference
-from .checks import check_nonempty, output_size, pair
+from .checks import check_nonempty, conv_window, output_size
 
 
 def check_conv_args(x_shape, W_shape, stride, padding, groups, op="conv2d"):
@@ -58,22 +58,26 @@ def check_conv_args(x_shape, W_shape, stride, padding, groups, op="conv2d"):
 class Conv2dFunction(Function):
     """The differentiable grouped conv (no bias); F.conv2d validates and adds the bias."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
     def __init__(self, stride, padding, groups):
         self.stride, self.padding, self.groups = stride, padding, groups
 
-    def forward_reference(self, x, W):
+    def forward_reference(self, xp, x, W):
         self.x, self.W = x, W
         return reference.conv2d(x, W, self.stride, self.padding, self.groups)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return reference.conv2d_backward(self.x, self.W, gy, self.stride, self.padding, self.groups)
 
-    def forward_cpu(self, x, W):
+    def forward_cpu(self, xp, x, W):
         self.x_shape, self.W = x.shape, W
         y, self.x_pad = cpu_conv.conv2d_forward(x, W, self.stride, self.padding, self.groups)
         return y
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         gx = None
         if self.needs_input_grad[0]:  # False for the stem conv, whose input is the data
             gx = cpu_conv.conv2d_backward_data(gy, self.W, self.x_shape, self.stride, self.padding,
@@ -97,16 +101,25 @@ class Conv2dFunction(Function):
 def conv2d(x, W, b=None, stride=1, padding=0, groups=1):
     """Grouped 2-D convolution. x (N, C_in, H, W), W (C_out, C_in/groups, kh, kw), b (C_out,) or None.
 
-    stride and padding are ints or (h, w) pairs. Raises ValueError naming the shapes when they
-    do not fit (e.g. C_in not divisible by groups).
+    stride: an int or an (h, w) pair. padding: an int, an (h, w) pair, 'valid' (none) or 'same'
+    (output H x W, stride 1 only; an even kernel gets its odd zero row / column at the bottom /
+    right, as PyTorch): see checks.conv_window. Raises ValueError naming the shapes when they do
+    not fit (e.g. C_in not divisible by groups).
     """
-    stride, padding = pair(stride, "conv2d", "stride"), pair(padding, "conv2d", "padding")
     if x.dtype != W.dtype:
         raise ValueError(f"conv2d: input dtype {x.dtype} != weight dtype {W.dtype}")
     if x.dtype.kind != "f":
         raise ValueError(f"conv2d: input and weight must be floating point, got dtype {x.dtype}")
-    check_conv_args(x.shape, W.shape, stride, padding, groups)
-    y = Conv2dFunction(stride, padding, int(groups)).apply(x, W)
+    kernel = tuple(W.shape[2:]) if W.ndim == 4 and min(W.shape[2:]) > 0 else 1  # else check_conv_args says
+    _, stride, ((top, bottom), (left, right)) = conv_window("conv2d", kernel, stride, padding)
+    # the op pads both sides alike: pad by the larger side, then crop what the smaller side lacks
+    # (only 'same' with an even kernel is asymmetric: one row / column, at stride 1)
+    ph, pw = max(top, bottom), max(left, right)
+    check_conv_args(x.shape, W.shape, stride, (ph, pw), groups)
+    y = Conv2dFunction(stride, (ph, pw), int(groups)).apply(x, W)
+    if (top, bottom, left, right) != (ph, ph, pw, pw):
+        Ho, Wo = y.shape[2:]
+        y = y[:, :, ph - top:Ho - (ph - bottom), pw - left:Wo - (pw - right)]
     if b is not None:
         if b.shape != (W.shape[0],):
             raise ValueError(f"conv2d: bias shape {b.shape} != (C_out,) = ({W.shape[0]},)")

@@ -25,7 +25,7 @@ Legend (names used throughout):
     cols           an im2col block: rows (c, i, j) as in the weight, columns (h, w, n)
     gy, gx, gW     gradients of the output, input and weight
     tile           (g0, g1, h0, h1): a range of groups x a range of output rows, ~TILE_BYTES of cols
-    t              a thread index (thread-private accumulators in the weight gradient)
+    t              a thread index (0 .. threads-1; the tile visitor gets it)
 
 Entry points (what ops/conv.py calls; NCHW-shaped arrays in and out, (C, H, W, N) memory inside):
 
@@ -95,7 +95,7 @@ def _tiled(x_pad, G, kh, kw, stride, Ho, Wo, visit):
     """Call visit(t, g0, g1, h0, h1, cols) for every tile, each thread taking the next tile.
 
     cols is the tile's im2col matrix, shaped (g1-g0, C_in/G * kh*kw, (h1-h0)*Wo*N) with rows
-    ordered (c, i, j) as in the weight; t is the thread index, for thread-private accumulators.
+    ordered (c, i, j) as in the weight; t is the thread index (0 .. threads-1).
     """
     C, _, _, N = x_pad.shape
     Cg = C // G
@@ -187,20 +187,25 @@ def _backward_data_scatter(gyc, W, x_shape_chwn, stride, padding, groups):
 
 
 def _backward_weight_chwn(x_pad, gyc, W_shape, stride, groups):
-    """gW[g] = gy[g] @ cols[g]^T, summed over row chunks (and threads) of the padded input."""
+    """gW[g] = gy[g] @ cols[g]^T, summed over the row tiles of the padded input in tile order."""
     Co, Cg, kh, kw = W_shape
     _, Ho, Wo, N = gyc.shape
     gy_rows = gyc.reshape(groups, Co // groups, Ho, Wo * N)
     if (kh, kw) == (1, 1) and stride == (1, 1):
         return parallel.matmul_reduce(gy_rows.reshape(groups, Co // groups, -1),
                                       x_pad.reshape(groups, Cg, -1).transpose(0, 2, 1)).reshape(W_shape)
-    partial = [np.zeros((groups, Co // groups, Cg * kh * kw), gyc.dtype) for _ in range(parallel.THREADS)]
+    products = {}  # (g0, h0) -> (g0, g1, the tile's product): summed in tile order below
 
     def visit(t, g0, g1, h0, h1, cols):
-        partial[t][g0:g1] += np.matmul(gy_rows[g0:g1, :, h0:h1].reshape(g1 - g0, Co // groups, -1),
-                                       cols.transpose(0, 2, 1))
-    n = _tiled(x_pad, groups, kh, kw, stride, Ho, Wo, visit)
-    return sum(partial[1:n], partial[0]).reshape(W_shape)
+        products[g0, h0] = g0, g1, np.matmul(gy_rows[g0:g1, :, h0:h1].reshape(g1 - g0, Co // groups, -1),
+                                             cols.transpose(0, 2, 1))
+    _tiled(x_pad, groups, kh, kw, stride, Ho, Wo, visit)
+    # in tile order, whatever thread made each product: the same bits for every thread count
+    gW = np.zeros((groups, Co // groups, Cg * kh * kw), gyc.dtype)
+    for key in sorted(products):
+        g0, g1, p = products[key]
+        gW[g0:g1] += p
+    return gW.reshape(W_shape)
 
 
 # ---- entry points (NCHW-shaped arrays; the (C, H, W, N) memory stays inside) --------------------

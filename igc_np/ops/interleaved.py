@@ -26,17 +26,21 @@ class InterleavedSecondaryFunction(Function):
     """Inputs x (N, C, H, W) - the primary conv's output - and W_d (C, L, 1, 1), the secondary
     weight with M = C/L groups. Output (N, C, H, W)."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
     def __init__(self, L):
         self.L = L
 
-    def forward_reference(self, x, W_d):
+    def forward_reference(self, xp, x, W_d):
         self.x, self.W_d = x, W_d
         return reference.interleaved_secondary(x, W_d, self.L)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return reference.interleaved_secondary_backward(self.x, self.W_d, gy, self.L)
 
-    def forward_cpu(self, x, W_d):
+    def forward_cpu(self, xp, x, W_d):
         L, M = self.L, x.shape[1] // self.L
         self.x, self.W_d = x, W_d
         xc = to_chwn(x)
@@ -44,7 +48,7 @@ class InterleavedSecondaryFunction(Function):
         parallel.matmul(W_d.reshape(M, L, L), partitions(xc, L, M), out=partitions(y, L, M))
         return from_chwn(y)
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         L, M = self.L, gy.shape[1] // self.L
         gyc, xc = to_chwn(gy), to_chwn(self.x)
         gx = np.empty_like(gyc)

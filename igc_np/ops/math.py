@@ -75,6 +75,16 @@ class Div(Function):
         return sum_to(xp, ga, self.a.shape), sum_to(xp, -ga * self.a / self.b, self.b.shape)
 
 
+class Clone(Function):
+    """A copy of the data (in the same memory order) that stays in the graph: gx = gy."""
+
+    def forward(self, xp, a):
+        return a.copy(order="K")
+
+    def backward(self, xp, gy):
+        return gy
+
+
 class Neg(Function):
     def forward(self, xp, a):
         return -a
@@ -352,6 +362,8 @@ Tensor.__truediv__ = _binary(Div)
 Tensor.__rtruediv__ = _reflected(Div)
 Tensor.__matmul__ = _binary(MatMul)
 Tensor.__neg__ = lambda a: Neg().apply(a)
+Tensor.clone = lambda a: Clone().apply(a)
+Tensor.clone.__doc__ = "A copy of the data with the gradient flowing back to a (PyTorch's clone)."
 Tensor.__pow__ = lambda a, p: Pow(p).apply(a)
 Tensor.exp = lambda a: Exp().apply(a)
 Tensor.log = lambda a: Log().apply(a)

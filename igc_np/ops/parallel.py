@@ -7,14 +7,19 @@ inside a parallel region BLAS is held to one thread so that threads do not overs
 
 The number of threads is ``os.cpu_count()`` unless ``IGC_NP_THREADS`` says otherwise (read at
 import; ``set_threads(n)`` changes it later). With one thread, BLAS is held to one thread as well.
+
+Several Python threads may call in at once (two models trained side by side): they share the one
+pool (its queue is thread-safe; every call keeps its own tasks, results and thread indices) and
+the BLAS limit (counted, see _SingleThreadedBlas). Only ``set_threads`` must not run while
+another thread computes.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .. import backend
-
 
 
 def _threads_from_environment():
@@ -84,6 +89,10 @@ class _SingleThreadedBlas:
     a parallel region is entered ~700 times per resnet_igc-20 step, so keep the controllers of
     the BLAS libraries loaded when the engine first runs (NumPy's, the one it calls) and call
     their setters directly (~2 us).
+
+    Two Python threads may be inside parallel regions at once (two models trained side by side):
+    the BLAS setting is process-wide, so the first region to enter saves it and the last to leave
+    restores it (a count under a lock), never one thread restoring while the other still runs.
     """
 
     def __init__(self):
@@ -93,22 +102,46 @@ class _SingleThreadedBlas:
         except ImportError:  # pragma: no cover - threadpoolctl is a dependency
             self.libs = []
         self.saved = []
+        self.inside = 0  # parallel regions running now, over all Python threads
+        self.lock = threading.Lock()
 
     def __enter__(self):
-        self.saved = [lib.num_threads for lib in self.libs]
-        for lib in self.libs:
-            lib.set_num_threads(1)
+        with self.lock:
+            if self.inside == 0:
+                self.saved = [lib.num_threads for lib in self.libs]
+                for lib in self.libs:
+                    lib.set_num_threads(1)
+            self.inside += 1
 
     def __exit__(self, *exc):
-        for lib, n in zip(self.libs, self.saved):
-            lib.set_num_threads(n)
+        with self.lock:
+            self.inside -= 1
+            if self.inside == 0:
+                for lib, n in zip(self.libs, self.saved):
+                    lib.set_num_threads(n)
+
+
+_setup_lock = threading.Lock()  # the pool and the BLAS controller are made once, by one thread
 
 
 def _single_threaded_blas():
     global _blas
     if _blas is None:
-        _blas = _SingleThreadedBlas()
+        with _setup_lock:
+            if _blas is None:
+                _blas = _SingleThreadedBlas()
     return _blas
+
+
+def _thread_pool():
+    global _pool
+    pool = _pool
+    if pool is None:
+        with _setup_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="igc_np")
+            pool = _pool
+    return pool
 
 
 def run(tasks):
@@ -118,7 +151,7 @@ def run(tasks):
     regions are short) and waits for the others even when its own task fails, so no task is
     still writing into shared arrays when the error reaches the caller.
     """
-    global _pool, _started
+    global _started
     if not _started:  # the CPU engine's first real work: tune the allocator once (see backend)
         _started = True
         backend.keep_freed_memory()
@@ -126,10 +159,9 @@ def run(tasks):
         for task in tasks:
             task()
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="igc_np")
+    pool = _thread_pool()
     with _single_threaded_blas():
-        futures = [_pool.submit(task) for task in tasks[1:]]
+        futures = [pool.submit(task) for task in tasks[1:]]
         error = None
         try:
             tasks[0]()
@@ -201,15 +233,28 @@ def matmul(a, b, out=None):
 
 
 def matmul_reduce(a, b):
-    """a (G, m, K) @ b (G, K, n) -> (G, m, n) for a long reduction axis K (weight gradients):
-    each thread sums the products of blocks of K into its own (G, m, n), then those are added."""
-    G, m, K = a.shape
-    parts = [np.zeros((G, m, b.shape[2]), np.result_type(a, b)) for _ in range(THREADS)]
+    """a (G, m, K) @ b (G, K, n) -> (G, m, n) for a long reduction axis K (weight gradients).
 
-    def add(t, c):
-        parts[t] += np.matmul(a[:, :, c[0]:c[1]], b[:, c[0]:c[1], :])
-    k = for_each(_chunks(K), add)
-    return sum(parts[1:k], parts[0])
+    The threads multiply blocks of K, whichever thread gets which; the block products are then
+    added in block order, so the result has the same bits for every thread count and timing
+    (a sum per thread would depend on which blocks each thread happened to take)."""
+    chunks = _chunks(a.shape[2])
+    products = [None] * len(chunks)
+
+    def mul(t, i):
+        c0, c1 = chunks[i]
+        products[i] = np.matmul(a[:, :, c0:c1], b[:, c0:c1, :])
+    for_each(range(len(chunks)), mul)
+    return ordered_sum(products, (a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
+
+
+def ordered_sum(parts, shape, dtype):
+    """zeros(shape) + parts[0] + parts[1] + ..., in this order: the same bits however the parts
+    were computed (the reductions of the CPU tier; see matmul_reduce)."""
+    total = np.zeros(shape, dtype)
+    for p in parts:
+        total += p
+    return total
 
 
 def elementwise(fn, out, *arrays):

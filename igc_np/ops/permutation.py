@@ -1,4 +1,4 @@
-"""The channel permutation of IGC (the reference code's ``Reorder``, paper section 3: P).
+"""The channel permutation of IGC (``Reorder`` in the authors' MXNet code; paper section 3: P).
 
 permute_channels(x, b) views the channel axis of x (N, C, H, W) as a (b, C/b) grid and transposes
 it: y[:, j*b + i] = x[:, i*(C/b) + j] (the formula lives in reference.permutation_index). Its
@@ -25,19 +25,23 @@ def check_branch_factor(C, b, op="permute_channels"):
 
 
 class PermuteChannelsFunction(Function):
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_cpu", "backward_cpu"),
+             "gpu": ("forward_gpu", "backward_gpu")}
+
     def __init__(self, b):
         self.b = b
 
-    def forward_reference(self, x):
+    def forward_reference(self, xp, x):
         return reference.permute_channels(x, self.b)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return reference.permute_channels_backward(gy, self.b)
 
-    def forward_cpu(self, x):
+    def forward_cpu(self, xp, x):
         return permute_channels_cpu(x, self.b)
 
-    def backward_cpu(self, gy):
+    def backward_cpu(self, xp, gy):
         return permute_channels_cpu(gy, gy.shape[1] // self.b)  # the inverse permutation
 
     def forward_gpu(self, xp, x):

@@ -4,7 +4,6 @@ The fast tier (cpu and gpu alike, any xp and any memory layout) takes the window
 slices of the (padded) input, one per kernel tap, so every pass is a whole-array operation with no
 host synchronisation on the GPU. The reference tier (reference.max_pool2d, ...) stacks the taps.
 """
-import numpy as np
 
 from ..autograd import Function
 from . import reference
@@ -31,33 +30,30 @@ class _PoolFunction(Function):
     """k x k pooling; the cpu and gpu tiers share one xp implementation (forward_xp/backward_xp),
     the reference tier calls the pair reference_ops = (forward, backward) of ops/reference.py."""
 
+    tiers = {"reference": ("forward_reference", "backward_reference"),
+             "cpu": ("forward_xp", "backward_xp"),
+             "gpu": ("forward_xp", "backward_xp")}
     reference_ops = None
 
     def __init__(self, kernel, stride, padding):
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
-    def forward_reference(self, x):
+    def forward_reference(self, xp, x):
         self.x = x
         return self.reference_ops[0](x, self.kernel, self.stride, self.padding)
 
-    def backward_reference(self, gy):
+    def backward_reference(self, xp, gy):
         return self.reference_ops[1](self.x, gy, self.kernel, self.stride, self.padding)
 
     def out_size(self, shape):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         return output_size(shape[2], kh, sh, ph), output_size(shape[3], kw, sw, pw)
 
-    def forward_cpu(self, x):
-        return self.forward_xp(np, x)
+    def forward_xp(self, xp, x):  # each pooling class writes its own
+        raise NotImplementedError
 
-    def backward_cpu(self, gy):
-        return self.backward_xp(np, gy)
-
-    def forward_gpu(self, xp, x):
-        return self.forward_xp(xp, x)
-
-    def backward_gpu(self, xp, gy):
-        return self.backward_xp(xp, gy)
+    def backward_xp(self, xp, gy):
+        raise NotImplementedError
 
 
 class MaxPool2dFunction(_PoolFunction):
@@ -117,7 +113,7 @@ class AvgPool2dFunction(_PoolFunction):
 
 
 class GlobalAvgPool2dFunction(Function):
-    """One tier: the reference's array code serves every device."""
+    """One tier: the reference tier's array code (reference.global_avg_pool2d) serves every device."""
 
     def forward(self, xp, x):
         self.x_shape = x.shape

@@ -79,7 +79,7 @@ def conv2d_backward(x, W, gy, stride=(1, 1), padding=(0, 0), groups=1):
     return _unpad(gx_pad, padding, x.shape), gW
 
 
-# ---- the permutation P (the reference code's Reorder) -----------------------------------------
+# ---- the permutation P (Reorder in the authors' code) ---------------------------------------
 def permutation_index(C, b, xp=np):
     """perm (C,) with permute_channels(x, b)[:, k] = x[:, perm[k]]:   perm[j*b + i] = i*(C/b) + j.
 
