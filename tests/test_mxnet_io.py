@@ -149,9 +149,11 @@ def test_imagenet_model_weights_argument(tmp_path):
     src = ig.nets.imagenet_model("igc_l100m2", rng=1)
     path = tmp_path / "igc_l100m2-0001.params"
     mxnet_io.save_params(src, path)
-    assert_same_state(ig.nets.imagenet_model("igc_l100m2", rng=2, weights=path), src)
+    assert_same_state(mxnet_io.load_released("igc_l100m2", path), src)
     with pytest.raises(MXNetFormatError, match="another configuration.*stem is that of 'igc_l100m2'"):
-        ig.nets.imagenet_model("igc_l4m32", weights=path)
+        mxnet_io.load_released("igc_l4m32", path)
+    with pytest.raises(TypeError, match="load_released"):  # the core reads no MXNet file
+        ig.nets.imagenet_model("igc_l100m2", weights=path)
 
 
 # ---- errors: nothing half-loaded ----------------------------------------------------------------
