@@ -853,16 +853,16 @@ def test_svhn_fifo_is_refused_naming_it(tmp_path):
         load_dataset("svhn", tmp_path)
 
 
-def test_the_command_line_without_data_is_one_line_not_a_traceback(tmp_path):
-    """python -m igc_np.app.data (igc_np.app.datasets.main, behind python -m igc_np.data, needs
-    the same except clause: reported to its owner)."""
+@pytest.mark.parametrize("module", ["igc_np.data", "igc_np.app.data"])
+def test_the_command_line_without_data_is_one_line_not_a_traceback(tmp_path, module):
+    """python -m igc_np.data (the documented path) and igc_np.app.data: one line, exit 1."""
     import subprocess
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    r = subprocess.run([sys.executable, "-m", "igc_np.app.data", "cifar10", "--data-dir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", module, "cifar10", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: CIFAR-10 not found under") and "--download" in r.stderr
     (tmp_path / "f").write_text("x")
-    r = subprocess.run([sys.executable, "-m", "igc_np.app.data", "cifar10", "--data-dir", str(tmp_path / "f")],
+    r = subprocess.run([sys.executable, "-m", module, "cifar10", "--data-dir", str(tmp_path / "f")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr

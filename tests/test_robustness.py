@@ -881,13 +881,8 @@ def test_resume_options_say_what_a_resume_keeps_or_changes():
     assert checkpoint.resume_options(stored, {})[1] == []  # the same length: nothing to say
 
 
-# ---- trainer parts that need a change in a file trust does not own (reported; strict xfail:
-# ---- they pass, and must then be un-marked, once the change is applied) -------------------------
-NEEDS_HOUSE = pytest.mark.xfail(strict=True, reason="needs the igc_np/app/cli.py / "
-                                "igc_np/app/run.py change in trust's issue-18 report")
+# ---- the trainer's side of these classes (igc_np/app/cli.py, run.py) ----------------------------
 
-
-@NEEDS_HOUSE
 def test_a_closed_stdout_still_trains(tmp_path):
     out = tmp_path / "out"
     cmd = " ".join([sys.executable, str(TRAIN_SCRIPT)] + TINY + ["--num-epochs", "1", "--output-dir", str(out)])
@@ -897,7 +892,6 @@ def test_a_closed_stdout_still_trains(tmp_path):
     assert "AttributeError" not in r.stderr and (out / "model-0001.npz").exists()
 
 
-@NEEDS_HOUSE
 def test_a_data_error_during_training_saves_first_and_names_the_file(tmp_path, capsys, monkeypatch):
     from igc_np.app import datasets
     from igc_np.app.data import DatasetError
@@ -915,7 +909,6 @@ def test_a_data_error_during_training_saves_first_and_names_the_file(tmp_path, c
     assert checkpoint.load_checkpoint(out / "model-interrupted.npz").batch == 2
 
 
-@NEEDS_HOUSE
 def test_a_non_utf8_output_folder_prints_a_resume_command_that_works_pasted(tmp_path):
     """Ctrl-C in runs/caf\xe9 (Latin-1 bytes): the printed command, pasted into bash, names
     the very file saved (not caf\\udce9)."""
@@ -936,7 +929,6 @@ def test_a_non_utf8_output_folder_prints_a_resume_command_that_works_pasted(tmp_
     assert os.path.exists(r.stdout)
 
 
-@NEEDS_HOUSE
 def test_a_resume_with_another_num_epochs_says_what_happens_to_the_lr_steps(finished, tmp_path, capsys):
     out = copy_run(finished, tmp_path / "run")
     assert trainer.main(["--resume", str(out / "model-0002.npz"), "--num-epochs", "4"]) == 0

@@ -8,11 +8,10 @@ download, overwrite)`` inside ``run_command``, which turns every error into one 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, resume_options, shell_join
 from .data import DatasetError
 from .distributed import DistError
 from .options import FROM_CHECKPOINT, OPTIONS, STORED, OptionError, complete, guess_output_dir, \
@@ -35,7 +34,9 @@ def main(train, argv=None, script=None):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
+    # a closed stdout or stderr (>&-, 2>&-): Python sets it to None; write those lines nowhere
+    sys.stdout, sys.stderr = (_QuietPipe(s if s is not None else open(os.devnull, "w"))
+                              for s in (sys.stdout, sys.stderr))
 
     def body():
         o, ckpt = resolve_options(args)
@@ -84,9 +85,10 @@ def _take_from_checkpoint(o, ckpt, path):
             raise CheckpointError(
                 f"checkpoint {path} was trained with {option.flag} {ckpt.args[key]}, this run "
                 f"asks for {o[key]}: leave the option out to resume")
-    for key, value in ckpt.args.items():
-        if key not in o and key in FROM_CHECKPOINT:
-            o[key] = value
+    fill, notes = resume_options(ckpt.args, o, known=FROM_CHECKPOINT)
+    o.update(fill)  # the checkpoint's options, unless the command line said otherwise
+    for line in notes:  # one line per stored option kept or changed that matters
+        print(line)
 
 
 def resume_command(o, path, comm=None, script=None):
@@ -103,7 +105,7 @@ def resume_command(o, path, comm=None, script=None):
     for key in ("data_dir", "device", "gpus"):  # not stored for reuse: give them again
         if o.get(key) is not None and not (key == "device" and o[key] == "cpu"):
             cmd += [f"--{key.replace('_', '-')}", str(o[key])]
-    return shlex.join(cmd)
+    return shell_join(cmd)  # undecodable bytes of a path as $'\xNN': pasted, the same file
 
 
 def run_command(body):

@@ -34,6 +34,7 @@ from .. import backend
 from ..ops import parallel
 from . import distributed
 from .checkpoint import CheckpointError, checkpoint_path, restore, save_checkpoint
+from .data import DatasetError
 from .evaluation import Metrics, test_pass
 from .options import OptionError
 from .progress import JsonLinesLog, ProgressLines, _have_tqdm, _isatty, _progress_bar, plot_curves
@@ -344,9 +345,24 @@ class Run:
             source = d.batches(self.rng, self.start_batch)
         else:
             source = d.batches(self.rng, self.start_batch, part=(self.comm.rank, self.comm.size))
-        for b, (x, y) in enumerate(source, self.start_batch):
-            self.batch_rows = min(d.batch_size, d.train_size - b * d.batch_size)
-            yield x, y
+        try:
+            for b, (x, y) in enumerate(source, self.start_batch):
+                self.batch_rows = min(d.batch_size, d.train_size - b * d.batch_size)
+                yield x, y
+        except DatasetError as e:  # a file of the data set: save the work done first, name it
+            self._stop_on_data_error(e)
+
+    def _stop_on_data_error(self, e):
+        """Save the state after the last complete batch (-interrupted.npz), then stop naming
+        the file (the error's message) and how to go on."""
+        self.report_to.close_bar()
+        path = self.saver.interrupted_path
+        if self.b > self.start_batch and self._save(path, self.epoch, self.b, self.epoch_rng_state,
+                                                    self.metrics.sums):
+            raise Stop(EXIT_ERROR, f"error: {e}\nSaved {path} (Epoch[{self.epoch}] after batch "
+                                   f"{self.b}); fix or remove that file, then continue with:\n  "
+                                   f"{self.resume_command(path)}")
+        raise Stop(EXIT_ERROR, f"error: {e}\nLast checkpoint: {self.saver.last or 'none'}")
 
     def after_batch(self, loss, logits, y):
         """Metrics (on the device), the log line and the NaN check every --log-iters, Ctrl-C."""
