@@ -125,6 +125,24 @@ def test_errors_name_the_file(checkpoint, tmp_path):
         predict(ig.nets.get_network("resnet_igc", 8, 10, 4, 4), np.zeros((1, 3, 8, 8)))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_or_a_device_as_an_image_is_refused_not_read(checkpoint, tmp_path):
+    """A FIFO with no writer would block the read forever, /dev/zero would read until memory
+    runs out: both are refused by kind, naming the file (before: a FIFO was "no such file")."""
+    model = load_trained(checkpoint)
+    os.mkfifo(tmp_path / "pipe.png")
+    os.mkfifo(tmp_path / "pipe.npy")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    cases = {"pipe.png": "FIFO", "pipe.npy": "FIFO", "zero.png": "character device"}
+    for name, words in cases.items():
+        with pytest.raises(PredictError, match=words) as e:
+            predict(model, [tmp_path / name])
+        assert name in str(e.value)
+    (tmp_path / "one.png").write_bytes(b"")  # an empty file: an image error, not a hang
+    with pytest.raises(PredictError, match="one.png"):
+        predict(model, [tmp_path / "one.png"])
+
+
 def test_load_trained_refuses_what_is_not_a_trainer_checkpoint(tmp_path):
     net = ig.nets.get_network("resnet_igc", 8, 10, 4, 4)
     ig.save(net.state_dict(), tmp_path / "weights.npz")
