@@ -118,8 +118,8 @@ def train(o, ckpt=None, download=False, overwrite=False):
                 optimizer.step()                     # update
                 run.after_batch(loss, logits, y)     # metrics stay on the device; Ctrl-C checked
             test, statistics = run.test(epoch)       # test set (statistics: which BN ones)
-            run.report(epoch, lr, test, statistics)  # console, log.jsonl, curves
-            run.save(epoch)                          # checkpoint; stops here after a Ctrl-C
+            run.report(epoch, lr, test, statistics)  # console, log.jsonl
+            run.save(epoch)                          # checkpoint, curves; stops after a Ctrl-C
     return run.status
 
 
