@@ -152,8 +152,11 @@ def test_a_fifo_or_a_device_as_an_image_is_refused_not_read(checkpoint, tmp_path
 def test_load_trained_refuses_what_is_not_a_trainer_checkpoint(tmp_path):
     net = ig.nets.get_network("resnet_igc", 8, 10, 4, 4)
     ig.save(net.state_dict(), tmp_path / "weights.npz")
-    with pytest.raises(training.CheckpointError, match="weights.npz"):
+    with pytest.raises(training.CheckpointError, match="weights.npz") as e:
         load_trained(tmp_path / "weights.npz")
+    # a state dict says what it is and how to load it (before: "format 'missing'")
+    assert "not a trainer checkpoint" in str(e.value) and "load_state_dict(ig.load" in str(e.value)
+    assert "g0_conv_weight" in str(e.value)
     with pytest.raises(training.CheckpointError, match="MXNet .params.*load_released"):
         load_trained(tmp_path / "seed-0120.params")
 
