@@ -940,3 +940,20 @@ def test_a_negative_worker_count_is_a_usage_error(tmp_path, capsys):
     status = trainer.main(["--dataset", "imagenet", "--workers", "-1", "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and "--workers must be in 1.." in err and "unexpected" not in err
+
+
+def test_two_trainers_starting_together_in_one_folder_one_is_refused_cleanly(tmp_path, monkeypatch):
+    """Both prove the folder writable with the same probe name: the other process may replace and
+    remove ours between our rename and our unlink. Before: "cannot write there (no such file)"
+    (exit 2 with a wrong reason, found with two trainers started at once); the lock then decides."""
+    import contextlib
+    real = run_folder.atomic_write
+
+    @contextlib.contextmanager
+    def raced(path, *a, **kw):
+        with real(path, *a, **kw) as f:
+            yield f
+        os.unlink(path)  # the second trainer's unlink of the shared name, just after our rename
+    monkeypatch.setattr(run_folder, "atomic_write", raced)
+    run_folder.check_writable(tmp_path / "race", "--output-dir")
+    assert not list((tmp_path / "race").iterdir())
