@@ -171,9 +171,9 @@ def test_an_unwritable_model_prefix_fails_before_training(tmp_path, capsys):
 def test_a_failed_save_says_where_the_retry_goes(tmp_path, monkeypatch, capsys):
     real, calls = checkpoint.write_npz, []
 
-    def full_disk_once(path, arrays):
+    def full_disk_once(path, arrays):  # full for the epoch-2 save, removing the curves or not
         calls.append(Path(path).name)
-        if len(calls) == 1:
+        if Path(path).name == "model-0002.npz":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, arrays)
 
@@ -183,8 +183,10 @@ def test_a_failed_save_says_where_the_retry_goes(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "could not write" in err and "No space left" in err and "model-0002.npz" in err
     assert "retries with" in err and "model-0003.npz" in err
-    # the failed epoch-2 save is retried at the end of epoch 3 (not only at the next multiple)
-    assert calls == ["model-0002.npz", "model-0003.npz"]
+    # the full disk first costs the curves (tried again at once), then the failed epoch-2 save is
+    # retried at the end of epoch 3 (not only at the next multiple)
+    assert "removed loss.png, accuracy.png" in err
+    assert calls == ["model-0002.npz", "model-0002.npz", "model-0003.npz"]
     assert ig.training.load_checkpoint(out / "model-0003.npz").epoch == 3
     assert not list(out.glob(".*tmp*"))
 
