@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import igc_np as ig
+from igc_np.__main__ import main as igc_np_main
 from igc_np import training
 from igc_np.app.predict import (CIFAR100_CLASSES, InputSpec, PredictError, input_spec, load_images,
                                 load_trained, predict, top_k)
@@ -182,13 +183,20 @@ def test_python_m_igc_np_predict(checkpoint, digits, tmp_path):
     model = load_trained(checkpoint)
     (name, p), = top_k(predict(model, digits.test_x[:1])[0], model.input_spec.classes, 1)
     assert lines[1].split() == ["1.", name, f"{p:.4f}"]
-    bad = _run("-m", "igc_np", "predict", "--checkpoint", str(checkpoint), str(tmp_path / "no.png"))
-    assert bad.returncode == 1 and "no.png: no such file" in bad.stderr
-    assert "Traceback" not in bad.stderr
-    usage = _run("-m", "igc_np", "predict", str(tmp_path / "a.npy"))
-    assert usage.returncode == 2 and "--checkpoint" in usage.stderr
-    topk = _run("-m", "igc_np", "predict", "--checkpoint", str(checkpoint), "x.npy", "--top-k", "0")
-    assert topk.returncode == 2 and "--top-k must be >= 1" in topk.stderr
+
+
+
+def test_python_m_igc_np_predict_errors(checkpoint, tmp_path, capsys):
+    """The same main() as `python -m igc_np`, in this process: errors are one line."""
+    assert igc_np_main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "no.png")]) == 1
+    err = capsys.readouterr().err
+    assert "no.png: no such file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:
+        igc_np_main(["predict", str(tmp_path / "a.npy")])
+    assert usage.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as topk:
+        igc_np_main(["predict", "--checkpoint", str(checkpoint), "x.npy", "--top-k", "0"])
+    assert topk.value.code == 2 and "--top-k must be >= 1" in capsys.readouterr().err
 
 
 def test_python_m_igc_np_reports_the_machine():
@@ -205,16 +213,19 @@ def test_python_m_igc_np_reports_the_machine():
     assert "threads:" in out and "MPI:" in out
 
 
-def test_python_m_igc_np_train_and_evaluate_run_the_scripts(checkpoint, tmp_path):
+def test_python_m_igc_np_train_and_evaluate_run_the_scripts(checkpoint, tmp_path, capsys):
     r = _run("-m", "igc_np", "train", "--help")
     assert r.returncode == 0 and "--num-epochs" in r.stdout
     r = _run("-m", "igc_np", "evaluate", "--checkpoint", str(checkpoint))
     assert r.returncode == 0, r.stderr
     assert "Test digits: 360 images" in r.stdout
-    r = _run("-m", "igc_np", "evaluate", "--checkpoint", str(tmp_path / "none.npz"))
-    assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
-    r = _run("-m", "igc_np", "bogus")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    # the error cases through the same main(), in this process
+    assert igc_np_main(["evaluate", "--checkpoint", str(tmp_path / "none.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as bogus:
+        igc_np_main(["bogus"])
+    assert bogus.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_a_short_run_predicts_as_well_as_its_logged_test(short_run, digits):
