@@ -368,7 +368,8 @@ def test_load_refuses_a_non_path():
 
 # ---- a bad IGC_NP_* environment variable: every command-line tool prints one line, exit 2 -------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = [["examples/cifar10_igc.py"], ["examples/evaluate.py"], ["examples/minimal_train.py"],
+ENTRY_POINTS = [["examples/cifar10_igc.py"], ["examples/evaluate.py"],
+                ["examples/minimal_train.py"],
                 ["examples/igc_anatomy.py"], ["-m", "igc_np"], ["-m", "igc_np", "predict", "x.png"],
                 ["-m", "igc_np.imagenet"], ["-m", "igc_np.app.imagenet"], ["-m", "igc_np.data"]]
 
