@@ -523,6 +523,7 @@ inline const char* signature(void (*)(A...)) {
 // Atomics (atomicAdd, atomicMax) are exempt, as on a GPU.
 #if defined(IGC_EMU_SANITIZE)
 #define IGC_EMU_NOSAN __attribute__((no_sanitize_thread))
+#define IGC_EMU_HOOK_FN extern "C" __attribute__((no_sanitize_thread, visibility("hidden")))
 namespace igc_emu {
 
 struct ArgExtent { uintptr_t lo, hi; size_t arg, bytes; };
@@ -650,10 +651,31 @@ IGC_EMU_NOSAN inline void check_shared(Shadow* shadow, uintptr_t a, size_t n, bo
     }
 }
 
+IGC_EMU_NOSAN inline void check_global(uintptr_t a, size_t n, const char* rw, void* pc) {
+    const ArgExtent* near = nullptr;
+    long long dist = 0;
+    for (const ArgExtent& e : san.extents) {
+        if (a >= e.lo && a + n <= e.hi) return;
+        const long long d = a < e.lo ? (long long)(e.lo - a) : (long long)(a + n - e.hi);
+        if (!near || d < dist) { near = &e; dist = d; }
+    }
+    std::string m = std::string("out-of-bounds global ") + rw + " of " + std::to_string(n) + " bytes";
+    if (near) {
+        const long long off = (long long)a - (long long)near->lo;
+        m += " at byte offset " + std::to_string(off) + " of argument " + std::to_string(near->arg) +
+             " (an array of " + std::to_string(near->bytes) + " bytes): " +
+             (off < 0 ? std::to_string(-off) + " bytes before its start"
+                      : std::to_string(a + n - near->hi) + " bytes past its end");
+    }
+    fault(m + where(pc));
+}
+
 IGC_EMU_NOSAN inline void check_access(uintptr_t a, size_t n, bool write, void* pc, bool atomic = false) {
     if (!san.active || !sched.current || sched.current->state != kRunning) return;
     const char* rw = write ? "write" : "read";
-    if (a >= san.dyn_lo && a < san.dyn_cap) {
+    if (a >= san.arena_lo && a < san.arena_hi) {  // most accesses: global memory
+        check_global(a, n, rw, pc);
+    } else if (a >= san.dyn_lo && a < san.dyn_cap) {
         if (a + n > san.dyn_used)
             fault(std::string("out-of-bounds shared ") + rw + " of " + std::to_string(n) + " bytes at byte " +
                   std::to_string(a - san.dyn_lo) + " of dynamic shared memory, which has shared_mem=" +
@@ -677,46 +699,29 @@ IGC_EMU_NOSAN inline void check_access(uintptr_t a, size_t n, bool write, void* 
         if (atomic) return;
         check_shared(&san.shadow_static[a - san.static_lo], a, n, write, pc,
                      "file-scope __shared__ memory byte " + std::to_string(a - san.static_lo));
-    } else if (a >= san.arena_lo && a < san.arena_hi) {
-        const ArgExtent* near = nullptr;
-        long long dist = 0;
-        for (const ArgExtent& e : san.extents) {
-            if (a >= e.lo && a + n <= e.hi) return;
-            const long long d = a < e.lo ? (long long)(e.lo - a) : (long long)(a + n - e.hi);
-            if (!near || d < dist) { near = &e; dist = d; }
-        }
-        std::string m = std::string("out-of-bounds global ") + rw + " of " + std::to_string(n) + " bytes";
-        if (near) {
-            const long long off = (long long)a - (long long)near->lo;
-            m += " at byte offset " + std::to_string(off) + " of argument " + std::to_string(near->arg) +
-                 " (an array of " + std::to_string(near->bytes) + " bytes): " +
-                 (off < 0 ? std::to_string(-off) + " bytes before its start"
-                          : std::to_string(a + n - near->hi) + " bytes past its end");
-        }
-        fault(m + where(pc));
     }
 }
 
 }  // namespace igc_emu
 
 #define IGC_EMU_HOOK(n) \
-    extern "C" IGC_EMU_NOSAN void __tsan_read##n(void* p) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); } \
-    extern "C" IGC_EMU_NOSAN void __tsan_write##n(void* p) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); } \
-    extern "C" IGC_EMU_NOSAN void __tsan_unaligned_read##n(void* p) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); } \
-    extern "C" IGC_EMU_NOSAN void __tsan_unaligned_write##n(void* p) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); } \
-    extern "C" IGC_EMU_NOSAN void __tsan_volatile_read##n(void* p) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); } \
-    extern "C" IGC_EMU_NOSAN void __tsan_volatile_write##n(void* p) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); }
+    IGC_EMU_HOOK_FN void __tsan_read##n(void* p) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); } \
+    IGC_EMU_HOOK_FN void __tsan_write##n(void* p) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); } \
+    IGC_EMU_HOOK_FN void __tsan_unaligned_read##n(void* p) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); } \
+    IGC_EMU_HOOK_FN void __tsan_unaligned_write##n(void* p) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); } \
+    IGC_EMU_HOOK_FN void __tsan_volatile_read##n(void* p) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); } \
+    IGC_EMU_HOOK_FN void __tsan_volatile_write##n(void* p) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); }
 IGC_EMU_HOOK(1) IGC_EMU_HOOK(2) IGC_EMU_HOOK(4) IGC_EMU_HOOK(8) IGC_EMU_HOOK(16)
 #undef IGC_EMU_HOOK
-extern "C" IGC_EMU_NOSAN void __tsan_read_range(void* p, size_t n) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); }
-extern "C" IGC_EMU_NOSAN void __tsan_write_range(void* p, size_t n) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); }
-extern "C" void __tsan_init() {}
-extern "C" void __tsan_func_entry(void*) {}
-extern "C" void __tsan_func_exit() {}
-extern "C" void __tsan_vptr_update(void**, void*) {}
-extern "C" void __tsan_vptr_read(void**) {}
-extern "C" void __tsan_atomic_thread_fence(int) {}
-extern "C" void __tsan_atomic_signal_fence(int) {}
+IGC_EMU_HOOK_FN void __tsan_read_range(void* p, size_t n) { igc_emu::check_access(uintptr_t(p), n, false, __builtin_return_address(0)); }
+IGC_EMU_HOOK_FN void __tsan_write_range(void* p, size_t n) { igc_emu::check_access(uintptr_t(p), n, true, __builtin_return_address(0)); }
+IGC_EMU_HOOK_FN void __tsan_init() {}
+IGC_EMU_HOOK_FN void __tsan_func_entry(void*) {}
+IGC_EMU_HOOK_FN void __tsan_func_exit() {}
+IGC_EMU_HOOK_FN void __tsan_vptr_update(void**, void*) {}
+IGC_EMU_HOOK_FN void __tsan_vptr_read(void**) {}
+IGC_EMU_HOOK_FN void __tsan_atomic_thread_fence(int) {}
+IGC_EMU_HOOK_FN void __tsan_atomic_signal_fence(int) {}
 
 // -fsanitize=bounds: an index out of a fixed-size array's bounds (GCC's UBSan data layout)
 struct IgcUbsanType { unsigned short kind, info; char name[1]; };

@@ -39,7 +39,8 @@ HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu.h")
 CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w")
 # Sanitizer build: compiled with ThreadSanitizer's and UBSan's instrumentation, whose hooks
 # cuda_emu.h defines; linked without their run-time libraries (-z defs: every hook is ours).
-SANITIZE_FLAGS = ("-std=c++17", "-O1", "-g1", "-fPIC", "-w", "-fno-threadsafe-statics", "-DIGC_EMU_SANITIZE",
+SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-fno-optimize-sibling-calls", "-fPIC", "-w", "-fno-threadsafe-statics",
+                  "-DIGC_EMU_SANITIZE",
                   "-fsanitize=thread,bounds",
                   "-fno-sanitize-recover=bounds", "--param=tsan-instrument-func-entry-exit=0")
 SANITIZE_LINK = ("-shared", "-Wl,-z,defs", "-ldl")
@@ -430,9 +431,15 @@ def _source_line(lib, message):
     tool = shutil.which("addr2line")
     if tool:
         out = subprocess.run([tool, "-e", lib, "-i", hex(int(m.group(1), 16))], capture_output=True, text=True).stdout
-        lines = [ln for ln in out.splitlines() if ln and not ln.startswith("??")]
-        if lines:
-            where = " at " + lines[0].split(" (discriminator")[0]
+        lines = [ln.split(" (discriminator")[0] for ln in out.splitlines() if ln and not ln.startswith("??")]
+        # addr2line -i lists the inlined frames innermost first: the first one in the kernel's file
+        ours = [ln for ln in lines if not re.search(r"cuda_emu\.h:|<igc_emu shim>|/tmp\w+\.cpp:", ln)]
+        if ours or lines:
+            where = (ours or lines)[0]
+            cwd = os.getcwd() + os.sep  # addr2line puts the compile folder before a relative name
+            if where.startswith(cwd) and not os.path.exists(where.rsplit(":", 1)[0]):
+                where = where[len(cwd):]
+            where = " at " + where
     return message[:m.start()] + where + message[m.end():]
 
 
