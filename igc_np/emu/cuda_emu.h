@@ -527,7 +527,7 @@ inline const char* signature(void (*)(A...)) {
 namespace igc_emu {
 
 struct ArgExtent { uintptr_t lo, hi; size_t arg, bytes; };
-struct Shadow { unsigned long long epoch, write_epoch; int writer, reader; };  // reader -2: several
+struct Shadow { unsigned long long epoch, write_epoch; int writer, reader, reader2; };  // two distinct readers
 struct Sanitizer {
     bool active = false;
     uintptr_t arena_lo = 0, arena_hi = 0;
@@ -625,7 +625,7 @@ IGC_EMU_NOSAN inline void check_shared(Shadow* shadow, uintptr_t a, size_t n, bo
     const int t = int(sched.current - sched.fibers.data());
     for (size_t k = 0; k < n; ++k) {
         Shadow& s = shadow[k];
-        if (s.epoch != san.epoch) { s.epoch = san.epoch; s.writer = -1; s.reader = -1; }
+        if (s.epoch != san.epoch) { s.epoch = san.epoch; s.writer = -1; s.reader = -1; s.reader2 = -1; }
         if (!write) {
             if (s.write_epoch < san.block_first)
                 fault("uninitialised shared memory: reads " + what + ", which no thread of this block "
@@ -634,17 +634,16 @@ IGC_EMU_NOSAN inline void check_shared(Shadow* shadow, uintptr_t a, size_t n, bo
             if (s.writer >= 0 && s.writer != t)
                 fault("shared-memory race (read after write): reads " + what + ", written by thread " +
                       tid_str(sched.fibers[s.writer].tid) + " with no __syncthreads() between" + where(pc));
-            s.reader = s.reader == -1 || s.reader == t ? t : -2;
+            if (s.reader == -1) s.reader = t;
+            else if (s.reader != t && s.reader2 == -1) s.reader2 = t;
         } else {
             if (s.writer >= 0 && s.writer != t)
                 fault("shared-memory race (write after write): writes " + what + ", also written by thread " +
                       tid_str(sched.fibers[s.writer].tid) + " with no __syncthreads() between" + where(pc));
-            if (s.reader == -2 || (s.reader >= 0 && s.reader != t)) {
-                const int r = s.reader >= 0 ? s.reader : -1;
-                fault("shared-memory race (write after read): writes " + what + ", read by " +
-                      (r >= 0 ? "thread " + tid_str(sched.fibers[r].tid) : std::string("several threads")) +
-                      " with no __syncthreads() between" + where(pc));
-            }
+            const int r = s.reader >= 0 && s.reader != t ? s.reader : s.reader2 >= 0 && s.reader2 != t ? s.reader2 : -1;
+            if (r >= 0)
+                fault("shared-memory race (write after read): writes " + what + ", read by thread " +
+                      tid_str(sched.fibers[r].tid) + " with no __syncthreads() between" + where(pc));
             s.writer = t;
             s.write_epoch = san.epoch;
         }
@@ -664,8 +663,7 @@ IGC_EMU_NOSAN inline void check_global(uintptr_t a, size_t n, const char* rw, vo
         const long long off = (long long)a - (long long)near->lo;
         m += " at byte offset " + std::to_string(off) + " of argument " + std::to_string(near->arg) +
              " (an array of " + std::to_string(near->bytes) + " bytes): " +
-             (off < 0 ? std::to_string(-off) + " bytes before its start"
-                      : std::to_string(a + n - near->hi) + " bytes past its end");
+             (off < 0 ? std::to_string(-off) + " bytes before its start" : std::string("past its end"));
     }
     fault(m + where(pc));
 }

@@ -39,7 +39,7 @@ HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu.h")
 CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w")
 # Sanitizer build: compiled with ThreadSanitizer's and UBSan's instrumentation, whose hooks
 # cuda_emu.h defines; linked without their run-time libraries (-z defs: every hook is ours).
-SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-fno-optimize-sibling-calls", "-fPIC", "-w", "-fno-threadsafe-statics",
+SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-gdwarf-4", "-fno-optimize-sibling-calls", "-fPIC", "-w", "-fno-threadsafe-statics",
                   "-DIGC_EMU_SANITIZE",
                   "-fsanitize=thread,bounds",
                   "-fno-sanitize-recover=bounds", "--param=tsan-instrument-func-entry-exit=0")
@@ -242,7 +242,8 @@ def _kernels(clean):
         head_end = clean.find("{", m.end())
         if head_end < 0 or ";" in clean[m.end():head_end].split(")")[-1]:
             continue  # a declaration without a body
-        head = re.sub(r"^\s*#.*$", "", clean[start:head_end], flags=re.M)
+        # preprocessor lines blanked (same length: offsets into head stay those of clean)
+        head = re.sub(r"^[ \t]*#.*$", lambda d: " " * len(d.group(0)), clean[start:head_end], flags=re.M)
         tparams = None
         t = [x for x in re.finditer(r"\btemplate\s*<", head) if x.start() < m.start() - start]
         if t:
@@ -274,7 +275,7 @@ def _instrument_shared(code, kernels):
             continue  # file scope: the header's section attribute covers it; extern: dynamic
         name = m.group(2)
         out.append(code[last:m.end()])
-        out.append(f' igc_emu::shared_declared({name}, sizeof({name}), "{name}");')
+        out.append(f' igc_emu::shared_declared((void*)&{name}, sizeof({name}), "{name}");')  # & : scalars too
         k = next((k for k in kernels.values() if k.body[0] < m.start() < k.body[1]), None)
         if k is not None:
             ref = f"&{k.name}<{', '.join(k.tnames)}>" if k.tparams is not None else f"&{k.name}"
