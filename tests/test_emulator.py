@@ -719,3 +719,22 @@ def test_library_writable_by_others_is_not_loaded(cache):
     with pytest.warns(UserWarning, match=r"writable by group and others \(mode 0666\)"):
         _tiny("mode")
     assert stat.S_IMODE(os.stat(m.path).st_mode) == 0o700
+
+
+def test_our_kernels_launch_bounds_are_read():
+    """igc_np's kernels declare their bounds through macros (IGC_TILE_BOUNDS) and constants
+    (IS_THREADS): the emulator reads them per instantiation, and the static shared memory of
+    interleaved_tile (declared in a __device__ function) counts once launched."""
+    from igc_np.kernels import get_module
+    v3 = get_module("group_conv_v3.cu", np.float32, "emu")
+    assert v3.get_function("conv2d_forward_v3", (3, 3, 1, 1)).max_threads_per_block == 128
+    assert v3.get_function("conv2d_backward_data_v3", (1, 1, 1, 1)).max_threads_per_block == 128
+    assert v3.get_function("conv2d_backward_weight_v3", (3, 3, 2, 2)).max_threads_per_block == 256
+    assert v3.get_function("conv2d_backward_weight_v3_reduce").max_threads_per_block == 1024
+    inter = get_module("interleaved_secondary.cu", np.float64, "emu")
+    fn = inter.get_function("interleaved_secondary_forward_tiled")
+    assert fn.max_threads_per_block == 256
+    x, W2 = np.ones((1, 4, 2, 2)), np.ones((4, 2, 1, 1))
+    y = np.zeros_like(x)
+    fn((1,), (256,), (x, W2, y, i32(1), i32(4), i32(4), i32(2), i32(2)))
+    assert fn.shared_size_bytes == 8 * (32 * 17 + 16 * 32)  # As and Bs of interleaved_tile<double>
