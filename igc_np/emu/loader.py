@@ -119,6 +119,7 @@ def private_cache_dir():
     could plant a library whose constructor runs in our process."""
     directory = cache_dir()
     try:
+        os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)  # the root too, if we make it
         os.makedirs(directory, mode=0o700, exist_ok=True)
         st = os.stat(directory)
         problem = _unsafe(st, f"the compile cache {directory}")
