@@ -39,7 +39,8 @@ HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu.h")
 CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w")
 # Sanitizer build: compiled with ThreadSanitizer's and UBSan's instrumentation, whose hooks
 # cuda_emu.h defines; linked without their run-time libraries (-z defs: every hook is ours).
-SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-gdwarf-4", "-fno-optimize-sibling-calls", "-fPIC", "-w", "-fno-threadsafe-statics",
+SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-gdwarf-4", "-fno-optimize-sibling-calls", "-fPIC", "-w",
+                  "-fno-threadsafe-statics",
                   "-DIGC_EMU_SANITIZE",
                   "-fsanitize=thread,bounds",
                   "-fno-sanitize-recover=bounds", "--param=tsan-instrument-func-entry-exit=0")
@@ -336,7 +337,8 @@ def _shim(code, name_expressions):
         lines.append(f'extern "C" unsigned long long igc_emu_static_shared_{s}() {{ return '
                      f'igc_emu::static_shared_bytes(reinterpret_cast<const void*>(&{expr}))'
                      + "".join(f" + sizeof({n})" for n in used) + "; }")
-        lines.append(f'extern "C" const char* igc_emu_bounds_text_{s}() {{ return "{k.bounds if k and k.bounds else ""}"; }}')
+        text = k.bounds if k is not None and k.bounds else ""
+        lines.append(f'extern "C" const char* igc_emu_bounds_text_{s}() {{ return "{text}"; }}')
     return "\n".join(lines) + "\n"
 
 
