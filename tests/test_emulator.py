@@ -732,9 +732,10 @@ def test_our_kernels_launch_bounds_are_read():
     assert v3.get_function("conv2d_backward_weight_v3", (3, 3, 2, 2)).max_threads_per_block == 256
     assert v3.get_function("conv2d_backward_weight_v3_reduce").max_threads_per_block == 1024
     inter = get_module("interleaved_secondary.cu", np.float64, "emu")
-    fn = inter.get_function("interleaved_secondary_forward_tiled")
+    fn = inter.get_function("interleaved_secondary_forward_tiled", (32,))  # TR = 32 rows a tile
     assert fn.max_threads_per_block == 256
     x, W2 = np.ones((1, 4, 2, 2)), np.ones((4, 2, 1, 1))
     y = np.zeros_like(x)
     fn((1,), (256,), (x, W2, y, i32(1), i32(4), i32(4), i32(2), i32(2)))
-    assert fn.shared_size_bytes == 8 * (32 * 17 + 16 * 32)  # As and Bs of interleaved_tile<double>
+    # As (TR x (TK + 1) = 32 x 17) and Bs (sized for every TR: 1024) of interleaved_tile<double>
+    assert fn.shared_size_bytes == 8 * (32 * 17 + 1024)

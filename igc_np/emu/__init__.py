@@ -8,7 +8,7 @@ IGC_NP_EMU_SANITIZE=1 (``sanitizing()``) kernels are built with bounds, initiali
 shared-memory race checks (see docs/emulator.md).
 """
 from .loader import (EmuFunction, EmuModule, EmulatorCompileError, EmulatorError, LaunchLimitError, cache_dir,
-                     private_cache_dir, sanitizing)
+                     SANITIZE_ENV, private_cache_dir, sanitizing)
 
 __all__ = ["EmuModule", "EmuFunction", "EmulatorError", "EmulatorCompileError", "LaunchLimitError", "cache_dir",
-           "private_cache_dir", "sanitizing"]
+           "private_cache_dir", "sanitizing", "SANITIZE_ENV"]

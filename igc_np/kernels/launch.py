@@ -18,16 +18,16 @@ that no thread writes shows in the result.
 """
 import dataclasses
 import functools
-import os
 
 import numpy as np
 
+from .. import emu
 from .loader import MAX_THREADS, import_cupy, launch_bounds, static_shared
 
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_SHARED = 48 * 1024   # bytes of static + dynamic shared memory of a block without the opt-in
-SANITIZE_ENV = "IGC_NP_EMU_SANITIZE"
+SANITIZE_ENV = emu.SANITIZE_ENV  # the emulator owns the switch; launchers read it through emu.sanitizing()
 
 
 class LaunchPlanError(ValueError):
@@ -111,7 +111,7 @@ def run(launch, module, args):
 
 def sanitizing(device):
     """Whether launches on `device` run in the emulator's sanitizer mode ($IGC_NP_EMU_SANITIZE=1)."""
-    return device == "emu" and os.environ.get(SANITIZE_ENV) == "1"
+    return device == "emu" and emu.sanitizing()
 
 
 def output(xp, shape, dtype, device):
