@@ -22,7 +22,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor
-from .ops.checks import divisors, output_size, pair
+from .ops.checks import conv_window, divisors, output_size, pair
 from .ops.fused import batch_norm_relu
 from .ops.mse import REDUCTIONS
 from .random import default_generator
@@ -417,12 +417,13 @@ def _refuse_plain_container(module, key, value):
 
 
 def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"), nonnegative=("padding",),
-                     **args):
+                     context=None, **args):
     """Validate a layer's size arguments: each an int > 0 (>= 0 for `nonnegative`; an int or a
     pair of ints for `pairs`). The error names the layer (its MXNet name when it has one),
-    the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``."""
+    the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``;
+    context: the sizes to show when they are more than those checked (a dict)."""
     where = f"{layer} {name!r}" if name else layer
-    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    shown = ", ".join(f"{k}={v!r}" for k, v in (context or args).items())
     for k, v in args.items():
         pair = k in pairs and isinstance(v, (tuple, list))
         values = tuple(v) if pair else (v,)
@@ -456,21 +457,24 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 bias=False, name=None, rng=None):
+                 bias=False, name=None, rng=None, dilation=1, padding_mode="zeros"):
         super().__init__()
         sizes = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                      stride=stride, padding=padding, groups=groups)
-        if isinstance(padding, str):
-            _check_padding_mode("Conv2d", name, padding, stride, sizes)
-            del sizes["padding"]
-        check_layer_args("Conv2d", name, **sizes)
+        check_layer_args("Conv2d", name, pairs=(), context=sizes, in_channels=in_channels,
+                         out_channels=out_channels, groups=groups)
+        where = f"Conv2d{' ' + repr(name) if name else ''}({', '.join(f'{k}={v!r}' for k, v in sizes.items())})"
+        # the one check of the window (F.conv2d's): kernel, stride, ((top, bottom), (left, right))
+        self._window = conv_window(where, kernel_size, stride, padding)
+        _check_unsupported(where, dilation=(dilation, 1, "a dilated conv is not implemented"),
+                           padding_mode=(padding_mode, "zeros", "only zero padding is implemented"))
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d{' ' + repr(name) if name else ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must both be divisible by groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
         rng = rng or _default_rng
-        kh, kw = pair(kernel_size, "Conv2d", "kernel_size")
+        kh, kw = self._window[0]
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(he_normal(rng, (out_channels, in_channels // groups, kh, kw), fan_in),
                                 name=_pname(name, "weight"))
@@ -492,28 +496,19 @@ class Conv2d(Module):
         C, H, W = _image_shape(self, path, shape)
         if C != self.in_channels:
             raise ValueError(f"{_where(self, path)}: expects {self.in_channels} input channels, got shape {shape}")
-        (kh, kw), (sh, sw) = pair(self.kernel_size, "", ""), pair(self.stride, "", "")
-        if self.padding == "same":
-            out = (self.out_channels, H, W)
-        else:
-            ph, pw = (0, 0) if self.padding == "valid" else pair(self.padding, "", "")
-            out = (self.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
+        (kh, kw), (sh, sw), ((top, bottom), (left, right)) = self._window
+        out = (self.out_channels, (H + top + bottom - kh) // sh + 1, (W + left + right - kw) // sw + 1)
         _check_fits(self, path, f"kernel {kh}x{kw}", shape, out)
         macs = self.weight.size * out[1] * out[2]  # each weight is used once per output pixel
         visit(layer_name(self, "_weight", path), f"Conv{kh}x{kw}/{sh} g={self.groups}", out, own_params(self), macs)
         return out
 
 
-def _check_padding_mode(layer, name, padding, stride, sizes):
-    """padding 'same' or 'valid' as PyTorch: 'same' keeps H x W, which a stride > 1 cannot."""
-    where = f"{layer} {name!r}" if name else layer
-    shown = ", ".join(f"{k}={v!r}" for k, v in sizes.items())
-    if padding not in ("same", "valid"):
-        raise ValueError(f"{where}({shown}): padding must be an int, a pair of ints, 'same' or 'valid', "
-                         f"got {padding!r}")
-    if padding == "same" and stride not in (1, (1, 1), [1, 1]):
-        raise ValueError(f"{where}({shown}): padding='same' needs stride=1 (as in PyTorch); for a strided "
-                         "conv give the padding as an int, e.g. padding=kernel_size // 2")
+def _check_unsupported(where, **args):
+    """PyTorch arguments taken at their default only: name -> (value, the default, why not others)."""
+    for name, (value, default, why) in args.items():
+        if (tuple(value) if isinstance(value, (list, tuple)) else value) not in (default, (default, default)):
+            raise ValueError(f"{where}: {name}={value!r}: {why}; igc_np takes only {name}={default!r}")
 
 
 class BatchNorm2d(Module):
@@ -677,12 +672,14 @@ class MaxPool2d(Module):
     """Max pooling, x (N, C, H, W) -> (N, C, H', W'); kernel_size, stride and padding an int or a
     pair (h, w) each; stride defaults to kernel_size (as PyTorch)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         sizes = dict(kernel_size=kernel_size, padding=padding)
         if stride is not None:
             sizes["stride"] = stride
         check_layer_args(type(self).__name__, **sizes)
+        _check_unsupported(type(self).__name__, ceil_mode=(ceil_mode, False, "the output size rounds down "
+                                                           "(floor), as the authors' code; pad the input instead"))
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):

@@ -163,8 +163,13 @@ def test_initialisation_follows_the_authors_code():
      r"Conv2d 'g0_conv'\(in_channels=4, out_channels=8, kernel_size=3, .*groups=0\): groups must be >= 1"),
     (lambda: ig.nn.Conv2d(4, 8, 0), ValueError, "kernel_size must be >= 1, got 0"),
     (lambda: ig.nn.Conv2d(4, 8, (3, 0)), ValueError, r"kernel_size must be >= 1, got \(3, 0\)"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, stride=(1, 0)), ValueError, r"stride=\(1, 0\).*: stride must be >= 1, got \(1, 0\)"),
     (lambda: ig.nn.Conv2d(4, 8, 3, padding=-1), ValueError, "padding must be >= 0, got -1"),
     (lambda: ig.nn.Conv2d(4, 8, "3"), TypeError, "kernel_size must be an int or a pair of ints, got '3'"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, dilation=2), ValueError, r"dilation=2: a dilated conv is not implemented"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, padding_mode="reflect"), ValueError, r"only zero padding.*padding_mode='zeros'"),
+    (lambda: ig.nn.MaxPool2d(2, ceil_mode=True), ValueError, r"ceil_mode=True: the output size rounds down"),
     (lambda: ig.nn.Conv2d(True, 8, 3), TypeError, "in_channels must be an int, got True"),
 ])
 def test_layer_arguments_are_validated_with_the_layer_and_sizes_named(build, error, message):
@@ -240,28 +245,30 @@ def test_network_repr_is_the_tree():
 
 
 # ---- PyTorch's layer arguments: padding 'same'/'valid', tuples, adaptive pooling, Flatten ---------
-def _conv2d_takes_padding_modes():
-    try:
-        F.conv2d(ig.Tensor(np.zeros((1, 1, 3, 3))), ig.Tensor(np.zeros((1, 1, 3, 3))), padding="same")
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def test_conv_padding_same_and_valid_shapes():
     for k, pad, out in ((3, "same", (4, 9, 7)), ((3, 5), "same", (4, 9, 7)), (2, "same", (4, 9, 7)),
                         (3, "valid", (4, 7, 5)), ((3, 1), (1, 0), (4, 9, 7))):
         conv = ig.nn.Conv2d(2, 4, k, padding=pad)
         assert conv.padding == pad  # kept as given
         assert conv.output_shape((2, 9, 7)) == out, (k, pad)
-    with pytest.raises(ValueError, match=r"Conv2d 'c'\(.*stride=2.*\): padding='same' needs stride=1"):
+    # the layer's window errors are F.conv2d's (checks.conv_window), prefixed with the layer and its sizes
+    with pytest.raises(ValueError, match=r"Conv2d 'c'\(.*stride=2.*\): padding='same' needs stride 1 \(as in "
+                                         r"PyTorch\), got stride=\(2, 2\); give the padding as numbers, e.g. padding=1"):
         ig.nn.Conv2d(2, 4, 3, stride=2, padding="same", name="c")
-    with pytest.raises(ValueError, match=r"padding must be an int, a pair of ints, 'same' or 'valid', got 'full'"):
+    with pytest.raises(ValueError, match=r"padding='full' is not one of \('same', 'valid'\) \(or an int or a pair"):
         ig.nn.Conv2d(2, 4, 3, padding="full")
 
 
-@pytest.mark.skipif(not _conv2d_takes_padding_modes(), reason="F.conv2d resolves padding='same'/'valid' once "
-                    "the core's helper in ops/checks.py is merged; the layer passes it through")
+@pytest.mark.parametrize("k, stride, padding", [((1, 3), 1, (0, 1)), (3, (1, 2), (1, 2)), ((2, 4), 1, "same"),
+                                                ((4, 1), (2, 1), "valid"), (3, 2, [2, 0]), ((1, 1), (3, 2), 0)])
+def test_conv_layer_walk_matches_its_forward(k, stride, padding):
+    """output_shape / describe (walk) use the resolved window: (H + top + bottom - kh) // sh + 1."""
+    x = ig.Tensor(np.random.default_rng(0).standard_normal((1, 2, 9, 8)).astype(np.float32))
+    conv = ig.nn.Conv2d(2, 3, k, stride=stride, padding=padding)
+    assert (1,) + conv.output_shape((2, 9, 8)) == conv(x).shape
+    assert conv.macs((2, 9, 8)) == conv.weight.size * math.prod(conv(x).shape[2:])
+
+
 @pytest.mark.parametrize("k", [3, (3, 5), 2])
 def test_conv_padding_same_forward(k):
     x = ig.Tensor(np.random.default_rng(0).standard_normal((2, 2, 9, 7)).astype(np.float32))
