@@ -239,6 +239,11 @@ class Module:
             if dtype.kind != "f":  # an integer weight cannot take a gradient step
                 raise ValueError(f"{type(self).__name__}.to(dtype={dtype}): parameters must be floating "
                                  "point (float32 or float64)")
+            if dtype == np.float16:  # refused here, before any parameter is cast (Tensor refuses it too)
+                raise TypeError(f"{type(self).__name__}.to(dtype=float16): float16 is not supported: igc_np's "
+                                "ops accumulate in the input's precision, so float16 gives wrong results "
+                                "(BatchNorm of values ~300 returns zeros); use dtype=np.float32 (or float64). "
+                                "The module is unchanged")
         device = backend.check_device(device) if device else self.device
         for _, m in self.named_modules():
             object.__setattr__(m, "device", device)

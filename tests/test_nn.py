@@ -445,3 +445,17 @@ def test_no_project_import_inside_a_function_in_the_layer_files():
                 for node in ast.walk(fn):
                     if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("igc_np")):
                         raise AssertionError(f"{rel}:{node.lineno}: project import inside {fn.name}()")
+
+
+def test_module_to_float16_is_refused_before_anything_changes():
+    net = ig.nn.Sequential(ig.nn.Conv2d(3, 4, 3), ig.nn.BatchNorm2d(4))
+    before = {k: (v.dtype, v.copy()) for k, v in net.state_dict().items()}
+    for call in (lambda: net.to(dtype=np.float16), lambda: net.to("emu", dtype="float16")):
+        with pytest.raises(TypeError, match=r"Sequential.to\(dtype=float16\): float16 is not supported.*"
+                                            r"use dtype=np.float32.*The module is unchanged"):
+            call()
+        assert [m.device for m in net.modules()] == ["cpu"] * 3
+        after = net.state_dict()
+        for k, (dtype, value) in before.items():
+            assert after[k].dtype == dtype
+            np.testing.assert_array_equal(after[k], value)
