@@ -249,24 +249,45 @@ class Tensor:
         t._versions = self._versions
         return t
 
-    def to(self, device):
-        """A copy on `device` ('cpu', 'cuda', 'emu'); a leaf, keeping requires_grad."""
-        device = backend.check_device(device)
-        if device == self.device:
-            return self
-        return Tensor(backend.to_device(self._data, device), self.requires_grad, device)
+    def to(self, device=None, dtype=None):
+        """A copy on `device` ('cpu', 'cuda', 'emu'), a leaf keeping requires_grad; and/or cast to
+        `dtype` (float32/float64: in the graph, as PyTorch's). As PyTorch, ``t.to(np.float64)``
+        takes a dtype in the device's place. self when nothing changes."""
+        if device is not None and dtype is None and _is_dtype(device):
+            device, dtype = None, device
+        t = self
+        if device is not None:
+            device = backend.check_device(device)
+            if device != self.device:
+                t = Tensor(backend.to_device(self._data, device), self.requires_grad, device)
+        return t if dtype is None else t._cast(dtype)
+
+    def cpu(self):
+        """to('cpu'), PyTorch's habit (self when already there)."""
+        return self.to("cpu")
+
+    def cuda(self):
+        """to('cuda'), PyTorch's habit."""
+        return self.to("cuda")
 
     def zero_grad(self):
         self.grad = None
 
     # ---- backward --------------------------------------------------------------------------
-    def backward(self, gradient=None, *, grad=None):
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, *, grad=None):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires a gradient.
 
         gradient (PyTorch's keyword; ``grad=`` is the same): d(loss)/d(self), an array or Tensor
         of self's shape. Omitted, self must be a scalar (one element) and the seed is 1.
-        The graph is freed as it is walked, so call backward once per forward pass.
+        The graph is freed as it is walked, so call backward once per forward pass: PyTorch's
+        retain_graph=True and create_graph=True (gradients of gradients) are refused.
         """
+        if retain_graph or create_graph:
+            raise NotImplementedError(
+                ("backward(retain_graph=True)" if retain_graph else "backward(create_graph=True)") +
+                ": igc_np frees the graph as backward walks it and has no gradients of gradients; "
+                "run the forward pass again for a second backward, or add the losses and call "
+                "backward once on the sum")
         if grad is not None:
             if gradient is not None:
                 raise TypeError("backward: give gradient= (PyTorch) or grad=, not both")
@@ -353,6 +374,17 @@ def _changed_message(fn, x, i, seen):
 
 
 _REPR_MAX_ELEMENTS = 1000  # NumPy's own summarisation threshold
+
+
+def _is_dtype(value):
+    """A dtype given where a device goes (t.to(np.float64)); device names are never dtypes."""
+    if isinstance(value, str) and value in backend.DEVICES:
+        return False
+    try:
+        np.dtype(value)
+    except TypeError:
+        return False
+    return True
 
 
 class _Size(int):
