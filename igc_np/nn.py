@@ -152,9 +152,13 @@ class Module:
             for key, name in m._buffers.items():
                 yield (name or (f"{path}.{key}" if path else key)), m, key
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Drop every parameter's gradient (PyTorch's default); set_to_none=False zeroes them in place."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad[...] = 0
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self):
