@@ -242,6 +242,8 @@ def test_network_repr_is_the_tree():
                          "    relu=True"]
     assert "      (0): ResidualBlock(" in lines and "        shortcut=identity" in lines
     assert "  (fc): Linear(in_features=32, out_features=10, bias=True)" in lines and lines[-1] == ")"
+    plain = ig.nets.get_network("resnet", 8, primary_partition=4, secondary_partition=2)
+    assert repr(plain).splitlines()[1].startswith("  name='resnet-8 (C=8)'")  # no L, M without IGC blocks
 
 
 # ---- PyTorch's layer arguments: padding 'same'/'valid', tuples, adaptive pooling, Flatten ---------
