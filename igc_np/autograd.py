@@ -298,7 +298,10 @@ class Tensor:
                 raise ValueError(f"backward: gradient can be omitted only for a scalar, got shape {self.shape}")
             gradient = xp.ones_like(self._data)
         else:
-            gradient = gradient._data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=self.dtype)
+            # as PyTorch, the seed takes the tensor's dtype and device (a float64 seed made float64
+            # gradients in a float32 model)
+            gradient = backend.to_device(gradient._data if isinstance(gradient, Tensor) else gradient, self.device)
+            gradient = gradient.astype(self.dtype, copy=False)
             if gradient.shape != self.shape:
                 raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
         if self.creator is None:

@@ -473,3 +473,15 @@ def test_backward_refuses_retain_and_create_graph_naming_the_way(kwargs, name):
         (w * 2).sum().backward(**kwargs)
     (w * 2).sum().backward(retain_graph=False)  # PyTorch's defaults are accepted
     np.testing.assert_array_equal(w.grad, [2, 2, 2])
+
+
+def test_backward_gradient_takes_the_tensors_dtype():
+    """A float64 seed (a Tensor or an array) for a float32 graph: float32 gradients, as PyTorch."""
+    w = ig.Tensor(np.ones(3, np.float32), requires_grad=True)
+    for seed in (ig.Tensor(np.full(3, 0.5)), np.full(3, 0.5), [0.5, 0.5, 0.5]):
+        w.grad = None
+        (w * 2).backward(gradient=seed)
+        assert w.grad.dtype == np.float32
+        np.testing.assert_array_equal(w.grad, [1, 1, 1])
+    with pytest.raises(ValueError, match=r"gradient shape \(2,\) != tensor shape \(3,\)"):
+        (w * 2).backward(gradient=ig.Tensor(np.ones(2, np.float32)))
