@@ -143,6 +143,11 @@ class Tensor:
         self._data = value
         self._versions[0] += 1
 
+    def _mark_changed(self):
+        """Count a change made INTO the array (an optimizer's in-place update, a kernel writing the
+        weights), which the .data setter cannot see: a graph that used the old values is refused."""
+        self._versions[0] += 1
+
     # how many times the data was changed through the Tensor API (PyTorch's name); the op that
     # made the tensor (PyTorch's name for creator, None for a leaf); no op made it
     _version = property(lambda self: self._versions[0])

@@ -79,6 +79,13 @@ class Optimizer:
         p = self.params[i]
         return p.grad is not None and p.requires_grad
 
+    def _mark_stepped(self):
+        """The parameters just updated in place (by adam_reference or a kernel) count as changed, as
+        PyTorch's in-place step: a graph built before the step is refused at backward (on every device)."""
+        for i, p in enumerate(self.params):
+            if self._active(i):
+                p._mark_changed()
+
     @staticmethod
     def _closure_loss(closure):
         """PyTorch's step(closure): re-evaluate the model (forward, backward) before the update."""
@@ -160,7 +167,8 @@ class SGD(Optimizer):
                     v = g.copy() if v is None else momentum * v + g
                     self.velocity[i] = v
                     g = g + momentum * v if nesterov else v
-                p.data -= (lr * g).astype(p.data.dtype, copy=False)
+                p._data -= (lr * g).astype(p.data.dtype, copy=False)
+            self._mark_stepped()
         return loss
 
     def _fused_step(self, lr, momentum, nesterov, weight_decay):
@@ -263,6 +271,7 @@ class Adam(Optimizer):
                 adam_reference(p.data, p.grad.astype(p.data.dtype, copy=False), self.exp_avg[i],
                                self.exp_avg_sq[i], self.steps[i], *hyper,
                                v_max=self.max_exp_avg_sq[i] if amsgrad else None)
+            self._mark_stepped()
         return loss
 
     def _fused_step(self, hyper, amsgrad):

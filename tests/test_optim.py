@@ -402,3 +402,23 @@ def test_hyper_parameters_are_the_bias_corrections():
     assert h[4] == pytest.approx(0.01 / (1 - 0.9 ** 3), rel=1e-15)
     assert h[5] == pytest.approx(math.sqrt(1 - 0.999 ** 3), rel=1e-15)
     assert h[7] == pytest.approx(1 - 0.01 * 0.1, rel=1e-15) and (h[8], h[9]) == (1, 0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1), lambda ps: Adam(ps, lr=0.1),
+                                  lambda ps: AdamW(ps, lr=0.1, amsgrad=True)])
+def test_a_step_counts_as_a_change_of_the_weights_on_every_device(make, device):
+    """A graph built before optimizer.step() holds the old weights: backward through it is refused,
+    as in PyTorch. Only SGD on the CPU counted it; Adam's in-place update and the kernels on
+    cuda/emu did not, so the gradient silently used stale values."""
+    w = ig.nn.Parameter(np.ones(3, np.float32), device=device)
+    opt = make([w])
+    (w * w).sum().backward()
+    stale = (w * w).sum()
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"backward through Mul: its input 0 .* was changed after the "
+                                           r"forward pass used it \(version 0 -> 1"):
+        stale.backward()
+    w.grad = None
+    (w * w).sum().backward()  # a graph built after the step is fine
+    np.testing.assert_allclose(w.numpy(), w.grad / 2)
