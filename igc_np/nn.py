@@ -261,6 +261,29 @@ class Module:
                 object.__setattr__(m, key, backend.to_device(data, device))
         return self
 
+    # PyTorch's shorthands for .to(...); half() is refused there, naming float32
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def half(self):
+        return self.to(dtype=np.float16)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze every parameter, PyTorch's fine-tuning habit; returns self.
+        An optimizer skips frozen parameters while they are frozen."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 

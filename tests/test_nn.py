@@ -461,3 +461,16 @@ def test_module_to_float16_is_refused_before_anything_changes():
         for k, (dtype, value) in before.items():
             assert after[k].dtype == dtype
             np.testing.assert_array_equal(after[k], value)
+
+
+def test_module_shorthands_as_pytorch():
+    net = ig.nn.Sequential(ig.nn.Conv2d(3, 4, 3), ig.nn.BatchNorm2d(4))
+    assert net.double() is net and {v.dtype for v in net.state_dict().values()} == {np.dtype(np.float64)}
+    assert net.float() is net and {v.dtype for v in net.state_dict().values()} == {np.dtype(np.float32)}
+    assert net.cpu() is net and net[0].weight.device == "cpu"
+    with pytest.raises(TypeError, match=r"Sequential.to\(dtype=float16\).*use dtype=np.float32"):
+        net.half()
+    assert net[0].requires_grad_(False) is net[0]  # freeze one layer, as in fine-tuning
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True]
+    net.requires_grad_()
+    assert all(p.requires_grad for p in net.parameters())
