@@ -28,13 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import igc_np as ig  # noqa: E402
 from igc_np.app.checkpoint import CheckpointError, load_checkpoint, restore  # noqa: E402
 from igc_np.app.cli import run_command  # noqa: E402
-from igc_np.app.data import DATASETS, load_dataset  # noqa: E402
+from igc_np.app import datasets  # noqa: E402
 from igc_np.app.evaluation import test_pass  # noqa: E402
-from igc_np.app.imagenet import ImageNetTrainingData, default_workers, imagenet_dir, load_imagenet  # noqa: E402
+from igc_np.app.imagenet import default_workers, imagenet_dir, load_imagenet  # noqa: E402
 from igc_np.app.imagenet import evaluate as evaluate_imagenet  # noqa: E402
 from igc_np.app.mxnet_io import load_released  # noqa: E402
-from igc_np.app.options import OptionError  # noqa: E402
-from igc_np.app.run import TrainingData  # noqa: E402
+from igc_np.app.options import OptionError, network_label  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,11 +41,11 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", metavar="FILE",
                    help="a <prefix>-<epoch>.npz written by cifar10_igc.py")
     p.add_argument("--model", choices=tuple(ig.nets.IMAGENET_CONFIGS),
-                   help="with --weights: one of the five ImageNet models of the reference")
+                   help="with --weights: one of the five released ImageNet models")
     p.add_argument("--weights", metavar="PARAMS",
                    help="an MXNet .params file of --model (the seed's <prefix>-<epoch>.params), "
                         "evaluated on the ImageNet validation split (short side 256, centre crop 224)")
-    p.add_argument("--dataset", choices=DATASETS,
+    p.add_argument("--dataset", choices=tuple(datasets.REGISTRY),
                    help="the test set; must be the one the checkpoint was trained on [that one]")
     p.add_argument("--data-dir", help="where the data sets live [$IGC_NP_DATA or ./data]")
     p.add_argument("--download", action="store_true", help="fetch a missing data set")
@@ -135,11 +134,11 @@ def _evaluate(args):
               f"{', '.join(ckpt.nonfinite[:3])}{' ...' if len(ckpt.nonfinite) > 3 else ''}: "
               "the training had diverged; the numbers below are not those of a usable model",
               file=sys.stderr)
-    if dataset == "imagenet":  # the validation transform, at the trained crop size
-        ds = load_imagenet(imagenet_dir(args.data_dir), image_size=o.get("image_size") or 224,
-                           workers=o.get("workers") or default_workers())
-    else:
-        ds = load_dataset(dataset, args.data_dir, download=args.download, subset=o.get("subset"))
+    # ImageNet: the validation transform at the trained crop size (its --subset cuts training only)
+    ds = datasets.load(dict(dataset=dataset, data_dir=args.data_dir, image_size=o.get("image_size"),
+                            workers=o.get("workers"),
+                            subset=None if dataset == "imagenet" else o.get("subset")),
+                       download=args.download)
     device = _device(args)
     if o["network"] in ig.nets.IMAGENET_CONFIGS:
         model = ig.nets.imagenet_model(o["network"], num_classes=ds.num_classes)
@@ -150,13 +149,12 @@ def _evaluate(args):
     dtype = np.dtype(o.get("dtype", "float32"))
     model.to(device, dtype)
     restore(ckpt, model)  # no optimizer: only the weights and BN statistics
-    print(f"Checkpoint: {ckpt.path} ({o['network']}-{o['depth']} L={o['primary_partition']} "
-          f"M={o['secondary_partition']}, {ckpt.epoch} epochs"
+    print(f"Checkpoint: {ckpt.path} ({network_label(o)}, {ckpt.epoch} epochs"
           + (f" + {ckpt.batch} batches" if ckpt.batch else "") + ")")
     print(f"Parameters: {ig.nets.count_params(model)}")
     print(f"Data: {ds}")
-    make_data = ImageNetTrainingData if dataset == "imagenet" else TrainingData
-    data = make_data(ds, o.get("batch_size", 64), dtype, device, test_batch_size=args.batch_size)
+    data = datasets.REGISTRY[dataset].source(ds, o.get("batch_size", 64), dtype, device,
+                                              test_batch_size=args.batch_size)
     updates = ckpt.epoch * len(data) + ckpt.batch
     m, note = test_pass(model, data, args.eval_bn or o.get("eval_bn", "auto"), updates)
     line = f"Test {dataset}: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}"

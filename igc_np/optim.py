@@ -8,7 +8,7 @@ Adam and AdamW are PyTorch's (AMSGrad included), adam_reference below.
 
 Tiers, as the ops': on "cpu" each step is the NumPy code of this file (the reference, the
 specification). On "cuda" and "emu" it is a fused kernel, the same maths in the same order:
-igc_np/kernels/sgd.cu (launcher kernels/fused_ops.py) and igc_np/kernels/adam.cu (launcher
+igc_np/kernels/sgd.cu (launcher kernels/sgd.py) and igc_np/kernels/adam.cu (launcher
 kernels/adam.py), one launch per dtype for all the parameters (version 2 of ops "sgd" and "adam"
 in kernels/versions.py; version 1 is one launch per parameter) instead of about six array
 operations per parameter. Their state (velocities; Adam's m and v) then starts as zeros (one
@@ -26,7 +26,7 @@ import numpy as np
 from . import backend
 from .autograd import Tensor, no_grad
 from .kernels import adam as adam_kernels
-from .kernels import fused_ops
+from .kernels import sgd as sgd_kernels
 
 
 class Optimizer:
@@ -183,7 +183,7 @@ class SGD(Optimizer):
                 fresh = [i for i in idx if self.velocity[i] is None]
                 for i, v in zip(fresh, self._zeros_like_params(device, dtype, fresh) if fresh else []):
                     self.velocity[i] = v
-            fused_ops.sgd_step([self.params[i].data for i in idx], [self.params[i].grad for i in idx],
+            sgd_kernels.sgd_step([self.params[i].data for i in idx], [self.params[i].grad for i in idx],
                                [self.velocity[i] for i in idx], lr, momentum, nesterov, weight_decay, device)
         return {i for idx in groups.values() for i in idx}
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from igc_np.kernels import ops
+from igc_np.kernels import conv, interleaved_secondary, permutation
 from igc_np.ops import reference
 
 # float64 runs the same arithmetic as NumPy up to the order of the sums; float32 also rounds.
@@ -82,23 +82,23 @@ def check_conv(case, dtype, device, to_device=lambda a: a, to_host=lambda a: a, 
     x, W = _rand(rng, x_shape, dtype), _rand(rng, W_shape, dtype)
     x64, W64 = x.astype(np.float64), W.astype(np.float64)
     y_ref = reference.conv2d(x64, W64, stride, padding, G)
-    y = to_host(ops.conv2d_forward(to_device(x), to_device(W), stride, padding, G, device, version=version))
+    y = to_host(conv.conv2d_forward(to_device(x), to_device(W), stride, padding, G, device, version=version))
     assert_norm_close(y, y_ref, dtype, f"forward v{version} {case}")
     gy = _rand(rng, y_ref.shape, dtype)
     gx_ref, gW_ref = reference.conv2d_backward(x64, W64, gy.astype(np.float64), stride, padding, G)
-    gx = to_host(ops.conv2d_backward_data(to_device(gy), to_device(W), x_shape, stride, padding, G, device,
+    gx = to_host(conv.conv2d_backward_data(to_device(gy), to_device(W), x_shape, stride, padding, G, device,
                                           version=version))
     assert_norm_close(gx, gx_ref, dtype, f"backward-data v{version} {case}")
-    gW = to_host(ops.conv2d_backward_weight(to_device(x), to_device(gy), W_shape, stride, padding, G, device,
+    gW = to_host(conv.conv2d_backward_weight(to_device(x), to_device(gy), W_shape, stride, padding, G, device,
                                             version=version))
     assert_norm_close(gW, gW_ref, dtype, f"backward-weight v{version} {case}")
 
 
 def check_permutation(x_shape, b, dtype, device, to_device=lambda a: a, to_host=lambda a: a):
     x = _rand(np.random.default_rng(1), x_shape, dtype)
-    y = to_host(ops.permute_channels(to_device(x), b, device))
+    y = to_host(permutation.permute_channels(to_device(x), b, device))
     np.testing.assert_array_equal(y, reference.permute_channels(x, b))  # a copy: bit-exact
-    back = to_host(ops.permute_channels(to_device(y), x_shape[1] // b, device))
+    back = to_host(permutation.permute_channels(to_device(y), x_shape[1] // b, device))
     np.testing.assert_array_equal(back, x)
 
 
@@ -110,15 +110,15 @@ def check_interleaved(case, dtype, device, to_device=lambda a: a, to_host=lambda
     x, W2 = _rand(rng, x_shape, dtype), _rand(rng, (C, C // S, 1, 1), dtype)
     xp = reference.permute_channels(x, L)
     y_ref = reference.permute_channels(reference.conv2d(xp, W2, groups=S), S)
-    y = to_host(ops.interleaved_secondary_forward(to_device(x), to_device(W2), L, S, device))
+    y = to_host(interleaved_secondary.interleaved_secondary_forward(to_device(x), to_device(W2), L, S, device))
     _close(y, y_ref, dtype)
     gy = _rand(rng, x_shape, dtype)
     gv = reference.permute_channels_backward(gy, S)  # backward of the last permutation
     gxp_ref, gW_ref = reference.conv2d_backward(xp, W2, gv, groups=S)
     gx_ref = reference.permute_channels_backward(gxp_ref, L)
-    gx = to_host(ops.interleaved_secondary_backward_data(to_device(gy), to_device(W2), L, S, device))
+    gx = to_host(interleaved_secondary.interleaved_secondary_backward_data(to_device(gy), to_device(W2), L, S, device))
     _close(gx, gx_ref, dtype)
-    gW = to_host(ops.interleaved_secondary_backward_weight(to_device(x), to_device(gy), W2.shape, L, S, device))
+    gW = to_host(interleaved_secondary.interleaved_secondary_backward_weight(to_device(x), to_device(gy), W2.shape, L, S, device))
     _close(gW, gW_ref, dtype)
 
 
@@ -165,7 +165,7 @@ def direct_conv(x, W, stride, padding, G):
 def test_conv_against_direct_loops():
     rng = np.random.default_rng(3)
     x, W = rng.standard_normal((2, 6, 7, 5)), rng.standard_normal((9, 2, 3, 3))
-    y = ops.conv2d_forward(x, W, (2, 1), (1, 0), 3, "emu")
+    y = conv.conv2d_forward(x, W, (2, 1), (1, 0), 3, "emu")
     np.testing.assert_allclose(y, direct_conv(x, W, (2, 1), (1, 0), 3), rtol=1e-12, atol=1e-12)
 
 
@@ -179,30 +179,30 @@ def test_non_contiguous_inputs_are_accepted():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 4, 5, 2)).transpose(3, 0, 1, 2)  # (2, 3, 4, 5), not C-contiguous
     W = rng.standard_normal((6, 3, 1, 1))
-    np.testing.assert_allclose(ops.conv2d_forward(x, W, (1, 1), (0, 0), 1, "emu"),
+    np.testing.assert_allclose(conv.conv2d_forward(x, W, (1, 1), (0, 0), 1, "emu"),
                                reference.conv2d(np.ascontiguousarray(x), W), rtol=1e-12)
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: ops.conv2d_forward(np.zeros((1, 6, 4, 4)), np.zeros((4, 3, 3, 3)), (1, 1), (1, 1), 4, "emu"),
+    (lambda: conv.conv2d_forward(np.zeros((1, 6, 4, 4)), np.zeros((4, 3, 3, 3)), (1, 1), (1, 1), 4, "emu"),
      r"conv2d_forward: groups=4 must divide C_in=6 \(x shape \(1, 6, 4, 4\)\)"),
-    (lambda: ops.conv2d_forward(np.zeros((1, 6, 4, 4)), np.zeros((4, 2, 3, 3)), (1, 1), (1, 1), 2, "emu"),
+    (lambda: conv.conv2d_forward(np.zeros((1, 6, 4, 4)), np.zeros((4, 2, 3, 3)), (1, 1), (1, 1), 2, "emu"),
      r"conv2d_forward: W shape \(4, 2, 3, 3\) needs W.shape\[1\] = C_in/groups = 3"),
-    (lambda: ops.conv2d_forward(np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 3, 3), np.float32), (1, 1), (1, 1), 1, "emu"),
+    (lambda: conv.conv2d_forward(np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 3, 3), np.float32), (1, 1), (1, 1), 1, "emu"),
      r"conv2d_forward: W has dtype float32 but x has float64"),
-    (lambda: ops.conv2d_forward(np.zeros((1, 2, 2, 2)), np.zeros((2, 2, 5, 5)), (1, 1), (0, 0), 1, "emu"),
+    (lambda: conv.conv2d_forward(np.zeros((1, 2, 2, 2)), np.zeros((2, 2, 5, 5)), (1, 1), (0, 0), 1, "emu"),
      r"conv2d_forward: kernel 5x5 is larger than the padded input 2x2"),
-    (lambda: ops.conv2d_backward_data(np.zeros((1, 2, 3, 3)), np.zeros((2, 2, 3, 3)), (1, 2, 4, 4), (1, 1), (1, 1), 1, "emu"),
+    (lambda: conv.conv2d_backward_data(np.zeros((1, 2, 3, 3)), np.zeros((2, 2, 3, 3)), (1, 2, 4, 4), (1, 1), (1, 1), 1, "emu"),
      r"conv2d_backward_data: gy shape \(1, 2, 3, 3\) must be the output shape \(1, 2, 4, 4\)"),
-    (lambda: ops.permute_channels(np.zeros((1, 6, 2, 2)), 4, "emu"),
+    (lambda: permutation.permute_channels(np.zeros((1, 6, 2, 2)), 4, "emu"),
      r"permute_channels: b=4 must divide the channel count C=6"),
-    (lambda: ops.interleaved_secondary_forward(np.zeros((1, 6, 2, 2)), np.zeros((6, 2, 1, 1)), 2, 2, "emu"),
+    (lambda: interleaved_secondary.interleaved_secondary_forward(np.zeros((1, 6, 2, 2)), np.zeros((6, 2, 1, 1)), 2, 2, "emu"),
      r"interleaved_secondary_forward: W2 shape \(6, 2, 1, 1\) must be \(C, C/S, 1, 1\) = \(6, 3, 1, 1\)"),
-    (lambda: ops.interleaved_secondary_forward(np.zeros((1, 6, 2, 2)), np.zeros((6, 3, 1, 1)), 4, 2, "emu"),
+    (lambda: interleaved_secondary.interleaved_secondary_forward(np.zeros((1, 6, 2, 2)), np.zeros((6, 3, 1, 1)), 4, 2, "emu"),
      r"interleaved_secondary_forward: L=4 must divide the channel count C=6"),
-    (lambda: ops.conv2d_forward(np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 3, 3)), (0, 1), (1, 1), 1, "emu"),
+    (lambda: conv.conv2d_forward(np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 3, 3)), (0, 1), (1, 1), 1, "emu"),
      r"conv2d_forward: stride must be >= 1"),
-    (lambda: ops.permute_channels(np.zeros((1, 6, 2, 2)), 2, "tpu"), r"device must be 'cuda' or 'emu'"),
+    (lambda: permutation.permute_channels(np.zeros((1, 6, 2, 2)), 2, "tpu"), r"device must be 'cuda' or 'emu'"),
 ])
 def test_invalid_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
@@ -211,4 +211,4 @@ def test_invalid_arguments_raise_value_error(call, message):
 
 def test_wrong_array_kind_is_a_type_error():
     with pytest.raises(TypeError, match="must be a numpy.ndarray on device 'emu'"):
-        ops.permute_channels([[[[1.0]]]], 1, "emu")
+        permutation.permute_channels([[[[1.0]]]], 1, "emu")

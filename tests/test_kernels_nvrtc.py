@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from igc_np.kernels import kernel_files, nvrtc, read_source, sass
-from igc_np.kernels.loader import instantiations, name_expressions
+from igc_np.kernels.loader import instantiations, name_expression, name_expressions, static_shared
 
 pytestmark = pytest.mark.skipif(
     nvrtc.load() is None,
@@ -77,6 +77,20 @@ def test_registers_spills_stack(filename, dtype, arch):
     bad = {e: r for e, r in res.items()
            if r.registers > MAX_REGISTERS or r.spill_stores or r.spill_loads or r.stack}
     assert not bad, f"{filename} ({arch}): over {MAX_REGISTERS} registers, spills or a stack frame: {bad}"
+
+
+@pytest.mark.skipif(bool(sass.tools_missing("ptxas")), reason=sass.tools_missing("ptxas") or "-")
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=("float", "double"))
+@pytest.mark.parametrize("filename", FILES)
+def test_static_shared_memory_read_from_the_source_equals_ptxas(filename, dtype):
+    """The launch checks (kernels/launch.py) add a kernel's static shared memory, read from its
+    __shared__ declarations (loader.static_shared), to the dynamic: it must be what ptxas allots."""
+    res = sass.resources(filename, dtype, "sm_90")
+    ours = static_shared(filename, np.dtype(dtype).itemsize)
+    for name, tuples in instantiations(filename).items():
+        for targs in tuples:
+            expr = name_expression(name, sass.c_type(dtype), targs)
+            assert res[expr].shared == ours[name], (expr, res[expr].shared, ours[name])
 
 
 def test_error_names_the_real_file_and_line():

@@ -4,33 +4,34 @@ Most tests call the scripts' ``main(argv)`` in this process (fast); the command 
 real Ctrl-C are checked once each in a subprocess. Data: the embedded digits (``--subset``) and a
 miniature CIFAR written here in the official binary layout.
 """
-import importlib.util
 import json
+import runpy
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import igc_np as ig
-from igc_np.app import checkpoint, evaluation, progress, run_folder
+from igc_np.app import checkpoint, cli, evaluation, options, progress, run_folder
+
+import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = ROOT / "examples" / "cifar10_igc.py"
 EVAL_SCRIPT = ROOT / "examples" / "evaluate.py"
 
 
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-trainer = _load(TRAIN_SCRIPT, "cifar10_igc")
-evaluator = _load(EVAL_SCRIPT, "igc_evaluate")
+# tests/test_robustness.py reaches the scripts through these two names: their command lines, and
+# the option functions behind them (the scripts are run as commands, never imported)
+trainer = SimpleNamespace(main=commands.train, parse_args=options.parse_args,
+                          resolve_options=cli.resolve_options,
+                          default_output_dir=options.default_output_dir)
+evaluator = SimpleNamespace(main=commands.evaluate)
 
 # a tiny resnet_igc (C = 4) on 160 digits in 5 batches: one epoch takes a fraction of a second
 TINY = ["--network", "resnet_igc", "--depth", "8", "--primary-partition", "2",
@@ -40,7 +41,7 @@ TINY = ["--network", "resnet_igc", "--depth", "8", "--primary-partition", "2",
 def run(tmp_path, *extra, name="run"):
     """main() with the output in tmp_path/name; returns (exit status, output folder)."""
     out = tmp_path / name
-    return trainer.main(TINY + ["--output-dir", str(out)] + [str(a) for a in extra]), out
+    return commands.train(TINY + ["--output-dir", str(out)] + [str(a) for a in extra]), out
 
 
 def read_log(out):
@@ -121,7 +122,7 @@ def test_each_network_trains_and_writes_its_outputs(tmp_path, capsys, network, d
 def test_cifar_binary_fixture_one_epoch(tmp_path, capsys, dataset):
     data_dir = write_cifar(tmp_path / "data", dataset)
     out = tmp_path / "out"
-    status = trainer.main(["--dataset", dataset, "--data-dir", str(data_dir), "--network",
+    status = commands.train(["--dataset", dataset, "--data-dir", str(data_dir), "--network",
                            "resnet_igc", "--depth", "8", "--primary-partition", "2",
                            "--secondary-partition", "2", "--batch-size", "16", "--num-epochs", "1",
                            "--output-dir", str(out)])
@@ -137,9 +138,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     common = ["--dataset", "cifar10", "--data-dir", str(data_dir), "--network", "resnet_igc",
               "--depth", "8", "--primary-partition", "2", "--secondary-partition", "2",
               "--batch-size", "16", "--lr-steps", "1", "--checkpoint-every", "1", "--rand-seed", "3"]
-    assert trainer.main(common + ["--num-epochs", "2", "--output-dir", str(tmp_path / "a")]) == 0
-    assert trainer.main(common + ["--num-epochs", "1", "--output-dir", str(tmp_path / "b")]) == 0
-    assert trainer.main(["--load-epoch", "1", "--num-epochs", "2", "--data-dir", str(data_dir),
+    assert commands.train(common + ["--num-epochs", "2", "--output-dir", str(tmp_path / "a")]) == 0
+    assert commands.train(common + ["--num-epochs", "1", "--output-dir", str(tmp_path / "b")]) == 0
+    assert commands.train(["--load-epoch", "1", "--num-epochs", "2", "--data-dir", str(data_dir),
                          "--model-prefix", str(tmp_path / "b" / "model")]) == 0
     assert_same_checkpoint(tmp_path / "a" / "model-0002.npz", tmp_path / "b" / "model-0002.npz")
     a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
@@ -173,7 +174,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsy
         assert (int(z["epoch"]), int(z["batch"])) == (1, 2)
     assert not (out / "model-0002.npz").exists() and not list(out.glob(".*tmp*"))
 
-    assert trainer.main(["--resume", str(stopped)]) == 0
+    assert commands.train(["--resume", str(stopped)]) == 0
     assert_same_checkpoint(tmp_path / "straight" / "model-0002.npz", out / "model-0002.npz")
     assert not stopped.exists()  # obsolete once resumed and model-0002.npz is written
     straight, resumed = read_log(tmp_path / "straight"), read_log(out)
@@ -227,11 +228,11 @@ def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
     capsys.readouterr()
 
     def resume_error(path, *extra):
-        assert trainer.main(["--resume", str(path), "--num-epochs", "2", *extra]) == 1
+        assert commands.train(["--resume", str(path), "--num-epochs", "2", *extra]) == 1
         return capsys.readouterr().err
 
     # missing: the message lists what is there
-    err = trainer.main(["--load-epoch", "7", "--model-prefix", str(out / "model")])
+    err = commands.train(["--load-epoch", "7", "--model-prefix", str(out / "model")])
     assert err == 1
     msg = capsys.readouterr().err
     assert "model-0007.npz: no such file" in msg and "model-0001.npz" in msg
@@ -257,7 +258,7 @@ def test_bad_checkpoints_give_errors_naming_the_file(tmp_path, capsys):
     assert "model-0001.npz" in err and "--primary-partition" in err
 
     # evaluate.py reports the same errors
-    assert evaluator.main(["--checkpoint", str(garbage)]) == 1
+    assert commands.evaluate(["--checkpoint", str(garbage)]) == 1
     assert "garbage.npz" in capsys.readouterr().err
 
 
@@ -265,7 +266,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, c
     status, out = run(tmp_path, "--num-epochs", "1")
     good = out / "model-0001.npz"
     before = good.read_bytes()
-    status = trainer.main(["--resume", str(good), "--num-epochs", "30", "--lr", "1e6"])
+    status = commands.train(["--resume", str(good), "--num-epochs", "30", "--lr", "1e6"])
     assert status == 1
     err = capsys.readouterr().err
     assert "Epoch[" in err and "Batch [" in err and "nan" in err.lower()
@@ -279,7 +280,7 @@ def test_evaluate_reproduces_the_logged_test_accuracy(tmp_path, capsys):
     assert status == 0
     last = read_log(out)[-1]
     capsys.readouterr()
-    assert evaluator.main(["--checkpoint", str(out / "model-0002.npz")]) == 0
+    assert commands.evaluate(["--checkpoint", str(out / "model-0002.npz")]) == 0
     text = capsys.readouterr().out
     assert "Parameters: " in text
     assert f"loss {last['test_loss']:.4f}  top1 {last['test_top1']:.4f}" in text
@@ -295,7 +296,7 @@ def test_other_devices_train_like_the_cpu(tmp_path, device):
     cpu, dev = read_log(tmp_path / "cpu")[0], read_log(out)[0]
     assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-3)
     assert dev["test_loss"] == pytest.approx(cpu["test_loss"], rel=1e-2)
-    assert evaluator.main(["--checkpoint", str(out / "model-0001.npz"), "--device", device]) == 0
+    assert commands.evaluate(["--checkpoint", str(out / "model-0001.npz"), "--device", device]) == 0
 
 
 def test_curves_are_skipped_with_a_notice_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -317,21 +318,21 @@ def test_metrics_top1_top5():
 
 
 # ---- newcomer habits ---------------------------------------------------------------------------
-def test_dataset_alone_trains_the_reference_cifar_network_on_the_cpu():
-    o, ckpt = trainer.resolve_options(trainer.parse_args(["--dataset", "cifar10"]))
+def test_dataset_alone_trains_the_authors_cifar_network_on_the_cpu():
+    o, ckpt = cli.resolve_options(options.parse_args(["--dataset", "cifar10"]))
     assert ckpt is None
     assert (o["network"], o["depth"], o["primary_partition"], o["secondary_partition"]) == \
         ("resnet_igc", 20, 24, 2)
     assert o["device"] == "cpu" and o["num_epochs"] == 400 and o["lr_steps"] == [200, 300, 350]
     assert o["output_dir"] == str(Path("runs") / "cifar10-resnet_igc20-L24M2")
-    o, _ = trainer.resolve_options(trainer.parse_args([]))  # the digits toy net stays the default
+    o, _ = cli.resolve_options(options.parse_args([]))  # the digits toy net stays the default
     assert (o["dataset"], o["depth"], o["primary_partition"]) == ("digits", 8, 4)
 
 
 def test_pytorch_style_aliases_and_optimizer_options(tmp_path):
-    args = trainer.parse_args(["--epochs", "3", "--seed", "5", "--momentum", "0.5", "--wd", "0",
+    args = options.parse_args(["--epochs", "3", "--seed", "5", "--momentum", "0.5", "--wd", "0",
                                "--weight-decay", "0.001"])
-    o, _ = trainer.resolve_options(args)
+    o, _ = cli.resolve_options(args)
     assert (o["num_epochs"], o["rand_seed"], o["momentum"], o["wd"]) == (3, 5, 0.5, 0.001)
     status, out = run(tmp_path, "--epochs", "1", "--momentum", "0", "--wd", "0")
     assert status == 0
@@ -354,7 +355,7 @@ def test_young_bn_statistics_are_recalibrated_for_the_test_pass_only(tmp_path):
     assert auto[-1]["test_loss"] < running[-1]["test_loss"]
     assert_same_checkpoint(tmp_path / "running" / "model-0002.npz",
                            tmp_path / "auto" / "model-0002.npz")
-    # the long-run protocol is the reference's: old statistics are used as they are
+    # the long-run protocol is the authors': old statistics are used as they are
     net = ig.nets.get_network("plain_igc", 5, primary_partition=2, secondary_partition=2)
     assert evaluation.stale_statistics(net, 100) and not evaluation.stale_statistics(net, 1000)
 
@@ -390,17 +391,16 @@ def test_metrics_stay_on_the_device_until_read():
 
 
 # ---- examples/igc_anatomy.py ----------------------------------------------------------------
-anatomy = _load(ROOT / "examples" / "igc_anatomy.py", "igc_anatomy")
 
 
 def test_anatomy_takes_the_trainers_option_names(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    anatomy.main(["--primary-partition", "2", "--secondary-partition", "3", "--output-dir",
-                  str(tmp_path)])
+    assert commands.anatomy(["--primary-partition", "2", "--secondary-partition", "3",
+                             "--output-dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "composition.png", "connectivity.png", "masks.png", "permutation.png", "widths.md"]
     assert "Wider at equal parameters" in capsys.readouterr().out  # the table is printed
-    anatomy.main(["--L", "2", "--M", "2", "--out", str(tmp_path / "old")])  # the old names work
+    assert commands.anatomy(["--L", "2", "--M", "2", "--out", str(tmp_path / "old")]) == 0  # old names
     assert (tmp_path / "old" / "masks.png").is_file()
 
 
@@ -408,16 +408,17 @@ def test_anatomy_takes_the_trainers_option_names(tmp_path, capsys):
                                          (["--M", "-1"], "--secondary-partition must be in 1.."),
                                          (["--L", "100", "--M", "100"], "at most 512")])
 def test_anatomy_refuses_impossible_partitions(tmp_path, capsys, argv, needle):
-    with pytest.raises(SystemExit) as e:
-        anatomy.main(argv + ["--output-dir", str(tmp_path / "a")])
-    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert commands.anatomy(argv + ["--output-dir", str(tmp_path / "a")]) == 2
+    assert needle in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 
 def test_anatomy_palette_tells_100_partitions_apart():
     pytest.importorskip("matplotlib")
+    # a drawing helper of the script, not a library function: read from the script's namespace
+    palette = runpy.run_path(str(commands.ANATOMY_SCRIPT), run_name="igc_anatomy")["palette"]
     for n in (4, 16, 100):
-        colours = np.array(anatomy.palette(n))
+        colours = np.array(palette(n))
         assert colours.shape == (n, 3) and len({tuple(np.round(c, 3)) for c in colours}) == n
         # neighbouring partitions (adjacent blocks of the picture) differ clearly
         assert np.abs(np.diff(colours, axis=0)).sum(axis=1).min() > 0.15

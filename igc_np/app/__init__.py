@@ -8,18 +8,19 @@ module             what it holds
 =================  ===========================================================================
 ``data``           CIFAR-10/100, SVHN, digits in memory; downloads; batches and augmentation
 ``imagenet``       ImageNet streamed from RecordIO or folders; the authors' augmentation
-``datasets``       every data set by name (``load_dataset``), the in-memory ones and ImageNet
+``datasets``       the data set registry: every data set by name, its loader, its trainer
+                   defaults; ``TrainingData`` (the loop's batches of an in-memory data set)
 ``mxnet_io``       MXNet ``.params`` / RecordIO files; ``load_released`` (a released model)
 ``mxnet_graph``    MXNet ``-symbol.json`` graphs: which released model a file is
 ``distributed``    several processes (MPI, NCCL): ``dp_step``, reductions, ``spawn``
-``options``        the trainer's options and their valid ranges (``check_options``)
+``options``        the trainer's option table: command line, checks, defaults, README table
 ``checkpoint``     trainer checkpoints: ``save_checkpoint``, ``load_checkpoint``, ``restore``
 ``run_folder``     the run folder: its lock, no earlier run replaced, writable
 ``signals``        Ctrl-C / SIGTERM as a flag between batches; ``Stop``; exit statuses
 ``progress``       ``log.jsonl``, the curves, progress bars and lines
 ``evaluation``     ``Metrics``, ``evaluate``, precise BN statistics, the test pass
-``run``            ``Run`` (everything around the loop's step) and ``TrainingData``
-``cli``            ``run_command``: one line and an exit status instead of a traceback
+``run``            ``Run`` (everything around the loop's step): folder, report, saver
+``cli``            the trainer's command line: resolve options (resume), exit statuses
 =================  ===========================================================================
 
 Nothing is imported here: ``import igc_np.app.options`` loads only what that module needs.

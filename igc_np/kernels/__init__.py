@@ -1,22 +1,31 @@
-"""Hand-written CUDA kernels of igc_np (one concept per .cu file) and their launchers.
+"""Hand-written CUDA kernels of igc_np and their launchers, llm.c-style: each op's .cu file (its
+versions, a ladder) beside the Python launcher that holds its launch geometry.
 
-- ``group_conv.cu``, ``group_conv_v2.cu``, ``group_conv_v3.cu``: grouped 2-D conv forward,
-  backward-data, backward-weight, versions 1 to 3 of a ladder;
-- ``permutation.cu``: the IGC channel permutation (Reorder);
-- ``interleaved_secondary.cu``: permutation -> 1x1 group conv -> permutation, fused;
-- ``batch_norm.cu``: BatchNorm fused with the ReLU and the residual add; ``sgd.cu``: the SGD step.
+| kernels (versions)                                   | launcher (geometry: ``plan``)       |
+|------------------------------------------------------|-------------------------------------|
+| group_conv.cu (1), group_conv_v2.cu (2), _v3.cu (3)  | conv.py: conv2d_forward, _backward_data, _backward_weight |
+| permutation.cu (1, 2; 0 the shape rule)              | permutation.py: permute_channels    |
+| interleaved_secondary.cu (1, 2)                      | interleaved_secondary.py: forward, backward_data, backward_weight |
+| batch_norm.cu (1, 2): BatchNorm + ReLU + residual    | batch_norm.py: batch_norm_forward, batch_norm_backward |
+| sgd.cu (1, 2)                                        | sgd.py: sgd_step                    |
 
-``ops`` (conv, permutation, interleaved secondary) and ``fused_ops`` (BatchNorm, SGD) hold the
-launchers the engine calls (device "cuda" through CuPy, or "emu" through the CPU emulator in
-igc_np.emu); ``versions`` says which version of each kernel they run (``use_version(sgd=1)`` or
-$IGC_NP_KERNELS); ``get_module`` loads one compiled file. Importing this package needs neither
-CuPy nor a compiler: both are looked for at the first launch.
+Shared by all: ``launch`` (a launch as data, checked against a GPU's limits where it is planned;
+array checks; NaN-filled outputs in the emulator's sanitizer mode), ``loader`` (compiles a .cu for
+"cuda" through CuPy or "emu" through igc_np.emu, and reads its #defines, __launch_bounds__ and
+__shared__ sizes: the tile constants are stated once, in the .cu), ``versions`` (which version
+runs: ``use_version(sgd=1)`` or $IGC_NP_KERNELS, checked on import), ``sass`` and ``nvrtc`` (what
+a GPU would run, without one). ``ops`` and ``fused_ops`` are the launchers' old names, kept as
+re-exports. Importing this package needs neither CuPy nor a compiler: both are looked for at the
+first launch.
 """
-# ops and fused_ops register their kernels' versions on import: import both, so that
+# every launcher module registers its kernels' versions on import: import them all, so that
 # versions (and $IGC_NP_KERNELS) knows every op whichever launcher runs first
-from . import fused_ops, ops, versions
+from . import batch_norm, conv, interleaved_secondary, permutation, sgd, versions
+from . import fused_ops, ops  # the old names (re-exports)
 from .loader import KERNEL_DIR, get_module, kernel_files, read_source
 from .versions import use_version
 
-__all__ = ["ops", "fused_ops", "versions", "use_version", "get_module", "kernel_files", "read_source",
-           "KERNEL_DIR"]
+versions.check_environment()  # a bad $IGC_NP_KERNELS is an error at start, on every device
+
+__all__ = ["conv", "permutation", "interleaved_secondary", "batch_norm", "sgd", "versions", "use_version",
+           "get_module", "kernel_files", "read_source", "KERNEL_DIR", "ops", "fused_ops"]

@@ -173,8 +173,10 @@ __global__ void bn_backward_data(const T* __restrict__ gy, const T* __restrict__
 // v1 reduces a channel in ONE block: C blocks in all (48 on CIFAR stage 1, a third of an H100's
 // SMs, each streaming N*H*W values). v2 splits channel c's m = N*HW values into P slices
 // [s*m/P, (s+1)*m/P) and gives each (c, s) its own block; the per-row kernels that follow combine
-// the P partial results themselves (every thread, in slice order: the same bits in every thread,
-// and no extra launch), so training forward and backward stay 2 launches each.
+// the P partial results themselves (thread 0 of each block, in slice order, into shared memory
+// for the block: the same bits in every block, and no extra launch), so training forward and
+// backward stay 2 launches each. (Combining in every thread cost each element P loads and 2P
+// divisions: 323 instructions an element at P = 64.)
 
 // [begin, end) of slice s of m values.
 __device__ __forceinline__ void bn_slice(int m, int P, int s, int* begin, int* end) {
@@ -222,7 +224,8 @@ __device__ void bn_combine(const T* partial, int c, int m, int P, T* mean, T* va
 }
 
 // Training apply: one block per row (n, c) of HW values (grid-stride over the N*C rows), any
-// blockDim.x. y = [relu](xhat * gamma + beta [+ residual]); the block of image 0 also writes
+// blockDim.x. Thread 0 combines channel c's partials and shares (mean, invstd) through shared
+// memory; then y = [relu](xhat * gamma + beta [+ residual]). The block of image 0 also writes
 // mean[c], invstd[c] (for the backward pass) and, when update_running, the running statistics.
 template <typename T>
 __global__ void bn_apply_rows(const T* __restrict__ x, const T* __restrict__ partial, const T* __restrict__ gamma,
@@ -230,19 +233,26 @@ __global__ void bn_apply_rows(const T* __restrict__ x, const T* __restrict__ par
                               T* __restrict__ mean_out, T* __restrict__ invstd_out, T* __restrict__ running_mean,
                               T* __restrict__ running_var, int N, int C, int HW, int P, T eps, T momentum,
                               T one_minus_momentum, int update_running, int relu, int has_residual) {
+    __shared__ T stats[2];  // the row's channel: mean, invstd
     for (int row = blockIdx.x; row < N * C; row += gridDim.x) {
         const int c = row % C;
-        T mu, var;
-        bn_combine(partial, c, N * HW, P, &mu, &var);
-        const T is = T(1) / sqrt(var + eps);
-        if (row < C && threadIdx.x == 0) {  // image 0's row of channel c
-            mean_out[c] = mu;
-            invstd_out[c] = is;
-            if (update_running) {
-                running_mean[c] = running_mean[c] * momentum + one_minus_momentum * mu;
-                running_var[c] = running_var[c] * momentum + one_minus_momentum * var;
+        if (threadIdx.x == 0) {
+            T mu, var;
+            bn_combine(partial, c, N * HW, P, &mu, &var);
+            const T is = T(1) / sqrt(var + eps);
+            stats[0] = mu;
+            stats[1] = is;
+            if (row < C) {  // image 0's row of channel c
+                mean_out[c] = mu;
+                invstd_out[c] = is;
+                if (update_running) {
+                    running_mean[c] = running_mean[c] * momentum + one_minus_momentum * mu;
+                    running_var[c] = running_var[c] * momentum + one_minus_momentum * var;
+                }
             }
         }
+        __syncthreads();
+        const T mu = stats[0], is = stats[1];
         const T g = gamma[c], b = beta[c];
         const size_t base = (size_t)row * HW;
         for (int p = threadIdx.x; p < HW; p += blockDim.x) {
@@ -250,6 +260,7 @@ __global__ void bn_apply_rows(const T* __restrict__ x, const T* __restrict__ par
             if (has_residual) z = z + residual[base + p];
             y[base + p] = relu && z < T(0) ? T(0) : z;
         }
+        __syncthreads();  // every thread has read stats before the next row's thread 0 writes them
     }
 }
 
@@ -274,8 +285,9 @@ __global__ void bn_backward_partial(const T* __restrict__ gy, const T* __restric
     }
 }
 
-// Backward pass 2: one block per row (n, c); every thread adds channel c's P partials in slice
-// order; image 0's block writes ggamma[c], gbeta[c]; then gx (and gres) as bn_backward_data.
+// Backward pass 2: one block per row (n, c); thread 0 adds channel c's P partials in slice order
+// and shares the sums through shared memory; image 0's block writes ggamma[c], gbeta[c]; then
+// gx (and gres) as bn_backward_data.
 template <typename T>
 __global__ void bn_backward_data_rows(const T* __restrict__ gy, const T* __restrict__ y, const T* __restrict__ x,
                                       const T* __restrict__ mean, const T* __restrict__ stat,
@@ -284,17 +296,24 @@ __global__ void bn_backward_data_rows(const T* __restrict__ gy, const T* __restr
                                       T* __restrict__ gres, int N, int C, int HW, int P, T eps, int stat_is_var,
                                       int relu, int training, int has_residual) {
     const T m = T(N * HW);
+    __shared__ T sums[2];  // the row's channel: sum g, sum g * xhat
     for (int row = blockIdx.x; row < N * C; row += gridDim.x) {
         const int c = row % C;
-        T sb = T(0), sg = T(0);
-        for (int s = 0; s < P; ++s) {
-            sb += partial[2 * ((size_t)c * P + s)];
-            sg += partial[2 * ((size_t)c * P + s) + 1];
+        if (threadIdx.x == 0) {
+            T sb = T(0), sg = T(0);
+            for (int s = 0; s < P; ++s) {
+                sb += partial[2 * ((size_t)c * P + s)];
+                sg += partial[2 * ((size_t)c * P + s) + 1];
+            }
+            sums[0] = sb;
+            sums[1] = sg;
+            if (row < C) {
+                gbeta[c] = sb;
+                ggamma[c] = sg;
+            }
         }
-        if (row < C && threadIdx.x == 0) {
-            gbeta[c] = sb;
-            ggamma[c] = sg;
-        }
+        __syncthreads();
+        const T sb = sums[0], sg = sums[1];
         const T mu = mean[c], is = bn_invstd(stat, c, eps, stat_is_var), scale = gamma[c] * is;
         const size_t base = (size_t)row * HW;
         for (int p = threadIdx.x; p < HW; p += blockDim.x) {
@@ -303,5 +322,6 @@ __global__ void bn_backward_data_rows(const T* __restrict__ gy, const T* __restr
             gx[i] = training ? (g - sb / m - ((x[i] - mu) * is) * (sg / m)) * scale : g * scale;
             if (has_residual) gres[i] = g;
         }
+        __syncthreads();  // every thread has read sums before the next row's thread 0 writes them
     }
 }

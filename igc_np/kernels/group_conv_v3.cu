@@ -25,6 +25,11 @@
 #define IGC_CQ 2   // output (forward) or input (backward-data) channels per thread
 #define IGC_TH 8   // backward-weight: output tile rows
 #define IGC_TW 8   // backward-weight: output tile columns (a power of two: p / TW is a shift)
+#define IGC_GP (IGC_TH * IGC_TW + 1)  // backward-weight: words between two staged gy planes. Not 64:
+                   // threads of a warp read different planes at the same pixel, and planes 64 words
+                   // apart fall in one bank (~6-way conflicts at M = 2); 65 spreads them.
+// The launcher (kernels/conv.py) reads these #defines and the __launch_bounds__ below: they are
+// the one statement of the tile geometry.
 // Blocks of at most 128 (forward, backward-data) and 256 (backward-weight) threads; the second
 // number asks ptxas for 64 registers a thread at most, so that 2048 threads fit an SM's 64K registers.
 #define IGC_TILE_BOUNDS __launch_bounds__(128, 8)
@@ -41,12 +46,14 @@ __device__ __forceinline__ int udiv(int a, int b) { return (int)((unsigned)a / (
 // thread (x, y, z) owns the rows by*ty + y, columns bz*tx*RW + x + r*tx (r < RW), and the
 // channels chunk*tz*CQ + z*CQ + q (q < CQ) of group g.
 // grid = (N * G * co_chunks, ceil(Ho / ty), ceil(Wo / (tx*RW))), co_chunks = ceil(Cg_out / (tz*CQ)).
-// CIC input channels are staged per pass: shared_mem = (CIC*PRH*PRW + tz*CQ*CIC*KH*KW) * sizeof(T),
-// PRH = (ty-1)*SH + KH, PRW = (tx*RW-1)*SW + KW (the input patch of the tile).
+// CIC input channels are staged per pass: shared_mem = (CIC*PRH*XP + tz*CQ*CIC*KH*KW) * sizeof(T),
+// PRH = (ty-1)*SH + KH, PRW = (tx*RW-1)*SW + KW (the input patch of the tile); its rows are XP >= PRW
+// elements apart: the launcher pads the pitch so that the rows a warp reads start in different
+// banks (CIFAR stage 1's 34-float rows put 4 threads of a warp in one bank).
 template <typename T, int KH, int KW, int SH, int SW>
 __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const T* __restrict__ Wt, T* __restrict__ y,
                                   int N, int C_in, int H, int W, int C_out, int KH_, int KW_,
-                                  int SH_, int SW_, int PH, int PW, int G, int Ho, int Wo, int CIC) {
+                                  int SH_, int SW_, int PH, int PW, int G, int Ho, int Wo, int CIC, int XP) {
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
@@ -61,8 +68,8 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
     const int PRH = (ty - 1) * sh + kh, PRW = (tx * IGC_RW - 1) * sw + kw;
     const int ho0 = blockIdx.y * ty, wo0 = blockIdx.z * tx * IGC_RW;
     const int hb = ho0 * sh - PH, wb = wo0 * sw - PW;      // input pixel of patch[0][0]
-    T* s_x = s;                         // [CIC][PRH][PRW]
-    T* s_w = s + CIC * PRH * PRW;       // [nco][CIC][kh*kw]
+    T* s_x = s;                         // [CIC][PRH][XP], the columns past PRW unused
+    T* s_w = s + CIC * PRH * XP;        // [nco][CIC][kh*kw]
     const int khw = kh * kw;
     T acc[IGC_CQ][IGC_RW];
 #pragma unroll
@@ -84,7 +91,7 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
             const int xrow = row_in ? xg + (c * H + h) * W : 0;
             for (int b = threadIdx.x; b < PRW; b += tx) {
                 const int w = wb + b;
-                s_x[R * PRW + b] = (row_in && w >= 0 && w < W) ? x[xrow + w] : T(0);
+                s_x[R * XP + b] = (row_in && w >= 0 && w < W) ? x[xrow + w] : T(0);
             }
         }
         // stage Wt[g*Cg_out + co_blk + o, c0 + c, :, :] (0 past the group's last channel) at
@@ -96,7 +103,7 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
         }
         __syncthreads();
         for (int c = 0; c < cn; ++c) {
-            const T* xr = s_x + (c * PRH + threadIdx.y * sh) * PRW + threadIdx.x * sw;
+            const T* xr = s_x + (c * PRH + threadIdx.y * sh) * XP + threadIdx.x * sw;
             const T* wr = s_w + (co_thr * cn + c) * khw;
 #pragma unroll
             for (int i = 0; i < kh; ++i)
@@ -106,7 +113,7 @@ __global__ void IGC_TILE_BOUNDS conv2d_forward_v3(const T* __restrict__ x, const
 #pragma unroll
                     for (int q = 0; q < IGC_CQ; ++q) wv[q] = wr[q * cn * khw + i * kw + j];
 #pragma unroll
-                    for (int r = 0; r < IGC_RW; ++r) xv[r] = xr[i * PRW + r * tx * sw + j];
+                    for (int r = 0; r < IGC_RW; ++r) xv[r] = xr[i * XP + r * tx * sw + j];
 #pragma unroll
                     for (int q = 0; q < IGC_CQ; ++q)
 #pragma unroll
@@ -137,12 +144,12 @@ __device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b :
 // of group g. It gathers gy over the rows ho = (h + PH - i) / SH that divide exactly: the gy patch
 // staged per pass holds rows hb .. hb+PRH-1, hb = floor((h0 + PH - KH + 1) / SH), PRH =
 // (ty + KH - 2) / SH + 2 (columns likewise), and COC output channels of the group.
-// grid = (N * G * ci_chunks, ceil(H / ty), ceil(W / (tx*RW))); shared_mem = (COC*PRH*PRW +
-// COC*tz*CQ*KH*KW) * sizeof(T).
+// grid = (N * G * ci_chunks, ceil(H / ty), ceil(W / (tx*RW))); shared_mem = (COC*PRH*XP +
+// COC*tz*CQ*KH*KW) * sizeof(T), XP >= PRW the padded row pitch (as in the forward).
 template <typename T, int KH, int KW, int SH, int SW>
 __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy, const T* __restrict__ Wt, T* __restrict__ gx,
                                         int N, int C_in, int H, int W, int C_out, int KH_, int KW_,
-                                        int SH_, int SW_, int PH, int PW, int G, int Ho, int Wo, int COC) {
+                                        int SH_, int SW_, int PH, int PW, int G, int Ho, int Wo, int COC, int XP) {
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
@@ -156,8 +163,8 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
     const int hb = floor_div(h0 + PH - kh + 1, sh), wb = floor_div(w0 + PW - kw + 1, sw);
     const int PRH = (ty + kh - 2) / sh + 2, PRW = (tx * IGC_RW + kw - 2) / sw + 2;
     const int khw = kh * kw;
-    T* s_gy = s;                          // [COC][PRH][PRW]
-    T* s_w = s + COC * PRH * PRW;         // [COC][nci][khw]
+    T* s_gy = s;                          // [COC][PRH][XP], the columns past PRW unused
+    T* s_w = s + COC * PRH * XP;          // [COC][nci][khw]
     const int h = h0 + threadIdx.y;
     T acc[IGC_CQ][IGC_RW];
 #pragma unroll
@@ -175,7 +182,7 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
             const int grow = row_in ? gyg + (k * Ho + ho) * Wo : 0;
             for (int b = threadIdx.x; b < PRW; b += tx) {
                 const int wo = wb + b;
-                s_gy[R * PRW + b] = (row_in && wo >= 0 && wo < Wo) ? gy[grow + wo] : T(0);
+                s_gy[R * XP + b] = (row_in && wo >= 0 && wo < Wo) ? gy[grow + wo] : T(0);
             }
         }
         // Wt[g*Cg_out + k0 + k, ci_blk + o, :, :] at s_w[(k*nci + o)*khw + t], rows (k, o) to thread rows
@@ -186,14 +193,14 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
         }
         __syncthreads();
         for (int k = 0; k < kn; ++k) {
-            const T* gk = s_gy + k * PRH * PRW;
+            const T* gk = s_gy + k * PRH * XP;
             const T* wr = s_w + (k * nci + ci_thr) * khw;
             // unrolling 7x7 taps x RW pixels x CQ channels would spill at 64 registers
 #pragma unroll (KH > 0 && KH <= 3 ? KH : 1)
             for (int i = 0; i < kh; ++i) {
                 const int hs = h + PH - i;  // = ho * SH for the output row whose tap i covers h
                 if (hs % sh != 0) continue;  // exact for negative hs too: then hs / sh is exact
-                const T* gr = gk + (hs / sh - hb) * PRW;
+                const T* gr = gk + (hs / sh - hb) * XP;
 #pragma unroll (KW > 0 && KW <= 3 ? KW : 1)
                 for (int j = 0; j < kw; ++j) {
                     T wv[IGC_CQ];
@@ -237,7 +244,7 @@ __global__ void IGC_TILE_BOUNDS conv2d_backward_data_v3(const T* __restrict__ gy
 // A row of TW pixels is unrolled: per pixel CQ gy loads, and with SW = 1 the KWB x loads of
 // neighbouring pixels overlap, so a row costs about CQ*TW + TW + KWB loads for CQ*KWB*TW FMAs.
 // partial[tile * n_weights + widx] gets the block's sums (widx the index in gW).
-// Shared memory: max(GB*COBP*TH*TW + GB*CIB*PRH*PRW, nthreads*CQ*KWB) T, then GB*(CIB + COBP)
+// Shared memory: max(GB*COBP*GP + GB*CIB*PRH*PRW, nthreads*CQ*KWB) T, then GB*(CIB + COBP)
 // int; COBP = n_cq*CQ (COB rounded up to CQ, the pad rows zero), PRH = (TH-1)*SH + KH,
 // PRW = (TW-1)*SW + KW.
 template <typename T, int KH, int KW, int SH, int SW>
@@ -246,7 +253,6 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
                                           int SH_, int SW_, int PH, int PW, int G, int Ho, int Wo,
                                           int GB, int COB, int CIB, int NB) {
     constexpr int KWB = (KW > 0 && KW <= 3) ? KW : 1;  // more taps per thread would spill at 64 registers
-    constexpr int TP = IGC_TH * IGC_TW;
     extern __shared__ __align__(16) unsigned char smem_raw[];  // 16-aligned: read as double
     T* s = reinterpret_cast<T*>(smem_raw);
     const int kh = ct3<KH>(KH_), kw = ct3<KW>(KW_), sh = ct3<SH>(SH_), sw = ct3<SW>(SW_);
@@ -275,12 +281,12 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
     const int ho0 = th * IGC_TH, wo0 = tw * IGC_TW;
     const int PRH = (IGC_TH - 1) * sh + kh, PRW = (IGC_TW - 1) * sw + kw;
     const int hb = ho0 * sh - PH, wb = wo0 * sw - PW;
-    T* s_gy = s;                       // [GB*COBP][TH*TW]
-    T* s_x = s + GB * COBP * TP;       // [GB*CIB][PRH][PRW]
+    T* s_gy = s;                       // [GB*COBP][GP]: TH*TW pixels a plane, one word of padding
+    T* s_x = s + GB * COBP * IGC_GP;   // [GB*CIB][PRH][PRW]
     // Offsets of the block's channel planes inside an image, -1 for the channels past the slice:
     // the staging loops read them instead of splitting a row index into (group, channel).
     // They follow the tiles and the lanes' sums (both fit in max(tiles, nthreads*CQ*KWB) T).
-    int* s_off_x = reinterpret_cast<int*>(s + max(GB * COBP * TP + GB * CIB * PRH * PRW, nthreads * IGC_CQ * KWB));
+    int* s_off_x = reinterpret_cast<int*>(s + max(GB * COBP * IGC_GP + GB * CIB * PRH * PRW, nthreads * IGC_CQ * KWB));
     int* s_off_gy = s_off_x + GB * CIB;
     // (a thread has at most a few planes: unrolled copies of these loops would only lengthen the code)
 #pragma unroll 1
@@ -308,13 +314,13 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
         // Whole rows to a thread: one division per row (by a constant for compile-time shapes),
         // the columns unrolled, so an element costs a bounds test, a load and a store (staging
         // element by element cost 15 (gy) and 37 (x) instructions, as many as the FMAs it feeds).
-        // gy[n, channel plane r, ho0 + py, wo0 + px] at (r*TH + py)*TW + px, 0 outside
+        // gy[n, channel plane r, ho0 + py, wo0 + px] at r*GP + py*TW + px, 0 outside
 #pragma unroll 1  // staging loops stay rolled: registers go to the accumulators
         for (int R = tid; R < GB * COBP * IGC_TH; R += nthreads) {
             const int r = R / IGC_TH, ho = ho0 + R - r * IGC_TH, off = s_off_gy[r];
             const bool row_in = off >= 0 && ho < Ho;
             const T* grow = gy + (row_in ? gyn + off + ho * Wo + wo0 : 0);
-            T* srow = s_gy + R * IGC_TW;
+            T* srow = s_gy + r * IGC_GP + (R - r * IGC_TH) * IGC_TW;
 #pragma unroll
             for (int px = 0; px < IGC_TW; ++px) srow[px] = (row_in && wo0 + px < Wo) ? grow[px] : T(0);
         }
@@ -336,7 +342,7 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
         }
         __syncthreads();
         if (lane < lanes) {
-            const T* gq = s_gy + (gb * COBP + cq * IGC_CQ) * TP;
+            const T* gq = s_gy + (gb * COBP + cq * IGC_CQ) * IGC_GP;
             const T* xr = s_x + ((gb * CIB + c) * PRH + i) * PRW + jb * KWB;
             for (int py = lane; py < IGC_TH; py += lanes) {
                 const T* xrow = xr + py * sh * PRW;
@@ -345,7 +351,7 @@ __global__ void IGC_WEIGHT_BOUNDS conv2d_backward_weight_v3(const T* __restrict_
                 for (int px = 0; px < IGC_TW; ++px) {
                     T gv[IGC_CQ];
 #pragma unroll
-                    for (int q = 0; q < IGC_CQ; ++q) gv[q] = gq[q * TP + py * IGC_TW + px];
+                    for (int q = 0; q < IGC_CQ; ++q) gv[q] = gq[q * IGC_GP + py * IGC_TW + px];
 #pragma unroll
                     for (int jj = 0; jj < KWB; ++jj) {
                         const T xv = xrow[px * sw + jj];

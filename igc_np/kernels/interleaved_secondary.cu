@@ -15,7 +15,7 @@
 // Inverting src: x channel cx sits at a = (cx % M)*L + cx / M = p*K + k (p = a / K, k = a % K),
 // and it feeds the outputs c = q*S + p of that same group p, for every q < K.
 //
-// Versions (the launchers in kernels/ops.py pick one; benchmarks/bench_gpu.py times each):
+// Versions (the launchers in kernels/interleaved_secondary.py pick one; benchmarks/bench_gpu.py times each):
 //   v1 interleaved_secondary_{forward,backward_data,backward_weight}: one thread per output
 //      element with the K-term dot product read straight from global memory; backward-weight one
 //      block per weight element with a shared-memory tree.
@@ -106,49 +106,61 @@ __global__ void interleaved_secondary_backward_weight(const T* __restrict__ x, c
 }
 
 // ---- v2: tiled grouped GEMM ------------------------------------------------------------------
-#define IS_TR 32  // output rows of a tile (q for forward, k for backward-data)
-#define IS_TP 32  // pixels of a tile
-#define IS_TK 16  // reduction rows loaded per step
-#define IS_THREADS 256  // 32 pixels x 8 row lanes; each thread owns 4 output rows of the tile
+#define IS_TR 32  // output rows of a tile (q for forward, k for backward-data); also 8 and 4, below
+#define IS_TP 32  // pixels of a 32-row tile
+#define IS_TK 16  // reduction rows loaded per step (at most; TR when TR is smaller)
+#define IS_THREADS 256  // TP pixels x TR/4 row lanes; each thread owns 4 output rows of the tile
+// The tile's shared arrays, sized for every TR: A is TR x (TK + 1) (at most 32 x 17), B is TK x TP
+// (32-row tiles: 16 x 32; 8-row: 8 x 128; 4-row: 4 x 256).
+#define IS_A_SIZE (IS_TR * (IS_TK + 1))
+#define IS_B_SIZE (4 * IS_THREADS)
+// Small groups (IGC-L4M32: K = 4) waste a 32-row tile: 4 of 32 rows and 4 of 16 reduction steps
+// do useful work (3% of the FMAs). Tiles of TR = 8 or 4 rows x 1024/TR pixels keep the same 256
+// threads and 4 rows a thread; the launcher picks TR from K and HW (kernels/interleaved_secondary.py, tile_rows).
+// instantiate TR: (32) (8) (4)
 
 // One tile of out(o, pix) = sum_r A(o, r) * in(r, pix) for image n and group p, where (forward)
 // A(o, r) = W2[p*K + o, r], in row r = x channel src(p*K + r), out row o = y channel o*S + p, or
 // (BACKWARD: backward-data) A(o, r) = W2[p*K + r, o], in row r = gy channel r*S + p, out row o =
-// gx channel src(p*K + o). Tiles are numbered (n, p, row tile, pixel tile), pixel tile fastest.
-template <typename T, bool BACKWARD>
+// gx channel src(p*K + o). Tiles (TR rows x TP pixels) are numbered (n, p, row tile, pixel tile),
+// pixel tile fastest.
+template <typename T, int TR, bool BACKWARD>
 __device__ void interleaved_tile(const T* __restrict__ in, const T* __restrict__ W2, T* __restrict__ out,
                                  int N, int C, int HW, int L, int S, int tile) {
-    __shared__ T As[IS_TR][IS_TK + 1];  // +1: the k-loop reads a column, avoid bank conflicts
-    __shared__ T Bs[IS_TK][IS_TP];
+    constexpr int TK = TR < IS_TK ? TR : IS_TK, LANES = TR / 4, TP = IS_THREADS / LANES;
+    __shared__ T As[IS_A_SIZE];  // [TR][TK + 1]: +1, the k-loop reads a column, avoid bank conflicts
+    __shared__ T Bs[IS_B_SIZE];  // [TK][TP]
     const int M = C / L, K = C / S;
-    const int pix_tiles = (HW + IS_TP - 1) / IS_TP, row_tiles = (K + IS_TR - 1) / IS_TR;
+    const int pix_tiles = (HW + TP - 1) / TP, row_tiles = (K + TR - 1) / TR;
     const int pt = tile % pix_tiles, rt = (tile / pix_tiles) % row_tiles;
     const int p = (tile / (pix_tiles * row_tiles)) % S, n = tile / (pix_tiles * row_tiles * S);
-    const int tx = threadIdx.x % IS_TP, ty = threadIdx.x / IS_TP;  // pixel lane, row lane (0..7)
-    const int pix = pt * IS_TP + tx;
+    const int tx = threadIdx.x % TP, ty = threadIdx.x / TP;  // pixel lane, row lane (0..LANES-1)
+    const int pix = pt * TP + tx;
     const T* in_n = in + (size_t)n * C * HW;
     T acc[4] = {T(0), T(0), T(0), T(0)};
-    for (int r0 = 0; r0 < K; r0 += IS_TK) {
-        for (int e = threadIdx.x; e < IS_TR * IS_TK; e += IS_THREADS) {  // A tile, zero outside
-            const int o = rt * IS_TR + e / IS_TK, r = r0 + e % IS_TK;
-            As[e / IS_TK][e % IS_TK] = (o < K && r < K)
+    for (int r0 = 0; r0 < K; r0 += TK) {
+        for (int e = threadIdx.x; e < TR * TK; e += IS_THREADS) {  // A tile, zero outside
+            const int o = rt * TR + e / TK, r = r0 + e % TK;
+            As[(e / TK) * (TK + 1) + e % TK] = (o < K && r < K)
                 ? W2[BACKWARD ? (size_t)(p * K + r) * K + o : (size_t)(p * K + o) * K + r] : T(0);
         }
-        for (int e = threadIdx.x; e < IS_TK * IS_TP; e += IS_THREADS) {  // input tile, coalesced
-            const int r = r0 + e / IS_TP, q = pt * IS_TP + e % IS_TP;
+        for (int e = threadIdx.x; e < TK * TP; e += IS_THREADS) {  // input tile, coalesced
+            const int r = r0 + e / TP, q = pt * TP + e % TP;
             const int ch = BACKWARD ? r * S + p : interleave_src(p * K + r, L, M);
-            Bs[e / IS_TP][e % IS_TP] = (r < K && q < HW) ? in_n[(size_t)ch * HW + q] : T(0);
+            Bs[e] = (r < K && q < HW) ? in_n[(size_t)ch * HW + q] : T(0);
         }
         __syncthreads();
-        for (int r = 0; r < IS_TK; ++r) {
-            const T b = Bs[r][tx];
-            for (int j = 0; j < 4; ++j) acc[j] += As[ty + 8 * j][r] * b;
+#pragma unroll
+        for (int r = 0; r < TK; ++r) {
+            const T b = Bs[r * TP + tx];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[j] += As[(ty + LANES * j) * (TK + 1) + r] * b;
         }
         __syncthreads();  // the next step overwrites the tiles
     }
     if (pix < HW) {
         for (int j = 0; j < 4; ++j) {
-            const int o = rt * IS_TR + ty + 8 * j;
+            const int o = rt * TR + ty + LANES * j;
             if (o >= K) continue;
             const int ch = BACKWARD ? interleave_src(p * K + o, L, M) : o * S + p;
             out[((size_t)n * C + ch) * HW + pix] = acc[j];
@@ -158,23 +170,25 @@ __device__ void interleaved_tile(const T* __restrict__ in, const T* __restrict__
 
 // v2 forward: blockDim.x = IS_THREADS, any grid (grid-stride over the N*S*row_tiles*pix_tiles tiles).
 // 4 blocks of 256 threads per SM cap ptxas at 64 registers (the double instantiation wanted 72)
-template <typename T>
+template <typename T, int TR>
 __global__ void __launch_bounds__(IS_THREADS, 4)
 interleaved_secondary_forward_tiled(const T* __restrict__ x, const T* __restrict__ W2,
                                                     T* __restrict__ y, int N, int C, int HW, int L, int S) {
+    constexpr int TP = IS_THREADS / (TR / 4);
     const int K = C / S;
-    const int tiles = N * S * ((K + IS_TR - 1) / IS_TR) * ((HW + IS_TP - 1) / IS_TP);
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) interleaved_tile<T, false>(x, W2, y, N, C, HW, L, S, t);
+    const int tiles = N * S * ((K + TR - 1) / TR) * ((HW + TP - 1) / TP);
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) interleaved_tile<T, TR, false>(x, W2, y, N, C, HW, L, S, t);
 }
 
 // v2 backward-data: the same tiles with W2 transposed inside each group (see interleaved_tile).
-template <typename T>
+template <typename T, int TR>
 __global__ void __launch_bounds__(IS_THREADS, 4)
 interleaved_secondary_backward_data_tiled(const T* __restrict__ gy, const T* __restrict__ W2,
                                                           T* __restrict__ gx, int N, int C, int HW, int L, int S) {
+    constexpr int TP = IS_THREADS / (TR / 4);
     const int K = C / S;
-    const int tiles = N * S * ((K + IS_TR - 1) / IS_TR) * ((HW + IS_TP - 1) / IS_TP);
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) interleaved_tile<T, true>(gy, W2, gx, N, C, HW, L, S, t);
+    const int tiles = N * S * ((K + TR - 1) / TR) * ((HW + TP - 1) / TP);
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) interleaved_tile<T, TR, true>(gy, W2, gx, N, C, HW, L, S, t);
 }
 
 #define IS_TT 32  // terms (n, pix) per step of the backward-weight tiles

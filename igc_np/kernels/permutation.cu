@@ -23,7 +23,7 @@ __global__ void permute_channels(const T* __restrict__ x, T* __restrict__ y, int
 // v2: one block per (n, output channel) row (grid-stride over the N*C rows): the source row is
 // found once per block, then the threads copy its HW contiguous values. Reads and writes are both
 // coalesced, and there is no division per element (v1 does three). For HW < 32 most threads of a
-// block idle: v1 is the better choice there (the launcher switches on HW, see kernels/ops.py).
+// block idle: v1 is the better choice there (the launcher switches on HW, see kernels/permutation.py).
 template <typename T>
 __global__ void permute_channels_rows(const T* __restrict__ x, T* __restrict__ y, int N, int C, int HW, int b) {
     const int per = C / b;

@@ -135,6 +135,7 @@ def sass(filename, dtype, arch="sm_90"):
 class Loop:
     instructions: int   # in the loop body, branch included
     fmas: int           # FFMA / DFMA among them
+    shared_words: int = 0  # 4-byte words per thread its shared-memory loads read (LDS 1, .64 2, .128 4)
 
     @property
     def per_fma(self):
@@ -142,6 +143,11 @@ class Loop:
 
 
 _FMA = re.compile(r"\b(FFMA|DFMA)\b")  # not HFMA2.MMA: ptxas zeroes registers with it
+_LDS = re.compile(r"\bLDS(?:\.U)?(?:\.(64|128))?\b")
+
+
+def _shared_words(body):
+    return sum({None: 1, "64": 2, "128": 4}[m.group(1)] for t in body for m in [_LDS.search(t)] if m)
 _BRANCH = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
 
 
@@ -168,7 +174,7 @@ def fma_loops(filename, dtype, expr, arch="sm_90"):
         body = [t for off, t in code if start <= off <= end]
         fmas = sum(1 for t in body if _FMA.search(t))
         if fmas:
-            out.append(Loop(len(body), fmas))
+            out.append(Loop(len(body), fmas, _shared_words(body)))
     return out
 
 
@@ -187,5 +193,5 @@ def inner_loop(filename, dtype, expr, arch="sm_90"):
         body = [t for off, t in code if start <= off <= end]
         fmas = sum(1 for t in body if _FMA.search(t))
         if fmas and (best is None or fmas > best.fmas):
-            best = Loop(len(body), fmas)
+            best = Loop(len(body), fmas, _shared_words(body))
     return best

@@ -5,11 +5,11 @@ naive teaching kernel (one thread per output), each higher version adds one idea
 version is kept and validated (emulator tests against the reference tier, igc_np/ops/reference.py).
 The registry maps op name -> {version (int): description}. The ops:
 
-    conv2d_forward, conv2d_backward_data, conv2d_backward_weight   1, 2, 3   (kernels/ops.py)
-    permute_channels                                                0, 1, 2   (kernels/ops.py)
-    interleaved_secondary  (its forward, backward-data and backward-weight)  1, 2
-    batch_norm             (its forward and backward)                1, 2   (kernels/fused_ops.py)
-    sgd                                                              1, 2   (kernels/fused_ops.py)
+    conv2d_forward, conv2d_backward_data, conv2d_backward_weight   1, 2, 3   (kernels/conv.py)
+    permute_channels                                                0, 1, 2   (kernels/permutation.py)
+    interleaved_secondary  (its forward, backward-data and backward-weight)  1, 2   (kernels/interleaved_secondary.py)
+    batch_norm             (its forward and backward)                1, 2   (kernels/batch_norm.py)
+    sgd                                                              1, 2   (kernels/sgd.py)
 
 Version 0, where an op has one, is not a kernel but a rule that picks one of the op's kernels by
 shape (permute_channels: 2 when H*W >= 32, else 1); ``kernels(op)`` lists the real kernels only.
@@ -18,14 +18,16 @@ them all), so the switch knows every op before the first launch.
 
 Select a version, strongest first:
 
-    ops.conv2d_forward(x, W, ..., version=1)                 # one call
+    conv.conv2d_forward(x, W, ..., version=1)                # one call
     with igc_np.kernels.use_version(conv2d_forward=1, sgd=1):
         ...                                                 # this thread, this block; nests
     IGC_NP_KERNELS="conv2d_forward=1,sgd=1" python train.py  # the process (re-read at each launch)
     (otherwise)                                             # default(op)
 
 Launchers ask ``resolve(op, version)``. An unknown op, a version the op lacks or a version that is
-not an int raises ValueError naming the op and the choices.
+not an int raises ValueError naming the op and the choices. $IGC_NP_KERNELS is checked when
+igc_np.kernels is imported (``check_environment``), on every device, the CPU too: a misspelt
+switch is an error at start, not a silent no-op on the CPU or a failure deep inside a run.
 """
 import contextlib
 import os
@@ -70,9 +72,14 @@ def default(op):
     return _defaults[op]
 
 
+def choices():
+    """Every op with its versions, as a switch would name them: 'conv2d_forward=1|2|3, ...'."""
+    return ", ".join(f"{op}={'|'.join(str(v) for v in sorted(_registry[op]))}" for op in ops())
+
+
 def _check_op(op, where):
     if op not in _registry:
-        raise ValueError(f"{where}: unknown kernel op {op!r}; registered ops are {ops()}")
+        raise ValueError(f"{where}: unknown kernel op {op!r}; the ops and their versions are {choices()}")
 
 
 def _check(op, version, where):
@@ -87,7 +94,8 @@ def _check(op, version, where):
             hint = f" (the old name {version!r} is version {int(version[1:])})"
         raise ValueError(f"{where}: version of {op} must be an int, one of {choices}, got {version!r}{hint}") from None
     if v not in _registry[op] or v != version and not isinstance(version, str):  # 2.5 is not 2
-        raise ValueError(f"{where}: {op} has versions {choices}, not {version}")
+        raise ValueError(f"{where}: {op} has versions {choices}, not {version} "
+                         f"({op}: {'; '.join(f'{k} = {d}' for k, d in sorted(_registry[op].items()))})")
     return v
 
 
@@ -104,6 +112,12 @@ def _from_env():
             chosen[op.strip()] = _check(op.strip(), v.strip(), f"${ENV}")
         _env_cache = (text, chosen)
     return _env_cache[1]
+
+
+def check_environment():
+    """Parse $IGC_NP_KERNELS now: ValueError naming the bad item and the valid ops and versions.
+    igc_np.kernels calls it on import, once every launcher module has registered its ops."""
+    _from_env()
 
 
 def selected(op):

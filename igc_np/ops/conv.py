@@ -13,7 +13,7 @@ The tiers (chosen by Function.apply, see autograd.py):
 import numpy as np
 
 from ..autograd import Function
-from ..kernels import ops as kernel_ops
+from ..kernels import conv as conv_kernels
 from . import cpu_conv, reference
 from .checks import check_nonempty, conv_window, output_size
 
@@ -87,14 +87,14 @@ class Conv2dFunction(Function):
 
     def forward_gpu(self, xp, x, W):
         self.x, self.W = x, W
-        return kernel_ops.conv2d_forward(x, W, self.stride, self.padding, self.groups, self.device)
+        return conv_kernels.conv2d_forward(x, W, self.stride, self.padding, self.groups, self.device)
 
     def backward_gpu(self, xp, gy):
         args = self.stride, self.padding, self.groups, self.device
         gx = None
         if self.needs_input_grad[0]:
-            gx = kernel_ops.conv2d_backward_data(gy, self.W, self.x.shape, *args)
-        gW = kernel_ops.conv2d_backward_weight(self.x, gy, self.W.shape, *args)
+            gx = conv_kernels.conv2d_backward_data(gy, self.W, self.x.shape, *args)
+        gW = conv_kernels.conv2d_backward_weight(self.x, gy, self.W.shape, *args)
         return gx, gW
 
 

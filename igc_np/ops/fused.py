@@ -19,7 +19,7 @@ that normalises, adds and clamps) and 2 backward, where the
 unfused ops issue about twenty array operations.
 """
 from ..autograd import Function, Tensor
-from ..kernels import fused_ops
+from ..kernels import batch_norm as batch_norm_kernels
 from .activation import ReLUFunction
 from .layout import from_rows, rows
 from .normalization import BatchNormFunction, backward_rows, batch_norm, check_batch_norm_args, forward_rows
@@ -79,13 +79,13 @@ class BatchNormReLUFunction(Function):
     # ---- gpu: the fused kernels ----
     def forward_gpu(self, xp, x, gamma, beta, *residual):
         self.x, self.gamma = x, gamma
-        self.y, self.mean, self.stat = fused_ops.batch_norm_forward(
+        self.y, self.mean, self.stat = batch_norm_kernels.batch_norm_forward(
             x, gamma, beta, self.running_mean, self.running_var, self.training, self.momentum, self.eps,
             self.device, relu=self.relu, residual=residual[0] if self.has_residual else None)
         return self.y
 
     def backward_gpu(self, xp, gy):
-        gx, ggamma, gbeta, gres = fused_ops.batch_norm_backward(
+        gx, ggamma, gbeta, gres = batch_norm_kernels.batch_norm_backward(
             gy, self.y, self.x, self.mean, self.stat, self.gamma, self.training, self.eps, self.device,
             relu=self.relu, has_residual=self.has_residual)
         return (gx, ggamma, gbeta) + ((gres,) if self.has_residual else ())

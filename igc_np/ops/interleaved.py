@@ -17,7 +17,7 @@ So "partition m" is channels m, M+m, 2M+m, ...: a stride-M slice of the channel 
 import numpy as np
 
 from ..autograd import Function
-from ..kernels import ops as kernel_ops
+from ..kernels import interleaved_secondary as interleaved_kernels
 from . import parallel, reference
 from .layout import from_chwn, partitions, to_chwn
 
@@ -59,12 +59,12 @@ class InterleavedSecondaryFunction(Function):
 
     def forward_gpu(self, xp, x, W_d):
         self.x, self.W_d = x, W_d
-        return kernel_ops.interleaved_secondary_forward(x, W_d, self.L, x.shape[1] // self.L, self.device)
+        return interleaved_kernels.interleaved_secondary_forward(x, W_d, self.L, x.shape[1] // self.L, self.device)
 
     def backward_gpu(self, xp, gy):
         L, M = self.L, gy.shape[1] // self.L
-        gx = kernel_ops.interleaved_secondary_backward_data(gy, self.W_d, L, M, self.device)
-        gW_d = kernel_ops.interleaved_secondary_backward_weight(self.x, gy, self.W_d.shape, L, M, self.device)
+        gx = interleaved_kernels.interleaved_secondary_backward_data(gy, self.W_d, L, M, self.device)
+        gW_d = interleaved_kernels.interleaved_secondary_backward_weight(self.x, gy, self.W_d.shape, L, M, self.device)
         return gx, gW_d
 
 

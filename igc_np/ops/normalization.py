@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Function, Tensor
-from ..kernels import fused_ops
+from ..kernels import batch_norm as batch_norm_kernels
 from . import parallel, reference
 from .checks import check_nonempty
 from .layout import from_rows, rows
@@ -76,12 +76,12 @@ class BatchNormFunction(Function):
     def forward_gpu(self, xp, x, gamma, beta):
         """igc_np/kernels/batch_norm.cu: 2 launches in training (statistics, apply), 1 in evaluation."""
         self.x, self.gamma = x, gamma
-        self.y, self.mean, self.stat = fused_ops.batch_norm_forward(
+        self.y, self.mean, self.stat = batch_norm_kernels.batch_norm_forward(
             x, gamma, beta, self.running_mean, self.running_var, self.training, self.momentum, self.eps, self.device)
         return self.y
 
     def backward_gpu(self, xp, gy):
-        gx, ggamma, gbeta, _ = fused_ops.batch_norm_backward(gy, self.y, self.x, self.mean, self.stat, self.gamma,
+        gx, ggamma, gbeta, _ = batch_norm_kernels.batch_norm_backward(gy, self.y, self.x, self.mean, self.stat, self.gamma,
                                                               self.training, self.eps, self.device)
         return gx, ggamma, gbeta
 

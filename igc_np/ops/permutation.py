@@ -5,7 +5,7 @@ it: y[:, j*b + i] = x[:, i*(C/b) + j] (the formula lives in reference.permutatio
 inverse is permute_channels(., C/b), which is therefore its backward.
 """
 from ..autograd import Function
-from ..kernels import ops as kernel_ops
+from ..kernels import permutation as permutation_kernels
 from . import reference
 from .checks import divisors
 from .layout import copy_keeping_layout
@@ -45,10 +45,10 @@ class PermuteChannelsFunction(Function):
         return permute_channels_cpu(gy, gy.shape[1] // self.b)  # the inverse permutation
 
     def forward_gpu(self, xp, x):
-        return kernel_ops.permute_channels(x, self.b, self.device)
+        return permutation_kernels.permute_channels(x, self.b, self.device)
 
     def backward_gpu(self, xp, gy):
-        return kernel_ops.permute_channels(gy, gy.shape[1] // self.b, self.device)
+        return permutation_kernels.permute_channels(gy, gy.shape[1] // self.b, self.device)
 
 
 def permute_channels(x, branch_factor):
