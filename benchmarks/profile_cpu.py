@@ -143,8 +143,8 @@ def main(argv=None):
         for k, v in rec.convs.items():
             convs[k].append(v)
     total = statistics.median(per_step)
-    print(f"\n{model.name} ({ig.nets.count_params(model):,} parameters), batch {BATCH}: training step {1e3 * total:.0f} ms ({BATCH / total:.0f} images/s), "
-          f"median of {args.steps}")
+    print(f"\n{model.name} ({ig.nets.count_params(model):,} parameters), batch {BATCH}: training step "
+          f"{1e3 * total:.0f} ms ({BATCH / total:.0f} images/s), median of {args.steps}")
     print(f"\n{'op':34s}{'ms/step':>9s}{'share':>8s}")
     med = {k: statistics.median(v) for k, v in ops.items()}
     for k, v in sorted(med.items(), key=lambda kv: -kv[1]):
