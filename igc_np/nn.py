@@ -481,8 +481,10 @@ class Conv2d(Module):
     weight (C_out, C_in/groups, kh, kw), He-normal.
 
     kernel_size, stride, padding: an int or a pair (h, w), as PyTorch; padding may also be 'valid'
-    (no padding) or 'same' (output H x W, stride 1 only, as PyTorch). The values are kept as given
-    (repr shows them as pairs) and passed to F.conv2d, which resolves them.
+    (no padding) or 'same' (output H x W, stride 1 only, as PyTorch). They are checked and resolved
+    once by ops.checks.conv_window, F.conv2d's own helper (walk sizes the output from the resolved
+    pads); the values are kept as given (repr shows them as pairs) and passed to F.conv2d.
+    dilation and padding_mode are taken at PyTorch's defaults (1, 'zeros') only.
 
     No bias by default (bias=False), unlike PyTorch: the authors' code follows every conv with a
     BatchNorm, whose beta makes a bias redundant; pass bias=True for one.
