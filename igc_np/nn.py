@@ -189,7 +189,7 @@ class Module:
         elif is_trainer_checkpoint(state):
             raise ValueError(f"{type(self).__name__}.load_state_dict: this is a trainer checkpoint (entries "
                              "format, epoch, model/..., optimizer/...), not a model's state dict. Build the "
-                             "model it trained with igc_np.app.load_trained(path), or load its weights into "
+                             "model it trained with igc_np.app.predict.load_trained(path), or load its weights into "
                              "this model with model.load_state_dict(ckpt, prefix='model/')")
         targets = {n: ("param", p) for n, p in self.named_parameters()}
         targets.update({n: ("buffer", (m, key)) for n, m, key in self.named_buffers()})

@@ -390,7 +390,7 @@ def test_load_state_dict_names_a_trainer_checkpoint(tmp_path):
     ckpt = ig.load(path)
     other = small_net()
     with pytest.raises(ValueError, match=r"Sequential.load_state_dict: this is a trainer checkpoint .*"
-                                         r"igc_np.app.load_trained\(path\).*prefix='model/'"):
+                                         r"igc_np.app.predict.load_trained\(path\).*prefix='model/'"):
         other.load_state_dict(ckpt)
     other.load_state_dict(ckpt, prefix="model/")
     for (n, a), b in zip(net.state_dict().items(), other.state_dict().values()):
