@@ -26,6 +26,7 @@ def adam_call(ws, gs, states, device="emu", version=None):
     adam.adam_step(ws, gs, states[0], states[1], 1, *HYPER, device, version=version, max_exp_avg_sqs=states[2])
 
 
+GUARD = 12345.0
 STEPS = {"sgd": (sgd_call, 1), "adam": (adam_call, 3)}  # the launcher and its number of state lists
 
 
@@ -147,3 +148,31 @@ def test_the_table_of_version_2():
     addresses = [a.ctypes.data for t in tensors for a in t]
     assert table.tolist() == addresses[:3] + [multi_tensor.CHUNK + 1] + addresses[3:] + [3] + \
         [0, 0, 0, multi_tensor.CHUNK, 1, 0]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("op", sorted(STEPS))
+def test_no_write_outside_a_tensor(op, version):
+    """The emulator's sanitizer checks the array arguments of a launch, not the arrays that v2
+    reaches through its table of addresses: here every tensor is a slice of one buffer with guards
+    between, at chunk edges (CHUNK - 1, CHUNK, CHUNK + 1 elements), and no guard may change (a step
+    on a guard changes it: GUARD is no fixed point of either update)."""
+    step, n_states = STEPS[op]
+    sizes, gap = [multi_tensor.CHUNK - 1, multi_tensor.CHUNK + 1, 1, multi_tensor.CHUNK], 3
+    total = sum(sizes) + gap * (len(sizes) + 1)
+    rng = np.random.default_rng(1)
+    buffers = [np.full(total, GUARD, np.float32) for _ in range(2 + n_states)]
+    views, at = [], gap
+    for n in sizes:
+        views.append([b[at:at + n] for b in buffers])
+        for v in views[-1]:
+            v[:] = np.abs(rng.standard_normal(n)) + 0.5
+        at += n + gap
+    inside = np.zeros(total, bool)
+    for v in views:
+        start = v[0].ctypes.data - buffers[0].ctypes.data
+        inside[start // 4:start // 4 + v[0].size] = True
+    step([v[0] for v in views], [v[1] for v in views], [[v[2 + k] for v in views] for k in range(n_states)],
+         version=version)
+    for b in buffers:
+        assert (b[~inside] == GUARD).all() and (b[inside] != GUARD).all()
