@@ -16,7 +16,8 @@ A tensor with no element launches nothing (v1) and has no chunk (v2).
 """
 import numpy as np
 
-from .launch import MAX_BLOCKS, MAX_INDEXED_ELEMENTS, THREADS, Launch, check_and_run, elementwise_plan, i32, xp_of
+from .launch import (MAX_BLOCKS, MAX_INDEXED_ELEMENTS, THREADS, Launch, check_and_run, check_kind, device_of,
+                     elementwise_plan, i32, xp_of)
 
 CHUNK = 4096   # v2: elements per chunk (the threads of a block stride over it)
 
@@ -41,7 +42,7 @@ def check_tensors(op, device, lists, unread=()):
         raise ValueError(f"{op}: needs as many {', '.join(names)} (at least one), got "
                          f"{', '.join(map(str, counts))}")
     weights = lists[names[0]]
-    _kind(op, xp, device, f"{names[0]}[0]", weights[0])
+    check_kind(op, xp, device, f"{names[0]}[0]", weights[0])
     dtype = weights[0].dtype
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"{op}: {names[0]} must be float32 or float64, got {dtype}")
@@ -50,7 +51,7 @@ def check_tensors(op, device, lists, unread=()):
         w = weights[i]
         for name in names:
             a = lists[name][i] if name not in unread else w
-            _kind(op, xp, device, f"{name}[{i}]", a)
+            check_kind(op, xp, device, f"{name}[{i}]", a)
             if a.size > MAX_INDEXED_ELEMENTS:  # before the layout: a broadcast view says this too
                 raise ValueError(f"{op}: {name}[{i}] of {a.size} elements exceeds the kernels' int indexing "
                                  f"(at most {MAX_INDEXED_ELEMENTS})")
@@ -59,12 +60,6 @@ def check_tensors(op, device, lists, unread=()):
                                  f"{dtype} array of {names[0]}[{i}]'s shape {tuple(w.shape)}")
         tensors.append(tuple(lists[n][i] if n not in unread else w for n in names))
     return dtype, tensors
-
-
-def _kind(op, xp, device, name, a):
-    if not isinstance(a, xp.ndarray):
-        raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
-                        f"got {type(a).__module__}.{type(a).__name__}")
 
 
 def run_per_tensor(module, file, kernel, tensors, hyper, where, itemsize):
@@ -84,7 +79,7 @@ def run_multi_tensor(module, file, kernel, tensors, hyper, where, itemsize):
         chunks.extend((t, start) for start in range(0, arrays[0].size, CHUNK))
     if not chunks:
         return
-    xp = xp_of("emu" if isinstance(tensors[0][0], np.ndarray) else "cuda")
+    xp = xp_of(device_of(tensors[0][0]))
     table = xp.asarray(np.array(rows + [c for ch in chunks for c in ch], dtype=np.uint64))
     # host -> device copy, asynchronous on a GPU (no sync); CuPy's memory pool is stream-ordered:
     # `table` may be freed on return, the launch still reads it
