@@ -13,11 +13,12 @@ versions, a ladder) beside the Python launcher that holds its launch geometry.
 sgd.py and adam.py share ``multi_tensor`` (their array checks, version 1's per-tensor launches,
 version 2's table of addresses and chunks). Shared by all: ``launch`` (a launch as data, checked
 against a GPU's limits where it is planned; array checks; NaN-filled outputs in the emulator's
-sanitizer mode), ``loader`` (compiles a .cu for "cuda" through CuPy or "emu" through igc_np.emu, and reads its #defines, __launch_bounds__ and
-__shared__ sizes: the tile constants are stated once, in the .cu), ``versions`` (which version
-runs: ``use_version(sgd=1)`` or $IGC_NP_KERNELS, checked on import), ``sass`` and ``nvrtc`` (what
-a GPU would run, without one). ``ops`` and ``fused_ops`` are the launchers' old names, kept as
-re-exports. Importing this package needs neither CuPy nor a compiler: both are looked for at the
+sanitizer mode), ``loader`` (compiles a .cu for "cuda" through CuPy or "emu" through igc_np.emu,
+and reads its #defines, __launch_bounds__ and __shared__ sizes: the tile constants are stated
+once, in the .cu), ``versions`` (which version runs: ``use_version(sgd=1)`` or $IGC_NP_KERNELS,
+checked on import), ``sass`` and ``nvrtc`` (what a GPU would run, without one). ``ops`` and
+``fused_ops`` are the launchers' old names, kept as re-exports. Importing this package needs
+neither CuPy nor a compiler: both are looked for at the
 first launch.
 """
 # every launcher module registers its kernels' versions on import: import them all, so that

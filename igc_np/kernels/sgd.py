@@ -6,8 +6,6 @@
 version: None (the one kernels/versions.py selects) or an int of op "sgd": 1 (one launch per
 tensor) or 2 (one multi-tensor launch for all).
 """
-import numpy as np
-
 from . import versions
 from .launch import i32
 from .loader import get_module
