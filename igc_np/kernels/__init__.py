@@ -18,8 +18,7 @@ and reads its #defines, __launch_bounds__ and __shared__ sizes: the tile constan
 once, in the .cu), ``versions`` (which version runs: ``use_version(sgd=1)`` or $IGC_NP_KERNELS,
 checked on import), ``sass`` and ``nvrtc`` (what a GPU would run, without one). ``ops`` and
 ``fused_ops`` are the launchers' old names, kept as re-exports. Importing this package needs
-neither CuPy nor a compiler: both are looked for at the
-first launch.
+neither CuPy nor a compiler: both are looked for at the first launch.
 """
 # every launcher module registers its kernels' versions on import: import them all, so that
 # versions (and $IGC_NP_KERNELS) knows every op whichever launcher runs first
