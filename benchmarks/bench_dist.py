@@ -101,6 +101,14 @@ def reduce_model_s(nbytes, P, bandwidth_gbs, latency_us):
     return 2 * (P - 1) / P * nbytes / (bandwidth_gbs * 1e9) + 2 * (P - 1) * latency_us * 1e-6
 
 
+def model_elements():
+    """Parameters + BN buffers of resnet_igc-20 L24M2: what every training step all-reduces."""
+    import igc_np as ig
+    model = ig.nets.get_network("resnet_igc", 20, primary_partition=24, secondary_partition=2, rng=0)
+    return (sum(p.size for p in model.parameters())
+            + sum(getattr(m, k).size for _, m, k in model.named_buffers()))
+
+
 def imagenet_elements():
     """Parameters + BN buffers of the released IGC-L4M32 ImageNet model (ResNet-18 layout)."""
     import igc_np as ig
@@ -109,8 +117,52 @@ def imagenet_elements():
             + sum(getattr(m, k).size for _, m, k in model.named_buffers()))
 
 
+def nccl_rank(elements, repeats, json_path):
+    """One rank of ``--nccl`` (started by distributed.spawn): time the rank-ordered all-reduce of
+    `elements` float32 on its GPU, check it against the ordered sum, rank 0 writes the JSON."""
+    from igc_np import backend, distributed
+    comm = distributed.init("nccl", gpus="0,1", threads=False)
+    cp = backend.cupy_module()
+    bufs = [np.random.default_rng(r).standard_normal(elements).astype(np.float32) for r in range(comm.size)]
+    mine = cp.asarray(bufs[comm.rank])
+    got = comm.allreduce(mine)  # also the warm-up
+    ok = bool(np.array_equal(cp.asnumpy(got), distributed.ordered_sum(bufs)))
+    cp.cuda.get_current_stream().synchronize()
+    comm.barrier()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        comm.allreduce(mine)
+    cp.cuda.get_current_stream().synchronize()
+    seconds = (time.perf_counter() - t) / repeats
+    ok = not distributed.reduce_flag(comm, not ok)
+    if comm.is_root:
+        figures = dict(ranks=comm.size, elements=elements, bytes=4 * elements, allreduce_ms=1e3 * seconds,
+                       bus_gbs=2 * (comm.size - 1) / comm.size * 4 * elements / seconds / 1e9,
+                       equal_to_ordered_sum=ok)
+        print(f"NCCL all-reduce, {comm.size} GPUs, {4 * elements / 1e6:.2f} MB float32: {1e3 * seconds:.3f} ms "
+              f"({figures['bus_gbs']:.1f} GB/s bus bandwidth), equal to the rank-ordered sum: {ok}")
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(figures, f, indent=1)
+    return 0 if ok else 1
+
+
+def nccl(elements, repeats, json_path):
+    """``--nccl``: two processes on GPUs 0 and 1 (``distributed.spawn``), one all-reduce each."""
+    from igc_np import distributed
+    return distributed.spawn("0,1", [os.path.abspath(__file__), "--nccl-rank", "--elements", str(elements),
+                                     "--repeats", str(repeats)] + (["--json", json_path] if json_path else []),
+                             grace_s=5)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nccl", action="store_true",
+                   help="instead: time a 2-GPU NCCL all-reduce of --elements floats (needs 2 GPUs)")
+    p.add_argument("--elements", type=int, default=None,
+                   help="--nccl: floats reduced (default resnet_igc-20 L24M2's gradient + BN buffer)")
+    p.add_argument("--json", help="--nccl: write the figures to this file")
+    p.add_argument("--nccl-rank", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="1 round of 3 steps")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
@@ -119,6 +171,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.worker:
         return worker(a.steps, a.repeats)
+    if a.nccl or a.nccl_rank:
+        elements = a.elements or model_elements()
+        return (nccl_rank if a.nccl_rank else nccl)(elements, a.repeats, a.json)
     if shutil.which("mpiexec") is None:
         sys.exit("bench_dist.py needs mpiexec and mpi4py: pip install -e \".[dist]\"")
     rounds, steps = (1, 3) if a.quick else (a.rounds, a.steps)
@@ -167,4 +222,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,8 +15,12 @@ prints the milliseconds of one call and the ratio ours / cuDNN (below 1: ours is
     PyTorch's batch_norm + relu; SGD over resnet_igc-20's parameters vs torch.optim.SGD (foreach).
 Timing: `--loop` launches back to back between one pair of CUDA events (one call per event pair
 would measure the ~20-40 us of Python launch overhead on these small CIFAR shapes, not the kernel),
-median of `--repeat` such loops. cuDNN runs NCHW and channels_last, and the faster counts. Every
-result is first checked against a float64 reference (igc_np/ops/reference.py; norm-relative error).
+median of `--repeat` such loops; beside it the CPU (Python) time to issue one call, measured on
+the same loops (when it exceeds the GPU time, the op is launch-bound). cuDNN runs NCHW and
+channels_last, both are recorded, and the faster counts. Every result is first checked against a
+float64 reference (igc_np/ops/reference.py; norm-relative error). --json FILE is rewritten after
+every row (a run killed by a time limit keeps what it measured); a row that fails (wrong result,
+refused launch) is recorded with its error and the next row runs; the exit status is then 1.
 --roofline then sets each primary conv timing beside kernel_report.roofline's model of the same
 launch and its roofline (needs ptxas, cuobjdump and nvdisasm).
 
@@ -75,19 +79,30 @@ def gpu_or_exit():
 
 
 def event_timer(cupy, fn, loop, repeat):
-    """Median milliseconds of one fn() call: `loop` calls between one pair of CUDA events."""
+    """(GPU ms, CPU us) of one fn() call, medians over `repeat` loops of `loop` calls.
+
+    GPU: the CUDA events around the loop / loop (launches back to back, so the kernel's time,
+    unless issuing a call takes longer than running it). CPU: the host (Python) time to issue
+    one call, measured on the same loop before waiting for the GPU; when it is above the GPU
+    time, the op is launch-bound and the GPU figure is that time, not the kernel's."""
+    return _timer(lambda: cupy.cuda.Event(), lambda a, b: cupy.cuda.get_elapsed_time(a, b), fn, loop, repeat)
+
+
+def _timer(event, elapsed_ms, fn, loop, repeat):
     fn()
     fn()  # warm-up: compile, allocator
-    times = []
+    gpu, cpu = [], []
     for _ in range(repeat):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start, stop = event(), event()
         start.record()
+        t = time.perf_counter()
         for _ in range(loop):
             fn()
+        cpu.append((time.perf_counter() - t) / loop * 1e6)
         stop.record()
         stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop) / loop)
-    return float(np.median(times))
+        gpu.append(elapsed_ms(start, stop) / loop)
+    return float(np.median(gpu)), float(np.median(cpu))
 
 
 # ---- cuDNN through PyTorch --------------------------------------------------------------------------
@@ -120,19 +135,9 @@ class TorchCudnn:
         return x.reshape(N, b, C // b, H, W).transpose(1, 2).reshape(N, C, H, W)  # channels_last: no view
 
     def timer(self, fn, loop, repeat):
-        torch = self.torch
-        fn()
-        fn()
-        times = []
-        for _ in range(repeat):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(loop):
-                fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / loop)
-        return float(np.median(times))
+        """(GPU ms, CPU us) of one call, as event_timer."""
+        return _timer(lambda: self.torch.cuda.Event(enable_timing=True), lambda a, b: a.elapsed_time(b),
+                      fn, loop, repeat)
 
 
 def find_cudnn():
@@ -265,25 +270,50 @@ def reference_fns(ref, h, C, L, S, dtype):
     return fns
 
 
-def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, loop, repeat, results):
-    rows, h = case_ops(cupy, N, C, HW, L, M, dtype)
+def bench_case(cupy, ref, name, N, C, HW, L, M, dtype, loop, repeat, results, save=lambda: None):
+    """Time every (op, version) of one IGC conv case, appending a dict per row to `results` and
+    calling save() after each: a row that fails (wrong result, refused launch) is recorded with
+    its error and the next one runs."""
+    try:
+        rows, h = case_ops(cupy, N, C, HW, L, M, dtype)
+    except Exception as e:  # e.g. a BatchNorm launch refused while the case is set up
+        print(f"\n{name}: FAILED to set up: {type(e).__name__}: {e}")
+        results.append(dict(case=name, batch=N, op="setup", error=f"{type(e).__name__}: {e}"))
+        save()
+        return
     theirs = reference_fns(ref, h, C, L, M, dtype) if ref is not None else {}
     print(f"\n{name}: N={N} C={C} {HW}x{HW} L={L} M={M} ({np.dtype(dtype).name})")
-    print(f"  {'op':<22}{'version':>8}{'ours ms':>10}{'cuDNN ms':>10}{'ratio':>8}{'rel err':>10}")
+    print(f"  {'op':<22}{'version':>8}{'ours ms':>10}{'cuDNN ms':>10}{'ratio':>8}{'ours CPU us':>12}"
+          f"{'cuDNN CPU us':>13}{'rel err':>10}  cuDNN layout")
     dims = kernel_report.dims_of(N, C, HW, HW, C, groups=L)  # the primary conv's, as the model has it
-    ref_ms = {}
+    ref_t = {}
     for op, version, fn, ref64 in rows:
-        err = norm_error(cupy.asnumpy(fn()), ref64())
-        if not err <= 10 * NORM_TOL[np.dtype(dtype)]:
-            raise AssertionError(f"{name} {op} {version}: relative error {err:.3g} against the float64 reference")
-        t_ours = event_timer(cupy, fn, loop, repeat)
-        if op in theirs and op not in ref_ms:  # best of NCHW and channels_last
-            ref_ms[op] = min(ref.timer(f, loop, repeat) for f in theirs[op])
-        t_ref = ref_ms.get(op)
+        row = dict(case=name, batch=N, op=op, version=version, dims=list(dims) if op in PRIMARY_OPS else None)
+        try:
+            err = norm_error(cupy.asnumpy(fn()), ref64())
+            row["rel_err"] = err
+            if not err <= 10 * NORM_TOL[np.dtype(dtype)]:
+                raise AssertionError(f"relative error {err:.3g} against the float64 reference")
+            t_ours, cpu_ours = event_timer(cupy, fn, loop, repeat)
+            if op in theirs and op not in ref_t:  # NCHW and channels_last; the faster counts
+                layouts = [ref.timer(f, loop, repeat) for f in theirs[op]]
+                best = min(range(len(layouts)), key=lambda i: layouts[i][0])
+                ref_t[op] = layouts[best] + (("NCHW", "channels_last")[best], layouts)
+        except Exception as e:  # recorded; the other rows still run
+            row["error"] = f"{type(e).__name__}: {e}"
+            print(f"  {op:<22}{version:>8}  FAILED: {row['error']}")
+            results.append(row)
+            save()
+            continue
+        t_ref, cpu_ref, layout, layouts = ref_t.get(op, (None, None, None, None))
         cells = (f"{t_ref:>10.3f}{t_ours / t_ref:>8.2f}" if t_ref else f"{'-':>10}{'-':>8}")
-        print(f"  {op:<22}{version:>8}{t_ours:>10.3f}{cells}{err:>10.1e}")
-        results.append(dict(case=name, batch=N, op=op, version=version, ours_ms=t_ours, ref_ms=t_ref, rel_err=err,
-                            dims=list(dims) if op in PRIMARY_OPS else None))
+        print(f"  {op:<22}{version:>8}{t_ours:>10.3f}{cells}{cpu_ours:>12.1f}"
+              f"{cpu_ref if cpu_ref is not None else float('nan'):>13.1f}{err:>10.1e}  {layout or '-'}")
+        row.update(ours_ms=t_ours, ours_cpu_us=cpu_ours, ref_ms=t_ref, ref_cpu_us=cpu_ref, ref_layout=layout,
+                   ref_nchw_ms=layouts[0][0] if layouts else None,
+                   ref_channels_last_ms=layouts[1][0] if layouts else None)
+        results.append(row)
+        save()
 
 
 def bench_sgd(cupy, ref, dtype, loop, repeat, results):
@@ -303,13 +333,20 @@ def bench_sgd(cupy, ref, dtype, loop, repeat, results):
         for p in params:
             p.grad = torch.ones_like(p)
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, foreach=True)
-        t_ref = ref.timer(opt.step, loop, repeat)
+        t_ref, cpu_ref = ref.timer(opt.step, loop, repeat)
     for v in versions.kernels("sgd"):
-        t = event_timer(cupy, lambda v=v: fused_ops.sgd_step(ws, gs, vs, 0.1, 0.9, True, 1e-4, "cuda", v),
-                        loop, repeat)
+        try:
+            t, cpu = event_timer(cupy, lambda v=v: fused_ops.sgd_step(ws, gs, vs, 0.1, 0.9, True, 1e-4, "cuda", v),
+                                 loop, repeat)
+        except Exception as e:
+            print(f"  {'sgd step':<22}{v:>8}  FAILED: {type(e).__name__}: {e}")
+            results.append(dict(case="resnet_igc-20 L24M2", op="sgd step", version=v,
+                                error=f"{type(e).__name__}: {e}"))
+            continue
         cells = f"{t_ref:>10.3f}{t / t_ref:>8.2f}" if t_ref else f"{'-':>10}{'-':>8}"
-        print(f"  {'sgd step':<22}{v:>8}{t:>10.3f}{cells}")
-        results.append(dict(case="resnet_igc-20 L24M2", op="sgd step", version=v, ours_ms=t, ref_ms=t_ref))
+        print(f"  {'sgd step':<22}{v:>8}{t:>10.3f}{cells}{cpu:>12.1f}")
+        results.append(dict(case="resnet_igc-20 L24M2", op="sgd step", version=v, ours_ms=t, ours_cpu_us=cpu,
+                            ref_ms=t_ref, ref_cpu_us=cpu_ref if t_ref else None))
 
 
 # ---- launches per training step ------------------------------------------------------------------------
@@ -384,7 +421,8 @@ def train(steps, batch, size=32, warmup=10):
     print(f"train: resnet_igc-20 L24M2, batch {batch}, {size}x{size}, {steps} steps: {steps * batch / dt:.0f} images/s "
           f"({1e3 * dt / steps:.1f} ms/step), explicit device->host copies inside the steps: "
           f"{len(transfers)} ({', '.join(sorted(set(transfers))) or 'none'}), last loss {last:.3f}")
-    return steps * batch / dt
+    return dict(network="resnet_igc-20 L24M2", batch=batch, size=size, steps=steps, images_per_s=steps * batch / dt,
+                ms_per_step=1e3 * dt / steps, host_copies_in_steps=len(transfers), last_loss=last)
 
 
 def roofline(results, dtype):
@@ -399,7 +437,7 @@ def roofline(results, dtype):
     print(f"\nPrimary conv: measured vs kernel_report.py's model ({gpu['name']}; {np.dtype(dtype).name})")
     print(f"  {'case':<30}{'op':<20}{'version':>8} {'ours us':>10} {'model us':>10} {'roof us':>10} {'x roof':>8}")
     for r in results:
-        if r.get("dims") is None:
+        if r.get("dims") is None or "ours_ms" not in r:
             continue
         m = kernel_report.roofline(PRIMARY_OPS[r["op"]], r["version"], tuple(r["dims"]), dtype, gpu)
         ours = r["ours_ms"] * 1e3
@@ -429,12 +467,18 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=10, help="--train: untimed steps first")
     args = parser.parse_args(argv)
     if args.count_launches:
-        return count_launches(args.batch or 64, args.size)
+        counts = count_launches(args.batch or 64, args.size)
+        if args.json:
+            write_json(args.json, dict(batch=args.batch or 64, size=args.size, **counts))
+        return counts
     if args.standin:
         install_standin()
     cupy = gpu_or_exit()
     if args.train:
-        return train(args.train, args.batch or 64, args.size, args.warmup)
+        figures = train(args.train, args.batch or 64, args.size, args.warmup)
+        if args.json:
+            write_json(args.json, figures)
+        return figures
     ref, why = find_cudnn() if not args.standin else (None, "the stand-in has no cuDNN")
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -445,17 +489,35 @@ def main(argv=None):
         print(banner, file=sys.stderr)
     dtype = np.dtype(args.dtype).type
     results = []
+
+    def save(done=False):  # after every row: a run killed by a timeout keeps what it measured
+        if args.json:
+            write_json(args.json, dict(gpu=gpu, reference=ref.version if ref else None, batch=args.batch,
+                                       dtype=args.dtype, loop=args.loop, repeat=args.repeat, complete=done,
+                                       results=results))
+    save()
     for name, N, C, HW, L in SHAPES[:args.cases]:
-        bench_case(cupy, ref, name, args.batch or N, C, HW, L, C // L, dtype, args.loop, args.repeat, results)
+        bench_case(cupy, ref, name, args.batch or N, C, HW, L, C // L, dtype, args.loop, args.repeat, results, save)
     bench_sgd(cupy, ref, dtype, args.loop, args.repeat, results)
+    save()
     if args.roofline:
         roofline(results, dtype)
-    if args.json:
-        import json
-        Path(args.json).write_text(json.dumps(dict(gpu=gpu, reference=ref.version if ref else None,
-                                                   batch=args.batch, dtype=args.dtype, results=results), indent=1))
+    save(done=True)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        print(f"\n{len(failed)} rows FAILED: " + "; ".join(f"{r['case']} {r['op']} v{r.get('version')}"
+                                                           for r in failed))
     return results
 
 
+def write_json(path, data):
+    """Write `data` as JSON through a temporary file and a rename: never half a file."""
+    import json
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    tmp.replace(path)
+
+
 if __name__ == "__main__":
-    main()
+    out = main()
+    sys.exit(1 if isinstance(out, list) and any("error" in r for r in out) else 0)

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """The smallest complete training loop: an IGC network on the 8x8 digits, in ~40 lines.
 
-    python examples/minimal_train.py        # 5 epochs, ~10 s of CPU time, test accuracy ~0.99
+    python examples/minimal_train.py                # 5 epochs, ~10 s of CPU time, test accuracy ~0.99
+    python examples/minimal_train.py --epochs 2 --seed 1
 
 Build a net, loop over shuffled batches (forward, loss, backward, step), evaluate. No checkpoints,
 logs or resume: examples/cifar10_igc.py is the same loop with all of that (igc_np/training.py).
 """
+import argparse
 import os
 import sys
 
@@ -44,4 +46,10 @@ def main(epochs=5, batch_size=64, seed=0):
 
 
 if __name__ == "__main__":
-    main()
+    p = argparse.ArgumentParser(description="The smallest igc_np training loop (digits, 8x8).")
+    p.add_argument("--epochs", type=int, default=5, help="passes over the data [5]")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed [0]")
+    args = p.parse_args()  # --help prints this; an unknown argument is an error (exit 2)
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    main(epochs=args.epochs, seed=args.seed)

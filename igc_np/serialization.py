@@ -1,8 +1,10 @@
 """Safe files: atomic writing and bounded reading of ``.npz`` archives, and ``save`` / ``load``.
 
 Writing (``write_npz``, ``atomic_write``)
-    The bytes go to a temporary file with a unique name (``.<name>.<random>.tmp``) in the target's
-    folder, are flushed and ``fsync``-ed, and the temporary file is renamed onto the target with
+    The bytes go to a temporary file with a unique name (``.<name>.<host>-<pid>.<random>.tmp``:
+    ``<host>`` 8 hex digits of the machine's name, ``<pid>`` the writer's process id, so that a
+    temporary left by a killed process can be recognised and removed: ``stale_temporaries``) in
+    the target's folder, are flushed and ``fsync``-ed, and the temporary file is renamed onto the target with
     ``os.replace``, which is atomic on one file system. A crash, a full disk, SIGKILL or Ctrl-C
     therefore leaves either the old file or the new one under the name, never half of one; the
     temporary file is removed on every failure we can see (SIGKILL leaves it, under its dot-name).
@@ -33,14 +35,23 @@ Reading (``read_npz``)
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
+import socket
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SerializationError", "write_npz", "read_npz", "atomic_write", "save", "load"]
+from . import backend
+
+__all__ = ["SerializationError", "NotRegularFileError", "write_npz", "read_npz", "atomic_write",
+           "open_regular", "read_regular", "describe_os_error", "stale_temporaries",
+           "temporary_name_bytes", "save", "load"]
 
 #: limits of ``read_npz`` unless the caller gives others
 MAX_MEMBER_BYTES = 8 << 30       # one array: 8 GiB (an ImageNet IGC net is a few hundred MiB)
@@ -65,6 +76,94 @@ class SerializationError(ValueError):
     """A file is not a readable, safe .npz archive; the message names the file (and member)."""
 
 
+class NotRegularFileError(SerializationError, OSError):
+    """A path to be read is missing, a folder, a FIFO, a device or a socket (``open_regular``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# opening files to read: regular files only
+# --------------------------------------------------------------------------------------------
+_KINDS = ((stat.S_ISDIR, "is a folder, not a file"),
+          (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file: reading it could wait forever"),
+          (stat.S_ISCHR, "is a character device (like /dev/zero), not a regular file: reading it "
+                         "could never end"),
+          (stat.S_ISBLK, "is a block device, not a regular file"),
+          (stat.S_ISSOCK, "is a socket, not a regular file"))
+_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.ENOTDIR: "no such file (a part of the path "
+                "is not a folder)", errno.ELOOP: "a symbolic link loop (the link points back at "
+                "itself)", errno.ENAMETOOLONG: "the path or one of its names is too long for the "
+                "file system (PATH_MAX / NAME_MAX)", errno.EACCES: "permission denied"}
+
+
+def describe_os_error(e):
+    """A short reason for an OSError met on a path ("a symbolic link loop", "no such file")."""
+    if e.errno == errno.EISDIR:
+        return "is a folder, not a file"
+    return _OPEN_ERRORS.get(e.errno, e.strerror or str(e))
+
+
+def _kind_problem(mode):
+    """None for a regular file, else why a file of this st_mode is not read."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, problem in _KINDS:
+        if test(mode):
+            return problem
+    return "is not a regular file"
+
+
+def open_regular(path, what="file", error=None):
+    """Open ``path`` for reading (binary) if it is a regular file after following links, else
+    raise ``error`` (default NotRegularFileError) naming it: "<what> <path>: is a FIFO ...".
+
+    Every file igc_np reads goes through here. The check is made on the opened descriptor
+    (``fstat``), so a name swapped between a check and the open cannot slip through, and the open
+    itself uses O_NONBLOCK, so even opening a FIFO with no writer returns at once instead of
+    waiting forever. A regular file then reads normally (O_NONBLOCK means nothing for it).
+    """
+    error = error or NotRegularFileError
+    where = f"{what} {os.fsdecode(path)}"
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+        | getattr(os, "O_BINARY", 0)
+    try:
+        problem = _kind_problem(os.stat(path).st_mode)  # refuse a device before opening it
+        if problem:
+            raise error(f"{where}: {problem}")
+        fd = os.open(path, flags)
+    except ValueError as e:  # a NUL byte in the path
+        if isinstance(e, error):
+            raise
+        raise error(f"{where!r}: not a usable path ({e})") from None
+    except OSError as e:
+        if isinstance(e, error):
+            raise
+        raise error(f"{where}: {describe_os_error(e)}") from None
+    try:
+        problem = _kind_problem(os.fstat(fd).st_mode)
+        if problem:
+            raise error(f"{where}: {problem}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, what="file", limit=None, error=None):
+    """The bytes of the regular file ``path`` (``open_regular``), at most ``limit`` of them:
+    a larger file is refused before reading, and reading stops at the size ``fstat`` gave (a
+    file growing meanwhile cannot make the read unbounded)."""
+    error = error or NotRegularFileError
+    with open_regular(path, what, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise error(f"{what} {os.fsdecode(path)}: {size} bytes, more than the {limit} "
+                        "expected of such a file; refusing to read it")
+        data = f.read(size)
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
@@ -76,7 +175,7 @@ def atomic_write(path, mode="wb"):
     raises anything (including KeyboardInterrupt and a full disk).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         with contextlib.suppress(OSError):  # mkstemp makes 0600; a result file is 0666 - umask
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -90,6 +189,44 @@ def atomic_write(path, mode="wb"):
             os.unlink(tmp)
         raise
     _fsync_folder(path.parent)
+
+
+def host_tag(host=None):
+    """8 hex digits naming a machine (of its host name) in temporary names: short, fixed length."""
+    name = socket.gethostname() if host is None else host
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _owner():
+    return f"{host_tag()}-{os.getpid()}"
+
+
+#: ``.<name>.<host>-<pid>.<8 random>.tmp``: what atomic_write adds to a name, at most (pid <= 7 digits)
+TEMPORARY_EXTRA = len(".") + len(".") + 8 + 1 + 7 + 1 + 8 + len(".tmp")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})\.[a-z0-9_]{8}\.tmp$",
+                        re.S)
+
+
+def temporary_name_bytes(name):
+    """The longest name (in bytes) of atomic_write's temporary file for a target named ``name``."""
+    return len(os.fsencode(name)) + TEMPORARY_EXTRA
+
+
+def stale_temporaries(folder, alive):
+    """Temporary files of atomic_write in ``folder`` whose writer is a dead process of this
+    machine: ``alive(pid)`` is False. Temporaries of other machines (unknowable) and of live
+    processes are never listed."""
+    here = host_tag()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if m and m["host"] == here and int(m["pid"]) != os.getpid() and not alive(int(m["pid"])):
+            out.append(Path(folder) / name)
+    return sorted(out)
 
 
 def _fsync_folder(folder):
@@ -134,16 +271,19 @@ def read_npz(path, accept=None, *, max_member_bytes=MAX_MEMBER_BYTES,
     """
     path = Path(path)
     where = f"{what} {path}"
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path, what) as f:  # the one descriptor, checked regular, read throughout
+        try:
             magic = f.read(6)
-            size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise SerializationError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise SerializationError(f"{where}: is a folder, not a file") from None
-    except OSError as e:
-        raise SerializationError(f"{where}: cannot be read ({e.strerror or e})") from None
+            f.seek(0)
+        except OSError as e:
+            raise SerializationError(f"{where}: cannot be read ({e.strerror or e})") from None
+        size = os.fstat(f.fileno()).st_size
+        return _read_npz_open(f, where, magic, size, accept, max_member_bytes, max_total_bytes,
+                              max_ratio)
+
+
+def _read_npz_open(f, where, magic, size, accept, max_member_bytes, max_total_bytes, max_ratio):
+    """read_npz on the open file ``f`` (its first bytes ``magic``, its size ``size``)."""
     if magic.startswith(_NPY_MAGIC):
         raise SerializationError(f"{where}: is a single-array .npy file, not an .npz archive "
                                  "(read it with numpy.load, or save with numpy.savez)")
@@ -154,7 +294,7 @@ def read_npz(path, accept=None, *, max_member_bytes=MAX_MEMBER_BYTES,
         raise SerializationError(f"{where}: not a readable .npz file (it does not start like a "
                                  "zip archive): corrupt, or not written by numpy.savez")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
             if len(infos) > MAX_MEMBERS:
                 raise SerializationError(f"{where}: {len(infos)} members, more than {MAX_MEMBERS}")
@@ -262,7 +402,6 @@ def save(state_dict, path):
 
     The name is used as given (``m.npz`` recommended; no suffix is added).
     """
-    from . import backend
     if not isinstance(state_dict, dict):
         raise TypeError(f"igc_np.save: expected a dict of arrays (model.state_dict()), got "
                         f"{type(state_dict).__name__}")

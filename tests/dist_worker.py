@@ -2,6 +2,10 @@
 
     mpiexec -n 3 python tests/dist_worker.py OUT_DIR STEPS [--resume STATE.npz] [--dist KIND]
 
+--resume: rank 0 alone reads the file (``distributed.root_reads``); the other ranks may be given a
+path they cannot read. IGC_NP_TEST_RAISE="RANK,STEP" makes rank RANK raise a ValueError before
+its step STEP (a rank failing mid-run).
+
 Trains a tiny resnet_igc in float64 on random 8x8 images with ``distributed.dp_step`` for STEPS
 batches (batch 8 of 23 images: the epoch ends on an uneven batch of 7), continuing from
 STATE.npz if given. Every rank compares its final state with rank 0's (broadcast), the verdict
@@ -17,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from igc_np import distributed, nets, optim  # noqa: E402
-from igc_np.data import iterate_batches  # noqa: E402
+from igc_np import nets, optim  # noqa: E402
+from igc_np.app import distributed  # noqa: E402
+from igc_np.app.data import iterate_batches  # noqa: E402
 
 N_IMAGES, BATCH = 23, 8
 
@@ -73,7 +78,10 @@ def run(comm, steps, micro_batches=1, state=None, device="cpu"):
         step, rng_state = int(state["step"]), json.loads(str(state["rng_state"]))
         sums = np.array(state["sums"])
     source = batches(step, rng_state)
-    for _ in range(steps):
+    fail_rank, fail_step = (int(v) for v in os.environ.get("IGC_NP_TEST_RAISE", "-1,-1").split(","))
+    for i in range(steps):
+        if comm.rank == fail_rank and i == fail_step:
+            raise ValueError(f"rank {comm.rank} failed on purpose before step {i} (IGC_NP_TEST_RAISE)")
         xb, yb, epoch_state = next(source)
         result = distributed.dp_step(model, opt, xb, yb, comm, micro_batches=micro_batches)
         assert result.finite, "the loss became non-finite in the test run"
@@ -93,7 +101,8 @@ def main():
     p.add_argument("--gpus")
     a = p.parse_args()
     comm = distributed.init(a.dist, gpus=a.gpus)
-    state = dict(np.load(a.resume)) if a.resume else None
+    # only rank 0 needs to see the file: it reads it and sends the arrays to the others
+    state = distributed.root_reads(comm, lambda: dict(np.load(a.resume))) if a.resume else None
     final = run(comm, a.steps, state=state, device="cuda" if a.gpus else "cpu")
     # every rank must hold the same bits: compare with rank 0's, through the communicator
     mine = np.concatenate([np.asarray(final[n], dtype=np.float64).reshape(-1)
@@ -136,7 +145,8 @@ def load_trainer():
 def trainer_main(argv):
     """``dist_worker.py trainer ARGS``: examples/cifar10_igc.py's main(ARGS) on this rank, where
     IGC_NP_TEST_SIGNAL="STEP,RANK,NAME" raises signal NAME on rank RANK right after its
-    optimizer step number STEP (a signal on one rank only, at a known batch)."""
+    optimizer step number STEP (a signal on one rank only, at a known batch); NAME "RAISE" makes
+    it raise a RuntimeError there instead."""
     import signal
     from igc_np import optim as optim_module
     trainer = load_trainer()
@@ -149,6 +159,8 @@ def trainer_main(argv):
             real_step(self)
             calls.append(1)
             if len(calls) == int(at) and os.environ.get("PMI_RANK", "0") == rank:
+                if name == "RAISE":  # a rank failing mid-run instead
+                    raise RuntimeError(f"rank {rank} failed on purpose after step {at}")
                 signal.raise_signal(getattr(signal, name))
         optim_module.SGD.step = step_then_signal
     return trainer.main(argv)

@@ -89,13 +89,16 @@ def _data(steps=3, seed=5):
     return [next(gen)[:2] for _ in range(steps)]
 
 
-def test_one_rank_one_piece_is_the_plain_step_bit_for_bit():
+def test_one_rank_one_piece_is_the_plain_step_bit_for_bit(monkeypatch):
     data = _data()
     model_a, opt_a = dist_worker.make_model()
     _plain_steps(model_a, opt_a, data)
     model_b, opt_b = dist_worker.make_model()
+    calls, real = [], dist.train_step
+    monkeypatch.setattr(dist, "train_step", lambda *a: calls.append(1) or real(*a))
     for xb, yb in data:
         r = dist.dp_step(model_b, opt_b, xb, yb, dist.SingleProcess())
+    assert len(calls) == len(data)  # the one-process case is igc_np.step.train_step itself
     a = dist_worker.pack(model_a, opt_a, 0, {}, np.zeros(4))
     b = dist_worker.pack(model_b, opt_b, 0, {}, np.zeros(4))
     assert _equal_states(a, b) == []
@@ -355,6 +358,81 @@ def test_mpi_resume_on_another_world_size_stays_exact(tmp_path):
     assert int(first["step"]) == 2 and _equal_states(first, got) != []
 
 
+def _worker_env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    env.pop("IGC_NP_THREADS", None)
+    return env
+
+
+@needs_mpi
+def test_an_error_on_one_rank_ends_every_rank_within_seconds(tmp_path):
+    """Rank 1 raises before its step 2 while rank 0 waits in the step's all-reduce: rank 1's
+    traceback is printed once and MPI_Abort ends the job (before: rank 0 waited forever)."""
+    t0 = time.monotonic()
+    p = subprocess.run(["mpiexec", "-n", "2", sys.executable, WORKER, str(tmp_path / "out"), "50"],
+                       env=_worker_env(IGC_NP_TEST_RAISE="1,2"), capture_output=True, text=True,
+                       timeout=120)
+    seconds = time.monotonic() - t0
+    assert p.returncode != 0 and not (tmp_path / "out").exists()
+    assert p.stderr.count("ValueError: rank 1 failed on purpose before step 2") == 1, p.stderr
+    assert p.stderr.count("rank 1 of 2 failed; stopping every rank:") == 1
+    assert "rank 0 of 2 failed" not in p.stderr
+    assert seconds < 30, f"the job took {seconds:.1f} s to end after rank 1 failed"
+
+
+def test_an_escaping_error_aborts_through_the_communicator(monkeypatch, capsys):
+    aborted = []
+
+    class Rank1Of2(dist.SingleProcess):
+        rank, size = 1, 2
+
+        def abort(self, status=1):
+            aborted.append(status)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(dist, "_active", None)
+    dist.abort_on_error(Rank1Of2())
+    try:
+        raise ValueError("bad shard")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert aborted == [1] and err.startswith("rank 1 of 2 failed; stopping every rank:")
+    assert err.count("ValueError: bad shard") == 1
+    dist.abort_if_distributed(0)  # success: nothing happens
+    dist.abort_if_distributed(2)  # a caught error, exit status 2: every rank ends
+    assert aborted == [1, 2]
+
+
+def test_broadcast_bytes_and_root_reads_on_one_process():
+    comm = dist.SingleProcess()
+    data = bytes(range(256)) * 3 + b"\xff\xf8\x00"  # NaN bit patterns among them
+    assert dist.broadcast_bytes(comm, data) == data
+    assert dist.root_reads(comm, lambda: {"a": np.arange(3)})["a"].tolist() == [0, 1, 2]
+
+
+@needs_mpi
+def test_a_resume_reads_the_file_on_rank_0_only(tmp_path):
+    """No shared file system: rank 1 is given a path that does not exist on its side; rank 0
+    reads the state and sends it; the run equals the resume that every rank could read."""
+    first = _mpiexec(2, tmp_path / "two", 2)
+    state = str(tmp_path / "two" / "state.npz")
+    missing = str(tmp_path / "only-on-rank-0" / "state.npz")
+    out = tmp_path / "resumed"
+    cmd = ["mpiexec", "-n", "1", sys.executable, WORKER, str(out), "3", "--resume", state, ":",
+           "-n", "1", sys.executable, WORKER, str(out), "3", "--resume", missing]
+    p = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    got = dict(np.load(out / "state.npz"))
+    assert int(got["step"]) == 5 and bool(got["identical"])
+    twin = dist_worker.run(dist.SingleProcess(), 3, micro_batches=2, state=first)
+    assert _equal_states(twin, got) == []
+    # and when rank 0 cannot read it either, every rank stops with rank 0's error
+    p = subprocess.run(["mpiexec", "-n", "2", sys.executable, WORKER, str(out), "3", "--resume",
+                        missing], env=_worker_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and p.stderr.count("No such file or directory") == 1, p.stderr
+    assert "rank 0 of 2 failed" in p.stderr and "rank 1" not in p.stderr  # rank 0's error, once
+
+
 # --------------------------------------------------------------------------------------------
 # NCCL against a fake cupy.cuda.nccl (threads as ranks, bytes moved through raw pointers)
 # --------------------------------------------------------------------------------------------
@@ -365,12 +443,49 @@ def _view(ptr, count, dtype):
     return np.frombuffer(raw, dtype=dtype)
 
 
-class FakeNccl:
-    """The part of cupy.cuda.nccl that NCCL uses: communicators of threads in one process.
+# CuPy 14.2's cupy.cuda.nccl (= cupy_backends/cuda/libs/nccl.pyx), pinned from the first lines of
+# its docstrings (read from the cupy-cuda12x 14.2.0 wheel; the test below compares them with the
+# installed module when it imports). The fake checks every call against these types.
+CUPY_NCCL_SIGNATURES = {
+    "NcclCommunicator": "NcclCommunicator(int ndev, bytes commId, int rank, NcclConfig config=None)",
+    "send": "NcclCommunicator.send(self, intptr_t sendbuf, size_t count, int datatype, int peer, "
+            "intptr_t stream)",
+    "recv": "NcclCommunicator.recv(self, intptr_t recvbuf, size_t count, int datatype, int peer, "
+            "intptr_t stream)",
+    "allGather": "NcclCommunicator.allGather(self, intptr_t sendbuf, intptr_t recvbuf, size_t count, "
+                 "int datatype, intptr_t stream)",
+    "allReduce": "NcclCommunicator.allReduce(self, intptr_t sendbuf, intptr_t recvbuf, size_t count, "
+                 "int datatype, int op, intptr_t stream)",
+    "bcast": "NcclCommunicator.bcast(self, intptr_t buff, size_t count, int datatype, int root, "
+             "intptr_t stream)",
+}
 
-    Point-to-point calls are only legal between groupStart and groupEnd (a real NCCL would
-    deadlock on a blocking send/recv pair between two ranks), as the real API requires of an
-    all-to-all.
+
+def _check_call(method, args):
+    """TypeError as Cython raises it when an argument is not of the pinned C type."""
+    params = CUPY_NCCL_SIGNATURES[method].split("(", 1)[1].rstrip(")").split(", ")
+    params = [q for q in params if q != "self" and "=" not in q]
+    if len(args) != len(params):
+        raise TypeError(f"{method}() takes exactly {len(params)} positional arguments "
+                        f"({len(args)} given)")
+    for value, param in zip(args, params):
+        ctype, name = param.split()
+        if ctype == "bytes":
+            if not isinstance(value, bytes):
+                raise TypeError(f"Argument '{name}' has incorrect type (expected bytes, got "
+                                f"{type(value).__name__})")
+        elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{method}: '{name}' ({ctype}) must be an integer, got "
+                            f"{type(value).__name__}")
+
+
+class FakeNccl:
+    """The part of CuPy 14's cupy.cuda.nccl that NCCL uses: communicators of threads in one process.
+
+    Argument types as CUPY_NCCL_SIGNATURES (the unique id is 128 bytes: a tuple is a TypeError,
+    as in CuPy 14). Point-to-point calls are only legal between groupStart and groupEnd (a real
+    NCCL would deadlock on a blocking send/recv pair between two ranks), as the real API
+    requires of an all-to-all.
     """
     NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
     DTYPES = {7: np.float32, 8: np.float64}
@@ -382,7 +497,9 @@ class FakeNccl:
 
         class NcclCommunicator:
             def __init__(self, ndev, commId, rank):
-                assert len(commId) == 128 and all(-128 <= b <= 127 for b in commId)
+                _check_call("NcclCommunicator", (ndev, commId, rank))
+                if len(commId) != 128:
+                    raise ValueError(f"commId length {len(commId)} != 128.")
                 with fake.lock:
                     self.world = fake.worlds.setdefault(commId, dict(
                         barrier=threading.Barrier(ndev), mail={}, slots=[None] * ndev,
@@ -390,35 +507,39 @@ class FakeNccl:
                 self.rank, self.ndev = rank, ndev
 
             def _p2p(self, kind, ptr, count, dtype, peer, stream):
+                _check_call(kind, (ptr, count, dtype, peer, stream))
                 if getattr(fake.local, "group", None) is None:
                     raise RuntimeError(f"fake NCCL: {kind} outside groupStart/groupEnd")
                 fake.local.group.append((self, kind, ptr, count, dtype, peer))
 
-            def send(self, ptr, count, dtype, peer, stream):
-                self._p2p("send", ptr, count, dtype, peer, stream)
+            def send(self, sendbuf, count, datatype, peer, stream):
+                self._p2p("send", sendbuf, count, datatype, peer, stream)
 
-            def recv(self, ptr, count, dtype, peer, stream):
-                self._p2p("recv", ptr, count, dtype, peer, stream)
+            def recv(self, recvbuf, count, datatype, peer, stream):
+                self._p2p("recv", recvbuf, count, datatype, peer, stream)
 
-            def allGather(self, sendptr, recvptr, count, dtype, stream):
+            def allGather(self, sendbuf, recvbuf, count, datatype, stream):
+                _check_call("allGather", (sendbuf, recvbuf, count, datatype, stream))
                 fake.calls.append("allGather")
-                w, t = self.world, fake.DTYPES[dtype]
-                w["slots"][self.rank] = _view(sendptr, count, t).copy()
+                w, t = self.world, fake.DTYPES[datatype]
+                w["slots"][self.rank] = _view(sendbuf, count, t).copy()
                 w["barrier"].wait()
-                _view(recvptr, count * self.ndev, t)[:] = np.concatenate(w["slots"])
+                _view(recvbuf, count * self.ndev, t)[:] = np.concatenate(w["slots"])
                 w["barrier"].wait()
 
-            def bcast(self, ptr, count, dtype, root, stream):
-                w, t = self.world, fake.DTYPES[dtype]
+            def bcast(self, buff, count, datatype, root, stream):
+                _check_call("bcast", (buff, count, datatype, root, stream))
+                w, t = self.world, fake.DTYPES[datatype]
                 if self.rank == root:
-                    w["slots"][root] = _view(ptr, count, t).copy()
+                    w["slots"][root] = _view(buff, count, t).copy()
                 w["barrier"].wait()
-                _view(ptr, count, t)[:] = w["slots"][root]
+                _view(buff, count, t)[:] = w["slots"][root]
                 w["barrier"].wait()
         self.NcclCommunicator = NcclCommunicator
 
     def get_unique_id(self):
-        return tuple(int(b) for b in np.random.default_rng().integers(-128, 128, 128))
+        """128 random bytes (CuPy 14: bytes; a tuple of ints before 14.0)."""
+        return np.random.default_rng().bytes(128)
 
     def groupStart(self):
         self.local.group = []
@@ -482,7 +603,56 @@ def test_nccl_broadcast_barrier_and_dtype_error():
 
 def test_nccl_unique_id_travels_as_hex_unchanged():
     uid = FakeNccl().get_unique_id()
-    assert dist._decode_id(dist._encode_id(uid)) == uid
+    assert isinstance(uid, bytes) and dist._decode_id(dist._encode_id(uid)) == uid
+    assert len(dist._encode_id(uid)) == 256
+    with pytest.raises(dist.DistError, match="CuPy < 14 is not supported"):
+        dist.NCCL(0, 1, tuple(uid), nccl=FakeNccl(), xp=np)  # CuPy 13's id format
+    with pytest.raises(dist.DistError, match="IGC_NP_NCCL_ID is not the hex of a 128-byte"):
+        dist._decode_id("zz" * 128)
+    with pytest.raises(dist.DistError, match="expected 128 bytes, got 3"):
+        dist._decode_id("000000")
+
+
+def test_the_fake_nccl_refuses_what_cupy_14_refuses():
+    fake = FakeNccl()
+    with pytest.raises(TypeError, match="'commId' has incorrect type \\(expected bytes, got tuple"):
+        fake.NcclCommunicator(1, tuple(fake.get_unique_id()), 0)
+    with pytest.raises(ValueError, match="commId length 3 != 128"):
+        fake.NcclCommunicator(1, b"abc", 0)
+    comm = fake.NcclCommunicator(1, fake.get_unique_id(), 0)
+    buf = np.zeros(4)
+    with pytest.raises(TypeError, match="'buff' \\(intptr_t\\) must be an integer, got ndarray"):
+        comm.bcast(buf, 4, fake.NCCL_FLOAT64, 0, 0)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'stream'"):
+        comm.bcast(buf.ctypes.data, 4, fake.NCCL_FLOAT64, 0)  # the stream is not optional
+
+
+def _real_cupy_nccl():
+    try:
+        from cupy_backends.cuda.libs import nccl  # needs libnccl.so.2 (nvidia-nccl-cu12/cu13)
+    except Exception as e:  # not installed, or no libnccl: the pinned signatures stand alone
+        pytest.skip(f"CuPy's NCCL module does not import here ({type(e).__name__}: {e}); the fake "
+                    "follows CUPY_NCCL_SIGNATURES, read from cupy-cuda12x 14.2.0")
+    return nccl
+
+
+def test_the_fake_nccl_follows_the_installed_cupy():
+    """The pinned signatures are CuPy's own (docstrings of the Cython module: no GPU needed), and
+    CuPy's get_unique_id / NcclCommunicator take and give what the fake does."""
+    nccl = _real_cupy_nccl()
+    for name, pinned in CUPY_NCCL_SIGNATURES.items():
+        real = nccl.NcclCommunicator if name == "NcclCommunicator" else \
+            getattr(nccl.NcclCommunicator, name)
+        first = real.__doc__.strip().splitlines()[0]
+        assert first == pinned, f"CuPy {name}: {first!r}, the fake pins {pinned!r}"
+    for const in ("NCCL_FLOAT32", "NCCL_FLOAT64", "NCCL_SUM"):
+        assert getattr(nccl, const) == getattr(FakeNccl, const)
+    uid = nccl.get_unique_id()  # works without a GPU
+    assert isinstance(uid, bytes) and len(uid) == 128
+    with pytest.raises(TypeError, match="'commId' has incorrect type \\(expected bytes, got tuple"):
+        nccl.NcclCommunicator(1, tuple(uid), 0)
+    with pytest.raises(ValueError, match="commId length 3 != 128"):
+        nccl.NcclCommunicator(1, b"abc", 0)
 
 
 CHILD = """
@@ -528,6 +698,48 @@ def test_spawn_returns_the_failing_rank_status_and_stops_the_others(tmp_path):
         dist.spawn("0,0", ["-c", "pass"], nccl=FakeNccl())
 
 
+STUCK = """
+import os, signal, sys, time
+if os.environ["IGC_NP_DIST_RANK"] == "1":
+    time.sleep(0.5)
+    sys.exit("rank 1: bad batch")
+signal.signal(signal.SIGTERM, lambda s, f: None)  # as a trainer blocked in an NCCL collective
+time.sleep(120)
+"""
+
+
+def test_a_failing_gpu_rank_ends_the_others_within_seconds(capsys):
+    """Rank 1 fails; rank 0 ignores SIGTERM (its handler only sets a flag while it waits in a
+    collective): SIGKILL follows after the grace, and the parent names the failed rank once."""
+    t0 = time.monotonic()
+    assert dist.spawn([0, 1], ["-c", STUCK], nccl=FakeNccl()) == 1
+    seconds = time.monotonic() - t0
+    assert seconds < 10, f"{seconds:.1f} s"
+    err = capsys.readouterr().err
+    assert err.count("rank 1 (GPU 1) failed with exit status 1: stopping the other ranks") == 1
+
+
+def test_an_error_every_rank_knows_of_needs_no_abort(monkeypatch):
+    aborted = []
+
+    class Rank0Of2(dist.SingleProcess):
+        rank, size = 0, 2
+
+        def allreduce(self, buf):
+            return buf
+
+        def abort(self, status=1):
+            aborted.append(status)
+    monkeypatch.setattr(dist, "_active", Rank0Of2())
+    with pytest.raises(OSError) as e:  # root_first: rank 0's error, after the reduction
+        dist.root_first(Rank0Of2(), lambda: (_ for _ in ()).throw(OSError("disk full")), (OSError,))
+    dist.abort_if_distributed(1, e.value)  # every rank leaves by itself
+    dist.abort_if_distributed(1, dist.FollowerError("rank 1: stopping because rank 0 failed"))
+    assert aborted == []
+    dist.abort_if_distributed(1, ValueError("only here"))  # no other rank knows: abort them all
+    assert aborted == [1]
+
+
 FORWARDED = """
 import os, signal, sys, time
 out, rank = sys.argv[1], os.environ["IGC_NP_DIST_RANK"]
@@ -546,7 +758,7 @@ open(os.path.join(out, rank + ".got"), "w").write(",".join(got))
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_spawn_forwards_a_signal_to_every_rank_exactly_once(tmp_path, sig):
     parent = ("import sys, types; from igc_np import distributed as d; "
-              "fake = types.SimpleNamespace(get_unique_id=lambda: (0,) * 128); "
+              "fake = types.SimpleNamespace(get_unique_id=lambda: bytes(128)); "
               f"sys.exit(d.spawn([0, 1], ['-c', {FORWARDED!r}, {str(tmp_path)!r}], nccl=fake))")
     p = subprocess.Popen([sys.executable, "-c", parent],
                          env=dict(os.environ, PYTHONPATH=ROOT))
@@ -717,6 +929,40 @@ def test_trainer_ranks_stop_together_on_a_signal_to_one_rank(tmp_path, monkeypat
                          "model-interrupted.npz", "--micro-batches", "3") == 0
     assert _same_checkpoints(tmp_path / "ranks" / "model-0003.npz",
                              tmp_path / "micro" / "model-0003.npz") == []
+
+
+@needs_mpi
+def test_trainer_rank_failing_mid_run_ends_every_rank(tmp_path):
+    env = _worker_env(IGC_NP_TEST_SIGNAL="7,1,RAISE")
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(["mpiexec", "-n", "2", sys.executable, WORKER, "trainer", *TRAINER,
+                            "--num-epochs", "3", "--output-dir", str(tmp_path / "out")],
+                           env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank still waited 30 s after rank 1 failed")
+    assert p.returncode != 0 and time.monotonic() - t0 < 30
+    assert p.stderr.count("rank 1 failed on purpose after step 7") == 1, p.stderr
+
+
+@needs_mpi
+def test_trainer_resume_needs_the_file_on_rank_0_only(tmp_path):
+    _trainer_ranks(2, tmp_path / "ranks", "--num-epochs", "1")
+    ckpt = str(tmp_path / "ranks" / "model-0001.npz")
+    rest = [*TRAINER, "--num-epochs", "2", "--output-dir", str(tmp_path / "ranks")]
+    try:
+        p = subprocess.run(["mpiexec", "-n", "1", sys.executable, WORKER, "trainer", *rest, "--resume",
+                            ckpt, ":", "-n", "1", sys.executable, WORKER, "trainer", *rest, "--resume",
+                            str(tmp_path / "not-on-rank-1" / "model-0001.npz")],
+                           env=_worker_env(), capture_output=True, text=True, timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks still waited 40 s after rank 1 could not open its path")
+    assert p.returncode == 0, p.stderr
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "1", "--micro-batches", "2") == 0
+    assert _trainer_here(tmp_path / "micro", "--num-epochs", "2", "--load-epoch", "1",
+                         "--micro-batches", "2") == 0
+    assert _same_checkpoints(tmp_path / "ranks" / "model-0002.npz",
+                             tmp_path / "micro" / "model-0002.npz") == []
 
 
 def test_root_first_makes_every_rank_leave_when_rank_0_fails():

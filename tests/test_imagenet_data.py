@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from igc_np import imagenet as inet
+from igc_np.data import DatasetError
 from igc_np.imagenet import (FILL_VALUE, IMAGENET_MEAN, IMAGENET_STD, ImageNetNotFoundError, TrainAugment,
                              ValTransform, hls_jitter, load_imagenet, normalize)
 
@@ -154,7 +155,8 @@ def _colour_class(x):
 def test_folder_layout_labels_by_sorted_wnid(tmp_path):
     data = load_imagenet(make_folders(tmp_path), workers=1)
     assert data.layout == "folders" and data.classes == ["n01", "n02", "n03"] and data.num_classes == 3
-    assert repr(data) == "ImageNet(folders: train=9, val=9, classes=3, 224x224, workers=1)"
+    assert repr(data) == ("ImageNet(folders: train=9, val=9, classes=3, 224x224, workers=1, last batch "
+                          "filled with the epoch's first images (MXNet's round_batch))")
     assert len(data.train) == len(data.val) == 9
     x, y = next(data.val.batches(9))
     assert x.shape == (9, 3, 224, 224) and x.dtype == np.float32 and y.dtype == np.int64
@@ -169,9 +171,9 @@ def test_recordio_layout(tmp_path, with_idx):
                          augment=TrainAugment(hls=(0.0, 50.0, 50.0)))
     assert data.layout == "recordio" and len(data.train) == 5
     xs, ys = zip(*data.train.batches(2, rng=np.random.default_rng(1)))
-    assert [len(y) for y in ys] == [2, 2, 1]
+    assert [len(y) for y in ys] == [2, 2, 2]  # the last batch filled (round_batch)
     x, y = np.concatenate(xs), np.concatenate(ys)
-    assert sorted(y) == [0, 0, 1, 1, 2]
+    assert sorted(y[:5]) == [0, 0, 1, 1, 2] and y[5] == y[0]
     assert [_colour_class(xi) for xi in x] == list(y)
 
 
@@ -187,10 +189,12 @@ def test_a_smaller_image_size_and_a_subset(tmp_path):
 def test_missing_layout_says_what_it_looked_for(tmp_path):
     with pytest.raises(ImageNetNotFoundError, match=r"imagenet_train.rec \+ imagenet_val.rec.*train/<wnid>"):
         load_imagenet(tmp_path)
-    (tmp_path / "imagenet_val.rec").write_bytes(b"")
+    make_recordio(tmp_path)
+    (tmp_path / "imagenet_train.rec").unlink()
     with pytest.raises(ImageNetNotFoundError, match=r"imagenet_train.rec \+ imagenet_val.rec"):
         load_imagenet(tmp_path)  # the validation file alone is not a training set
     assert load_imagenet(tmp_path, val_only=True).train is None
+    (tmp_path / "imagenet_val.idx").unlink()
     (tmp_path / "imagenet_val.rec").unlink()
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
@@ -202,7 +206,7 @@ def test_a_broken_image_and_a_bad_label_name_the_image(tmp_path):
     root = make_folders(tmp_path, per_class=1)
     (root / "val" / "n03" / "n03_0.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
     data = load_imagenet(root, workers=1)
-    with pytest.raises(ValueError, match=r"val image 2: not an image"):
+    with pytest.raises(ValueError, match=r"val/n03/n03_0.JPEG \(class 'n03', image 2\): not an image"):
         list(data.val.batches(4))
     (tmp_path / "r").mkdir()
     data = load_imagenet(make_recordio(tmp_path / "r"), num_classes=2, workers=1)
@@ -254,8 +258,8 @@ class _CountsReads:
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_a_rank_reads_only_its_rows_of_the_whole_batch(tmp_path, size):
     """part=(rank, size): rows slice_of(B, rank, size) of every whole batch (9 images in batches
-    of 4: 4, 4, 1 rows; with 5 ranks most ranks get no row of the last), the same bits, the
-    same numbers drawn; a rank reads no other rank's image."""
+    of 4, the last filled with the epoch's first images: with 5 ranks a rank gets no row of a
+    batch), the same bits, the same numbers drawn; a rank reads no other rank's image."""
     from igc_np.distributed import slice_of
     data = load_imagenet(make_folders(tmp_path, per_class=3), workers=1, prefetch=1, image_size=32)
     train = data.train
@@ -279,7 +283,8 @@ def test_a_rank_reads_only_its_rows_of_the_whole_batch(tmp_path, size):
         assert train.samples.read == want_read, (rank, size)
     td = inet.ImageNetTrainingData(data, batch_size=4)  # the trainer's source passes part on
     got = [y.numpy() for _, y in td.batches(np.random.default_rng(2), start_batch=1, part=(1, 2))]
-    assert [list(y) for y in got] == [list(whole[1][1][2:]), list(whole[2][1])]  # 1 row: the last rank's
+    # the last batch is filled to 4 rows (round_batch): rank 1 of 2 has its 2 rows of it too
+    assert [list(y) for y in got] == [list(whole[1][1][2:]), list(whole[2][1][2:])]
 
 
 def test_training_needs_an_rng_and_validation_is_deterministic(tmp_path):
@@ -338,13 +343,16 @@ def test_the_trainer_data_source(tmp_path):
     import igc_np as ig
     data = load_imagenet(make_folders(tmp_path, per_class=3), workers=2)
     td = inet.ImageNetTrainingData(data, batch_size=4, test_batch_size=5)
-    assert (len(td), td.test_len(), td.train_size, td.num_classes, td.name) == (3, 2, 9, 3, "imagenet")
+    # 9 images, the last batch filled: 12 rows an epoch, as the trainer counts them
+    assert (len(td), td.test_len(), td.train_size, td.num_classes, td.name) == (3, 2, 12, 3, "imagenet")
     state = np.random.default_rng(3).bit_generator.state
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     first = [(x.numpy(), y.numpy()) for x, y in td.batches(rng)]
     assert isinstance(next(td.test_batches())[0], ig.Tensor)
-    assert [len(y) for _, y in first] == [4, 4, 1]
+    assert [len(y) for _, y in first] == [4, 4, 4]  # the last batch filled (round_batch)
+    # the rows Run.batches expects of batch b (dp_step's global_batch): what the source gives
+    assert [len(y) for _, y in first] == [min(4, td.train_size - b * 4) for b in range(len(td))]
     rng.bit_generator.state = state
     again = [(x.numpy(), y.numpy()) for x, y in td.batches(rng, start_batch=2)]
     np.testing.assert_array_equal(again[0][0], first[2][0])
@@ -365,3 +373,179 @@ def test_the_command_line_evaluates_a_params_file(tmp_path, capsys):
     assert inet.main(argv) == 0
     out = capsys.readouterr().out
     assert "Validation: 1 images" in out and "top5 1.0000" in out  # 3 classes: always in the top 5
+
+
+# ---- hostile files and folders (issue 18) -------------------------------------------------------
+import contextlib
+import os
+import signal
+
+
+@contextlib.contextmanager
+def no_hang(seconds=20):
+    """Fail (instead of blocking the suite forever) when the block takes longer than seconds."""
+    def expired(*_):
+        raise TimeoutError(f"blocked for more than {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_a_fifo_or_device_named_like_an_image_is_refused_naming_it(tmp_path, kind):
+    root = make_folders(tmp_path, per_class=2)
+    for split in ("train", "val"):
+        bad = root / split / "n02" / "n02_1.JPEG"
+        bad.unlink()
+        os.mkfifo(bad) if kind == "fifo" else bad.symlink_to("/dev/zero")
+    data = load_imagenet(root, workers=2)
+    what = "FIFO" if kind == "fifo" else "character device"
+    with no_hang(), pytest.raises(inet.ImageError, match=rf"val/n02/n02_1.JPEG: is a {what}"):
+        list(data.val.batches(6))  # validation: every image counts, an error stops
+    with no_hang():  # training: skipped with a warning naming the file, counted
+        batches = list(data.train.batches(3, rng=np.random.default_rng(0)))
+    assert [len(y) for _, y in batches] == [3, 3]
+    assert list(data.train.corrupt) == [3] and "train/n02/n02_1.JPEG" in data.train.corrupt[3]
+
+
+def test_corrupt_training_images_are_skipped_counted_and_stop_past_the_limit(tmp_path, capsys):
+    root = make_folders(tmp_path, per_class=3)
+    (root / "train" / "n01" / "n01_1.JPEG").write_bytes(b"\xff\xd8 truncated")
+    data = load_imagenet(root, workers=1, augment=TrainAugment(hls=(0.0, 50.0, 50.0)))
+    assert data.train.max_corrupt == 10
+    for _ in range(2):  # the same file in two epochs: one warning, counted once
+        xs, ys = zip(*data.train.batches(4, rng=np.random.default_rng(0)))
+    assert [len(y) for y in ys] == [4, 4, 4] and len(data.train.corrupt) == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped a corrupt training image") == 1
+    assert "train/n01/n01_1.JPEG (class 'n01', image 1)" in err
+    # the next image in file order (n01_2, same class here) took its place: labels stay right
+    y = np.concatenate(ys)
+    assert [_colour_class(x) for x in np.concatenate(xs)] == list(y)
+    (root / "train" / "n02" / "n02_0.JPEG").write_bytes(b"not an image either")
+    data = load_imagenet(root, workers=2)
+    data.train.max_corrupt = 1
+    with pytest.raises(inet.ImageError, match=r"2 corrupt training images, more than the limit of 1"):
+        list(data.train.batches(4, rng=np.random.default_rng(0)))
+
+
+def test_a_recordio_error_names_the_file_record_and_offset(tmp_path):
+    make_recordio(tmp_path, n=3)
+    raw = bytearray((tmp_path / "imagenet_val.rec").read_bytes())
+    offsets = [int(line.split()[1]) for line in (tmp_path / "imagenet_val.idx").read_text().split("\n") if line]
+    start = offsets[1] + 8 + 24
+    raw[start:start + 40] = b"\0" * 40  # record 1's JPEG header destroyed
+    (tmp_path / "imagenet_val.rec").write_bytes(bytes(raw))
+    data = load_imagenet(tmp_path, num_classes=3, workers=1)
+    with pytest.raises(inet.ImageError, match=rf"imagenet_val.rec record 1 at byte {offsets[1]}: "):
+        list(data.val.batches(3))
+
+
+def test_hidden_files_and_macos_resource_forks_are_not_images(tmp_path):
+    root = make_folders(tmp_path, per_class=2)
+    for split in ("train", "val"):
+        (root / split / "n01" / "._n01_0.JPEG").write_bytes(b"\0\5\26\7 AppleDouble")
+        (root / split / "n01" / ".DS_Store.jpg").write_bytes(b"Bud1")
+        (root / split / ".ipynb_checkpoints").mkdir()
+        (root / split / ".ipynb_checkpoints" / "x.JPEG").write_bytes(b"junk")
+    data = load_imagenet(root, workers=1)
+    assert data.classes == ["n01", "n02", "n03"] and len(data.train) == len(data.val) == 6
+    assert len(list(data.val.batches(6))) == 1
+
+
+def test_a_symlink_loop_is_named_not_skipped(tmp_path):
+    root = make_folders(tmp_path, per_class=1)
+    (root / "train" / "b").symlink_to(root / "train" / "b")
+    with pytest.raises(inet.ImageError, match=r"training split: .*train/b: a symbolic link loop"):
+        load_imagenet(root)
+    (root / "train" / "b").unlink()
+    (root / "train" / "n01" / "x.JPEG").symlink_to("gone.JPEG")
+    with pytest.raises(inet.ImageError, match=r"train/n01/x.JPEG: no such file"):
+        load_imagenet(root)  # a broken link is not an image to skip silently
+
+
+def test_a_data_dir_that_is_a_file_or_a_too_long_path_says_so(tmp_path):
+    from igc_np.data import load_dataset, DatasetError
+    f = tmp_path / "imagenet"
+    f.write_text("not a folder")
+    for load in (lambda p: load_imagenet(p), lambda p: load_dataset("cifar10", p)):
+        with pytest.raises(DatasetError, match="is a file, not a folder"):
+            load(f)
+        with pytest.raises(DatasetError, match="too long"):
+            load(tmp_path / ("x" * 300) / "y")
+        with pytest.raises(DatasetError, match="too long"):
+            load("/".join(["abcdefgh"] * 600))
+
+
+@pytest.mark.parametrize("layout", ["recordio", "folders"])
+def test_an_empty_split_is_an_error_naming_it(tmp_path, layout):
+    if layout == "recordio":
+        make_recordio(tmp_path)
+        (tmp_path / "imagenet_val.rec").write_bytes(b"")
+        (tmp_path / "imagenet_val.idx").unlink()
+        with pytest.raises(DatasetError, match=r"the validation split .*imagenet_val.rec has no images"):
+            load_imagenet(tmp_path)
+        (tmp_path / "imagenet_train.rec").write_bytes(b"")
+        (tmp_path / "imagenet_train.idx").unlink()
+        with pytest.raises(DatasetError, match=r"the training split .*imagenet_train.rec has no images"):
+            load_imagenet(tmp_path)
+    else:
+        make_folders(tmp_path)
+        for f in (tmp_path / "val").glob("*/*"):
+            f.unlink()
+        with pytest.raises(DatasetError, match=r"the validation split .*val: no images"):
+            load_imagenet(tmp_path)
+
+
+def test_the_last_training_batch_is_filled_or_dropped_never_a_batch_of_one(tmp_path):
+    """5 images in batches of 4 at --image-size 32: the second batch holds image 5 and the
+    epoch's first 3 again (each with numbers of its own), as MXNet's round_batch; drop_last
+    drops it; validation keeps its batch of one."""
+    make_recordio(tmp_path, n=5)
+    data = load_imagenet(tmp_path, num_classes=3, workers=1, image_size=32)
+    order, u = data.train.plan(4, np.random.default_rng(0))
+    assert len(order) == 8 and list(order[5:]) == list(order[:3]) and len(u) == 8
+    assert not np.array_equal(u[5:], u[:3])
+    ys = [y for _, y in data.train.batches(4, rng=np.random.default_rng(0))]
+    assert [len(y) for y in ys] == [4, 4]
+    assert "last batch filled with the epoch's first images" in repr(data)
+    data.train.drop_last = True
+    assert [len(y) for _, y in data.train.batches(4, rng=np.random.default_rng(0))] == [4]
+    assert "dropped" in data.train.last_batch()
+    assert [len(y) for _, y in data.val.batches(4)] == [4, 1]
+
+
+def test_a_16_bit_png_is_scaled_not_clipped():
+    from PIL import Image
+    grey = np.array([[0, 257, 32896, 65535]] * 4, np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "PNG")
+    img = inet.open_image(buf.getvalue())
+    assert img.mode.startswith("I")
+    rgb = np.asarray(inet.decode(img))
+    assert rgb.shape == (4, 4, 3)
+    np.testing.assert_array_equal(rgb[0, :, 0], [0, 1, 128, 255])
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def test_the_command_line_refuses_a_negative_worker_count(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        inet.main(["--model", "igc_l4m32", "--weights", "w.params", "--data-dir", str(tmp_path),
+                   "--workers", "-1"])
+    assert e.value.code == 2 and "--workers: must be >= 1, got -1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        inet.ImageNetSource([], inet.ValTransform(), 3, workers=-1)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_the_command_line_refuses_a_fifo_or_device_as_weights(tmp_path, capsys, kind):
+    make_recordio(tmp_path)
+    w = tmp_path / "w.params"
+    os.mkfifo(w) if kind == "fifo" else w.symlink_to("/dev/zero")
+    with no_hang():
+        assert inet.main(["--model", "igc_l4m32", "--weights", str(w), "--data-dir", str(tmp_path)]) == 1
+    assert f"w.params: is a {'FIFO' if kind == 'fifo' else 'character device'}" in capsys.readouterr().err

@@ -46,3 +46,27 @@ def test_train_step_is_the_minimal_loops_step():
     assert loss_a.item() == loss_b.item()
     for (n, a), (_, b) in zip(nets[0].state_dict().items(), nets[1].state_dict().items()):
         np.testing.assert_array_equal(a, b, err_msg=n)
+
+
+def _run(*args):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parent.parent))
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_minimal_train_help_prints_usage_and_does_not_train():
+    r = _run("--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout and "--epochs" in r.stdout
+    assert "epoch 0" not in r.stdout  # it used to ignore --help and train
+
+
+def test_minimal_train_refuses_unknown_and_bad_arguments():
+    r = _run("--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    r = _run("--epochs", "0")
+    assert r.returncode == 2 and "--epochs must be >= 1" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -149,9 +149,11 @@ def test_imagenet_model_weights_argument(tmp_path):
     src = ig.nets.imagenet_model("igc_l100m2", rng=1)
     path = tmp_path / "igc_l100m2-0001.params"
     mxnet_io.save_params(src, path)
-    assert_same_state(ig.nets.imagenet_model("igc_l100m2", rng=2, weights=path), src)
+    assert_same_state(mxnet_io.load_released("igc_l100m2", path), src)
     with pytest.raises(MXNetFormatError, match="another configuration.*stem is that of 'igc_l100m2'"):
-        ig.nets.imagenet_model("igc_l4m32", weights=path)
+        mxnet_io.load_released("igc_l4m32", path)
+    with pytest.raises(TypeError, match="load_released"):  # the core reads no MXNet file
+        ig.nets.imagenet_model("igc_l100m2", weights=path)
 
 
 # ---- errors: nothing half-loaded ----------------------------------------------------------------
@@ -269,7 +271,7 @@ def test_foreign_and_missing_files(tmp_path):
     path = tmp_path / "notes.params"
     path.write_text("these are not weights, just a text file of some length")
     _expect_error(model, path, "not an MXNet NDArray list")
-    _expect_error(model, tmp_path / "absent.params", "cannot read")
+    _expect_error(model, tmp_path / "absent.params", "absent.params: no such file")
 
 
 def test_a_model_of_another_configuration_is_refused(tmp_path):
@@ -495,3 +497,64 @@ def test_files_written_by_mxnet(tmp_path):
     rec.write_bytes(MX_REC)
     assert [b for _, b in RecordIO(rec)] == BODIES
     np.testing.assert_array_equal(RecordIO(rec)[2][0], np.float32([1.0, 2.5, 4.0]))
+
+
+# ---- shapes NumPy cannot represent, FIFOs and devices (issue 18) ---------------------------------
+def _huge_shape_params(shape):
+    """A .params holding one float32 array header of ``shape`` (0 elements) and no data."""
+    head = struct.pack("<IiI", 0xF993FAC9, 0, len(shape)) + b"".join(struct.pack("<q", d) for d in shape)
+    body = head + struct.pack("<iii", 1, 0, 0)
+    name = b"arg:w"
+    return (struct.pack("<QQQ", 0x112, 0, 1) + body + struct.pack("<QQ", 1, len(name)) + name)
+
+
+@pytest.mark.parametrize("shape", [(2 ** 62, 2 ** 62, 0), (2 ** 63 - 1, 0), (0, 2 ** 40, 2 ** 40)])
+def test_a_zero_size_shape_numpy_cannot_represent_is_a_format_error(tmp_path, shape):
+    path = tmp_path / "huge.params"
+    path.write_bytes(_huge_shape_params(shape))
+    with pytest.raises(MXNetFormatError, match=rf"huge.params: at byte 24: array 0: shape .* is impossible"):
+        mxnet_io.read_ndarray_list(path)
+
+
+def test_an_empty_array_of_a_representable_shape_still_reads(tmp_path):
+    path = tmp_path / "empty.params"
+    path.write_bytes(_huge_shape_params((0, 5)))
+    arrays, names = mxnet_io.read_ndarray_list(path)
+    assert arrays[0].shape == (0, 5) and names == ["arg:w"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_fifos_and_devices_are_refused_without_blocking(tmp_path, kind):
+    """A FIFO (no writer: reading would wait forever) or /dev/zero (never ends) where a file is
+    read: .params, .rec, .idx, a -symbol.json, an igc_np .npz."""
+    import signal
+
+    def make(name):
+        path = tmp_path / name
+        os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+        return path
+    what = "FIFO" if kind == "fifo" else "character device"
+
+    def expired(*_):
+        raise TimeoutError("blocked")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    try:
+        with pytest.raises(MXNetFormatError, match=rf"weights file .*w.params: is a {what}"):
+            mxnet_io.load_params(small_model(0), make("w.params"))
+        with pytest.raises(MXNetFormatError, match=rf"RecordIO file .*d.rec: is a {what}"):
+            RecordIO(make("d.rec"))
+        (tmp_path / "e.rec").write_bytes(b"")
+        with pytest.raises(MXNetFormatError, match=rf"RecordIO index .*e.idx: is a {what}"):
+            RecordIO(tmp_path / "e.rec", make("e.idx"))
+        with pytest.raises(ValueError, match=rf"symbol file .*s-symbol.json: is a {what}"):
+            identify_graph(make("s-symbol.json"))
+        with pytest.raises(ig.serialization.SerializationError, match=rf"m.npz: is a {what}"):
+            ig.load(make("m.npz"))
+        make("r-symbol.json")
+        (tmp_path / "r-0001.params").write_bytes(b"")
+        with pytest.raises(ValueError, match=rf"r-symbol.json: is a {what}"):
+            mxnet_io.load_checkpoint(tmp_path / "r", 1)  # not "does not exist"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -491,3 +491,452 @@ def test_nan_stop_prints_no_numpy_warnings(finished, tmp_path, capsys):
     assert "RuntimeWarning" not in err
     assert "loss is nan" in err.lower() or "loss is inf" in err.lower()
     assert "--log-iters" in err and "model-0002.npz (untouched)" in err
+
+
+# ---- files that are not regular files (issue 18) ----------------------------------------------
+@pytest.mark.parametrize("kind,message", [
+    ("fifo", "is a FIFO"), ("devzero", "is a character device"), ("loop", "symbolic link loop"),
+    ("folder", "is a folder"), ("missing", "no such file"), ("long", "too long")])
+def test_ig_load_refuses_what_is_not_a_regular_file_at_once(tmp_path, kind, message):
+    import signal
+    path = tmp_path / "m.npz"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "loop":
+        path.symlink_to(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "long":
+        path = tmp_path / ("x" * 300 + ".npz")
+
+    def expired(*_):
+        raise TimeoutError("ig.load blocked")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    try:
+        with pytest.raises(SerializationError, match=message) as e:
+            ig.load(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(path)[:60] in str(e.value)
+    assert isinstance(e.value, OSError)  # also what `except OSError` around file reading expects
+
+
+def test_open_regular_checks_the_opened_descriptor(tmp_path, monkeypatch):
+    """A name swapped for a FIFO between the check and the open is caught by fstat."""
+    fifo = tmp_path / "swap"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(serialization.os, "stat",
+                        lambda p, *a, **k: real_stat(tmp_path) if str(p) == str(fifo) else real_stat(p, *a, **k))
+    monkeypatch.setattr(serialization, "_kind_problem",
+                        lambda mode, real=serialization._kind_problem: None if mode == real_stat(tmp_path).st_mode
+                        else real(mode))
+    with pytest.raises(serialization.NotRegularFileError, match="swap: is a FIFO"):
+        serialization.open_regular(fifo, "file")
+
+
+# ---- signals during a save (issue 18) ----------------------------------------------------------
+import signal  # noqa: E402
+
+from igc_np.app import run_folder, signals  # noqa: E402
+
+
+def _tiny_state():
+    model = ig.nets.get_network("resnet_igc", depth=8, primary_partition=2, secondary_partition=2, rng=0)
+    return model, ig.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+
+
+def _save(path, model, opt):
+    checkpoint.save_checkpoint(path, model, opt, epoch=1, batch=0,
+                               rng_state=np.random.default_rng(0).bit_generator.state,
+                               train_sums=np.zeros(4), history=[{"epoch": 0}], args={})
+
+
+def _line_events(fn):
+    """How many 'line' trace events fn() makes (the points a signal can arrive between)."""
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+        return tracer
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count[0]
+
+
+def _signal_at(k, fn, signum=signal.SIGINT):
+    """fn() with ``signum`` sent to this process at its k-th line event."""
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] == k:
+                os.kill(os.getpid(), signum)
+        return tracer
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+
+
+def test_a_second_ctrl_c_at_any_moment_of_a_save_quits_after_it_cleanly(tmp_path):
+    """The first Ctrl-C asked for a save; the second arrives at one of ~60 points spread over
+    the save (zipfile, fsync, rename included): always KeyboardInterrupt (exit 130), never
+    "Can't close the ZIP file", the previous checkpoint intact, no temporary left, the target
+    absent, the old file or the complete new one."""
+    model, opt = _tiny_state()
+    previous = tmp_path / "model-0001.npz"
+    _save(previous, model, opt)
+    before = previous.read_bytes()
+    total = _line_events(lambda: _save(tmp_path / "probe.npz", model, opt))
+    (tmp_path / "probe.npz").unlink()
+    assert total > 200
+    points = sorted(set(list(range(1, 30)) + list(range(30, total + 1, max(1, total // 60)))))
+    for k in points:
+        target = tmp_path / ("model-interrupted.npz" if k % 2 else "model-0001.npz")
+        interrupt = signals.GracefulInterrupt(quiet=True)
+        with interrupt:
+            interrupt.requested = True  # the first Ctrl-C: this save is the one it asked for
+            with pytest.raises(KeyboardInterrupt):
+                _signal_at(k, lambda: _save(target, model, opt))
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert not leftovers, (k, leftovers)
+        if target.name == "model-0001.npz":
+            checkpoint.load_checkpoint(target)  # the old one or the new one, whole
+        else:
+            assert previous.read_bytes() == before
+            if target.exists():
+                checkpoint.load_checkpoint(target)
+                target.unlink()
+        previous.write_bytes(before)
+
+
+def test_deferred_signals_deliver_in_order_after_the_block_and_nest():
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda s, f: got.append("usr1"))
+    try:
+        with signals.deferred_signals():
+            with signals.deferred_signals():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                time.sleep(0.01)
+                assert got == []
+            assert got == []
+        assert got == ["usr1"]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_sighup_is_treated_like_sigterm_unless_ignored_by_nohup():
+    assert signal.SIGHUP in signals.GracefulInterrupt.SIGNALS
+    interrupt = signals.GracefulInterrupt(quiet=True)
+    with interrupt:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.01)
+    assert interrupt.requested and interrupt.exit_status == 129 and interrupt.name == "SIGHUP"
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        interrupt = signals.GracefulInterrupt(quiet=True)
+        with interrupt:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.01)
+        assert not interrupt.requested and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_sighup_saves_the_interrupted_state(tmp_path):
+    """A closed terminal (SIGHUP) saves model-interrupted.npz and exits 129, like SIGTERM."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
+        "--num-epochs", "50", "--output-dir", str(out)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Epoch[0] Batch"):
+            break
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129, err
+    assert checkpoint.load_checkpoint(out / "model-interrupted.npz").batch > 0
+
+
+# ---- the run folder: every folder written is locked and checked (issue 18) ----------------------
+import socket  # noqa: E402
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    """A folder A holding a finished run's checkpoints and the lock of a live process."""
+    a = tmp_path / "A"
+    status, _ = run(tmp_path, "--num-epochs", "1", name="A")
+    assert status == 0
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (a / run_folder.LOCK_NAME).write_text(json.dumps(
+        {"pid": sleeper.pid, "host": socket.gethostname(), "started": "2026-01-01 10:00:00",
+         "command": "cifar10_igc.py (run A)"}))
+    yield a, sleeper
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_model_prefix_into_a_live_runs_folder_is_refused(live_run, tmp_path, capsys):
+    a, sleeper = live_run
+    before = {p.name: p.read_bytes() for p in a.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        status = trainer.main(TINY + ["--output-dir", str(tmp_path / "B"), "--model-prefix",
+                                      str(a / "model"), "--num-epochs", "1"] + extra)
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert f"--model-prefix {a} is in use by another trainer: pid {sleeper.pid}" in err
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == before  # nothing written or deleted
+
+
+def test_the_prefix_folder_is_locked_while_a_run_writes_there(tmp_path):
+    out, elsewhere = tmp_path / "B", tmp_path / "A"
+    out.mkdir()
+    lock = run_folder.RunLock(out)
+    lock.acquire()
+    try:
+        run_folder.check_run_folder(out, elsewhere / "model", delete=True)
+        assert json.loads((elsewhere / run_folder.LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(run_folder.RunFolderError, match="in use"):  # a second run there
+            _other_process_lock(elsewhere)
+    finally:
+        lock.release()
+    assert not (elsewhere / run_folder.LOCK_NAME).exists() and not (out / run_folder.LOCK_NAME).exists()
+
+
+def _other_process_lock(folder):
+    """Try to take ``folder``'s lock from another process (raises RunFolderError if refused)."""
+    code = ("import sys; from igc_np.app import run_folder\n"
+            f"try:\n    run_folder.RunLock({str(folder)!r}).acquire()\n"
+            "except run_folder.RunFolderError as e:\n    print(e); sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    if r.returncode == 3:
+        raise run_folder.RunFolderError(r.stdout.strip())
+    assert r.returncode == 0, r.stderr
+
+
+def test_overwrite_removes_only_files_the_trainer_wrote(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    np.savez(out / "model-0007.npz", mine=np.arange(3))         # the user's own file, same pattern
+    (out / "model-notes.npz").write_bytes(b"x")                 # not a checkpoint name at all
+    assert run(tmp_path, "--num-epochs", "1", "--overwrite", name="run")[0] == 0
+    err = capsys.readouterr().err
+    assert "kept model-0007.npz (not written by the trainer)" in err
+    assert np.load(out / "model-0007.npz")["mine"].tolist() == [0, 1, 2]
+    assert (out / "model-notes.npz").read_bytes() == b"x"
+    assert not (out / "model-0002.npz").exists()  # the earlier run's own checkpoint is gone
+
+
+def test_a_prefix_with_glob_characters_is_matched_exactly(finished, tmp_path, capsys):
+    """model[v2]: the guard against replacing later checkpoints must see model[v2]-0002."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for p in finished.iterdir():
+        name = p.name.replace("model-", "model[v2]-")
+        if p.is_file():
+            shutil.copy(p, out / name)
+    later = (out / "model[v2]-0002.npz").read_bytes()
+    assert [p.name for p in run_folder.checkpoint_files(out / "model[v2]")] == \
+        ["model[v2]-0001.npz", "model[v2]-0002.npz"]
+    (out / "modelv-0009.npz").write_bytes(b"")  # what the glob model[v2]-*.npz would match
+    assert [p.name for p in run_folder.checkpoint_files(out / "model[v2]")][-1] == "model[v2]-0002.npz"
+    assert trainer.main(["--resume", str(out / "model[v2]-0001.npz")]) == 2
+    assert "model[v2]-0002.npz" in capsys.readouterr().err
+    assert (out / "model[v2]-0002.npz").read_bytes() == later
+
+
+def test_a_prefix_too_long_for_its_temporary_is_refused_before_training(tmp_path, capsys):
+    """244 bytes: model-0001.npz fits NAME_MAX (255), its temporary does not."""
+    prefix = tmp_path / "out" / ("m" * 244)
+    with pytest.raises(run_folder.RunFolderError, match=r"temporary name of \d+ bytes.*NAME_MAX"):
+        run_folder.check_run_folder(tmp_path / "out", prefix)
+    status = trainer.main(TINY + ["--model-prefix", str(prefix), "--num-epochs", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "NAME_MAX" in err and "please report" not in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    ok = name_max - serialization.TEMPORARY_EXTRA - len("-interrupted.npz")
+    run_folder.check_run_folder(tmp_path / "out", tmp_path / "out" / ("m" * ok))  # the longest that fits
+
+
+def test_a_path_over_path_max_is_a_clear_error(tmp_path, capsys):
+    deep = tmp_path.joinpath(*["d" * 200] * 25)  # ~5000 bytes
+    status = trainer.main(TINY + ["--output-dir", str(deep), "--num-epochs", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "PATH_MAX" in err and "please report" not in err and "Traceback" not in err
+
+
+def test_temporaries_of_killed_processes_are_removed_when_a_run_opens_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = serialization.host_tag()
+    stale = out / f".model-0003.npz.{here}-{dead.pid}.abcd1234.tmp"
+    alive = out / f".model-0003.npz.{here}-{os.getppid()}.abcd1234.tmp"
+    foreign = out / f".model-0003.npz.{serialization.host_tag('elsewhere')}-{dead.pid}.abcd1234.tmp"
+    users = out / ".notes.tmp"
+    for p in (stale, alive, foreign, users):
+        p.write_bytes(b"half a checkpoint")
+    assert run(tmp_path, "--num-epochs", "1", name="run")[0] == 0
+    assert f"removed {stale}" in capsys.readouterr().err
+    assert not stale.exists() and alive.exists() and foreign.exists() and users.exists()
+
+
+def test_a_folder_without_a_checkpoint_is_started_not_protected(tmp_path, capsys):
+    """A run that failed before its first checkpoint left an empty log.jsonl: the rerun starts."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text("")
+    assert run(tmp_path, "--num-epochs", "1", name="run")[0] == 0
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "nothing to resume" in err
+    assert len(read_log(out)) == 1 and (out / "model-0001.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_a_lock_file_that_is_a_fifo_or_device_is_refused_naming_it(tmp_path, capsys, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / run_folder.LOCK_NAME
+    os.mkfifo(lock) if kind == "fifo" else lock.symlink_to("/dev/zero")
+
+    def expired(*_):
+        raise TimeoutError("blocked on the lock file")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    try:
+        status = trainer.main(TINY + ["--output-dir", str(out), "--num-epochs", "1"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert status == 2 and f"unreadable lock file {lock}" in err
+    assert ("FIFO" if kind == "fifo" else "character device") in err
+
+
+# ---- resuming (issue 18) -----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_resume_from_a_fifo_or_device_says_what_it_is(tmp_path, capsys, kind):
+    path = tmp_path / "model-0003.npz"
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+
+    def expired(*_):
+        raise TimeoutError("blocked on --resume")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(30)
+    try:
+        status = trainer.main(["--resume", str(path)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert status == 1 and ("is a FIFO" if kind == "fifo" else "is a character device") in err
+    assert "no such file" not in err
+
+
+def test_a_missing_checkpoint_lists_its_neighbours_exactly(tmp_path):
+    for name in ("model[v2]-0001.npz", "model[v2]-0002.npz", "modelv-0003.npz"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"no such file; in .* there are: "
+                                              r"model\[v2\]-0001.npz, model\[v2\]-0002.npz$"):
+        checkpoint.load_checkpoint(tmp_path / "model[v2]-0009.npz")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b))
+def test_a_printed_command_gives_the_same_bytes_back_when_pasted(name):
+    """shell_quote of any file name (undecodable bytes included, as os.fsdecode gives them):
+    pasted into bash, the argument is those bytes."""
+    text = os.fsdecode(b"runs/" + name)
+    line = checkpoint.shell_join(["printf", "%s", text])
+    assert "\\udc" not in line  # never the surrogate escapes of Python
+    r = subprocess.run(["bash", "-c", line], capture_output=True, timeout=30)
+    assert r.stdout == b"runs/" + name
+
+
+def test_resume_options_say_what_a_resume_keeps_or_changes():
+    stored = dict(num_epochs=40, lr_steps=[20, 30, 35], lr=0.1, batch_size=64, output_dir="x")
+    fill, notes = checkpoint.resume_options(stored, {"num_epochs": 80}, skip=("output_dir",))
+    assert fill["lr_steps"] == [40, 60, 70] and "output_dir" not in fill and fill["lr"] == 0.1
+    assert notes == ["resume: --num-epochs 80 (was 40): the default lr steps recomputed as "
+                     "40,60,70 (were 20,30,35)"]
+    stored["lr_steps"] = [10, 15]  # given explicitly by the run: kept
+    fill, notes = checkpoint.resume_options(stored, {"num_epochs": 80, "lr": 0.05})
+    assert fill["lr_steps"] == [10, 15] and "lr" not in fill
+    assert "the lr steps 10,15 given to the run are kept" in notes[-1]
+    assert "resume: --lr 0.05 (the checkpoint's was 0.1)" in notes
+    assert checkpoint.resume_options(stored, {})[1] == []  # the same length: nothing to say
+
+
+# ---- the trainer's side of these classes (igc_np/app/cli.py, run.py) ----------------------------
+
+def test_a_closed_stdout_still_trains(tmp_path):
+    out = tmp_path / "out"
+    cmd = " ".join([sys.executable, str(TRAIN_SCRIPT)] + TINY + ["--num-epochs", "1", "--output-dir", str(out)])
+    r = subprocess.run(["bash", "-c", cmd + " >&-"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    assert "AttributeError" not in r.stderr and (out / "model-0001.npz").exists()
+
+
+def test_a_data_error_during_training_saves_first_and_names_the_file(tmp_path, capsys, monkeypatch):
+    from igc_np.app import datasets
+    from igc_np.app.data import DatasetError
+    real = datasets.TrainingData.batches
+
+    def failing(self, rng, start_batch=0, part=None):
+        for b, batch in enumerate(real(self, rng, start_batch, part)):
+            if b == 2:
+                raise DatasetError("train/n01/n01_7.JPEG (class 'n01', image 7): cannot decode")
+            yield batch
+    monkeypatch.setattr(datasets.TrainingData, "batches", failing)
+    status, out = run(tmp_path, "--num-epochs", "2")
+    err = capsys.readouterr().err
+    assert status == 1 and "n01_7.JPEG" in err and "model-interrupted.npz" in err
+    assert checkpoint.load_checkpoint(out / "model-interrupted.npz").batch == 2
+
+
+def test_a_non_utf8_output_folder_prints_a_resume_command_that_works_pasted(tmp_path):
+    """Ctrl-C in runs/caf\xe9 (Latin-1 bytes): the printed command, pasted into bash, names
+    the very file saved (not caf\\udce9)."""
+    out = os.fsencode(str(tmp_path)) + b"/caf\xe9"
+    proc = subprocess.Popen([os.fsencode(sys.executable), b"-u", os.fsencode(str(TRAIN_SCRIPT))]
+                            + [a.encode() for a in TINY] + [b"--num-epochs", b"50", b"--output-dir", out],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    for line in proc.stdout:
+        if line.startswith(b"Epoch[0] Batch"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    command = [l for l in err.splitlines() if l.strip().startswith(b"python")][-1].strip()
+    r = subprocess.run([b"bash", b"-c", b"set -- " + command + b"; printf %s \"$4\""], capture_output=True)
+    assert r.stdout == out + b"/model-interrupted.npz", command
+    assert os.path.exists(r.stdout)
+
+
+def test_a_resume_with_another_num_epochs_says_what_happens_to_the_lr_steps(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    assert trainer.main(["--resume", str(out / "model-0002.npz"), "--num-epochs", "4"]) == 0
+    assert "resume: --num-epochs 4 (was 2): the default lr steps recomputed as 2,3 (were 1)" \
+        in capsys.readouterr().out
+
+
+def test_a_negative_worker_count_is_a_usage_error(tmp_path, capsys):
+    status = trainer.main(["--dataset", "imagenet", "--workers", "-1", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and "--workers must be in 1.." in err and "unexpected" not in err

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,7 @@ import numpy as np
 
 from ..serialization import SerializationError, read_npz, write_npz
 from .options import OptionError, check_options
+from .signals import deferred_signals
 
 FORMAT = "igc_np.checkpoint/1"
 
@@ -71,7 +74,8 @@ def save_checkpoint(path, model, optimizer, *, epoch, batch, rng_state, train_su
 
     Raises CheckpointError (and writes nothing) if a weight or BN statistic is NaN/inf: such a
     file would later be "the last good checkpoint". OSError (full disk, ...) propagates with
-    no file left behind.
+    no file left behind. A signal during the write is delivered when it is complete
+    (``signals.deferred_signals``).
     """
     path = Path(path)
     model_state = model.state_dict()
@@ -87,7 +91,8 @@ def save_checkpoint(path, model, optimizer, *, epoch, batch, rng_state, train_su
               "history": _text(history), "args": _text(args)}
     arrays.update({f"model/{k}": v for k, v in model_state.items()})
     arrays.update({f"optimizer/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
-    return write_npz(path, arrays)
+    with deferred_signals():  # a Ctrl-C now is delivered after the save, never inside zipfile
+        return write_npz(path, arrays)
 
 
 @dataclass
@@ -117,16 +122,15 @@ def _known_member(key):
 def load_checkpoint(path):
     """Read and check a checkpoint file; raise ``CheckpointError`` naming the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint {path}: is a folder; give a .npz file in it")
-        raise CheckpointError(f"checkpoint {path}: no such file{_available_hint(path)}")
-    try:
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: is a folder; give a .npz file in it")
+    try:  # (read_npz opens it through open_regular: a FIFO or device is named as such)
         entries = read_npz(path, _known_member, what="checkpoint")
     except CheckpointError:
         raise
     except SerializationError as e:
-        raise CheckpointError(str(e)) from None
+        hint = _available_hint(path) if not os.path.lexists(path) else ""
+        raise CheckpointError(f"{e}{hint}") from None
     where = f"checkpoint {path}"
 
     def fail(key, problem):
@@ -215,7 +219,11 @@ def _available_hint(path):
     stem = path.name.rsplit("-", 1)[0]
     if not path.parent.is_dir():
         return f" (the folder {path.parent} does not exist)"
-    found = sorted(p.name for p in path.parent.glob(f"{stem}-*.npz"))
+    try:  # names matched exactly: a prefix may hold glob characters ([, *, ?)
+        found = sorted(n for n in os.listdir(path.parent)
+                       if n.startswith(stem + "-") and n.endswith(".npz"))
+    except OSError:
+        found = []
     return f"; in {path.parent} there are: {', '.join(found)}" if found else ""
 
 
@@ -234,3 +242,86 @@ def restore(ckpt, model, optimizer=None):
         msg = e.args[0] if e.args else str(e)
         raise CheckpointError(f"checkpoint {ckpt.path}: optimizer state does not fit: {msg}") from None
 
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming: the command line that continues a run, and what a resume keeps or changes
+# --------------------------------------------------------------------------------------------
+def shell_quote(arg):
+    """``arg`` (a str, possibly holding undecodable bytes as surrogate escapes, as os.fsdecode
+    gives them; or bytes) quoted for a POSIX shell so that pasting it gives the very bytes back.
+
+    Text that is valid UTF-8 gets ``shlex.quote``; anything else bash's ``$'...'`` with ``\\xNN``
+    for the bytes that are not printable ASCII (``shlex.quote`` would print ``\\udce9``, which
+    names another file once pasted).
+    """
+    raw = arg if isinstance(arg, bytes) else os.fsencode(arg)
+    try:
+        text = raw.decode("utf-8")
+        if text.isprintable():
+            return shlex.quote(text)
+    except UnicodeDecodeError:
+        pass
+    out = []
+    for b in raw:
+        c = chr(b)
+        if c in "\\'":
+            out.append("\\" + c)
+        elif 0x20 <= b < 0x7F:
+            out.append(c)
+        else:
+            out.append(f"\\x{b:02x}")
+    return "$'" + "".join(out) + "'"
+
+
+def shell_join(args):
+    """A command line (list of str/bytes) as one shell line, each argument ``shell_quote``-d."""
+    return " ".join(shell_quote(str(a) if not isinstance(a, (str, bytes)) else a) for a in args)
+
+
+def default_lr_steps(num_epochs):
+    """The trainer's default steps: 1/2, 3/4 and 7/8 of the epochs (as in examples/cifar10_igc.py)."""
+    return sorted({int(num_epochs * f) for f in (1 / 2, 3 / 4, 7 / 8)} - {0})
+
+
+def resume_options(stored, given, skip=(), known=None):
+    """Which of a checkpoint's options (``stored``: its ``args``) a resume takes, and one line
+    per stored option that the resume keeps although it could matter, or changes.
+
+    given: the options of the command line; skip: never taken (paths, devices); known: the
+    option names (others are ignored). Returns (options to fill in, lines to print).
+
+    The learning-rate steps: stored steps that are the defaults of the stored --num-epochs are
+    recomputed for a new --num-epochs (they were never chosen, the epoch count was); steps that
+    differ from those defaults were given explicitly and are kept. Either way one line says so.
+    """
+    fill, notes = {}, []
+    for key, value in stored.items():
+        if key in skip or (known is not None and key not in known):
+            continue
+        if key in given:
+            if given[key] != value and key not in ("lr_steps", "num_epochs"):  # (said below)
+                notes.append(f"resume: --{key.replace('_', '-')} {given[key]} (the checkpoint's "
+                             f"was {value})")
+            continue
+        fill[key] = value
+    old_n, steps = stored.get("num_epochs"), stored.get("lr_steps")
+    new_n = given.get("num_epochs", old_n)
+    if "lr_steps" not in given and isinstance(steps, list) and isinstance(new_n, int) \
+            and new_n != old_n:
+        if isinstance(old_n, int) and steps == default_lr_steps(old_n):
+            fill["lr_steps"] = default_lr_steps(new_n)
+            notes.append(f"resume: --num-epochs {new_n} (was {old_n}): the default lr steps "
+                         f"recomputed as {_steps(fill['lr_steps'])} (were {_steps(steps)})")
+        else:
+            notes.append(f"resume: --num-epochs {new_n} (was {old_n}): the lr steps "
+                         f"{_steps(steps)} given to the run are kept (--lr-steps to change them)")
+    elif new_n != old_n:
+        notes.append(f"resume: --num-epochs {new_n} (was {old_n})")
+    elif "lr_steps" in given and isinstance(steps, list) and given["lr_steps"] != steps:
+        notes.append(f"resume: --lr-steps {given['lr_steps']} (the checkpoint's were {_steps(steps)})")
+    return fill, notes
+
+
+def _steps(steps):
+    return ",".join(map(str, steps)) or "none"

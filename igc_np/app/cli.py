@@ -8,11 +8,10 @@ download, overwrite)`` inside ``run_command``, which turns every error into one 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, resume_options, shell_join
 from .data import DatasetError
 from .distributed import DistError
 from .options import FROM_CHECKPOINT, OPTIONS, STORED, OptionError, complete, guess_output_dir, \
@@ -35,7 +34,9 @@ def main(train, argv=None, script=None):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _QuietPipe(sys.stdout), _QuietPipe(sys.stderr)
+    # a closed stdout or stderr (>&-, 2>&-): Python sets it to None; write those lines nowhere
+    sys.stdout, sys.stderr = (_QuietPipe(s if s is not None else open(os.devnull, "w"))
+                              for s in (sys.stdout, sys.stderr))
 
     def body():
         o, ckpt = resolve_options(args)
@@ -60,7 +61,10 @@ def resolve_options(args):
         if path is None:  # --load-epoch: the prefix is given, or derived from the output folder
             prefix = o.get("model_prefix") or os.path.join(guess_output_dir(o), "model")
             path = f"{prefix}-{int(args.load_epoch):04d}.npz"
-        ckpt = load_checkpoint(path)
+        # rank 0 alone reads the file (a cluster need not share a file system); the others get
+        # its contents, or its error
+        ckpt = distributed.root_reads(distributed.launcher_comm(), lambda: load_checkpoint(path),
+                                      (CheckpointError,))
         _take_from_checkpoint(o, ckpt, path)
         if args.resume and "model_prefix" not in o and "output_dir" not in o:
             o["model_prefix"] = prefix_of(args.resume)  # go on beside the file given
@@ -81,9 +85,10 @@ def _take_from_checkpoint(o, ckpt, path):
             raise CheckpointError(
                 f"checkpoint {path} was trained with {option.flag} {ckpt.args[key]}, this run "
                 f"asks for {o[key]}: leave the option out to resume")
-    for key, value in ckpt.args.items():
-        if key not in o and key in FROM_CHECKPOINT:
-            o[key] = value
+    fill, notes = resume_options(ckpt.args, o, known=FROM_CHECKPOINT)
+    o.update(fill)  # the checkpoint's options, unless the command line said otherwise
+    for line in notes:  # one line per stored option kept or changed that matters
+        print(line)
 
 
 def resume_command(o, path, comm=None, script=None):
@@ -100,7 +105,7 @@ def resume_command(o, path, comm=None, script=None):
     for key in ("data_dir", "device", "gpus"):  # not stored for reuse: give them again
         if o.get(key) is not None and not (key == "device" and o[key] == "cpu"):
             cmd += [f"--{key.replace('_', '-')}", str(o[key])]
-    return shlex.join(cmd)
+    return shell_join(cmd)  # undecodable bytes of a path as $'\xNN': pasted, the same file
 
 
 def run_command(body):
@@ -112,24 +117,32 @@ def run_command(body):
     try:
         return body()
     except (OptionError, RunFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CheckpointError, DatasetError, ImportError, DistError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_USAGE, e)
+    except DistError as e:
+        # a FollowerError: rank 0 failed at something every rank needed, and says why itself
+        return _fail(EXIT_ERROR, e, quiet=isinstance(e, distributed.FollowerError))
+    except (CheckpointError, DatasetError, ImportError) as e:
+        return _fail(EXIT_ERROR, e)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
         print("\ninterrupted: quit without saving (checkpoints already on disk are complete)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        print("error: out of memory; try a smaller --batch-size or network", file=sys.stderr)
-        return EXIT_ERROR
+    except MemoryError as e:
+        return _fail(EXIT_ERROR, e, "out of memory; try a smaller --batch-size or network")
     except Exception as e:  # noqa: BLE001 - one line instead of a traceback, unless asked
         if os.environ.get("IGC_NP_DEBUG"):
             raise
-        print(f"error: unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 for the "
-              "traceback, and please report it)", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_ERROR, e, f"unexpected {type(e).__name__}: {e}\n(run with IGC_NP_DEBUG=1 "
+                     "for the traceback, and please report it)")
+
+
+def _fail(status, error, text=None, quiet=False):
+    """Print ``error: <text or error>`` (unless quiet); with several ranks, end them all (a rank
+    that stops alone would leave the others waiting forever in the next reduction)."""
+    if not quiet:
+        print(f"error: {error if text is None else text}", file=sys.stderr)
+    distributed.abort_if_distributed(status, error)
+    return status
 
 
 class _QuietPipe:

@@ -70,9 +70,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import pickle
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -85,8 +87,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..serialization import describe_os_error, open_regular, read_regular
+
 __all__ = ["Dataset", "DatasetError", "DatasetNotFoundError", "load_dataset", "iterate_batches",
-           "DATASETS", "DEFAULT_DATA_DIR"]
+           "check_data_dir", "DATASETS", "DEFAULT_DATA_DIR"]
 
 #: Where data sets live unless ``data_dir`` is given: ``$IGC_NP_DATA`` or ``./data``.
 DEFAULT_DATA_DIR = os.environ.get("IGC_NP_DATA", "data")
@@ -179,7 +183,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     name = name.lower()
     if subset is not None and (int(subset) != subset or subset < 1):
         raise ValueError(f"subset must be a positive integer, got {subset!r}")
-    root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+    root = check_data_dir(Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser())
     if name in CIFAR:
         ds = _load_cifar(name, root, download)
     elif name == "svhn":
@@ -200,6 +204,23 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         if len(images) == 0:  # a run would report 0.0000 and save a checkpoint of nothing
             raise DatasetError(f"{name}: the {split} split under {root} has no images")
     return ds
+
+
+def check_data_dir(root: Path) -> Path:
+    """``root`` if it is a folder or does not exist yet (the not-found messages come later);
+    DatasetError naming it when it is a file, a link loop, a path too long, unreadable..."""
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        return root
+    except OSError as e:
+        raise DatasetError(f"data folder {root}: {describe_os_error(e)}") from None
+    except ValueError as e:  # a NUL byte
+        raise DatasetError(f"data folder {str(root)!r}: not a usable path ({e})") from None
+    if not stat.S_ISDIR(mode):
+        raise DatasetError(f"data folder {root}: is a file, not a folder (give the folder that "
+                           "holds the data set)")
+    return root
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +255,9 @@ def _find_cifar(spec: dict, root: Path) -> tuple[Path, str] | None:
     for layout in ("bin", "py"):          # binary first: it needs no unpickling
         files = spec[f"{layout}_train"] + spec[f"{layout}_test"]
         for folder in candidates:
-            missing = [folder / f for f in files if not (folder / f).is_file()]
+            # exists(), not is_file(): a FIFO or device under the name is refused by the reader
+            # naming it, not reported as missing
+            missing = [folder / f for f in files if not (folder / f).exists()]
             if not missing:
                 return folder, layout
             if len(missing) < len(files) and partial is None:
@@ -260,8 +283,9 @@ def _read_cifar_binary(path: Path, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     """One .bin file -> images (N, 3, 32, 32) uint8 and labels (N,) int64."""
     head = spec["header_bytes"]
     record = head + IMAGE_BYTES
-    raw = np.fromfile(path, dtype=np.uint8)
     where = f"{path.parent.name}/{path.name}"
+    # at most a whole data set of records (60,000): a bigger file is not one of these
+    raw = np.frombuffer(read_regular(path, where, 60_000 * record, DatasetError), np.uint8)
     if raw.size == 0 or raw.size % record:
         raise DatasetError(f"{where}: {raw.size} bytes, expected a non-zero multiple of {record} "
                            f"(truncated or not a {spec['title']} binary file)")
@@ -281,6 +305,8 @@ def _read_cifar_pickle(path: Path, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(batch, dict):
         raise DatasetError(f"{where}: expected a pickled dict, got {type(batch).__name__}")
     data = _get_key(batch, "data", where)
+    if isinstance(data, np.ndarray):
+        data = data.view(np.ndarray)  # the unpickler's checked subclass -> a plain array (a view)
     labels = _get_key(batch, spec["label_key"], where)
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[1] == IMAGE_BYTES and len(data) > 0):
@@ -323,52 +349,126 @@ def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
 
 
 # ---- restricted unpickling ------------------------------------------------------------------
-# The only callables a pickle may name: they rebuild an ndarray from (shape, dtype, bytes).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
+# The only callables a pickle may name: they rebuild an ndarray from (shape, dtype, bytes), each
+# in checked form. Every array a pickle builds is charged to a budget of bytes proportional to
+# the file's size (an array read from a file cannot hold more data than the file), so a pickle
+# declaring a 10**12-element array is refused before anything is allocated.
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+ALLOC_SLACK = 1 << 20     # bytes any pickle may allocate beyond twice its own size (tiny arrays)
 
 
-def _latin1_encode(text, encoding="latin1"):
-    """``_codecs.encode`` as protocol 2 uses it for bytes: latin-1 text to bytes, nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, "
-                                     f"{encoding!r}): only latin-1 text to bytes is allowed")
-    return text.encode("latin-1")
+class _PickleBudget:
+    """Bytes left for the arrays (and bytes) one pickle may build."""
+
+    def __init__(self, file_size):
+        self.left = 2 * file_size + ALLOC_SLACK
+
+    def charge(self, nbytes, what):
+        if nbytes > self.left:
+            raise pickle.UnpicklingError(f"{what} needs {nbytes} bytes, more than the file can "
+                                         f"hold ({self.left} left of its budget): corrupt or hostile")
+        self.left -= nbytes
+
+
+def _array_bytes(shape, dtype, what):
+    """shape * itemsize of a plain (object-free) dtype, refusing anything else."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing {what} with dtype {dtype!r} (no Python objects)")
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"refusing {what} with shape {shape!r}")
+    count = 1
+    for n in shape:  # Python ints: no overflow
+        count *= n
+    return count * dtype.itemsize
+
+
+class _PickledArray(np.ndarray):
+    """What ``_reconstruct`` builds while unpickling: its ``__setstate__`` (pickle's BUILD) checks
+    the state's shape, dtype and bytes against the budget before NumPy sees them. Readers take a
+    plain view of it (``.view(np.ndarray)``)."""
+
+    _budget = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("refusing an ndarray state that is not a 4- or 5-tuple")
+        shape, dtype, _fortran, raw = state[-4:]
+        nbytes = _array_bytes(shape, dtype, "an ndarray")
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != nbytes:
+            raise pickle.UnpicklingError(f"ndarray state: {len(raw) if isinstance(raw, (bytes, bytearray)) else type(raw).__name__} "
+                                         f"bytes of data for shape {shape} {dtype} ({nbytes} bytes)")
+        self._budget.charge(nbytes, f"an ndarray of shape {shape} {dtype}")
+        super().__setstate__(state)
+
+
+def _restricted_globals(budget):
+    """(module, name) -> callable for one unpickler, every one charging ``budget``."""
+    array_type = type("_PickledArray", (_PickledArray,), {"_budget": budget})
+
+    def ndarray(shape, dtype=float, *args, **kwargs):
+        if args or kwargs:
+            raise pickle.UnpicklingError("refusing numpy.ndarray with a buffer, offset or strides")
+        dtype = np.dtype(dtype)
+        budget.charge(_array_bytes(shape, dtype, "numpy.ndarray"), f"numpy.ndarray {shape}")
+        return np.zeros(shape, dtype)
+
+    def reconstruct(subtype, shape, dtype):
+        if subtype not in (np.ndarray, ndarray):
+            raise pickle.UnpicklingError(f"refusing _reconstruct of {subtype!r}")
+        dt = np.dtype(dtype) if isinstance(dtype, (bytes, str)) else dtype
+        budget.charge(_array_bytes(shape, dt if isinstance(dt, np.dtype) else None,
+                                   "_reconstruct"), f"_reconstruct {shape}")
+        return _RECONSTRUCT(array_type, shape, dtype)
+
+    def dtype(*args, **kwargs):
+        dt = np.dtype(*args, **kwargs)
+        if dt.hasobject:
+            raise pickle.UnpicklingError(f"refusing dtype {dt} (Python objects)")
+        return dt
+
+    def latin1_encode(text, encoding="latin1"):
+        """``_codecs.encode`` as protocol 2 uses it for bytes: latin-1 text to bytes only."""
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, "
+                                         f"{encoding!r}): only latin-1 text to bytes is allowed")
+        budget.charge(len(text), "_codecs.encode")
+        return text.encode("latin-1")
+
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): ndarray,
+        ("numpy", "dtype"): dtype,
+        ("_codecs", "encode"): latin1_encode,
+        ("numpy.core.numeric", "_frombuffer"): _checked_frombuffer,  # a view: no allocation
+        ("numpy._core.numeric", "_frombuffer"): _checked_frombuffer,
+    }
 
 
 def _checked_frombuffer(buffer, dtype, shape, order="C"):
     """``numpy._core.numeric._frombuffer`` (protocol 5) with its arguments checked first."""
     if not isinstance(buffer, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
         raise pickle.UnpicklingError(f"refusing _frombuffer of a {type(buffer).__name__}")
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError(f"refusing _frombuffer with dtype {dtype!r}")
-    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
-        raise pickle.UnpicklingError(f"refusing _frombuffer with shape {shape!r}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if count * dtype.itemsize != memoryview(buffer).nbytes or order not in ("C", "F"):
+    nbytes = _array_bytes(shape, dtype, "_frombuffer")
+    if nbytes != memoryview(buffer).nbytes or order not in ("C", "F"):
         raise pickle.UnpicklingError(f"_frombuffer: {memoryview(buffer).nbytes} bytes for shape "
                                      f"{shape} of {dtype}, order {order!r}")
-    array = np.frombuffer(buffer, dtype=dtype, count=count)
+    array = np.frombuffer(buffer, dtype=dtype, count=nbytes // max(dtype.itemsize, 1))
     return array.reshape(shape[::-1]).T if order == "F" else array.reshape(shape)
 
 
-_ALLOWED_GLOBALS.update({
-    ("_codecs", "encode"): _latin1_encode,
-    ("numpy.core.numeric", "_frombuffer"): _checked_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _checked_frombuffer,
-})
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that admits containers, bytes, str, numbers and plain NumPy arrays only."""
+    """Unpickler that admits containers, bytes, str, numbers and plain NumPy arrays only, each
+    array within the budget of the file's size."""
+
+    def __init__(self, file, budget, **kwargs):
+        super().__init__(file, **kwargs)
+        self._globals = _restricted_globals(budget)
 
     def find_class(self, module: str, name: str):
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return self._globals[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"refusing to load global {module}.{name}: only NumPy array reconstruction is "
@@ -378,15 +478,33 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed in a data file")
 
 
+#: The largest pickle read (CIFAR-100's train is 150 MiB)
+MAX_PICKLE_BYTES = 1 << 30
+
+
+def _check_opcode_lengths(raw: bytes) -> None:
+    """Walk the opcodes once: every length a pickle declares (bytes, str, frames) must fit in
+    the bytes that follow it. pickle itself allocates a declared length before reading it, so a
+    few bytes claiming a 2**62-byte object would otherwise be a MemoryError (or worse)."""
+    import pickletools
+    try:
+        for _op, _arg, _pos in pickletools.genops(io.BytesIO(raw)):
+            pass
+    except (ValueError, pickle.UnpicklingError) as e:  # "expected N bytes ... but only M remain"
+        raise pickle.UnpicklingError(f"a length or opcode does not fit the file ({e})") from None
+
+
 def _safe_unpickle(path: Path):
     where = f"{path.parent.name}/{path.name}"
+    raw = read_regular(path, where, MAX_PICKLE_BYTES, DatasetError)
     try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, encoding="bytes").load()
+        _check_opcode_lengths(raw)
+        budget = _PickleBudget(len(raw))
+        return _RestrictedUnpickler(io.BytesIO(raw), budget, encoding="bytes").load()
     except pickle.UnpicklingError as e:
         raise DatasetError(f"{where}: unsafe or corrupt pickle: {e}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            UnicodeDecodeError) as e:
+            UnicodeDecodeError, MemoryError, OverflowError) as e:
         # what a truncated or garbled pickle raises halfway through the opcode stream
         raise DatasetError(f"{where}: truncated or corrupt pickle ({type(e).__name__}: {e})") \
             from None
@@ -417,7 +535,7 @@ def _svhn_file(folder: Path, split: str, download: bool, root: Path) -> Path:
     """Path of one SVHN split's .mat file, fetching it first if allowed."""
     fname, md5 = SVHN["files"][split]
     path = folder / fname
-    if not path.is_file():
+    if not path.exists():  # (a FIFO or device under the name is refused by the reader, named)
         if not download:
             raise DatasetNotFoundError(f"SVHN: missing {path}\n" + _svhn_missing_message(root))
         url = SVHN["url"].format(fname)
@@ -429,7 +547,7 @@ def _find_svhn(root: Path) -> Path | None:
     """The folder holding the SVHN .mat files (root/svhn or root itself), or None."""
     names = [f for f, _ in SVHN["files"].values()]
     for folder in (root / SVHN["folder"], root):
-        if any((folder / n).is_file() for n in names):
+        if any((folder / n).exists() for n in names):
             return folder
     return None
 
@@ -450,8 +568,9 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
                           "(or pip install -e \".[examples]\")") from None
     where = f"{path.parent.name}/{path.name}"
     try:
-        mat = loadmat(path, variable_names=["X", "y"])
-    except MemoryError:
+        with open_regular(path, where, DatasetError) as f:  # a FIFO or device: refused, named
+            mat = loadmat(f, variable_names=["X", "y"])
+    except (MemoryError, DatasetError):
         raise
     except Exception as e:  # scipy raises many types (ValueError, MatReadError, OSError, ...)
         raise DatasetError(f"{where}: cannot read .mat file ({type(e).__name__}: {e})") from None
@@ -771,14 +890,20 @@ def _pad_crop_mirror(xb: np.ndarray, pad: int, dy: np.ndarray, dx: np.ndarray,
 # --------------------------------------------------------------------------------------------
 # python -m igc_np.data cifar10 --data-dir data --download : fetch and check a data set
 # --------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0: the data set loads; 1: it does not (the reason on stderr, no traceback)."""
     p = argparse.ArgumentParser(description="Download and check an igc_np data set.")
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--download", action="store_true")
     args = p.parse_args(argv)
-    print(load_dataset(args.dataset, args.data_dir, download=args.download))
+    try:
+        print(load_dataset(args.dataset, args.data_dir, download=args.download))
+    except (OSError, ValueError, ImportError) as e:  # DatasetError is both OSError and ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ sits above both (``data.py`` needs no ImageNet code). Adding a data set: docs/ad
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -163,8 +164,13 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--download", action="store_true")
     args = p.parse_args(argv)
-    print(load_dataset(args.dataset, args.data_dir, download=args.download))
+    try:
+        print(load_dataset(args.dataset, args.data_dir, download=args.download))
+    except (OSError, ValueError, ImportError) as e:  # DatasetError is both; one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

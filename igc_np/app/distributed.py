@@ -46,10 +46,12 @@ same module. Environment set by ``spawn`` for each child: ``IGC_NP_DIST_RANK``,
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,13 +60,15 @@ from .. import backend
 from .. import functional as F
 from ..autograd import Tensor
 from ..ops import parallel
+from ..step import train_step
 from .data import slice_of
 from .evaluation import Metrics
 from .evaluation import evaluate as evaluate_one
 
-__all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "init", "launched_by_mpi",
+__all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "FollowerError", "init", "launched_by_mpi",
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
-           "root_first",
+           "root_first", "abort_on_error", "abort_if_distributed", "root_reads", "broadcast_bytes",
+           "launcher_comm",
            "evaluate", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
@@ -83,6 +87,11 @@ _LAUNCHER_ENV = (("PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"),
 
 class DistError(RuntimeError):
     """A distributed set-up that cannot work; the message says which option or engine and why."""
+
+
+class FollowerError(DistError):
+    """Raised on the other ranks when rank 0 failed at something all ranks needed: rank 0
+    prints the error that says why; the others stay quiet (see ``abort_on_error``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +120,12 @@ class Communicator:
 
     def barrier(self):
         raise NotImplementedError
+
+    def abort(self, status=1):
+        """End every rank now (after an error on this one): no collective can complete any more.
+        Here: this process exits at once; ``spawn``'s parent then stops the other ranks."""
+        _flush()
+        os._exit(status)
 
     def __repr__(self):
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
@@ -195,6 +210,24 @@ class MPI(Communicator):
     def bcast_object(self, obj, root=0):
         return self.comm.bcast(obj, root=root)
 
+    def abort(self, status=1):
+        """MPI_Abort on COMM_WORLD: the launcher (mpiexec, srun) kills every rank of the job.
+
+        First a pause of OUTPUT_DRAIN_S: the launcher forwards a rank's output asynchronously
+        and drops what it has not forwarded when the job is killed (measured: the traceback
+        cut after its first line on a loaded machine)."""
+        _flush()
+        time.sleep(OUTPUT_DRAIN_S)
+        self._mpi.COMM_WORLD.Abort(status)
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):  # closed or replaced streams
+            pass
+
 
 def _like(host, buf):
     """`host` (NumPy) back on buf's device."""
@@ -209,8 +242,8 @@ def _pointer(a):
 class NCCL(Communicator):
     """One process per GPU, on `cupy.cuda.nccl` (NCCL >= 2.7 for send/recv).
 
-    unique_id: what ``nccl.get_unique_id()`` returned on one rank, handed to all (by ``spawn``
-    through the environment, or by MPI). The deterministic all-reduce is a grouped send/recv
+    unique_id: what ``nccl.get_unique_id()`` returned on one rank (128 bytes in CuPy 14), handed
+    to all (by ``spawn`` through the environment, or by MPI). The deterministic all-reduce is a grouped send/recv
     all-to-all, an ordered sum on the GPU, then ``allGather`` (see the module docstring).
     ``nccl`` and ``xp`` are replaceable for tests (a fake module driving NumPy buffers).
     """
@@ -223,7 +256,7 @@ class NCCL(Communicator):
         self.rank, self.size = int(rank), int(size)
         self.local_rank = self.rank if local_rank is None else int(local_rank)
         self.local_size = self.size if local_size is None else int(local_size)
-        self.comm = nccl.NcclCommunicator(self.size, tuple(unique_id), self.rank)
+        self.comm = nccl.NcclCommunicator(self.size, _id_bytes(unique_id), self.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
 
     def _stream(self):
@@ -272,11 +305,13 @@ def _cupy_nccl():
     try:
         from cupy.cuda import nccl
     except ImportError as e:
-        raise DistError(f"--dist nccl needs CuPy with NCCL: pip install cupy-cuda12x "
-                        f"nvidia-nccl-cu12 ({e})") from None
+        raise DistError(f"--dist nccl needs CuPy with NCCL: pip install -e \".[cuda]\" "
+                        f"nvidia-nccl-cu12 (CUDA 12) or -e \".[cuda13]\" nvidia-nccl-cu13 "
+                        f"(CUDA 13) ({e})") from None
     if not getattr(nccl, "available", True):
         raise DistError("--dist nccl: CuPy was built without NCCL (cupy.cuda.nccl.available is "
-                        "False): pip install nvidia-nccl-cu12")
+                        "False): pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 "
+                       "(CUDA 13)")
     return nccl
 
 
@@ -361,7 +396,74 @@ def init(kind="auto", gpus=None, threads=True):
         _use_gpu(gpu_ids, comm)
     if threads and comm.size > 1:
         set_threads(threads_per_rank(comm.local_size))
+    if comm.size > 1:
+        abort_on_error(comm)
     return comm
+
+
+# --------------------------------------------------------------------------------------------
+# An error on one rank ends every rank (the others would wait for it forever in a collective)
+# --------------------------------------------------------------------------------------------
+_active = None  # the communicator of this process once init() made one of several ranks
+FOLLOWER_WAIT_S = 10.0
+OUTPUT_DRAIN_S = 1.0
+
+
+def abort_on_error(comm):
+    """From now on an exception that escapes on this rank prints its traceback once, headed
+    "rank r of P failed", and ends every rank (``comm.abort``: MPI_Abort, or the exit that
+    ``spawn``'s parent answers by stopping the others). ``init`` calls it for P > 1."""
+    global _active
+    _active = comm
+    if getattr(sys.excepthook, "_igc_np_abort", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        comm = _active
+        if comm is None or comm.size == 1 or issubclass(kind, (SystemExit, KeyboardInterrupt)):
+            return previous(kind, value, tb)
+        if issubclass(kind, FollowerError):  # rank 0 prints why and aborts the job: give it
+            time.sleep(FOLLOWER_WAIT_S)       # the time, then say this much and abort anyway
+            print(f"error: {value}", file=sys.stderr)
+        else:  # one write: the header and the traceback arrive together
+            sys.stderr.write(f"rank {comm.rank} of {comm.size} failed; stopping every rank:\n"
+                             + "".join(traceback.format_exception(kind, value, tb)))
+        comm.abort(1)
+    hook._igc_np_abort = True
+    sys.excepthook = hook
+
+
+def abort_if_distributed(status=1, error=None):
+    """For a program that catches its own errors (one line instead of a traceback) and then
+    exits with `status` != 0: when this process is one of several ranks, end them all now;
+    otherwise return. Call it after printing the error. An `error` that every rank already
+    knows of (``root_first`` / ``root_reads``: rank 0's error, the others' FollowerError) needs
+    no abort: all ranks leave together, each with its status."""
+    if not status or _active is None or _active.size == 1:
+        return
+    if error is not None and (isinstance(error, FollowerError)
+                              or getattr(error, "_igc_np_every_rank_knows", False)):
+        return
+    print(f"(rank {_active.rank} of {_active.size}: stopping every rank)", file=sys.stderr)
+    _active.abort(status)
+
+
+def _known_to_every_rank(error):
+    """Mark rank 0's error once every rank has learnt (by a reduction) that it failed."""
+    try:
+        error._igc_np_every_rank_knows = True
+    except AttributeError:  # an exception type with __slots__: abort_if_distributed aborts
+        pass
+    return error
+
+
+def launcher_comm():
+    """The MPI communicator when an MPI launcher started several ranks, else SingleProcess: what
+    a program can use before ``init`` (e.g. ``root_reads`` of the checkpoint its options come
+    from). Ranks started by ``spawn`` share one machine, and its files: SingleProcess."""
+    launcher = launched_by_mpi()
+    return MPI() if launcher and launcher[0] > 1 and ENV_SIZE not in os.environ else SingleProcess()
 
 
 def _parse_gpus(gpus):
@@ -399,16 +501,37 @@ def _init_nccl(gpu_ids):
         raise DistError(f"rank {rank}: local rank {local_rank} but --gpus lists {len(gpu_ids)} ids "
                         f"({gpu_ids}): give one GPU per rank on each machine")
     backend.cupy_module().cuda.Device(gpu_ids[local_rank]).use()  # before NCCL binds to a device
-    return NCCL(rank, size, uid, local_rank, local_size)
+    comm = NCCL(rank, size, uid, local_rank, local_size)
+    if ENV_SIZE not in os.environ:  # ranks of an MPI launcher: an error aborts through MPI
+        comm.abort = mpi.abort
+    return comm
+
+
+NCCL_ID_BYTES = 128  # NCCL_UNIQUE_ID_BYTES
+
+
+def _id_bytes(uid):
+    """NCCL's unique id as CuPy 14 takes it: 128 bytes (CuPy < 14 used a tuple of ints)."""
+    if not isinstance(uid, bytes):
+        raise DistError(f"NCCL unique id: expected the {NCCL_ID_BYTES} bytes of CuPy >= 14's "
+                        f"nccl.get_unique_id(), got {type(uid).__name__} (CuPy < 14 is not "
+                        "supported: pip install -e \".[cuda]\" or \".[cuda13]\")")
+    if len(uid) != NCCL_ID_BYTES:
+        raise DistError(f"NCCL unique id: expected {NCCL_ID_BYTES} bytes, got {len(uid)}")
+    return uid
 
 
 def _encode_id(uid):
-    """NCCL's unique id (a tuple of 128 signed chars) as hex, for an environment variable."""
-    return bytes(b & 0xFF for b in uid).hex()
+    """NCCL's unique id (128 bytes) as hex, for an environment variable."""
+    return _id_bytes(uid).hex()
 
 
 def _decode_id(text):
-    return tuple(b - 256 if b > 127 else b for b in bytes.fromhex(text))
+    try:
+        return _id_bytes(bytes.fromhex(text))
+    except ValueError:
+        raise DistError(f"{ENV_NCCL_ID} is not the hex of a {NCCL_ID_BYTES}-byte NCCL id: "
+                        f"{text[:40]!r}...") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,13 +568,16 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
             global_batch=None):
     """One data-parallel training step; returns a StepResult (the same on every rank).
 
-    xb (B, C, H, W), yb (B,): arrays (NumPy, CuPy) or Tensors; the global batch, of which this rank uses ``slice_of(B, rank,
-    size)``; or, with ``global_batch=B``, this rank's slice already (a loader that builds only
-    its rows). micro_batches K: the rank's slice is cut into K pieces run one after another
-    (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits, labels) -> mean loss
-    Tensor (default cross entropy). stop: this rank wants to stop after this step (Ctrl-C,
-    SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with the metrics,
-    so all ranks stop after the same batch.
+    xb (B, C, H, W), yb (B,): arrays (NumPy, CuPy) or Tensors; the global batch, of which this
+    rank uses ``slice_of(B, rank, size)``; or, with ``global_batch=B``, this rank's slice already
+    (a loader that builds only its rows). micro_batches K: the rank's slice is cut into K pieces
+    run one after another (BatchNorm per piece), the exact twin of K ranks. loss_fn(logits,
+    labels) -> mean loss Tensor (default cross entropy). stop: this rank wants to stop after this
+    step (Ctrl-C, SIGTERM, SIGUSR1: ``training.GracefulInterrupt.requested``); it is reduced with
+    the metrics, so all ranks stop after the same batch.
+
+    One process and one piece is ``igc_np.step.train_step`` itself (the update is then applied
+    whatever the loss; ``finite`` reports it, as the one-process trainer checks it).
     """
     loss_fn = loss_fn or F.cross_entropy
     xb, yb = (v.data if isinstance(v, Tensor) else v for v in (xb, yb))  # arrays, any device
@@ -459,45 +585,69 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
     if K < 1:
         raise ValueError(f"dp_step: micro_batches must be >= 1, got {micro_batches}")
     B = len(xb) if global_batch is None else int(global_batch)
-    mine = slice_of(B, comm.rank, P)
-    if global_batch is not None:
+    mine = _rows_of_this_rank(xb, yb, comm, B, global_batch is not None)
+    if P == 1 and K == 1 and loss_fn is F.cross_entropy:
+        return _train_step(model, optimizer, xb, yb, stop)
+
+    buffers = _bn_buffers(model)
+    start = [getattr(m, key).copy() for m, key in buffers]
+    sums, grads, stats = _run_pieces(model, optimizer, xb, yb, mine, K, B, loss_fn, buffers, start)
+    sums, stop, finite = _reduce_metrics(comm, sums, stop)
+    if not finite:  # leave the model exactly as it was before this step
+        _set_statistics(buffers, start)
+        optimizer.zero_grad()
+        return StepResult(sums, stop, finite)
+    # one buffer, one reduction: the gradients and the running statistics together
+    xp = backend.get_array_module(model.device)
+    total = comm.allreduce(xp.concatenate([grads, stats]))
+    pieces = sum(1 for r in range(P) for k in range(K)
+                 if _piece_rows(B, r, P, k, K) > 0)  # the same count on every rank
+    _apply_reduction(total, optimizer.params, buffers, start, pieces)
+    optimizer.step()
+    return StepResult(sums, stop, finite)
+
+
+def _rows_of_this_rank(xb, yb, comm, B, given_slice):
+    """This rank's rows of the global batch of B (a slice of xb), with the arguments checked."""
+    mine = slice_of(B, comm.rank, comm.size)
+    if given_slice:
         if len(xb) != mine.stop - mine.start:
-            raise ValueError(f"dp_step: rank {comm.rank} of {P} should get rows {mine.start}.."
+            raise ValueError(f"dp_step: rank {comm.rank} of {comm.size} should get rows {mine.start}.."
                              f"{mine.stop} ({mine.stop - mine.start}) of the global batch of {B}, "
                              f"got {len(xb)} rows")
         mine = slice(0, len(xb))
     if len(yb) != len(xb):
         raise ValueError(f"dp_step: {len(xb)} images but {len(yb)} labels")
+    return mine
+
+
+def _train_step(model, optimizer, xb, yb, stop):
+    """One process, one piece: ``igc_np.step.train_step``, and the metric sums it leaves."""
     device = model.device
-    params = optimizer.params
+    loss, logits = train_step(model, optimizer, Tensor(xb, device=device),
+                                       Tensor(yb, device=device))
+    sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
+    return StepResult(sums, bool(stop), bool(np.isfinite(sums[0])))
 
-    if P == 1 and K == 1:  # one process, one piece: exactly the plain step, no copies
-        x, y = Tensor(xb, device=device), Tensor(yb, device=device)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        sums = _sums(loss.item(), logits.numpy(), backend.to_device(yb, "cpu"))
-        finite = bool(np.isfinite(sums[0]))
-        if finite:
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return StepResult(sums, bool(stop), finite)
 
+def _run_pieces(model, optimizer, xb, yb, mine, K, B, loss_fn, buffers, start):
+    """Forward and backward of this rank's K pieces; returns (metric sums, the gradients of all
+    parameters summed over the pieces, the pieces' running statistics summed), the last two
+    as flat buffers. Piece j of n_j rows back-propagates (n_j / B) * its mean loss; every piece
+    starts from the running statistics `start`."""
+    device, params = model.device, optimizer.params
     xp = backend.get_array_module(device)
-    buffers = _bn_buffers(model)
-    start = [getattr(m, key).copy() for m, key in buffers]
     dtype = np.result_type(*[p.dtype for p in params], *[s.dtype for s in start])
     rows = mine.stop - mine.start
-    sums, acc, bn_acc = np.zeros(4), None, None
+    sums, grads, stats = np.zeros(4), None, None
     for k in range(K):
         piece = slice_of(rows, k, K)
         n = piece.stop - piece.start
         if n == 0:  # fewer rows than pieces (a small last batch): this piece adds nothing
             continue
         lo, hi = mine.start + piece.start, mine.start + piece.stop
-        if acc is not None:  # every piece starts from the same running statistics
-            for (m, key), s in zip(buffers, start):
-                _assign(getattr(m, key), s)
+        if grads is not None:  # every piece starts from the same running statistics
+            _set_statistics(buffers, start)
         optimizer.zero_grad()
         logits = model(Tensor(xb[lo:hi], device=device))
         loss = loss_fn(logits, Tensor(yb[lo:hi], device=device))
@@ -505,39 +655,41 @@ def dp_step(model, optimizer, xb, yb, comm, micro_batches=1, loss_fn=None, stop=
         sums += _sums(value, logits.numpy(), backend.to_device(yb[lo:hi], "cpu"))
         if np.isfinite(value):  # else the step is skipped anyway: no need for a backward pass
             (loss * (n / B)).backward()
-        grads = _flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype) for p in params],
-                         xp, dtype)
-        stats = _flatten([getattr(m, key) for m, key in buffers], xp, dtype)
-        if acc is None:
-            acc, bn_acc = grads, stats
+        g = _flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype) for p in params],
+                     xp, dtype)
+        st = _flatten([getattr(m, key) for m, key in buffers], xp, dtype)
+        if grads is None:
+            grads, stats = g, st
         else:  # pieces in order, as ordered_sum
-            acc += grads
-            bn_acc += stats
-    if acc is None:  # this rank has no rows at all: it still takes part in every collective
-        acc = xp.zeros(sum(p.size for p in params), dtype)
-        bn_acc = xp.zeros(sum(s.size for s in start), dtype)
+            grads += g
+            stats += st
+    if grads is None:  # this rank has no rows at all: it still takes part in every collective
+        grads = xp.zeros(sum(p.size for p in params), dtype)
+        stats = xp.zeros(sum(s.size for s in start), dtype)
+    return sums, grads, stats
 
+
+def _reduce_metrics(comm, sums, stop):
+    """(global metric sums, some rank asked to stop, the global loss is finite): one reduction."""
     small = comm.allreduce(np.concatenate([sums, [float(bool(stop))]]))
-    sums, stop, finite = small[:4].copy(), bool(small[4] > 0), bool(np.isfinite(small[0]))
-    if not finite:  # leave the model exactly as it was before this step
-        for (m, key), s in zip(buffers, start):
-            _assign(getattr(m, key), s)
-        optimizer.zero_grad()
-        return StepResult(sums, stop, finite)
+    return small[:4].copy(), bool(small[4] > 0), bool(np.isfinite(small[0]))
 
-    # one buffer, one reduction: the gradients and the running statistics together
-    total = comm.allreduce(xp.concatenate([acc, bn_acc]))
-    pieces = sum(1 for r in range(P) for k in range(K)
-                 if _piece_rows(B, r, P, k, K) > 0)  # the same count on every rank
+
+def _set_statistics(buffers, values):
+    for (m, key), v in zip(buffers, values):  # plain arrays, in place: the modules see them
+        _assign(getattr(m, key), v)
+
+
+def _apply_reduction(total, params, buffers, start, pieces):
+    """The reduced flat buffer back into the parameters' gradients and, averaged over the
+    `pieces` non-empty pieces of all ranks, into the running statistics."""
     offset = 0
     for p in params:
         p.grad = total[offset:offset + p.size].reshape(p.shape).astype(p.dtype, copy=False)
         offset += p.size
-    for (m, key), s in zip(buffers, start):  # plain arrays, in place: the modules see them
+    for (m, key), s in zip(buffers, start):
         _assign(getattr(m, key), (total[offset:offset + s.size] / pieces).reshape(s.shape))
         offset += s.size
-    optimizer.step()
-    return StepResult(sums, stop, finite)
 
 
 def _piece_rows(B, r, P, k, K):
@@ -575,8 +727,44 @@ def root_first(comm, fn, errors=(Exception,)):
             error = e
     if reduce_flag(comm, error is not None):
         if error is not None:
-            raise error
-        raise DistError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
+            raise _known_to_every_rank(error)
+        raise FollowerError(f"rank {comm.rank}: stopping because rank 0 failed (its message says why)")
+
+
+def broadcast_bytes(comm, data, root=0):
+    """Root's `data` (bytes; the other ranks pass anything) on every rank, as bytes.
+
+    Sent as float64 words through ``comm.broadcast``: a broadcast copies bits (MPI_Bcast, ncclBcast
+    compute nothing), so any bytes arrive unchanged on every engine."""
+    n = int(comm.broadcast(np.array([len(data) if comm.rank == root else 0], np.float64), root)[0])
+    words = np.zeros(-(-n // 8), np.float64)
+    if comm.rank == root:
+        words.view(np.uint8)[:n] = np.frombuffer(data, np.uint8)
+    got = np.asarray(backend.to_device(comm.broadcast(words, root), "cpu"))
+    return got.view(np.uint8)[:n].tobytes()
+
+
+def root_reads(comm, fn, errors=(Exception,)):
+    """``fn()`` run on rank 0 alone, its result on every rank: a file (a checkpoint) that only
+    rank 0 can see, on a cluster without a shared file system.
+
+    The result travels pickled through ``broadcast_bytes`` (rank 0's own objects, from the same
+    program: never bytes from a file). If fn raises one of `errors`, every rank raises (rank 0
+    that error, the others a DistError saying so), as ``root_first``."""
+    if comm.size == 1:
+        return fn()
+    payload, error = b"", None
+    if comm.is_root:
+        try:
+            payload = pickle.dumps(fn(), protocol=pickle.HIGHEST_PROTOCOL)
+        except errors as e:
+            error = e
+    if reduce_flag(comm, error is not None):
+        if error is not None:
+            raise _known_to_every_rank(error)
+        raise FollowerError(f"rank {comm.rank}: stopping because rank 0 could not read what every "
+                        "rank needs (its message says why)")
+    return pickle.loads(broadcast_bytes(comm, payload))
 
 
 def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=np.float32):
@@ -615,15 +803,16 @@ def _die_with_parent():
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
+def spawn(gpus, argv, nccl=None, grace_s=3.0, executable=None):
     """Run ``python argv...`` once per GPU id (NCCL ranks) and wait; returns the exit status.
 
     Each child gets ``IGC_NP_DIST_RANK/SIZE/LOCAL_RANK``, the NCCL unique id made here, and its
     share of the cores in ``IGC_NP_THREADS``; ``init("auto")`` in the child reads them. The
     children run in their own process group, so a terminal's Ctrl-C reaches this parent only,
-    which forwards SIGINT, SIGTERM and SIGUSR1 to every child exactly once. When a child fails,
-    the others (which would wait forever in a collective) get SIGTERM, then SIGKILL after
-    `grace_s` seconds. The status is the one of the first child that failed, else 0.
+    which forwards SIGINT, SIGTERM and SIGUSR1 to every child exactly once. When a child fails
+    (it printed its error), the others, which would wait forever in a collective and cannot
+    save anything, get SIGTERM, then SIGKILL after `grace_s` seconds; this parent says once
+    which rank failed. The status is the one of the first child that failed, else 0.
     """
     gpu_ids = _parse_gpus(gpus)
     if not gpu_ids:
@@ -636,7 +825,10 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
     threads = threads_per_rank(size)
     children = []
 
+    forwarded = []  # after a forwarded signal every rank stops by itself (rank 0 saves)
+
     def forward(signum, frame):
+        forwarded.append(signum)
         for c in children:
             if c.poll() is None:
                 c.send_signal(signum)
@@ -658,8 +850,12 @@ def spawn(gpus, argv, nccl=None, grace_s=30.0, executable=None):
             for i, c in enumerate(children):
                 if codes[i] is None:
                     codes[i] = c.poll()
-                    if codes[i] not in (None, 0) and failed_at is None:
-                        failed_at, status = time.monotonic(), codes[i]
+                    if codes[i] not in (None, 0) and not status:
+                        status = codes[i]
+                    if codes[i] not in (None, 0) and failed_at is None and not forwarded:
+                        failed_at = time.monotonic()
+                        print(f"rank {i} (GPU {gpu_ids[i]}) failed with exit status {codes[i]}: "
+                              "stopping the other ranks", file=sys.stderr)
                         for other in children:
                             if other.poll() is None:
                                 other.terminate()

@@ -51,6 +51,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
+import sys
 from collections import deque
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -62,7 +64,8 @@ import numpy as np
 from .. import functional as F
 from .. import nets
 from ..autograd import Tensor, no_grad
-from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError, slice_of
+from ..serialization import describe_os_error, read_regular
+from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError, check_data_dir, slice_of
 from .evaluation import Metrics
 from .mxnet_io import MXNetFormatError, RecordIO, load_released
 
@@ -74,6 +77,7 @@ IMAGENET_MEAN = (123.370, 112.757, 99.406)   # docs/reference_protocol.md, 0..25
 IMAGENET_STD = (68.998, 66.093, 68.292)
 FILL_VALUE = (123, 113, 99)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
+MAX_IMAGE_BYTES = 256 << 20   # the largest ImageNet JPEG is ~15 MB; a bigger file is not an image
 RECORD_NAMES = (("imagenet_train", "imagenet_val"), ("train", "val"))
 
 
@@ -83,6 +87,10 @@ class ImageNetNotFoundError(DatasetNotFoundError):
 
 class ImageError(DatasetError):
     """An image that cannot be decoded, or a label outside the classes; names the file or record."""
+
+
+class LabelError(ImageError):
+    """A sample's label is not one of the classes (never skipped: the data set is wrong)."""
 
 
 def _pil():
@@ -109,8 +117,12 @@ class RecordSamples:
         if isinstance(label, np.ndarray):  # a label vector: the class is its first entry
             label = label[0] if len(label) else np.nan
         if not float(label).is_integer():
-            raise ImageError(f"{self.where} record {i}: label {label} is not a class number")
+            raise LabelError(f"{self.describe(i)}: label {label} is not a class number")
         return int(label), payload
+
+    def describe(self, i):
+        """Where sample i lives, for messages: the file, the record and its byte offset."""
+        return f"{self.where} record {i} at byte {self.records.offsets[i]}"
 
 
 class FolderSamples:
@@ -118,29 +130,65 @@ class FolderSamples:
 
     classes: the class folder names, in the order that gives their labels (default: sorted
     folders of root). Files are sorted within a class, so the order is the same on every machine.
+    Hidden names (a leading dot: macOS's ``._x.JPEG`` resource forks, ``.DS_Store``, editor and
+    sync folders) are never classes or images. An entry that cannot be examined (a symbolic link
+    loop, a broken link, no permission) is an error naming it, never skipped silently.
     """
 
-    def __init__(self, root, classes=None):
+    def __init__(self, root, classes=None, split=None):
         root = Path(root)
         self.where = str(root)
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if classes is None else list(classes)
+        self.split = split or root.name
+        folders = [e for e in _entries(root, self.split) if stat.S_ISDIR(e[1])]
+        self.classes = sorted(name for name, _ in folders) if classes is None else list(classes)
         index = {c: k for k, c in enumerate(self.classes)}
         self.files, self.labels = [], []
-        for c in sorted(d.name for d in root.iterdir() if d.is_dir()):
+        for c in sorted(name for name, _ in folders):
             if c not in index:
                 raise ImageError(f"{root / c}: class folder not among the {len(self.classes)} training classes")
-            for f in sorted((root / c).iterdir()):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    self.files.append(f)
+            for name, mode in sorted(_entries(root / c, self.split)):
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not stat.S_ISDIR(mode):
+                    self.files.append(root / c / name)  # a FIFO or device is refused when read
                     self.labels.append(index[c])
         if not self.files:
-            raise ImageNetNotFoundError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+            raise ImageNetNotFoundError(f"the {self.split} split {root}: no images "
+                                        f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        return self.labels[i], self.files[i].read_bytes()
+        return self.labels[i], read_regular(self.files[i], "image", MAX_IMAGE_BYTES, ImageError)
+
+    def describe(self, i):
+        """Where sample i lives, for messages: its file and class."""
+        return f"{self.files[i]} (class {self.classes[self.labels[i]]!r}, image {i})"
+
+
+def _entries(folder, split):
+    """(name, st_mode after following links) of the non-hidden entries of ``folder``; an entry
+    that cannot be examined (a link loop, a broken link) is an ImageError naming it. scandir
+    knows the kind of plain files and folders without a stat call each (1.28M files); only
+    links are followed (os.stat)."""
+    out = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink():
+                    mode = os.stat(entry.path).st_mode  # follows it: a loop or a dead end raises
+                elif entry.is_dir(follow_symlinks=False):
+                    mode = stat.S_IFDIR
+                elif entry.is_file(follow_symlinks=False):
+                    mode = stat.S_IFREG
+                else:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                out.append((entry.name, mode))
+    except OSError as e:
+        where = e.filename if e.filename else folder
+        raise ImageError(f"the {split} split: {where}: {describe_os_error(e)}") from None
+    return out
 
 
 # ---- the transforms ---------------------------------------------------------------------------
@@ -161,9 +209,29 @@ def decode(img, need=None, where="image"):
         if need is not None and img.format == "JPEG":
             img.draft("RGB", (max(1, math.ceil(need[0])), max(1, math.ceil(need[1]))))
         img.load()
+        if img.mode in _WIDE_MODES:
+            return _wide_to_rgb(img, where)
         return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
+    except ImageError:
+        raise
     except Exception as e:
         raise ImageError(f"{where}: cannot decode the image ({type(e).__name__}: {e})") from e
+
+
+# Pillow modes holding more than 8 bits per pixel (16-bit PNG greys): convert("RGB") would clip
+# every value above 255 to white, so they are scaled to 0..255 first
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _wide_to_rgb(img, where):
+    """A 16-bit grey image (Pillow mode I;16*, or I holding 0..65535) -> RGB, scaled x 255/65535."""
+    Image = _pil()
+    values = np.asarray(img)
+    if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageError(f"{where}: a 32-bit integer image (values {values.min()}..{values.max()}): "
+                         "only 8- and 16-bit images are read")
+    grey = ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def warp(img, full_size, sx, sy, corner, shift, crop, mirror, fill=FILL_VALUE):
@@ -324,18 +392,35 @@ class ImageNetSource:
 
     samples: RecordSamples or FolderSamples (anything with len() and [i] -> (label, bytes));
     transform: TrainAugment() (shuffled, random) or ValTransform() (in order, deterministic).
-    The last batch of an epoch is smaller unless drop_last.
+
+    The last batch of a training epoch (round_batch, the default for training, as MXNet's
+    ImageRecordIter): filled up to B images with the epoch's first images again (each with
+    numbers of its own), so every training batch has B images (BatchNorm on a batch of one 1x1
+    map has nothing to normalise). drop_last drops it instead; validation batches are never
+    filled (every image counts once), the last one is smaller.
+
+    A corrupt training image (unreadable, not decodable, a FIFO...) is skipped: a warning names
+    its file (path and class, or .rec file, record and byte offset), the next image in file
+    order takes its place in the batch, and the files are counted (``corrupt``); past
+    ``max_corrupt`` distinct files (default: 10, or 0.1% of the split if more) the epoch stops
+    with an ImageError listing them. A bad label, and any error in a validation split (whose
+    metrics must cover every image), stop at once.
     """
 
     def __init__(self, samples, transform, num_classes, workers=2, prefetch=4, drop_last=False,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, processes=False):
-        if workers < 1:
-            raise ValueError(f"ImageNetSource: workers must be >= 1, got {workers}")
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, processes=False, round_batch=None,
+                 max_corrupt=None, skip_corrupt=None):
+        if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"ImageNetSource: workers must be an integer >= 1, got {workers!r}")
         self.processes = processes
         self.samples, self.transform = samples, transform
         self.num_classes, self.workers, self.prefetch = num_classes, workers, max(prefetch, workers)
         self.drop_last, self.mean, self.std = drop_last, mean, std
         self.train = isinstance(transform, TrainAugment)
+        self.round_batch = (self.train and not drop_last) if round_batch is None else round_batch
+        self.skip_corrupt = self.train if skip_corrupt is None else skip_corrupt
+        self.max_corrupt = max(10, len(samples) // 1000) if max_corrupt is None else max_corrupt
+        self.corrupt = {}  # sample index -> the reason it was skipped (training only)
         self.image_size = transform.crop
 
     def __len__(self):
@@ -345,34 +430,87 @@ class ImageNetSource:
         n = len(self.samples)
         return n // batch_size if self.drop_last else -(-n // batch_size)
 
+    def last_batch(self):
+        """How the last batch of an epoch is handled, in words (printed by the trainer)."""
+        if self.drop_last:
+            return "dropped when smaller than the batch"
+        if self.round_batch:
+            return "filled with the epoch's first images (MXNet's round_batch)"
+        return "smaller"
+
     def plan(self, batch_size, rng=None):
-        """The epoch drawn from rng: (order (N,), uniforms (N, k)) - all the randomness of it."""
+        """The epoch drawn from rng: (order (N',), uniforms (N', k)) - all the randomness of it.
+        N' = N, or with round_batch N rounded up to whole batches (the epoch's first images again)."""
         n = len(self.samples)
         if not self.train:
             return np.arange(n), self.transform.draw(None, n)
         if not isinstance(rng, np.random.Generator):
             raise ValueError("ImageNetSource.batches: a training split needs rng, a numpy.random.Generator")
         order = rng.permutation(n)
-        return order, self.transform.draw(rng, n)
+        fill = -n % batch_size if self.round_batch and not self.drop_last else 0
+        if fill:
+            order = np.concatenate([order, order[np.arange(fill) % n]])
+        return order, self.transform.draw(rng, len(order))
+
+    def describe(self, i):
+        """Sample i's file for messages (path and class, or .rec file, record and offset)."""
+        describe = getattr(self.samples, "describe", None)
+        return describe(i) if describe is not None else f"{self.samples.where} image {i}"
 
     def make_batch(self, idx, u):
-        """The batch of samples idx with their uniforms u -> (x, y)."""
+        """The batch of samples idx with their uniforms u -> (x, y); corrupt training images
+        skipped and counted as described in the class docstring."""
+        x, y, skipped = self._build(idx, u)
+        self._note_corrupt(skipped)
+        return x, y
+
+    def _image(self, i, row):
+        """(label, (crop, crop, 3) uint8) of sample i."""
+        label, payload = self.samples[i]
+        if not 0 <= label < self.num_classes:
+            raise LabelError(f"{self.describe(i)}: label {label}, outside 0..{self.num_classes - 1}")
+        return label, self.transform(payload, row, where=self.describe(i))
+
+    def _build(self, idx, u):
+        """make_batch without the bookkeeping (runs in the workers) -> (x, y, [(index, reason)])."""
         labels = np.empty(len(idx), np.int64)
         images = np.empty((len(idx), self.transform.crop, self.transform.crop, 3), np.uint8)
+        skipped, n = [], len(self.samples)
         for j, (i, row) in enumerate(zip(idx, u)):
-            label, payload = self.samples[int(i)]
-            if not 0 <= label < self.num_classes:
-                raise ImageError(f"{self.samples.where}: image {i} has label {label}, "
-                                 f"outside 0..{self.num_classes - 1}")
-            labels[j] = label
-            images[j] = self.transform(payload, row, where=f"{self.samples.where} image {i}")
+            i = int(i)
+            for k in range(self.max_corrupt + 1):  # i, then the next images in file order
+                try:
+                    labels[j], images[j] = self._image((i + k) % n, row)
+                    break
+                except LabelError:
+                    raise
+                except ImageError as e:
+                    if not self.skip_corrupt:
+                        raise
+                    skipped.append(((i + k) % n, str(e)))
+            else:
+                raise ImageError(f"{self.max_corrupt + 1} corrupt images in a row from "
+                                 f"{self.describe(i)} on: {skipped[-1][1]}")
         planes = images.transpose(0, 3, 1, 2)  # NHWC (what Pillow gives) -> NCHW, a view
         offsets = self.transform.offsets(u)
         if offsets is None or not offsets.any():
             x = planes.astype(np.float32)
         else:
             x = hls_jitter(planes, offsets)
-        return normalize(x, self.mean, self.std, inplace=True), labels
+        return normalize(x, self.mean, self.std, inplace=True), labels, skipped
+
+    def _note_corrupt(self, skipped):
+        """Count the skipped images; warn once per file; stop past max_corrupt files."""
+        for i, reason in skipped:
+            if i in self.corrupt:
+                continue
+            self.corrupt[i] = reason
+            print(f"warning: skipped a corrupt training image ({len(self.corrupt)} so far, the "
+                  f"run stops past {self.max_corrupt}): {reason}", file=sys.stderr, flush=True)
+        if len(self.corrupt) > self.max_corrupt:
+            first = "; ".join(list(self.corrupt.values())[:3])
+            raise ImageError(f"{len(self.corrupt)} corrupt training images, more than the limit "
+                             f"of {self.max_corrupt} (ImageNetSource.max_corrupt); the first: {first}")
 
     def batches(self, batch_size, rng=None, start_batch=0, part=None):
         """The epoch's batches from start_batch on (see the module docstring on resuming).
@@ -408,16 +546,21 @@ class ImageNetSource:
             work = _worker_batch
         else:
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imagenet")
-            work = self.make_batch
+            work = self._build
+
+        def done(future):  # the corrupt images are counted here, in the consumer's thread
+            x, y, skipped = future.result()
+            self._note_corrupt(skipped)
+            return x, y
         with pool:
             pending = deque()
             try:
                 for idx, uu in jobs:
                     pending.append(pool.submit(work, idx, uu))
                     if len(pending) >= self.prefetch:  # the bounded queue: wait for the oldest
-                        yield pending.popleft().result()
+                        yield done(pending.popleft())
                 while pending:
-                    yield pending.popleft().result()
+                    yield done(pending.popleft())
             finally:
                 for fut in pending:  # an abandoned epoch: drop the batches not started
                     fut.cancel()
@@ -437,7 +580,7 @@ def _worker_init(source):
 
 
 def _worker_batch(idx, u):
-    return _WORKER_SOURCE.make_batch(idx, u)
+    return _WORKER_SOURCE._build(idx, u)
 
 
 @dataclass
@@ -456,9 +599,10 @@ class ImageNet:
 
     def __repr__(self):
         train = f"train={len(self.train)}" if self.train is not None else "no train split"
+        last = f", last batch {self.train.last_batch()}" if self.train is not None else ""
         return (f"ImageNet({self.layout}: {train}, val={len(self.val)}, classes={self.num_classes}, "
                 f"{self.image_size}x{self.image_size}, workers={self.val.workers}"
-                f"{' processes' if self.val.processes else ''})")
+                f"{' processes' if self.val.processes else ''}{last})")
 
 
 class ImageNetTrainingData:
@@ -470,7 +614,12 @@ class ImageNetTrainingData:
     def __init__(self, data, batch_size, dtype=np.float32, device="cpu", test_batch_size=256):
         self.data, self.batch_size, self.dtype, self.device = data, batch_size, np.dtype(dtype), device
         self.test_batch_size = test_batch_size
-        self.name, self.num_classes, self.train_size = "imagenet", data.num_classes, len(data.train)
+        self.name, self.num_classes = "imagenet", data.num_classes
+        # the rows of an epoch as the trainer counts them (batch b has min(B, train_size - b B)
+        # rows): every batch whole when the last one is filled (round_batch) or dropped
+        t = data.train
+        self.train_size = t.num_batches(batch_size) * batch_size if (t.round_batch or t.drop_last) \
+            else len(t)
 
     def __len__(self):
         return self.data.train.num_batches(self.batch_size)
@@ -487,7 +636,9 @@ class ImageNetTrainingData:
     def plain_train_batches(self, count):
         t = self.data.train
         plain = ImageNetSource(t.samples, ValTransform(t.transform.crop), t.num_classes, t.workers, t.prefetch,
-                               mean=t.mean, std=t.std, processes=t.processes)
+                               mean=t.mean, std=t.std, processes=t.processes,
+                               max_corrupt=t.max_corrupt, skip_corrupt=t.skip_corrupt)
+        plain.corrupt = t.corrupt  # one count of corrupt training files
         return self._tensors(b for _, b in zip(range(count), plain.batches(self.batch_size)))
 
     def test_batches(self):
@@ -508,7 +659,7 @@ def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=Non
     image_size: the crop (224 in the seed); another size scales the short sides with it (256..480
     and 256 at 224), for quick experiments. subset: train on the first N training images only.
     """
-    root = Path(data_dir).expanduser()
+    root = check_data_dir(Path(data_dir).expanduser())
     looked = []
     splits = ("val",) if val_only else ("train", "val")
     if augment is None or val_transform is None:
@@ -520,22 +671,24 @@ def load_imagenet(data_dir, num_classes=None, workers=2, prefetch=4, augment=Non
     for names in RECORD_NAMES:
         rec = {s: root / f"{name}.rec" for s, name in zip(("train", "val"), names) if s in splits}
         looked.append(" + ".join(p.name for p in rec.values()) + " (.idx beside them, optional)")
-        if all(p.is_file() for p in rec.values()):
+        # exists(), not is_file(): a FIFO or device under the name is refused naming it
+        if all(p.exists() for p in rec.values()):
             samples = {}
             for s, path in rec.items():
                 idx = path.with_suffix(".idx")
-                samples[s] = RecordSamples(path, idx if idx.is_file() else None)
+                samples[s] = RecordSamples(path, idx if os.path.lexists(idx) else None)
             return _assemble(samples, num_classes or 1000, "recordio", None, **make)
     looked.append(" + ".join(f"{s}/<wnid>/*.JPEG" for s in splits))
-    if all((root / s).is_dir() for s in splits):
+    if all(os.path.lexists(root / s) for s in splits):  # a link loop is named by FolderSamples
         samples = {}
         if not val_only:
-            samples["train"] = FolderSamples(root / "train")
-        samples["val"] = FolderSamples(root / "val", classes=samples["train"].classes if not val_only else None)
+            samples["train"] = FolderSamples(root / "train", split="training")
+        samples["val"] = FolderSamples(root / "val", classes=samples["train"].classes if not val_only else None,
+                                       split="validation")
         classes = samples["val"].classes
         return _assemble(samples, num_classes or len(classes), "folders", classes, **make)
     raise ImageNetNotFoundError(f"no ImageNet in {root}: looked for {'; '.join(looked)}"
-                                + ("" if root.is_dir() else f" ({root} does not exist)"))
+                                + ("" if root.exists() else f" ({root} does not exist)"))
 
 
 class _First:
@@ -552,9 +705,16 @@ class _First:
             raise IndexError(f"{self.where}: image {i} out of the subset of {self.n}")
         return self.samples[i]
 
+    def describe(self, i):
+        describe = getattr(self.samples, "describe", None)
+        return describe(i) if describe is not None else f"{self.where} image {i}"
+
 
 def _assemble(samples, num_classes, layout, classes, workers, prefetch, processes, augment, val_transform,
               subset):
+    for split, name in (("train", "training"), ("val", "validation")):
+        if split in samples and len(samples[split]) == 0:  # a run would "train" or report 0.0000
+            raise DatasetError(f"the {name} split {samples[split].where} has no images")
     train = None
     if "train" in samples:
         if subset is not None:
@@ -571,6 +731,18 @@ def imagenet_dir(data_dir=None):
     imagenet/ subfolder when there is one."""
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
     return root / "imagenet" if (root / "imagenet").is_dir() else root
+
+
+def positive_int(text):
+    """argparse type of --workers and the like: an integer >= 1 (else a usage error, exit 2)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def default_workers():
@@ -612,7 +784,8 @@ def main(argv=None):
     p.add_argument("--weights", required=True, metavar="PARAMS", help="an MXNet .params file")
     p.add_argument("--data-dir", required=True, help="holds imagenet_val.rec (+ .idx) or val/<wnid>/*.JPEG")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--workers", type=positive_int, default=default_workers(), metavar="W",
+                   help="threads decoding JPEGs [one per core]")
     p.add_argument("--limit", type=int, help="only the first N validation images")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "emu"))
     args = p.parse_args(argv)

@@ -19,6 +19,9 @@ import math
 from dataclasses import dataclass, field
 
 from .. import nets
+from ..serialization import read_regular
+
+MAX_SYMBOL_BYTES = 64 << 20  # the released graphs are < 1 MB
 
 # ops that keep the shape of their (first) input and own no learned array
 _SHAPE_PRESERVING = {"Activation", "Reorder", "_Plus", "elemwise_add", "_plus", "Dropout",
@@ -38,8 +41,12 @@ class GraphCounts:
 
 def load_graph(path):
     """The list of nodes of an MXNet symbol JSON file."""
-    with open(path) as f:
-        graph = json.load(f)
+    try:
+        graph = json.loads(read_regular(path, "symbol file", MAX_SYMBOL_BYTES, ValueError))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not an MXNet symbol file (not UTF-8 text: {e})") from None
+    if not isinstance(graph, dict):
+        raise ValueError(f"{path}: not an MXNet symbol file (not a JSON object)")
     if "nodes" not in graph:
         raise ValueError(f"{path}: not an MXNet symbol file (no 'nodes')")
     return graph["nodes"]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import sys
 import warnings
 from pathlib import Path
 
@@ -46,7 +47,7 @@ import numpy as np
 
 from ..nets import IMAGENET_CONFIGS, imagenet_model
 from ..nn import Module
-from ..serialization import atomic_write, check_writable_path
+from ..serialization import atomic_write, check_writable_path, open_regular, read_regular
 from .data import DatasetError
 from .mxnet_graph import identify_graph, num_classes_of_graph
 
@@ -123,6 +124,10 @@ def _read_array(r, index):
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if any(d < 0 for d in shape):
         r.fail(f"{what}: negative dimension in shape {shape}")
+    nonzero = math.prod(d for d in shape if d)  # what NumPy must represent, even for 0 elements
+    if nonzero * 8 > sys.maxsize:
+        r.fail(f"{what}: shape {shape} is impossible (its dimensions multiply past 2**63 bytes; "
+               "corrupt header)", start)
     r.unpack("ii", f"{what} device")  # where it lived when saved: irrelevant here
     flag = r.unpack("i", f"{what} type flag")
     if flag not in DTYPES:
@@ -142,8 +147,10 @@ def read_ndarray_list(path):
     array) and a list of str (empty when the file was saved without names)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as e:
+        data = read_regular(path, "weights file", None, MXNetFormatError)  # FIFO, /dev/zero: refused
+    except MXNetFormatError:
+        raise
+    except OSError as e:  # a read error of a regular file
         raise MXNetFormatError(f"{path}: cannot read: {e.strerror or e}") from e
     r = _Reader(data, path)
     if len(data) == 0:
@@ -317,7 +324,7 @@ def load_checkpoint(prefix, epoch):
     symbol = Path(f"{prefix}-symbol.json")
     params = Path(f"{prefix}-{int(epoch):04d}.params")
     for path in (symbol, params):
-        if not path.is_file():
+        if not os.path.lexists(path):  # (a FIFO or device under the name is refused by its reader)
             raise FileNotFoundError(f"load_checkpoint: {path} does not exist")
     name = identify_graph(symbol)
     return load_released(name, params, num_classes=num_classes_of_graph(symbol)), name
@@ -367,20 +374,25 @@ class RecordIO:
                              "path of the .idx, not MXNet's 'r'/'w' flag; this class only reads: "
                              "RecordIO(rec) or RecordIO(rec, idx)")
         self.path = Path(rec_path)
-        if self.path.is_dir():
-            raise IsADirectoryError(f"RecordIO: {self.path} is a folder, not a .rec file")
-        if not self.path.is_file():
-            raise FileNotFoundError(f"RecordIO: {self.path} does not exist")
-        self.size = self.path.stat().st_size
+        with self._open() as f:  # a folder, FIFO, device or missing file is refused here, named
+            self.size = os.fstat(f.fileno()).st_size
         self.idx_path = Path(idx_path) if idx_path is not None else None
         self.keys, self._offsets = None, None
         if self.idx_path is not None:
             self.keys, self._offsets = self._read_idx()
 
+    def _open(self):
+        """The .rec opened for reading, refused unless a regular file (serialization.open_regular)."""
+        return open_regular(self.path, "RecordIO file", MXNetFormatError)
+
     def _read_idx(self):
         keys, offsets = [], []
+        # a line per record, each at most ~40 bytes: bounded by the .rec's record count
+        limit = 64 * (self.size // 8 + 1)
         try:
-            lines = self.idx_path.read_text().splitlines()
+            lines = read_regular(self.idx_path, "RecordIO index", limit, MXNetFormatError).decode().splitlines()
+        except MXNetFormatError:
+            raise
         except (OSError, UnicodeDecodeError) as e:
             raise MXNetFormatError(f"{self.idx_path}: cannot read the index: {e}") from e
         for n, line in enumerate(lines, start=1):
@@ -401,7 +413,7 @@ class RecordIO:
     def _scan(self):
         """Offsets of every record's first part, walking the headers only."""
         offsets = []
-        with open(self.path, "rb") as f:
+        with self._open() as f:
             pos, in_record = 0, False
             while pos < self.size:
                 cflag, length = self._header(f, pos)
@@ -458,7 +470,7 @@ class RecordIO:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"{self.path}: record {i} out of range ({n} records)")
-        with open(self.path, "rb") as f:
+        with self._open() as f:
             return self._read_at(f, self.offsets[i])[0]
 
     def __getitem__(self, i):
@@ -466,7 +478,7 @@ class RecordIO:
 
     def __iter__(self):
         """Sequential reading (no index needed)."""
-        with open(self.path, "rb") as f:
+        with self._open() as f:
             pos = 0
             while pos < self.size:
                 raw, end = self._read_at(f, pos)

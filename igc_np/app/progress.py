@@ -1,8 +1,10 @@
-"""What a run shows and keeps: ``log.jsonl``, the curves, progress bars (tqdm, optional)."""
+"""What a run shows and keeps: ``log.jsonl``, the curves, progress bars (tqdm, optional) and
+when a progress line is due (``ProgressLines``)."""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,47 @@ def plot_curves(history, out_dir, title=None, lr_steps=()):
         with atomic_write(Path(out_dir) / name) as f:
             fig.savefig(f, format="png", dpi=100)
     return True
+
+
+# ---- when to print a progress line ----------------------------------------------------------------
+PROGRESS_SECONDS = 10.0  # a log file, CI or a batch job hears from the run at least this often
+
+
+def _clock():
+    """Seconds on a monotonic clock (a module function, so a test can replace it)."""
+    return time.monotonic()
+
+
+class ProgressLines:
+    """When the loop prints an ``Epoch[e] Batch [b] Speed ...`` line.
+
+    Every ``log_iters`` batches (the authors' ``Speedometer``), and, when ``timed`` (the console is
+    not a terminal showing a progress bar: a log file, CI, a batch job), also as soon as
+    ``every_s`` seconds have passed since the last line, so that a slow run is never silent for
+    long. ``due(b)`` after batch b says 'interval', 'clock' or None; ``start()`` at an epoch's start.
+    """
+
+    def __init__(self, log_iters, timed, every_s=PROGRESS_SECONDS, clock=None):
+        if not (isinstance(log_iters, int) and log_iters >= 1):
+            raise ValueError(f"log_iters must be a positive integer, got {log_iters!r}")
+        self.log_iters, self.timed, self.every_s = log_iters, bool(timed), float(every_s)
+        self.clock = clock if clock is not None else (lambda: _clock())
+        self.last = self.clock()
+
+    def start(self):
+        """The epoch starts: its first timed line comes ``every_s`` seconds from now."""
+        self.last = self.clock()
+
+    def due(self, batch):
+        """'interval' every log_iters batches, 'clock' when timed and every_s have passed, else None."""
+        kind = None
+        if batch % self.log_iters == 0:
+            kind = "interval"
+        elif self.timed and self.clock() - self.last >= self.every_s:
+            kind = "clock"
+        if kind:
+            self.last = self.clock()
+        return kind
 
 
 def _isatty(stream):

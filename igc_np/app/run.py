@@ -34,9 +34,10 @@ from .. import backend
 from ..ops import parallel
 from . import distributed
 from .checkpoint import CheckpointError, checkpoint_path, restore, save_checkpoint
+from .data import DatasetError
 from .evaluation import Metrics, test_pass
 from .options import OptionError
-from .progress import JsonLinesLog, _have_tqdm, _isatty, _progress_bar, plot_curves
+from .progress import JsonLinesLog, ProgressLines, _have_tqdm, _isatty, _progress_bar, plot_curves
 from .run_folder import RunFolderError, RunLock, check_run_folder, check_writable
 from .signals import EXIT_ERROR, EXIT_OK, GracefulInterrupt, Stop
 
@@ -108,6 +109,8 @@ class Report:
         self.o, self.out_dir, self.writer = o, out_dir, writer
         self.show_bar = writer and _isatty(sys.stdout) and _have_tqdm()
         self.bar, self.log = None, None
+        # a line every --log-iters batches, and at least every ~10 s where no bar shows progress
+        self.lines = ProgressLines(o["log_iters"], timed=not self.show_bar)
 
     def start_log(self, history):
         if self.writer:
@@ -142,7 +145,7 @@ class Report:
                  + f"  test loss {r['test_loss']:.4f} top1 {r['test_top1']:.4f}"
                  + (f" top5 {r['test_top5']:.4f}" if top5 else "")
                  + f"  time {r['epoch_time']:.1f}s (total {r['elapsed']:.1f}s)"
-                 + ("" if r["eval_bn"] == "running" else f"  [test BN: {r['eval_bn']}]"))
+                 + f"  [test BN: {r['eval_bn']}]")  # which statistics the test used, always
         self.write_log(record)
         self.plot(history)
 
@@ -330,6 +333,7 @@ class Run:
             self.t_epoch = self.tic = time.perf_counter()
             self.seen, self.b = 0, self.start_batch
             self.report_to.open_bar(len(self.data), self.start_batch, f"Epoch[{epoch}]")
+            self.report_to.lines.start()
             yield epoch
             self.start_batch, self.train_sums = 0, None
 
@@ -341,9 +345,24 @@ class Run:
             source = d.batches(self.rng, self.start_batch)
         else:
             source = d.batches(self.rng, self.start_batch, part=(self.comm.rank, self.comm.size))
-        for b, (x, y) in enumerate(source, self.start_batch):
-            self.batch_rows = min(d.batch_size, d.train_size - b * d.batch_size)
-            yield x, y
+        try:
+            for b, (x, y) in enumerate(source, self.start_batch):
+                self.batch_rows = min(d.batch_size, d.train_size - b * d.batch_size)
+                yield x, y
+        except DatasetError as e:  # a file of the data set: save the work done first, name it
+            self._stop_on_data_error(e)
+
+    def _stop_on_data_error(self, e):
+        """Save the state after the last complete batch (-interrupted.npz), then stop naming
+        the file (the error's message) and how to go on."""
+        self.report_to.close_bar()
+        path = self.saver.interrupted_path
+        if self.b > self.start_batch and self._save(path, self.epoch, self.b, self.epoch_rng_state,
+                                                    self.metrics.sums):
+            raise Stop(EXIT_ERROR, f"error: {e}\nSaved {path} (Epoch[{self.epoch}] after batch "
+                                   f"{self.b}); fix or remove that file, then continue with:\n  "
+                                   f"{self.resume_command(path)}")
+        raise Stop(EXIT_ERROR, f"error: {e}\nLast checkpoint: {self.saver.last or 'none'}")
 
     def after_batch(self, loss, logits, y):
         """Metrics (on the device), the log line and the NaN check every --log-iters, Ctrl-C."""
@@ -365,9 +384,11 @@ class Run:
         self.seen += rows
         if self.report_to.bar:
             self.report_to.bar.update(1)
-        if self.b % self.o["log_iters"] == 0:
+        due = self.report_to.lines.due(self.b)
+        if due:
             m = self.metrics  # reading it is the host sync of the interval
-            self._check_finite(m.loss, f"Epoch[{self.epoch}] Batch [{self.b}]")
+            if due == "interval":  # the same batches on every rank (the clock is per rank)
+                self._check_finite(m.loss, f"Epoch[{self.epoch}] Batch [{self.b}]")
             speed = self.seen / max(time.perf_counter() - self.tic, 1e-9)
             self.report_to.interval(self.epoch, self.b, speed, m)
             self.tic, self.seen = time.perf_counter(), 0
