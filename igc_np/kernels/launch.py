@@ -144,15 +144,20 @@ def xp_of(device):
     raise ValueError(f"device must be 'cuda' or 'emu', got {device!r}")
 
 
+def check_kind(op, xp, device, name, a):
+    """TypeError unless `a` is an array of `device` (xp: its array module, xp_of(device))."""
+    if not isinstance(a, xp.ndarray):
+        raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
+                        f"got {type(a).__module__}.{type(a).__name__}")
+
+
 def prepare(op, device, **arrays):
     """Check the arrays' kind (numpy for emu, cupy for cuda), rank 4 and common float dtype;
     return them C-contiguous, in the keyword order given."""
     xp = xp_of(device)
     out, dtype = [], None
     for name, a in arrays.items():
-        if not isinstance(a, xp.ndarray):
-            raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
-                            f"got {type(a).__module__}.{type(a).__name__}")
+        check_kind(op, xp, device, name, a)
         if a.ndim != 4:
             raise ValueError(f"{op}: {name} must be 4-D (NCHW or OIHW), got shape {tuple(a.shape)}")
         if a.dtype not in (np.float32, np.float64):
