@@ -1,6 +1,6 @@
 """CPU speed of igc_np against PyTorch's CPU build, measured side by side in one run.
 
-    pip install torch==2.13.0          # the benchmark's reference only; never a dependency of igc_np
+    pip install torch==2.13.0          # the benchmark's comparison only; never a dependency of igc_np
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_cpu.py    # --quick: fewer runs
 
 Unset those two variables for the benchmark alone: where they are set they force OpenBLAS's older,
@@ -86,9 +86,9 @@ def machine_header(torch):
     return "\n".join(lines)
 
 
-# ---- PyTorch reference ---------------------------------------------------------------------------
+# ---- the same networks in PyTorch ------------------------------------------------------------------
 def torch_modules(torch):
-    """The PyTorch layers the reference networks are built from (torch is imported late)."""
+    """The PyTorch layers the compared networks are built from (torch is imported late)."""
     tnn = torch.nn
 
     class ChannelShuffle(tnn.Module):
@@ -255,7 +255,7 @@ def check_same_network(torch, net):
     n_ours = ig.nets.count_params(ig.nets.get_network(name, depth, 10, L, M))
     n_torch = sum(p.numel() for p in torch_network(torch, *net).parameters())
     if n_ours != n_torch:
-        sys.exit(f"bench_cpu.py: {net_label(*net)}: the PyTorch reference has {n_torch:,} parameters, "
+        sys.exit(f"bench_cpu.py: {net_label(*net)}: the PyTorch network has {n_torch:,} parameters, "
                  f"igc_np's {n_ours:,}; the comparison would mean nothing")
     return n_ours
 

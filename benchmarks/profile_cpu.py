@@ -46,14 +46,10 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
-def _subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _subclasses(sub)
-
-
 class Recorder:
     """Wraps every Function's forward/backward and the conv engine's entry points with timers."""
+
+    depth = 0  # ops running now: an op made of others (ops/fused.py) is timed once, as itself
 
     def __init__(self):
         self.ops = collections.defaultdict(float)  # "Op.forward" -> seconds in this step
@@ -62,11 +58,9 @@ class Recorder:
         self.calls = collections.Counter()  # (shape key, part) -> calls in this step
 
     def install(self):
-        # the base class dispatches to forward_cpu & co.; plain-xp ops override forward/backward
-        for cls in [Function, *_subclasses(Function)]:
-            for name in ("forward", "backward"):
-                if name in cls.__dict__:
-                    self._wrap_op(cls, name)
+        # every op's forward and backward, whatever its tier, goes through these two (autograd.py)
+        self._wrap_op(Function, "run_forward")
+        self._wrap_op(Function, "run_backward")
         self._wrap_conv("conv2d_forward", "fwd", lambda x, W, stride, padding, groups: (x.shape, W.shape, stride, groups))
         self._wrap_conv("conv2d_backward_data", "data",
                         lambda gy, W, x_shape, stride, padding, groups: (x_shape, W.shape, stride, groups))
@@ -77,15 +71,15 @@ class Recorder:
         inner = cls.__dict__[name]
 
         def timed(fn_self, *args, **kwargs):
-            if getattr(fn_self, "_timing", False):  # an override calling the base: count once
+            if self.depth:  # inside another op (fused.py runs its parts through run_forward): counted there
                 return inner(fn_self, *args, **kwargs)
-            fn_self._timing = True
+            self.depth += 1
             t0 = time.perf_counter()
             try:
                 return inner(fn_self, *args, **kwargs)
             finally:
-                self.ops[f"{type(fn_self).__name__}.{name}"] += time.perf_counter() - t0
-                fn_self._timing = False
+                self.ops[f"{type(fn_self).__name__}.{name.replace('run_', '')}"] += time.perf_counter() - t0
+                self.depth -= 1
         setattr(cls, name, timed)
 
     def _wrap_conv(self, name, part, describe):
@@ -149,8 +143,8 @@ def main(argv=None):
         for k, v in rec.convs.items():
             convs[k].append(v)
     total = statistics.median(per_step)
-    print(f"\n{model!r}, batch {BATCH}: training step {1e3 * total:.0f} ms ({BATCH / total:.0f} images/s), "
-          f"median of {args.steps}")
+    print(f"\n{model.name} ({ig.nets.count_params(model):,} parameters), batch {BATCH}: training step "
+          f"{1e3 * total:.0f} ms ({BATCH / total:.0f} images/s), median of {args.steps}")
     print(f"\n{'op':34s}{'ms/step':>9s}{'share':>8s}")
     med = {k: statistics.median(v) for k, v in ops.items()}
     for k, v in sorted(med.items(), key=lambda kv: -kv[1]):

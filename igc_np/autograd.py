@@ -143,6 +143,11 @@ class Tensor:
         self._data = value
         self._versions[0] += 1
 
+    def _mark_changed(self):
+        """Count a change made INTO the array (an optimizer's in-place update, a kernel writing the
+        weights), which the .data setter cannot see: a graph that used the old values is refused."""
+        self._versions[0] += 1
+
     # how many times the data was changed through the Tensor API (PyTorch's name); the op that
     # made the tensor (PyTorch's name for creator, None for a leaf); no op made it
     _version = property(lambda self: self._versions[0])
@@ -249,24 +254,45 @@ class Tensor:
         t._versions = self._versions
         return t
 
-    def to(self, device):
-        """A copy on `device` ('cpu', 'cuda', 'emu'); a leaf, keeping requires_grad."""
-        device = backend.check_device(device)
-        if device == self.device:
-            return self
-        return Tensor(backend.to_device(self._data, device), self.requires_grad, device)
+    def to(self, device=None, dtype=None):
+        """A copy on `device` ('cpu', 'cuda', 'emu'), a leaf keeping requires_grad; and/or cast to
+        `dtype` (float32/float64: in the graph, as PyTorch's). As PyTorch, ``t.to(np.float64)``
+        takes a dtype in the device's place. self when nothing changes."""
+        if device is not None and dtype is None and _is_dtype(device):
+            device, dtype = None, device
+        t = self
+        if device is not None:
+            device = backend.check_device(device)
+            if device != self.device:
+                t = Tensor(backend.to_device(self._data, device), self.requires_grad, device)
+        return t if dtype is None else t._cast(dtype)
+
+    def cpu(self):
+        """to('cpu'), PyTorch's habit (self when already there)."""
+        return self.to("cpu")
+
+    def cuda(self):
+        """to('cuda'), PyTorch's habit."""
+        return self.to("cuda")
 
     def zero_grad(self):
         self.grad = None
 
     # ---- backward --------------------------------------------------------------------------
-    def backward(self, gradient=None, *, grad=None):
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, *, grad=None):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires a gradient.
 
         gradient (PyTorch's keyword; ``grad=`` is the same): d(loss)/d(self), an array or Tensor
         of self's shape. Omitted, self must be a scalar (one element) and the seed is 1.
-        The graph is freed as it is walked, so call backward once per forward pass.
+        The graph is freed as it is walked, so call backward once per forward pass: PyTorch's
+        retain_graph=True and create_graph=True (gradients of gradients) are refused.
         """
+        if retain_graph or create_graph:
+            raise NotImplementedError(
+                ("backward(retain_graph=True)" if retain_graph else "backward(create_graph=True)") +
+                ": igc_np frees the graph as backward walks it and has no gradients of gradients; "
+                "run the forward pass again for a second backward, or add the losses and call "
+                "backward once on the sum")
         if grad is not None:
             if gradient is not None:
                 raise TypeError("backward: give gradient= (PyTorch) or grad=, not both")
@@ -277,7 +303,10 @@ class Tensor:
                 raise ValueError(f"backward: gradient can be omitted only for a scalar, got shape {self.shape}")
             gradient = xp.ones_like(self._data)
         else:
-            gradient = gradient._data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=self.dtype)
+            # as PyTorch, the seed takes the tensor's dtype and device (a float64 seed made float64
+            # gradients in a float32 model)
+            gradient = backend.to_device(gradient._data if isinstance(gradient, Tensor) else gradient, self.device)
+            gradient = gradient.astype(self.dtype, copy=False)
             if gradient.shape != self.shape:
                 raise ValueError(f"backward: gradient shape {gradient.shape} != tensor shape {self.shape}")
         if self.creator is None:
@@ -353,6 +382,17 @@ def _changed_message(fn, x, i, seen):
 
 
 _REPR_MAX_ELEMENTS = 1000  # NumPy's own summarisation threshold
+
+
+def _is_dtype(value):
+    """A dtype given where a device goes (t.to(np.float64)); device names are never dtypes."""
+    if isinstance(value, str) and value in backend.DEVICES:
+        return False
+    try:
+        np.dtype(value)
+    except TypeError:
+        return False
+    return True
 
 
 class _Size(int):

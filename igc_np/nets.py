@@ -173,7 +173,9 @@ def get_network(name, depth, num_classes=10, primary_partition=16, secondary_par
             C_in = C_out
         stages.append(Sequential(*blocks))
     fc = Linear(widths[-1], num_classes, name="fc" if resnet else "fc_score", rng=rng)
-    return Network(stem, Sequential(*stages), fc, name=f"{name}-{depth} (L={L}, M={M})")
+    # L and M mean nothing to a net without IGC blocks: it is named by its width, as the paper's tables
+    label = f"L={L}, M={M}" if name.endswith("_igc") else f"C={C}"
+    return Network(stem, Sequential(*stages), fc, name=f"{name}-{depth} ({label})")
 
 
 def _plain_layer(name, prefix, C_in, C_out, stride, L, momentum, rng):

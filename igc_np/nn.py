@@ -22,7 +22,7 @@ import numpy as np
 from . import backend
 from . import functional as F
 from .autograd import Tensor
-from .ops.checks import divisors, output_size, pair
+from .ops.checks import conv_window, divisors, output_size, pair
 from .ops.fused import batch_norm_relu
 from .ops.mse import REDUCTIONS
 from .random import default_generator
@@ -152,9 +152,13 @@ class Module:
             for key, name in m._buffers.items():
                 yield (name or (f"{path}.{key}" if path else key)), m, key
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Drop every parameter's gradient (PyTorch's default); set_to_none=False zeroes them in place."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad[...] = 0
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self):
@@ -185,7 +189,7 @@ class Module:
         elif is_trainer_checkpoint(state):
             raise ValueError(f"{type(self).__name__}.load_state_dict: this is a trainer checkpoint (entries "
                              "format, epoch, model/..., optimizer/...), not a model's state dict. Build the "
-                             "model it trained with igc_np.app.load_trained(path), or load its weights into "
+                             "model it trained with igc_np.app.predict.load_trained(path), or load its weights into "
                              "this model with model.load_state_dict(ckpt, prefix='model/')")
         targets = {n: ("param", p) for n, p in self.named_parameters()}
         targets.update({n: ("buffer", (m, key)) for n, m, key in self.named_buffers()})
@@ -239,6 +243,11 @@ class Module:
             if dtype.kind != "f":  # an integer weight cannot take a gradient step
                 raise ValueError(f"{type(self).__name__}.to(dtype={dtype}): parameters must be floating "
                                  "point (float32 or float64)")
+            if dtype == np.float16:  # refused here, before any parameter is cast (Tensor refuses it too)
+                raise TypeError(f"{type(self).__name__}.to(dtype=float16): float16 is not supported: igc_np's "
+                                "ops accumulate in the input's precision, so float16 gives wrong results "
+                                "(BatchNorm of values ~300 returns zeros); use dtype=np.float32 (or float64). "
+                                "The module is unchanged")
         device = backend.check_device(device) if device else self.device
         for _, m in self.named_modules():
             object.__setattr__(m, "device", device)
@@ -250,6 +259,29 @@ class Module:
                 data = getattr(m, key)
                 data = data.astype(dtype) if dtype is not None else data
                 object.__setattr__(m, key, backend.to_device(data, device))
+        return self
+
+    # PyTorch's shorthands for .to(...); half() is refused there, naming float32
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def half(self):
+        return self.to(dtype=np.float16)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze every parameter, PyTorch's fine-tuning habit; returns self.
+        An optimizer skips frozen parameters while they are frozen."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
         return self
 
     def num_parameters(self):
@@ -417,12 +449,13 @@ def _refuse_plain_container(module, key, value):
 
 
 def check_layer_args(layer, name=None, pairs=("kernel_size", "stride", "padding"), nonnegative=("padding",),
-                     **args):
+                     context=None, **args):
     """Validate a layer's size arguments: each an int > 0 (>= 0 for `nonnegative`; an int or a
     pair of ints for `pairs`). The error names the layer (its MXNet name when it has one),
-    the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``."""
+    the argument and every size given, e.g. ``Conv2d 'g0_conv'(in_channels=3, ..., groups=0)``;
+    context: the sizes to show when they are more than those checked (a dict)."""
     where = f"{layer} {name!r}" if name else layer
-    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    shown = ", ".join(f"{k}={v!r}" for k, v in (context or args).items())
     for k, v in args.items():
         pair = k in pairs and isinstance(v, (tuple, list))
         values = tuple(v) if pair else (v,)
@@ -448,29 +481,34 @@ class Conv2d(Module):
     weight (C_out, C_in/groups, kh, kw), He-normal.
 
     kernel_size, stride, padding: an int or a pair (h, w), as PyTorch; padding may also be 'valid'
-    (no padding) or 'same' (output H x W, stride 1 only, as PyTorch). The values are kept as given
-    (repr shows them as pairs) and passed to F.conv2d, which resolves them.
+    (no padding) or 'same' (output H x W, stride 1 only, as PyTorch). They are checked and resolved
+    once by ops.checks.conv_window, F.conv2d's own helper (walk sizes the output from the resolved
+    pads); the values are kept as given (repr shows them as pairs) and passed to F.conv2d.
+    dilation and padding_mode are taken at PyTorch's defaults (1, 'zeros') only.
 
     No bias by default (bias=False), unlike PyTorch: the authors' code follows every conv with a
     BatchNorm, whose beta makes a bias redundant; pass bias=True for one.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 bias=False, name=None, rng=None):
+                 bias=False, name=None, rng=None, dilation=1, padding_mode="zeros"):
         super().__init__()
         sizes = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                      stride=stride, padding=padding, groups=groups)
-        if isinstance(padding, str):
-            _check_padding_mode("Conv2d", name, padding, stride, sizes)
-            del sizes["padding"]
-        check_layer_args("Conv2d", name, **sizes)
+        check_layer_args("Conv2d", name, pairs=(), context=sizes, in_channels=in_channels,
+                         out_channels=out_channels, groups=groups)
+        where = f"Conv2d{' ' + repr(name) if name else ''}({', '.join(f'{k}={v!r}' for k, v in sizes.items())})"
+        # the one check of the window (F.conv2d's): kernel, stride, ((top, bottom), (left, right))
+        self._window = conv_window(where, kernel_size, stride, padding)
+        _check_unsupported(where, dilation=(dilation, 1, "a dilated conv is not implemented"),
+                           padding_mode=(padding_mode, "zeros", "only zero padding is implemented"))
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d{' ' + repr(name) if name else ''}: in_channels={in_channels} and out_channels="
                              f"{out_channels} must both be divisible by groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
         rng = rng or _default_rng
-        kh, kw = pair(kernel_size, "Conv2d", "kernel_size")
+        kh, kw = self._window[0]
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(he_normal(rng, (out_channels, in_channels // groups, kh, kw), fan_in),
                                 name=_pname(name, "weight"))
@@ -492,28 +530,19 @@ class Conv2d(Module):
         C, H, W = _image_shape(self, path, shape)
         if C != self.in_channels:
             raise ValueError(f"{_where(self, path)}: expects {self.in_channels} input channels, got shape {shape}")
-        (kh, kw), (sh, sw) = pair(self.kernel_size, "", ""), pair(self.stride, "", "")
-        if self.padding == "same":
-            out = (self.out_channels, H, W)
-        else:
-            ph, pw = (0, 0) if self.padding == "valid" else pair(self.padding, "", "")
-            out = (self.out_channels, output_size(H, kh, sh, ph), output_size(W, kw, sw, pw))
+        (kh, kw), (sh, sw), ((top, bottom), (left, right)) = self._window
+        out = (self.out_channels, (H + top + bottom - kh) // sh + 1, (W + left + right - kw) // sw + 1)
         _check_fits(self, path, f"kernel {kh}x{kw}", shape, out)
         macs = self.weight.size * out[1] * out[2]  # each weight is used once per output pixel
         visit(layer_name(self, "_weight", path), f"Conv{kh}x{kw}/{sh} g={self.groups}", out, own_params(self), macs)
         return out
 
 
-def _check_padding_mode(layer, name, padding, stride, sizes):
-    """padding 'same' or 'valid' as PyTorch: 'same' keeps H x W, which a stride > 1 cannot."""
-    where = f"{layer} {name!r}" if name else layer
-    shown = ", ".join(f"{k}={v!r}" for k, v in sizes.items())
-    if padding not in ("same", "valid"):
-        raise ValueError(f"{where}({shown}): padding must be an int, a pair of ints, 'same' or 'valid', "
-                         f"got {padding!r}")
-    if padding == "same" and stride not in (1, (1, 1), [1, 1]):
-        raise ValueError(f"{where}({shown}): padding='same' needs stride=1 (as in PyTorch); for a strided "
-                         "conv give the padding as an int, e.g. padding=kernel_size // 2")
+def _check_unsupported(where, **args):
+    """PyTorch arguments taken at their default only: name -> (value, the default, why not others)."""
+    for name, (value, default, why) in args.items():
+        if (tuple(value) if isinstance(value, (list, tuple)) else value) not in (default, (default, default)):
+            raise ValueError(f"{where}: {name}={value!r}: {why}; igc_np takes only {name}={default!r}")
 
 
 class BatchNorm2d(Module):
@@ -677,12 +706,14 @@ class MaxPool2d(Module):
     """Max pooling, x (N, C, H, W) -> (N, C, H', W'); kernel_size, stride and padding an int or a
     pair (h, w) each; stride defaults to kernel_size (as PyTorch)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         sizes = dict(kernel_size=kernel_size, padding=padding)
         if stride is not None:
             sizes["stride"] = stride
         check_layer_args(type(self).__name__, **sizes)
+        _check_unsupported(type(self).__name__, ceil_mode=(ceil_mode, False, "the output size rounds down "
+                                                           "(floor), as the authors' code; pad the input instead"))
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):

@@ -15,8 +15,9 @@ operations per parameter. Their state (velocities; Adam's m and v) then starts a
 buffer, one launch), so that the first step v = momentum * 0 + g = g is the CPU's v = g.
 
 As PyTorch: ``optimizer.param_groups[0]["lr"]`` reads and sets the rate (``optimizer.lr`` too);
-parameters with ``requires_grad=False`` (frozen) are skipped; parameters without a gradient at a
-step are left alone. One parameter group: per-parameter options are refused with an error.
+parameters with ``requires_grad=False`` (frozen) stay in the group and are skipped at each step
+while frozen (one unfrozen later trains); parameters without a gradient at a step are left alone;
+``step(closure)`` and ``zero_grad(set_to_none=...)`` as PyTorch's. One parameter group: per-parameter options are refused with an error.
 """
 import math
 
@@ -49,11 +50,11 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{name}: parameter {i} is a {type(p).__name__}; pass Tensors that require "
                                 "a gradient, e.g. model.parameters()")
-        trainable = [p for p in params if p.requires_grad]
-        if not trainable:
+        if not any(p.requires_grad for p in params):
             raise TypeError(f"{name}: all {len(params)} parameters are frozen (Tensors without requires_grad): "
                             "nothing to optimize; pass Tensors that require a gradient, e.g. model.parameters()")
-        self.params = trainable  # frozen ones are skipped, as PyTorch skips parameters without a grad
+        # frozen ones stay (as in PyTorch) so that one unfrozen later (fine-tuning) trains; _active skips them
+        self.params = params
         self.param_groups = [dict(params=self.params, **defaults)]
 
     @property
@@ -65,9 +66,35 @@ class Optimizer:
     def lr(self, value):
         self.param_groups[0]["lr"] = value
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Drop the gradients (PyTorch's default); set_to_none=False zeroes them in place instead."""
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad[...] = 0
+
+    def _active(self, i):
+        """Whether parameter i takes this step: it has a gradient and is not frozen."""
+        p = self.params[i]
+        return p.grad is not None and p.requires_grad
+
+    def _mark_stepped(self):
+        """The parameters just updated in place (by adam_reference or a kernel) count as changed, as
+        PyTorch's in-place step: a graph built before the step is refused at backward (on every device)."""
+        for i, p in enumerate(self.params):
+            if self._active(i):
+                p._mark_changed()
+
+    @staticmethod
+    def _closure_loss(closure):
+        """PyTorch's step(closure): re-evaluate the model (forward, backward) before the update."""
+        if closure is None:
+            return None
+        if not callable(closure):
+            raise TypeError(f"step(closure): closure must be a function that returns the loss, got "
+                            f"{type(closure).__name__}")
+        return closure()
 
     def _device_groups(self, state_ok):
         """Indices of the parameters on "cuda"/"emu" whose weight and grad share a dtype and are
@@ -75,7 +102,7 @@ class Optimizer:
         groups = {}
         for i, p in enumerate(self.params):
             g = p.grad
-            if p.device == "cpu" or g is None or g.dtype != p.data.dtype or g.shape != p.data.shape \
+            if p.device == "cpu" or not self._active(i) or g.dtype != p.data.dtype or g.shape != p.data.shape \
                     or not (p.data.flags.c_contiguous and g.flags.c_contiguous) or not state_ok(i, p.data.dtype):
                 continue
             groups.setdefault((p.device, p.data.dtype), []).append(i)
@@ -124,13 +151,15 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
         self.velocity = [None] * len(self.params)
 
-    def step(self):
+    def step(self, closure=None):
+        """One update of every parameter with a gradient; returns closure()'s loss (None without one)."""
+        loss = self._closure_loss(closure)
         group = self.param_groups[0]
         lr, momentum, nesterov, weight_decay = group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]
         with no_grad():
             fused = self._fused_step(lr, momentum, nesterov, weight_decay)
             for i, p in enumerate(self.params):
-                if p.grad is None or i in fused:
+                if not self._active(i) or i in fused:
                     continue
                 g = p.grad + weight_decay * p.data if weight_decay else p.grad
                 if momentum:
@@ -138,7 +167,9 @@ class SGD(Optimizer):
                     v = g.copy() if v is None else momentum * v + g
                     self.velocity[i] = v
                     g = g + momentum * v if nesterov else v
-                p.data -= (lr * g).astype(p.data.dtype, copy=False)
+                p._data -= (lr * g).astype(p.data.dtype, copy=False)
+            self._mark_stepped()
+        return loss
 
     def _fused_step(self, lr, momentum, nesterov, weight_decay):
         """Step the parameters on "cuda"/"emu" with the fused kernel, one launch per (device, dtype);
@@ -220,14 +251,16 @@ class Adam(Optimizer):
         n = len(self.params)
         self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq, self.steps = [None] * n, [None] * n, [None] * n, [0] * n
 
-    def step(self):
+    def step(self, closure=None):
+        """One update of every parameter with a gradient; returns closure()'s loss (None without one)."""
+        loss = self._closure_loss(closure)
         group = self.param_groups[0]
         hyper = (group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], self.decoupled)
         amsgrad = group["amsgrad"]
         with no_grad():
             fused = self._fused_step(hyper, amsgrad)
             for i, p in enumerate(self.params):
-                if p.grad is None or i in fused:
+                if not self._active(i) or i in fused:
                     continue
                 if self.exp_avg[i] is None:
                     xp = backend.get_array_module(p.device)
@@ -238,6 +271,8 @@ class Adam(Optimizer):
                 adam_reference(p.data, p.grad.astype(p.data.dtype, copy=False), self.exp_avg[i],
                                self.exp_avg_sq[i], self.steps[i], *hyper,
                                v_max=self.max_exp_avg_sq[i] if amsgrad else None)
+            self._mark_stepped()
+        return loss
 
     def _fused_step(self, hyper, amsgrad):
         """Step the parameters on "cuda"/"emu" with adam.cu, one launch per (device, dtype, step
@@ -352,3 +387,6 @@ class MultiStepLR:
                            "MultiStepLR.state_dict()")
         self.milestones, self.factor = sorted(int(m) for m in state["milestones"]), float(state["factor"])
         self.base_lr, self.last_epoch = float(state["base_lr"]), int(state["last_epoch"])
+        # the rate of the restored epoch, so that a resume is right even without the optimizer's
+        # state (the same value optimizer.load_state_dict restores; before, the rate of epoch 0 stayed)
+        self.optimizer.param_groups[0]["lr"] = self.lr_at(self.last_epoch)

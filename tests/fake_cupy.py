@@ -16,7 +16,9 @@ it enforces CuPy's rules that a NumPy-only code path breaks:
 * ``RawModule`` compiles the same source with the CPU emulator (igc_np.emu); a launch takes
   ``(grid tuple, block tuple, args tuple, shared_mem=int)``, arrays must be stand-in arrays and
   scalars Python or NumPy scalars (Python ints become int64 as in CuPy, so the emulator's check
-  against the kernel signature catches a missing numpy.int32).
+  against the kernel signature catches a missing numpy.int32); a launch a GPU refuses (threads
+  over the kernel's __launch_bounds__, grid or block dimensions, shared memory over 48 KB without
+  the opt-in ``max_dynamic_shared_size_bytes``) is refused by the emulator with the limit named.
 
 It also counts, in :data:`counters` (read with :func:`counts`, reset with :func:`reset_counts`):
 
@@ -40,8 +42,9 @@ What the stand-in can NOT show, so a pass here is no proof for a real GPU:
   no ``--use_fast_math``, no TF32), so float32 results can differ in the last bits from NVRTC's;
 * compilation by NVRTC: a missing CUDA header, an NVRTC-only error or warning, register or
   shared-memory limits (tests/test_kernels_nvrtc.py and kernel_report cover the compile);
-* memory: no device memory limit, no out-of-bounds detection, no alignment faults beyond the
-  host's; the cost of an operation (a counted launch is a launch, whatever its size);
+* memory: no device memory limit, no alignment faults beyond the host's (out-of-bounds accesses,
+  uninitialised shared reads and shared-memory races only with IGC_NP_EMU_SANITIZE=1, see
+  docs/emulator.md); the cost of an operation (a counted launch is a launch, whatever its size);
 * CuPy's exact launch count for composite functions (``einsum``, ``argsort``, ``concatenate``
   are counted as one launch each) and its memory pool.
 """
@@ -413,24 +416,51 @@ cupy.cuda = types.SimpleNamespace(runtime=_runtime, Device=_Device, Event=_Event
 
 
 # ---- RawModule, run by the CPU emulator ----
+# The signatures are CuPy 14.2's (cupy/_core/raw.pyx, as its compiled docstrings state them):
+#   RawModule(str code=None, *, str path=None, tuple options=(), str backend='nvrtc',
+#             bool translate_cucomplex=False, bool enable_cooperative_groups=False,
+#             name_expressions=None, jitify=None)
+#   RawModule.get_function(self, str name) -> RawKernel
+#   RawKernel.__call__(self, grid, block, args, *, shared_mem=0)
+# and a launch converts its arguments as cupy/cuda/function.pyx _pointer() does: a device array
+# passes its pointer, a NumPy scalar its bytes, a Python int (bool included: bool is an int)
+# becomes numpy.int64, a float numpy.float64, a complex numpy.complex128; anything else is
+# "Unsupported type". Grid and block must be tuples (Function.__call__(self, tuple grid, ...)).
+# tests/test_cuda_standin.py compares these with the real package when it is importable.
 class _RawKernel:
+    """What RawModule.get_function returns: cupy.RawKernel's launch and attributes."""
 
     def __init__(self, emu_function):
         self._fn = emu_function
 
+    # the attributes a launcher reads to plan a launch, as CuPy's RawKernel names them
+    max_threads_per_block = property(lambda self: self._fn.max_threads_per_block)
+    shared_size_bytes = property(lambda self: self._fn.shared_size_bytes)
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._fn.max_dynamic_shared_size_bytes
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        self._fn.max_dynamic_shared_size_bytes = value  # refused over 227 KB, as the driver does
+
     def __call__(self, grid, block, args, *, shared_mem=0):
         for what, dims in (("grid", grid), ("block", block)):
             if not isinstance(dims, tuple) or not all(isinstance(d, (int, np.integer)) for d in dims):
-                raise TypeError(f"{what} must be a tuple of ints, got {dims!r}")
+                raise TypeError(f"Argument '{what}' has incorrect type (expected tuple of ints, got {dims!r})")
         if not isinstance(args, (tuple, list)) or not isinstance(shared_mem, (int, np.integer)):
             raise TypeError(f"args must be a tuple and shared_mem an int, got {type(args)}, {shared_mem!r}")
         host = []
         for a in args:  # what CuPy's kernel launch accepts, converted as CuPy converts it
             if isinstance(a, (ndarray, np.generic)):
                 host.append(_unwrap(a))
-            elif isinstance(a, (bool, int, float)):  # bool before int: bool is an int
-                host.append(np.bool_(a) if isinstance(a, bool) else np.int64(a) if isinstance(a, int)
-                            else np.float64(a))
+            elif isinstance(a, int):  # bool too: CuPy tests isinstance(x, int) first
+                host.append(np.int64(a))
+            elif isinstance(a, float):
+                host.append(np.float64(a))
+            elif isinstance(a, complex):
+                host.append(np.complex128(a))
             else:
                 raise _host_error(type(a))
         counters["kernels"] += 1
@@ -441,7 +471,7 @@ class RawModule:
     """cupy.RawModule(code=..., options=..., name_expressions=...) compiled by igc_np.emu."""
 
     def __init__(self, code=None, *, path=None, options=(), backend="nvrtc", translate_cucomplex=False,
-                 enable_cooperative_groups=False, name_expressions=None, jitify=False):
+                 enable_cooperative_groups=False, name_expressions=None, jitify=None):
         if not isinstance(code, str) or not isinstance(options, tuple) \
                 or not all(isinstance(o, str) for o in options):
             raise TypeError(f"RawModule needs code (str) and options (tuple of str), got "

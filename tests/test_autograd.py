@@ -434,3 +434,54 @@ def test_cuda_without_cupy_says_how_to_install_it(monkeypatch):
         ig.backend.cupy_module()
     with pytest.raises(RuntimeError, match=r"pip install -e"):
         ig.Tensor(np.ones(2), device="cuda")
+
+
+def test_to_dtype_float_double_cpu_as_pytorch():
+    """t.to(np.float64) / t.to(dtype=...) / .double() / .float() cast in the graph; .cpu() moves; .half() refused."""
+    w = ig.Tensor(np.array([1.5, -2.0], np.float32), requires_grad=True)
+    for make in (lambda: w.to(np.float64), lambda: w.to(dtype="float64"), lambda: w.double(),
+                 lambda: w.to("cpu", np.float64)):
+        w.grad = None
+        d = make()
+        assert d.dtype == np.float64 and d.grad_fn is not None
+        (d * d).sum().backward()
+        assert w.grad.dtype == np.float32
+        np.testing.assert_array_equal(w.grad, 2 * w.data)
+    assert w.float() is w and w.cpu() is w and w.to(np.float32) is w
+    i = w.to(np.int64)  # an integer copy is a constant, as PyTorch's
+    assert i.dtype == np.int64 and not i.requires_grad and i.tolist() == [1, -2]
+    with pytest.raises(TypeError, match=r"\.half\(\): float16 is not supported.*use float32: \.float\(\)"):
+        w.half()
+
+
+def test_flatten_defaults_are_pytorchs():
+    x = ig.Tensor(np.zeros((2, 3, 4, 5)))
+    assert x.flatten().shape == (120,)  # Tensor.flatten: all axes, as torch.Tensor.flatten
+    assert x.flatten(1).shape == (2, 60) and x.flatten(1, 2).shape == (2, 12, 5)
+    assert x.flatten(0, -2).shape == (24, 5)
+    assert F.flatten(x).shape == (2, 60)  # the functional keeps the batch axis (MXNet's Flatten)
+    with pytest.raises(ValueError, match="start_dim 2 comes after end_dim 1"):
+        x.flatten(2, 1)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"retain_graph": True}, "retain_graph=True"),
+                                          ({"create_graph": True}, "create_graph=True")])
+def test_backward_refuses_retain_and_create_graph_naming_the_way(kwargs, name):
+    w = ig.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(NotImplementedError, match=rf"backward\({name}\): igc_np frees the graph.*run the "
+                                                  "forward pass again"):
+        (w * 2).sum().backward(**kwargs)
+    (w * 2).sum().backward(retain_graph=False)  # PyTorch's defaults are accepted
+    np.testing.assert_array_equal(w.grad, [2, 2, 2])
+
+
+def test_backward_gradient_takes_the_tensors_dtype():
+    """A float64 seed (a Tensor or an array) for a float32 graph: float32 gradients, as PyTorch."""
+    w = ig.Tensor(np.ones(3, np.float32), requires_grad=True)
+    for seed in (ig.Tensor(np.full(3, 0.5)), np.full(3, 0.5), [0.5, 0.5, 0.5]):
+        w.grad = None
+        (w * 2).backward(gradient=seed)
+        assert w.grad.dtype == np.float32
+        np.testing.assert_array_equal(w.grad, [1, 1, 1])
+    with pytest.raises(ValueError, match=r"gradient shape \(2,\) != tensor shape \(3,\)"):
+        (w * 2).backward(gradient=ig.Tensor(np.ones(2, np.float32)))

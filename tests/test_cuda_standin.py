@@ -6,6 +6,7 @@ integration bugs of the GPU path (a NumPy-only call on a device array, a missing
 kernel argument type) on any machine with g++. The numbers must equal the CPU path's.
 """
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -329,3 +330,85 @@ def test_standin_counts_launches_and_syncs(cp):
 def _line_of(text):
     lines = Path(__file__).read_text().splitlines()
     return next(i + 1 for i, line in enumerate(lines) if line.strip() == text)
+
+
+# ---- the stand-in's kernel API is CuPy 14.2's ------------------------------------------------------
+# CuPy's classes are Cython: inspect.signature fails on them, but the first line of each
+# docstring is the signature Cython embeds (cupy/_core/raw.pyx). These are CuPy 14.2.0's,
+# read from the installed package; the test below checks them again where cupy imports.
+CUPY_SIGNATURES = {
+    "RawModule": "RawModule(str code=None, *, str path=None, tuple options=(), str backend='nvrtc', "
+                 "bool translate_cucomplex=False, bool enable_cooperative_groups=False, name_expressions=None, "
+                 "jitify=None)",
+    "RawModule.get_function": "RawModule.get_function(self, str name)",
+    "RawKernel.__call__": "__call__(self, grid, block, args, *, shared_mem=0)",
+}
+
+
+def _plain(cython_signature):
+    """'RawModule(str code=None, *, tuple options=())' -> '(code=None, *, options=())'."""
+    params = cython_signature[cython_signature.index("(") + 1:cython_signature.rindex(")")]
+    out = [re.sub(r"^(str|tuple|bool|int)\s+", "", p.strip()) for p in params.split(",")]
+    return "(" + ", ".join(p for p in out if p != "self") + ")"
+
+
+def test_standin_signatures_are_cupys(cp):
+    import inspect
+    ours = {"RawModule": inspect.signature(cp.RawModule),
+            "RawModule.get_function": inspect.signature(cp.RawModule.get_function),
+            "RawKernel.__call__": inspect.signature(fake_cupy._RawKernel.__call__)}
+    for name, theirs in CUPY_SIGNATURES.items():
+        mine = str(ours[name]).replace("'", "").replace('"', "")
+        assert mine.replace("(self, ", "(") == _plain(theirs).replace("'", ""), name
+
+
+def test_signatures_recorded_above_are_the_installed_cupys():
+    """Where the real CuPy imports (no GPU needed to import it), its embedded signatures are the
+    ones the stand-in copies."""
+    import subprocess
+    import sys
+    code = ("import cupy; print(cupy.__version__); print(cupy.RawModule.__doc__.splitlines()[0]); "
+            "print(cupy.RawModule.get_function.__doc__.splitlines()[0]); "
+            "print(cupy.RawKernel.__call__.__doc__.splitlines()[2])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"the real cupy does not import here: {proc.stderr.strip().splitlines()[-1:]}")
+    version, module, get_function, call = proc.stdout.splitlines()[:4]
+    if not version.startswith("14."):
+        pytest.skip(f"cupy {version} is installed, the stand-in copies 14.2")
+    assert module == CUPY_SIGNATURES["RawModule"]
+    assert get_function == CUPY_SIGNATURES["RawModule.get_function"]
+    assert call.replace("\\*", "*") == CUPY_SIGNATURES["RawKernel.__call__"]
+
+
+LAUNCH_BOUNDED = r"""
+template <typename T>
+__global__ void __launch_bounds__(128) scale(T* y, T a, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] *= a;
+}
+"""
+
+
+def test_standin_refuses_what_a_gpu_refuses(cp):
+    from igc_np.emu import LaunchLimitError
+    fn = cp.RawModule(code=LAUNCH_BOUNDED, options=("-std=c++14",), name_expressions=["scale<float>"]) \
+        .get_function("scale<float>")
+    assert fn.max_threads_per_block == 128 and fn.shared_size_bytes == 0
+    assert fn.max_dynamic_shared_size_bytes == 48 * 1024
+    y = cp.ones(300, dtype=cp.float32)
+    fn((3,), (128,), (y, np.float32(2), np.int32(300)))
+    assert float(y.sum()) == 600
+    with pytest.raises(LaunchLimitError, match=r"scale<float>.*224 threads per block, over the 128 of its "
+                                               r"__launch_bounds__\(128\)"):
+        fn((2,), (224,), (y, np.float32(2), np.int32(300)))
+    with pytest.raises(LaunchLimitError, match="over the 48 KB"):
+        fn((3,), (128,), (y, np.float32(2), np.int32(300)), shared_mem=48 * 1024 + 1)
+    fn.max_dynamic_shared_size_bytes = 64 * 1024  # the opt-in, as on CuPy's RawKernel
+    fn((3,), (128,), (y, np.float32(2), np.int32(300)), shared_mem=64 * 1024)
+    with pytest.raises(LaunchLimitError, match="at most 232448"):
+        fn.max_dynamic_shared_size_bytes = 300 * 1024
+    with pytest.raises(TypeError, match="positional"):
+        fn((3,), (128,), (y, np.float32(2), np.int32(300)), 0)
+    with pytest.raises(TypeError, match="int64"):  # a Python bool goes to CuPy as a 64-bit int
+        fn((3,), (128,), (y, np.float32(2), True))

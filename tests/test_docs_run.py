@@ -210,3 +210,34 @@ def test_the_options_page_is_the_option_table():
     page = (ROOT / "docs" / "options.md").read_text()
     assert page.endswith(options.markdown()), \
         "docs/options.md is stale: python -m igc_np.app.options --markdown, and paste it at its end"
+
+
+def test_no_page_waits_to_be_filled():
+    """A `<!-- TO FILL ... -->` left in a page is a hole a reader falls into."""
+    holes = [f"{p.relative_to(ROOT)}:{n}" for p in PAGES
+             for n, text in enumerate(p.read_text().splitlines(), start=1) if "TO FILL" in text]
+    assert not holes, f"pages with a TO FILL place: {holes}"
+
+
+def test_reference_means_only_the_reference_tier():
+    """The MXNet code of the paper's authors is "the authors' code", never "the reference code"."""
+    word = re.compile(r"reference (code|protocol|implementation|trainer|MXNet|networks?)\b", re.I)
+    found = [f"{p.relative_to(ROOT)}:{n}: {m.group(0)}" for p in PAGES
+             for n, text in enumerate(p.read_text().splitlines(), start=1) for m in word.finditer(text)]
+    assert not found, "\n".join(found)
+
+
+# the PyTorch habits the README's short table must name (issue 19), each as the table writes it
+README_HABITS = ["print(model)", "padding='same'", "AdaptiveAvgPool2d", "Flatten", "clone()", "requires_grad_()",
+                 "backward(gradient=", "print(t)", "param_groups[0][\"lr\"]", "Adam", "AdamW", "MultiStepLR",
+                 "state_dict()", "clip_grad_norm_", "load_trained", "prefix=\"model/\"", "load_released",
+                 "python -m igc_np"]
+
+
+def test_the_readme_table_covers_the_pytorch_habits():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Coming from PyTorch"):]
+    table = table[:table.index("\n## ")]
+    missing = [h for h in README_HABITS if h not in table]
+    assert not missing, f"README's 'Coming from PyTorch' table lacks {missing}"
+    assert "docs/pytorch.md" in table

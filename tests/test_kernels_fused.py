@@ -477,10 +477,10 @@ def test_sgd_optimizer_on_emu_matches_cpu(version):
 
 def test_sgd_step_rejects_mismatched_arrays():
     w = np.zeros((2, 3), np.float32)
-    with pytest.raises(ValueError, match=r"sgd_step: grad 0 \(shape \(3, 2\), float32\) must be a C-contiguous "
-                                         r"float32 array of the weight's shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"sgd_step: grads\[0\] \(shape \(3, 2\), float32\) must be a C-contiguous "
+                                         r"float32 array of weights\[0\]'s shape \(2, 3\)"):
         sgd.sgd_step([w], [np.zeros((3, 2), np.float32)], [w.copy()], 0.1, 0.9, True, 0, "emu")
-    with pytest.raises(TypeError, match="grad 0 must be a numpy.ndarray on device 'emu'"):
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a numpy.ndarray on device 'emu'"):
         sgd.sgd_step([w], [[0.0] * 6], [w.copy()], 0.1, 0.9, True, 0, "emu")
     with pytest.raises(ValueError, match=r"sgd_step: sgd has versions \[1, 2\], not 9"):
         sgd.sgd_step([w], [w.copy()], [w.copy()], 0.1, 0.9, True, 0, "emu", version=9)

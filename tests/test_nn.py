@@ -163,8 +163,13 @@ def test_initialisation_follows_the_authors_code():
      r"Conv2d 'g0_conv'\(in_channels=4, out_channels=8, kernel_size=3, .*groups=0\): groups must be >= 1"),
     (lambda: ig.nn.Conv2d(4, 8, 0), ValueError, "kernel_size must be >= 1, got 0"),
     (lambda: ig.nn.Conv2d(4, 8, (3, 0)), ValueError, r"kernel_size must be >= 1, got \(3, 0\)"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, stride=(1, 0)), ValueError, r"stride=\(1, 0\).*: stride must be >= 1, got \(1, 0\)"),
     (lambda: ig.nn.Conv2d(4, 8, 3, padding=-1), ValueError, "padding must be >= 0, got -1"),
     (lambda: ig.nn.Conv2d(4, 8, "3"), TypeError, "kernel_size must be an int or a pair of ints, got '3'"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, dilation=2), ValueError, r"dilation=2: a dilated conv is not implemented"),
+    (lambda: ig.nn.Conv2d(4, 8, 3, padding_mode="reflect"), ValueError, r"only zero padding.*padding_mode='zeros'"),
+    (lambda: ig.nn.MaxPool2d(2, ceil_mode=True), ValueError, r"ceil_mode=True: the output size rounds down"),
     (lambda: ig.nn.Conv2d(True, 8, 3), TypeError, "in_channels must be an int, got True"),
 ])
 def test_layer_arguments_are_validated_with_the_layer_and_sizes_named(build, error, message):
@@ -237,31 +242,35 @@ def test_network_repr_is_the_tree():
                          "    relu=True"]
     assert "      (0): ResidualBlock(" in lines and "        shortcut=identity" in lines
     assert "  (fc): Linear(in_features=32, out_features=10, bias=True)" in lines and lines[-1] == ")"
+    plain = ig.nets.get_network("resnet", 8, primary_partition=4, secondary_partition=2)
+    assert repr(plain).splitlines()[1].startswith("  name='resnet-8 (C=8)'")  # no L, M without IGC blocks
 
 
 # ---- PyTorch's layer arguments: padding 'same'/'valid', tuples, adaptive pooling, Flatten ---------
-def _conv2d_takes_padding_modes():
-    try:
-        F.conv2d(ig.Tensor(np.zeros((1, 1, 3, 3))), ig.Tensor(np.zeros((1, 1, 3, 3))), padding="same")
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def test_conv_padding_same_and_valid_shapes():
     for k, pad, out in ((3, "same", (4, 9, 7)), ((3, 5), "same", (4, 9, 7)), (2, "same", (4, 9, 7)),
                         (3, "valid", (4, 7, 5)), ((3, 1), (1, 0), (4, 9, 7))):
         conv = ig.nn.Conv2d(2, 4, k, padding=pad)
         assert conv.padding == pad  # kept as given
         assert conv.output_shape((2, 9, 7)) == out, (k, pad)
-    with pytest.raises(ValueError, match=r"Conv2d 'c'\(.*stride=2.*\): padding='same' needs stride=1"):
+    # the layer's window errors are F.conv2d's (checks.conv_window), prefixed with the layer and its sizes
+    with pytest.raises(ValueError, match=r"Conv2d 'c'\(.*stride=2.*\): padding='same' needs stride 1 \(as in "
+                                         r"PyTorch\), got stride=\(2, 2\); give the padding as numbers, e.g. padding=1"):
         ig.nn.Conv2d(2, 4, 3, stride=2, padding="same", name="c")
-    with pytest.raises(ValueError, match=r"padding must be an int, a pair of ints, 'same' or 'valid', got 'full'"):
+    with pytest.raises(ValueError, match=r"padding='full' is not one of \('same', 'valid'\) \(or an int or a pair"):
         ig.nn.Conv2d(2, 4, 3, padding="full")
 
 
-@pytest.mark.skipif(not _conv2d_takes_padding_modes(), reason="F.conv2d resolves padding='same'/'valid' once "
-                    "the core's helper in ops/checks.py is merged; the layer passes it through")
+@pytest.mark.parametrize("k, stride, padding", [((1, 3), 1, (0, 1)), (3, (1, 2), (1, 2)), ((2, 4), 1, "same"),
+                                                ((4, 1), (2, 1), "valid"), (3, 2, [2, 0]), ((1, 1), (3, 2), 0)])
+def test_conv_layer_walk_matches_its_forward(k, stride, padding):
+    """output_shape / describe (walk) use the resolved window: (H + top + bottom - kh) // sh + 1."""
+    x = ig.Tensor(np.random.default_rng(0).standard_normal((1, 2, 9, 8)).astype(np.float32))
+    conv = ig.nn.Conv2d(2, 3, k, stride=stride, padding=padding)
+    assert (1,) + conv.output_shape((2, 9, 8)) == conv(x).shape
+    assert conv.macs((2, 9, 8)) == conv.weight.size * math.prod(conv(x).shape[2:])
+
+
 @pytest.mark.parametrize("k", [3, (3, 5), 2])
 def test_conv_padding_same_forward(k):
     x = ig.Tensor(np.random.default_rng(0).standard_normal((2, 2, 9, 7)).astype(np.float32))
@@ -381,7 +390,7 @@ def test_load_state_dict_names_a_trainer_checkpoint(tmp_path):
     ckpt = ig.load(path)
     other = small_net()
     with pytest.raises(ValueError, match=r"Sequential.load_state_dict: this is a trainer checkpoint .*"
-                                         r"igc_np.app.load_trained\(path\).*prefix='model/'"):
+                                         r"igc_np.app.predict.load_trained\(path\).*prefix='model/'"):
         other.load_state_dict(ckpt)
     other.load_state_dict(ckpt, prefix="model/")
     for (n, a), b in zip(net.state_dict().items(), other.state_dict().values()):
@@ -438,3 +447,30 @@ def test_no_project_import_inside_a_function_in_the_layer_files():
                 for node in ast.walk(fn):
                     if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("igc_np")):
                         raise AssertionError(f"{rel}:{node.lineno}: project import inside {fn.name}()")
+
+
+def test_module_to_float16_is_refused_before_anything_changes():
+    net = ig.nn.Sequential(ig.nn.Conv2d(3, 4, 3), ig.nn.BatchNorm2d(4))
+    before = {k: (v.dtype, v.copy()) for k, v in net.state_dict().items()}
+    for call in (lambda: net.to(dtype=np.float16), lambda: net.to("emu", dtype="float16")):
+        with pytest.raises(TypeError, match=r"Sequential.to\(dtype=float16\): float16 is not supported.*"
+                                            r"use dtype=np.float32.*The module is unchanged"):
+            call()
+        assert [m.device for m in net.modules()] == ["cpu"] * 3
+        after = net.state_dict()
+        for k, (dtype, value) in before.items():
+            assert after[k].dtype == dtype
+            np.testing.assert_array_equal(after[k], value)
+
+
+def test_module_shorthands_as_pytorch():
+    net = ig.nn.Sequential(ig.nn.Conv2d(3, 4, 3), ig.nn.BatchNorm2d(4))
+    assert net.double() is net and {v.dtype for v in net.state_dict().values()} == {np.dtype(np.float64)}
+    assert net.float() is net and {v.dtype for v in net.state_dict().values()} == {np.dtype(np.float32)}
+    assert net.cpu() is net and net[0].weight.device == "cpu"
+    with pytest.raises(TypeError, match=r"Sequential.to\(dtype=float16\).*use dtype=np.float32"):
+        net.half()
+    assert net[0].requires_grad_(False) is net[0]  # freeze one layer, as in fine-tuning
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True]
+    net.requires_grad_()
+    assert all(p.requires_grad for p in net.parameters())

@@ -381,7 +381,7 @@ def test_conv2d_valid_padding_and_tuple_windows():
     ({"padding": "same", "stride": 2}, r"padding='same' needs stride 1 \(as in PyTorch\), got stride=\(2, 2\)"),
     ({"padding": "full"}, r"padding='full' is not one of \('same', 'valid'\)"),
     ({"padding": -1}, r"padding must be >= 0"),
-    ({"stride": (1, 0)}, r"kernel_size and stride must be >= 1"),
+    ({"stride": (1, 0)}, r"stride must be >= 1, got \(1, 0\)"),
     ({"padding": (1, 2, 3)}, r"padding must be an int or a pair of ints"),
 ])
 def test_conv2d_window_errors_name_the_argument(kwargs, message):
@@ -398,3 +398,5 @@ def test_conv_window_resolves_what_nn_conv2d_passes():
     assert conv_window("Conv2d", 2, 2, "valid") == ((2, 2), (2, 2), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="layer1.conv: kernel_size must be an int or a pair"):
         conv_window("layer1.conv", "3")
+    with pytest.raises(TypeError, match="layer1.conv: padding must be an int or a pair"):  # both kinds
+        conv_window("layer1.conv", 3, 1, 1.5)

@@ -70,12 +70,53 @@ def test_frozen_parameters_are_skipped(cls):
     frozen.requires_grad = False
     before = frozen.data.copy()
     opt = cls(net.parameters(), lr=0.05)
-    assert all(p is not frozen for p in opt.param_groups[0]["params"])
-    assert len(opt.params) == len(net.parameters()) - 1
+    assert opt.param_groups[0]["params"] == net.parameters()  # kept, as in PyTorch, and skipped while frozen
     other = net[4].weight.data.copy()
     train(net, opt, x, y, 2)
     np.testing.assert_array_equal(frozen.data, before)
     assert not np.array_equal(net[4].weight.data, other)
+    frozen.grad = np.ones_like(frozen.data)  # a gradient left from before freezing does not move it either
+    opt.step()
+    np.testing.assert_array_equal(frozen.data, before)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+def test_a_parameter_unfrozen_after_the_optimizer_was_made_trains(cls, device):
+    """Fine-tuning: freeze, build the optimizer, later unfreeze. It was left out of the optimizer for
+    good at construction, so it silently never trained."""
+    net, x, y = net_and_batch()
+    net.to(device)
+    first = net[0].weight
+    first.requires_grad = False
+    opt = cls(net.parameters(), lr=0.05)
+    train(net, opt, x.to(device), y, 1)
+    before = first.numpy().copy()
+    first.requires_grad_()
+    train(net, opt, x.to(device), y, 1)
+    assert first.grad is not None and not np.array_equal(first.numpy(), before)
+
+
+def test_step_closure_and_zero_grad_set_to_none_as_pytorch():
+    net, x, y = net_and_batch()
+    opt = SGD(net.parameters(), lr=0.05)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+    before = net[4].weight.data.copy()
+    loss = opt.step(closure)
+    assert isinstance(loss, ig.Tensor) and loss.shape == ()
+    assert not np.array_equal(net[4].weight.data, before)
+    for zero in (opt.zero_grad, net.zero_grad):
+        grads = [p.grad for p in net.parameters()]
+        zero(set_to_none=False)
+        assert all(p.grad is g and not g.any() for p, g in zip(net.parameters(), grads))  # zeroed in place
+        zero()
+        assert all(p.grad is None for p in net.parameters())
+        F.cross_entropy(net(x), y).backward()
 
 
 def test_only_frozen_parameters_is_an_error():
@@ -113,6 +154,9 @@ def test_multistep_state_dict_resumes_the_schedule():
     opt2 = SGD([ig.nn.Parameter(np.ones(1))], lr=0.7)  # another rate: the state must win
     sched2 = MultiStepLR(opt2, [100], factor=0.5)
     sched2.load_state_dict(state)
+    # the restored epoch's rate is set at once (it was 0.7 until the next step(): a resumed epoch ran
+    # at the wrong rate unless the optimizer's state was loaded too)
+    assert opt2.lr == opt.lr == sched2.get_last_lr()[0] == pytest.approx(0.01, rel=1e-12)
     assert sched2.step() == sched.step() == pytest.approx(0.01, rel=1e-12)
     with pytest.raises(KeyError, match=r"MultiStepLR.load_state_dict: missing \['base_lr'"):
         sched2.load_state_dict({"milestones": [1], "factor": 0.1, "last_epoch": 0})
@@ -295,9 +339,9 @@ def test_adam_step_is_one_launch_for_all_parameters(monkeypatch, version, launch
         def __init__(self, module):
             self.module = module
 
-        def get_function(self, name):
-            fn = self.module.get_function(name)
-            return lambda *args: (calls.append(name), fn(*args))
+        def get_function(self, name, *targs):
+            fn = self.module.get_function(name, *targs)
+            return lambda *args, **kw: (calls.append(name), fn(*args, **kw))
 
     monkeypatch.setattr(adam_kernels, "get_module", lambda *a: Counting(real(*a)))
     params = [ig.nn.Parameter(np.ones(s, np.float32)).to("emu") for s in [(3, 3), (5000,), (2,), (1,)]]
@@ -311,8 +355,8 @@ def test_adam_step_is_one_launch_for_all_parameters(monkeypatch, version, launch
 
 def test_adam_step_rejects_mismatched_arrays():
     w = np.zeros((2, 3), np.float32)
-    with pytest.raises(ValueError, match=r"adam_step: exp_avg 0 \(shape \(3, 2\), float32\) must be a C-contiguous "
-                                         r"float32 array of the weight's shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"adam_step: exp_avgs\[0\] \(shape \(3, 2\), float32\) must be a C-contiguous "
+                                         r"float32 array of weights\[0\]'s shape \(2, 3\)"):
         adam_kernels.adam_step([w], [w.copy()], [np.zeros((3, 2), np.float32)], [w.copy()], 1, 1e-3,
                                (0.9, 0.999), 1e-8, 0, False, "emu")
     with pytest.raises(ValueError, match=r"adam_step: step must be an int >= 1"):
@@ -358,3 +402,23 @@ def test_hyper_parameters_are_the_bias_corrections():
     assert h[4] == pytest.approx(0.01 / (1 - 0.9 ** 3), rel=1e-15)
     assert h[5] == pytest.approx(math.sqrt(1 - 0.999 ** 3), rel=1e-15)
     assert h[7] == pytest.approx(1 - 0.01 * 0.1, rel=1e-15) and (h[8], h[9]) == (1, 0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1), lambda ps: Adam(ps, lr=0.1),
+                                  lambda ps: AdamW(ps, lr=0.1, amsgrad=True)])
+def test_a_step_counts_as_a_change_of_the_weights_on_every_device(make, device):
+    """A graph built before optimizer.step() holds the old weights: backward through it is refused,
+    as in PyTorch. Only SGD on the CPU counted it; Adam's in-place update and the kernels on
+    cuda/emu did not, so the gradient silently used stale values."""
+    w = ig.nn.Parameter(np.ones(3, np.float32), device=device)
+    opt = make([w])
+    (w * w).sum().backward()
+    stale = (w * w).sum()
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"backward through Mul: its input 0 .* was changed after the "
+                                           r"forward pass used it \(version 0 -> 1"):
+        stale.backward()
+    w.grad = None
+    (w * w).sum().backward()  # a graph built after the step is fine
+    np.testing.assert_allclose(w.numpy(), w.grad / 2)

@@ -57,7 +57,7 @@ __global__ void adam_update(T* __restrict__ w, const T* __restrict__ grad, T* __
 }
 
 // v2: table holds, for tensor t < n_tensors, 6 entries at 6*t: the addresses of its weight, grad,
-// m, v and vmax arrays (vmax: v's address when amsgrad is 0) and its element count; then, for
+// m, v and vmax arrays (vmax: any valid address when amsgrad is 0) and its element count; then, for
 // chunk c < n_chunks, 2 entries at 6*n_tensors + 2*c: its tensor and its first element. A chunk covers elements
 // [start, min(start + chunk, size)) of its tensor; the threads of the block stride over it.
 template <typename T>

@@ -18,16 +18,16 @@ that no thread writes shows in the result.
 """
 import dataclasses
 import functools
-import os
 
 import numpy as np
 
+from .. import emu
 from .loader import MAX_THREADS, import_cupy, launch_bounds, static_shared
 
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_SHARED = 48 * 1024   # bytes of static + dynamic shared memory of a block without the opt-in
-SANITIZE_ENV = "IGC_NP_EMU_SANITIZE"
+SANITIZE_ENV = emu.SANITIZE_ENV  # the emulator owns the switch; launchers read it through emu.sanitizing()
 
 
 class LaunchPlanError(ValueError):
@@ -111,7 +111,7 @@ def run(launch, module, args):
 
 def sanitizing(device):
     """Whether launches on `device` run in the emulator's sanitizer mode ($IGC_NP_EMU_SANITIZE=1)."""
-    return device == "emu" and os.environ.get(SANITIZE_ENV) == "1"
+    return device == "emu" and emu.sanitizing()
 
 
 def output(xp, shape, dtype, device):
@@ -144,15 +144,20 @@ def xp_of(device):
     raise ValueError(f"device must be 'cuda' or 'emu', got {device!r}")
 
 
+def check_kind(op, xp, device, name, a):
+    """TypeError unless `a` is an array of `device` (xp: its array module, xp_of(device))."""
+    if not isinstance(a, xp.ndarray):
+        raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
+                        f"got {type(a).__module__}.{type(a).__name__}")
+
+
 def prepare(op, device, **arrays):
     """Check the arrays' kind (numpy for emu, cupy for cuda), rank 4 and common float dtype;
     return them C-contiguous, in the keyword order given."""
     xp = xp_of(device)
     out, dtype = [], None
     for name, a in arrays.items():
-        if not isinstance(a, xp.ndarray):
-            raise TypeError(f"{op}: {name} must be a {xp.__name__}.ndarray on device {device!r}, "
-                            f"got {type(a).__module__}.{type(a).__name__}")
+        check_kind(op, xp, device, name, a)
         if a.ndim != 4:
             raise ValueError(f"{op}: {name} must be 4-D (NCHW or OIHW), got shape {tuple(a.shape)}")
         if a.dtype not in (np.float32, np.float64):

@@ -19,6 +19,8 @@ import re
 
 import numpy as np
 
+from ..emu import EmuModule, sanitizing
+
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 DEVICES = ("cuda", "emu")
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -208,7 +210,6 @@ class KernelModule:
             cupy = import_cupy()
             self._module = cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=exprs)
         elif device == "emu":
-            from ..emu import EmuModule
             # the emulator gets the plain source: its loader adds its own #line with the file name
             self._module = EmuModule(code.split("\n", 1)[1], exprs, os.path.join(KERNEL_DIR, filename))
         else:
@@ -238,7 +239,8 @@ def get_module(filename, dtype, device):
     dtype = np.dtype(dtype)
     if isinstance(device, str) and device.startswith("cuda:"):
         device = "cuda"
-    key = (filename, dtype, device)
+    # a module built before $IGC_NP_EMU_SANITIZE changed is another build (the sanitizer's)
+    key = (filename, dtype, device, device == "emu" and sanitizing())
     if device == "cuda":
         key += (import_cupy().cuda.Device().id,)
     if key not in _modules:

@@ -12,13 +12,3 @@ from .interleaved_secondary import (interleaved_plan, interleaved_secondary_back
                                     weight_chunks)
 from .permutation import permute_channels, permute_plan  # noqa: F401
 
-# Private names of the old module, for launchers written against it (e.g. a new optimizer's);
-# kernels/launch.py has them under their public names.
-from .launch import MAX_BLOCKS, THREADS, elementwise_plan, i32, prepare as _prepare, run, xp_of as _xp  # noqa: E402,F401
-
-
-def _elementwise_launch(fn, total, args):
-    """fn over `total` elements, one thread each (launch.elementwise_plan's geometry: 256-thread
-    blocks, at most MAX_BLOCKS of them, always within a GPU's limits)."""
-    geometry = elementwise_plan("", "", total)
-    fn(geometry.grid, geometry.block, args)

@@ -10,6 +10,7 @@ The registry maps op name -> {version (int): description}. The ops:
     interleaved_secondary  (its forward, backward-data and backward-weight)  1, 2   (kernels/interleaved_secondary.py)
     batch_norm             (its forward and backward)                1, 2   (kernels/batch_norm.py)
     sgd                                                              1, 2   (kernels/sgd.py)
+    adam                   (Adam, AdamW, AMSGrad)                    1, 2   (kernels/adam.py)
 
 Version 0, where an op has one, is not a kernel but a rule that picks one of the op's kernels by
 shape (permute_channels: 2 when H*W >= 32, else 1); ``kernels(op)`` lists the real kernels only.

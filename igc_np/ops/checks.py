@@ -6,8 +6,14 @@ engines behind them trust their arguments.
 import numpy as np
 
 
+class ArgumentError(TypeError, ValueError):
+    """A size argument that is neither an int nor a pair of ints: a TypeError (the kind of value is
+    wrong) that is also a ValueError (what F.* raises for every bad argument), as NumPy's AxisError
+    is both a ValueError and an IndexError; `except` either one catches it."""
+
+
 def pair(value, op, name):
-    """An int or a pair of ints -> a pair of Python ints (ValueError naming op and argument otherwise)."""
+    """An int or a pair of ints -> a pair of Python ints (ArgumentError naming op and argument otherwise)."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     try:
@@ -15,7 +21,7 @@ def pair(value, op, name):
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (a, b)):
             raise TypeError
     except (TypeError, ValueError):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
+        raise ArgumentError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
     return int(a), int(b)
 
 
@@ -31,10 +37,12 @@ def conv_window(op, kernel_size, stride=1, padding=0):
     bottom / right, as PyTorch puts it. -> ((top, bottom), (left, right)).
     Errors name `op` (the layer or function) and the argument. F.conv2d and nn.Conv2d use it.
     """
+    given_stride = stride
     kernel = pair(kernel_size, op, "kernel_size")
     stride = pair(stride, op, "stride")
-    if min(kernel) < 1 or min(stride) < 1:
-        raise ValueError(f"{op}: kernel_size and stride must be >= 1, got kernel_size={kernel}, stride={stride}")
+    for name, value, given in (("kernel_size", kernel, kernel_size), ("stride", stride, given_stride)):
+        if min(value) < 1:
+            raise ValueError(f"{op}: {name} must be >= 1, got {given!r}")
     if isinstance(padding, str):
         if padding not in PADDING_MODES:
             raise ValueError(f"{op}: padding={padding!r} is not one of {PADDING_MODES} (or an int or a "
@@ -47,7 +55,7 @@ def conv_window(op, kernel_size, stride=1, padding=0):
         return kernel, stride, tuple((t // 2, t - t // 2) for t in (kernel[0] - 1, kernel[1] - 1))
     ph, pw = pair(padding, op, "padding")
     if ph < 0 or pw < 0:
-        raise ValueError(f"{op}: padding must be >= 0, got {(ph, pw)}")
+        raise ValueError(f"{op}: padding must be >= 0, got {padding!r}")
     return kernel, stride, ((ph, ph), (pw, pw))
 
 

@@ -85,6 +85,44 @@ class Clone(Function):
         return gy
 
 
+class Cast(Function):
+    """a in another floating point dtype (Tensor.to(dtype), .float(), .double()): gx = gy in a's dtype."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, xp, a):
+        self.input_dtype = a.dtype
+        return a.astype(self.dtype)
+
+    def backward(self, xp, gy):
+        return gy.astype(self.input_dtype)
+
+
+def _cast(self, dtype):
+    """Tensor.to(dtype=...): a float cast stays in the graph (as PyTorch's); to an integer or bool
+    dtype the result has no gradient (a constant, as in PyTorch)."""
+    dtype = np.dtype(dtype)
+    if dtype == self.dtype:
+        return self
+    if dtype == np.float16:  # say it here, naming the call, rather than from deep in Tensor()
+        raise TypeError(f"Tensor.to(float16) / .half(): float16 is not supported (igc_np's ops accumulate "
+                        "in the input's precision and give wrong results in float16); use float32: .float()")
+    if dtype.kind != "f":
+        return Tensor(self.data.astype(dtype), device=self.device)
+    return Cast(dtype).apply(self)
+
+
+def _flatten(self, start_dim=0, end_dim=-1):
+    """Axes start_dim..end_dim merged into one (PyTorch's Tensor.flatten: all axes by default)."""
+    if self.ndim == 0:
+        return self.reshape(1)
+    start, end = start_dim % self.ndim, end_dim % self.ndim
+    if start > end:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {self.shape}")
+    return Reshape(self.shape[:start] + (-1,) + self.shape[end + 1:]).apply(self)
+
+
 class Neg(Function):
     def forward(self, xp, a):
         return -a
@@ -368,7 +406,11 @@ Tensor.__pow__ = lambda a, p: Pow(p).apply(a)
 Tensor.exp = lambda a: Exp().apply(a)
 Tensor.log = lambda a: Log().apply(a)
 Tensor.reshape = _reshape
-Tensor.flatten = lambda a, start_dim=1: Reshape(a.shape[:start_dim] + (-1,)).apply(a)
+Tensor.flatten = _flatten
+Tensor._cast = _cast  # Tensor.to(dtype=...) (autograd.py) calls it
+Tensor.float = lambda a: _cast(a, np.float32)
+Tensor.double = lambda a: _cast(a, np.float64)
+Tensor.half = lambda a: _cast(a, np.float16)  # refused, with the alternative
 Tensor.transpose = _transpose
 Tensor.permute = _transpose  # PyTorch's name for a full reordering of the axes
 Tensor.swapaxes = _swapaxes
