@@ -38,13 +38,6 @@ and rank 0 alone writes files.
 import os
 import sys
 
-# The engine reads IGC_NP_THREADS when it is imported: check it first, for a message, not a traceback
-_threads = os.environ.get("IGC_NP_THREADS")
-if _threads is not None and not (_threads.strip().isdigit() and int(_threads) >= 1):
-    print(f"error: IGC_NP_THREADS={_threads!r}: must be a positive integer (the number of CPU "
-          "threads), or unset for all cores", file=sys.stderr)
-    sys.exit(2)
-
 import numpy as np  # noqa: E402
 
 # run from a source checkout without installing: the package is one folder up
@@ -125,8 +118,8 @@ def train(o, ckpt=None, download=False, overwrite=False):
                 optimizer.step()                     # update
                 run.after_batch(loss, logits, y)     # metrics stay on the device; Ctrl-C checked
             test, statistics = run.test(epoch)       # test set (statistics: which BN ones)
-            run.report(epoch, lr, test, statistics)  # console, log.jsonl, curves
-            run.save(epoch)                          # checkpoint; stops here after a Ctrl-C
+            run.report(epoch, lr, test, statistics)  # console, log.jsonl
+            run.save(epoch)                          # checkpoint, curves; stops after a Ctrl-C
     return run.status
 
 

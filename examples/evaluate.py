@@ -15,12 +15,6 @@ import argparse
 import os
 import sys
 
-# the engine reads IGC_NP_THREADS when imported: a message, not a traceback (as cifar10_igc.py)
-_threads = os.environ.get("IGC_NP_THREADS")
-if _threads is not None and not (_threads.strip().isdigit() and int(_threads) >= 1):
-    print(f"error: IGC_NP_THREADS={_threads!r}: must be a positive integer", file=sys.stderr)
-    sys.exit(2)
-
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -364,3 +364,29 @@ def test_load_refuses_a_non_path():
     with pytest.raises(TypeError, match=r"igc_np.load: path must be a str or Path, got NoneType"):
         ig.load(None)
 
+
+
+# ---- a bad IGC_NP_* environment variable: every command-line tool prints one line, exit 2 -------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY_POINTS = [["examples/cifar10_igc.py"], ["examples/evaluate.py"],
+                ["examples/minimal_train.py"],
+                ["examples/igc_anatomy.py"], ["-m", "igc_np"], ["-m", "igc_np", "predict", "x.png"],
+                ["-m", "igc_np.imagenet"], ["-m", "igc_np.app.imagenet"], ["-m", "igc_np.data"]]
+
+
+@pytest.mark.parametrize("variable", ["IGC_NP_KERNELS=conv2d_forward=9", "IGC_NP_THREADS=abc"])
+def test_bad_environment_is_one_line_and_exit_2_for_every_command(variable, tmp_path):
+    import subprocess
+    import sys
+    name, value = variable.split("=", 1)
+    env = dict(os.environ, PYTHONPATH=ROOT, **{name: value})
+    for args in ENTRY_POINTS:
+        argv = [sys.executable] + [os.path.join(ROOT, a) if a.endswith(".py") else a for a in args]
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and name in r.stderr, (args, r.stderr[-2000:])
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    # from Python the error stays an exception (a library never exits its caller)
+    r = subprocess.run([sys.executable, "-c", "import igc_np"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "ValueError" in r.stderr and name in r.stderr

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 import igc_np as ig
+from igc_np.__main__ import main as igc_np_main
 from igc_np import training
 from igc_np.app.predict import (CIFAR100_CLASSES, InputSpec, PredictError, input_spec, load_images,
                                 load_trained, predict, top_k)
 from igc_np.data import load_dataset
+
+import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,22 +26,26 @@ def _run(*args, cwd=None):
                           env=env, cwd=cwd)
 
 
+# the trainer runs in this process (tests/commands.py: as `python examples/cifar10_igc.py ...`),
+# on 640 of the digits' training images (10 batches an epoch): the start-up of a second Python
+# and most of the training time saved, the same trainer checkpoints
+SUBSET = ["--subset", "640"]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A real trainer checkpoint: resnet_igc-8 on the digits after 2 epochs."""
+    """A real trainer checkpoint: resnet_igc-8 on the digits after 2 epochs (running BN tested)."""
     out = tmp_path_factory.mktemp("run")
-    r = _run(str(ROOT / "examples" / "cifar10_igc.py"), "--num-epochs", "2", "--output-dir",
-             str(out), "--eval-bn", "running")
-    assert r.returncode == 0, r.stderr
+    assert commands.train(["--num-epochs", "2", "--output-dir", out, "--eval-bn", "running"]
+                          + SUBSET) == 0
     return out / "model-0002.npz"
 
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """One epoch (23 updates): the trainer tests with precise BN statistics (young running ones)."""
+    """One epoch (10 updates): the trainer tests with precise BN statistics (young running ones)."""
     out = tmp_path_factory.mktemp("short")
-    r = _run(str(ROOT / "examples" / "cifar10_igc.py"), "--num-epochs", "1", "--output-dir", str(out))
-    assert r.returncode == 0, r.stderr
+    assert commands.train(["--num-epochs", "1", "--output-dir", out] + SUBSET) == 0
     return out / "model-0001.npz"
 
 
@@ -125,11 +132,32 @@ def test_errors_name_the_file(checkpoint, tmp_path):
         predict(ig.nets.get_network("resnet_igc", 8, 10, 4, 4), np.zeros((1, 3, 8, 8)))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_or_a_device_as_an_image_is_refused_not_read(checkpoint, tmp_path):
+    """A FIFO with no writer would block the read forever, /dev/zero would read until memory
+    runs out: both are refused by kind, naming the file (before: a FIFO was "no such file")."""
+    model = load_trained(checkpoint)
+    os.mkfifo(tmp_path / "pipe.png")
+    os.mkfifo(tmp_path / "pipe.npy")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    cases = {"pipe.png": "FIFO", "pipe.npy": "FIFO", "zero.png": "character device"}
+    for name, words in cases.items():
+        with pytest.raises(PredictError, match=words) as e:
+            predict(model, [tmp_path / name])
+        assert name in str(e.value)
+    (tmp_path / "one.png").write_bytes(b"")  # an empty file: an image error, not a hang
+    with pytest.raises(PredictError, match="one.png"):
+        predict(model, [tmp_path / "one.png"])
+
+
 def test_load_trained_refuses_what_is_not_a_trainer_checkpoint(tmp_path):
     net = ig.nets.get_network("resnet_igc", 8, 10, 4, 4)
     ig.save(net.state_dict(), tmp_path / "weights.npz")
-    with pytest.raises(training.CheckpointError, match="weights.npz"):
+    with pytest.raises(training.CheckpointError, match="weights.npz") as e:
         load_trained(tmp_path / "weights.npz")
+    # a state dict says what it is and how to load it (before: "format 'missing'")
+    assert "not a trainer checkpoint" in str(e.value) and "load_state_dict(ig.load" in str(e.value)
+    assert "g0_conv_weight" in str(e.value)
     with pytest.raises(training.CheckpointError, match="MXNet .params.*load_released"):
         load_trained(tmp_path / "seed-0120.params")
 
@@ -155,13 +183,20 @@ def test_python_m_igc_np_predict(checkpoint, digits, tmp_path):
     model = load_trained(checkpoint)
     (name, p), = top_k(predict(model, digits.test_x[:1])[0], model.input_spec.classes, 1)
     assert lines[1].split() == ["1.", name, f"{p:.4f}"]
-    bad = _run("-m", "igc_np", "predict", "--checkpoint", str(checkpoint), str(tmp_path / "no.png"))
-    assert bad.returncode == 1 and "no.png: no such file" in bad.stderr
-    assert "Traceback" not in bad.stderr
-    usage = _run("-m", "igc_np", "predict", str(tmp_path / "a.npy"))
-    assert usage.returncode == 2 and "--checkpoint" in usage.stderr
-    topk = _run("-m", "igc_np", "predict", "--checkpoint", str(checkpoint), "x.npy", "--top-k", "0")
-    assert topk.returncode == 2 and "--top-k must be >= 1" in topk.stderr
+
+
+
+def test_python_m_igc_np_predict_errors(checkpoint, tmp_path, capsys):
+    """The same main() as `python -m igc_np`, in this process: errors are one line."""
+    assert igc_np_main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "no.png")]) == 1
+    err = capsys.readouterr().err
+    assert "no.png: no such file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:
+        igc_np_main(["predict", str(tmp_path / "a.npy")])
+    assert usage.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as topk:
+        igc_np_main(["predict", "--checkpoint", str(checkpoint), "x.npy", "--top-k", "0"])
+    assert topk.value.code == 2 and "--top-k must be >= 1" in capsys.readouterr().err
 
 
 def test_python_m_igc_np_reports_the_machine():
@@ -178,16 +213,19 @@ def test_python_m_igc_np_reports_the_machine():
     assert "threads:" in out and "MPI:" in out
 
 
-def test_python_m_igc_np_train_and_evaluate_run_the_scripts(checkpoint, tmp_path):
+def test_python_m_igc_np_train_and_evaluate_run_the_scripts(checkpoint, tmp_path, capsys):
     r = _run("-m", "igc_np", "train", "--help")
     assert r.returncode == 0 and "--num-epochs" in r.stdout
     r = _run("-m", "igc_np", "evaluate", "--checkpoint", str(checkpoint))
     assert r.returncode == 0, r.stderr
     assert "Test digits: 360 images" in r.stdout
-    r = _run("-m", "igc_np", "evaluate", "--checkpoint", str(tmp_path / "none.npz"))
-    assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
-    r = _run("-m", "igc_np", "bogus")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    # the error cases through the same main(), in this process
+    assert igc_np_main(["evaluate", "--checkpoint", str(tmp_path / "none.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as bogus:
+        igc_np_main(["bogus"])
+    assert bogus.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_a_short_run_predicts_as_well_as_its_logged_test(short_run, digits):

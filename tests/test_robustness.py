@@ -171,9 +171,9 @@ def test_an_unwritable_model_prefix_fails_before_training(tmp_path, capsys):
 def test_a_failed_save_says_where_the_retry_goes(tmp_path, monkeypatch, capsys):
     real, calls = checkpoint.write_npz, []
 
-    def full_disk_once(path, arrays):
+    def full_disk_once(path, arrays):  # full for the epoch-2 save, removing the curves or not
         calls.append(Path(path).name)
-        if len(calls) == 1:
+        if Path(path).name == "model-0002.npz":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, arrays)
 
@@ -183,8 +183,10 @@ def test_a_failed_save_says_where_the_retry_goes(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "could not write" in err and "No space left" in err and "model-0002.npz" in err
     assert "retries with" in err and "model-0003.npz" in err
-    # the failed epoch-2 save is retried at the end of epoch 3 (not only at the next multiple)
-    assert calls == ["model-0002.npz", "model-0003.npz"]
+    # the full disk first costs the curves (tried again at once), then the failed epoch-2 save is
+    # retried at the end of epoch 3 (not only at the next multiple)
+    assert "removed loss.png, accuracy.png" in err
+    assert calls == ["model-0002.npz", "model-0002.npz", "model-0003.npz"]
     assert ig.training.load_checkpoint(out / "model-0003.npz").epoch == 3
     assert not list(out.glob(".*tmp*"))
 
@@ -940,3 +942,20 @@ def test_a_negative_worker_count_is_a_usage_error(tmp_path, capsys):
     status = trainer.main(["--dataset", "imagenet", "--workers", "-1", "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and "--workers must be in 1.." in err and "unexpected" not in err
+
+
+def test_two_trainers_starting_together_in_one_folder_one_is_refused_cleanly(tmp_path, monkeypatch):
+    """Both prove the folder writable with the same probe name: the other process may replace and
+    remove ours between our rename and our unlink. Before: "cannot write there (no such file)"
+    (exit 2 with a wrong reason, found with two trainers started at once); the lock then decides."""
+    import contextlib
+    real = run_folder.atomic_write
+
+    @contextlib.contextmanager
+    def raced(path, *a, **kw):
+        with real(path, *a, **kw) as f:
+            yield f
+        os.unlink(path)  # the second trainer's unlink of the shared name, just after our rename
+    monkeypatch.setattr(run_folder, "atomic_write", raced)
+    run_folder.check_writable(tmp_path / "race", "--output-dir")
+    assert not list((tmp_path / "race").iterdir())

@@ -422,3 +422,41 @@ def test_anatomy_palette_tells_100_partitions_apart():
         assert colours.shape == (n, 3) and len({tuple(np.round(c, 3)) for c in colours}) == n
         # neighbouring partitions (adjacent blocks of the picture) differ clearly
         assert np.abs(np.diff(colours, axis=0)).sum(axis=1).min() > 0.15
+
+
+def test_the_checkpoint_is_written_before_the_curves(tmp_path, monkeypatch):
+    """On a nearly full disk the curves (redrawn from the history at every epoch) must not take the
+    space of the checkpoint (not redrawable): before, a 120 KB file system held both PNGs and no
+    checkpoint at all. Each epoch's curves are drawn once its checkpoint is on disk."""
+    from igc_np.app import run as run_module
+    seen = []
+
+    def plot(history, out_dir, **kw):
+        seen.append((len(history), sorted(p.name for p in Path(out_dir).glob("model-*.npz"))))
+        return True
+    monkeypatch.setattr(run_module, "plot_curves", plot)
+    status, out = run(tmp_path, "--num-epochs", "2", "--checkpoint-every", "1")
+    assert status == 0
+    assert seen == [(1, ["model-0001.npz"]), (2, ["model-0001.npz", "model-0002.npz"])]
+
+
+def test_a_full_disk_gives_the_curves_space_to_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """The disk is full while the curves of an earlier epoch are there (the default saves every
+    other epoch, the curves every epoch): they are removed (drawn again from the history) and the
+    checkpoint written. Before, the final save failed: exit 1, nothing trained kept."""
+    import errno as errno_module
+    from igc_np.app import run as run_module
+    real = run_module.save_checkpoint
+
+    def full_disk(path, *a, **kw):
+        if (Path(path).parent / "loss.png").exists():
+            raise OSError(errno_module.ENOSPC, "No space left on device", str(path))
+        return real(path, *a, **kw)
+    monkeypatch.setattr(run_module, "save_checkpoint", full_disk)
+    monkeypatch.setattr(run_module, "plot_curves", lambda history, out_dir, **kw: [
+        (Path(out_dir) / name).write_bytes(b"png") for name in ("loss.png", "accuracy.png")])
+    status, out = run(tmp_path, "--num-epochs", "2")
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert (out / "model-0002.npz").is_file() and "removed loss.png, accuracy.png" in err
+    assert checkpoint.load_checkpoint(out / "model-0002.npz").epoch == 2

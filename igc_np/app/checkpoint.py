@@ -34,12 +34,13 @@ import json
 import math
 import os
 import shlex
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..serialization import SerializationError, read_npz, write_npz
+from ..serialization import SerializationError, open_regular, read_npz, write_npz
 from .options import OptionError, check_options
 from .signals import deferred_signals
 
@@ -119,6 +120,23 @@ def _known_member(key):
     return key in _SCALARS or key.startswith(("model/", "optimizer/"))
 
 
+def _refuse_a_state_dict(path, where):
+    """A .npz of other arrays only (``ig.save(model.state_dict(), path)``): say what it is and
+    how to load it, instead of "format missing"."""
+    try:
+        with open_regular(path, "checkpoint") as f, zipfile.ZipFile(f) as z:
+            names = [n[:-4] if n.endswith(".npy") else n for n in z.namelist()]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return
+    if names:
+        raise CheckpointError(
+            f"{where}: holds {len(names)} arrays ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}), not a trainer checkpoint (no 'format' entry): "
+            "a state dict written with ig.save? Load it into the network it came from with "
+            "model.load_state_dict(ig.load(path)); resuming, "
+            "evaluating and predicting take a model-NNNN.npz written by the trainer")
+
+
 def load_checkpoint(path):
     """Read and check a checkpoint file; raise ``CheckpointError`` naming the file and the field."""
     path = Path(path)
@@ -137,6 +155,8 @@ def load_checkpoint(path):
         raise CheckpointError(f"{where}: field {key!r} {problem}")
 
     fmt = entries.get("format")
+    if fmt is None and not entries:
+        _refuse_a_state_dict(path, where)
     if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
         shown = str(fmt)[:40] if fmt is not None else "missing"
         raise CheckpointError(f"{where}: format {shown!r}, expected {FORMAT!r} "

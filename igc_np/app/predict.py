@@ -33,6 +33,7 @@ from igc_np.app.datasets import TrainingData
 from igc_np.app.evaluation import PRECISE_BN_BATCHES, batch_norms, precise_bn_statistics
 from igc_np.app.imagenet import (IMAGENET_MEAN, IMAGENET_STD, ImageNetTrainingData, ValTransform,
                                  default_workers, imagenet_dir, load_imagenet)
+from igc_np.serialization import open_regular
 
 __all__ = ["InputSpec", "PredictError", "load_trained", "input_spec", "load_images", "predict",
            "top_k", "CLASS_NAMES"]
@@ -226,21 +227,21 @@ def load_images(items, spec):
                 names.append(name)
             continue
         path = os.fspath(item)
-        if not os.path.isfile(path):
-            raise PredictError(f"{path}: {'is a folder' if os.path.isdir(path) else 'no such file'}")
-        if path.lower().endswith(".npy"):
-            try:
-                a = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise PredictError(f"{path}: not a NumPy .npy array ({e})") from None
+        # regular files only (a FIFO or /dev/zero would block or read forever), named in the error
+        with open_regular(path, "image", PredictError) as f:
+            payload = f.read() if not path.lower().endswith(".npy") else None
+            if payload is None:
+                try:
+                    a = np.load(f, allow_pickle=False)
+                except (ValueError, OSError, EOFError) as e:
+                    raise PredictError(f"{path}: not a NumPy .npy array ({e})") from None
+        if payload is None:
             parts = list(a) if a.ndim == 4 else [a]
             for j, part in enumerate(parts):
                 name = f"{path}[{j}]" if a.ndim == 4 else path
                 images.append(_from_array(part, spec, name))
                 names.append(name)
         else:
-            with open(path, "rb") as f:
-                payload = f.read()
             try:
                 images.append(_resize(payload, spec, path))
             except ImportError as e:

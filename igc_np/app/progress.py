@@ -33,6 +33,9 @@ class JsonLinesLog:
 _matplotlib_missing_noted = False
 
 
+CURVE_FILES = ("loss.png", "accuracy.png")  # what plot_curves writes in a run folder
+
+
 def plot_curves(history, out_dir, title=None, lr_steps=()):
     """``loss.png`` and ``accuracy.png`` (train and test per epoch) in ``out_dir``.
 

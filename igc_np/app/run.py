@@ -9,8 +9,8 @@
                 ...forward, loss.backward(), optimizer.step()...
                 run.after_batch(loss, logits, y)                 # metrics, log line, Ctrl-C
             test, statistics = run.test(epoch)                   # the test pass
-            run.report(epoch, lr, test, statistics)              # console, log.jsonl, curves
-            run.save(epoch)                                      # checkpoint; stop after Ctrl-C
+            run.report(epoch, lr, test, statistics)              # console, log.jsonl
+            run.save(epoch)                                      # checkpoint, curves; stop after Ctrl-C
 
 One object per concern, each small: ``RunFolder`` (checks, the lock: ``run_folder.py``),
 ``Report`` (console, progress bar, ``log.jsonl``, curves: ``progress.py``), ``Saver`` (checkpoint
@@ -21,6 +21,7 @@ Data parallel (``distributed.py``): ``dp_step`` replaces the step and ``Run.afte
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -37,7 +38,8 @@ from .checkpoint import CheckpointError, checkpoint_path, restore, save_checkpoi
 from .data import DatasetError
 from .evaluation import Metrics, test_pass
 from .options import OptionError
-from .progress import JsonLinesLog, ProgressLines, _have_tqdm, _isatty, _progress_bar, plot_curves
+from .progress import (CURVE_FILES, JsonLinesLog, ProgressLines, _have_tqdm, _isatty, _progress_bar,
+                       plot_curves)
 from .run_folder import RunFolderError, RunLock, check_run_folder, check_writable
 from .signals import EXIT_ERROR, EXIT_OK, GracefulInterrupt, Stop
 
@@ -138,7 +140,8 @@ class Report:
             self.bar.set_postfix(loss=f"{m.loss:.4f}", top1=f"{m.top1:.4f}", refresh=False)
 
     def epoch(self, record, history):
-        """An epoch's record: its line on the console, log.jsonl, the curves."""
+        """An epoch's record: its line on the console and log.jsonl (the curves come after the
+        checkpoint: ``plot``)."""
         r, top5 = record, "test_top5" in record
         self.say(f"Epoch[{r['epoch']}] lr {r['lr']:g}  train loss {r['train_loss']:.4f} top1 "
                  f"{r['train_top1']:.4f}" + (f" top5 {r['train_top5']:.4f}" if top5 else "")
@@ -147,7 +150,6 @@ class Report:
                  + f"  time {r['epoch_time']:.1f}s (total {r['elapsed']:.1f}s)"
                  + f"  [test BN: {r['eval_bn']}]")  # which statistics the test used, always
         self.write_log(record)
-        self.plot(history)
 
     def write_log(self, record):
         if not self.writer:
@@ -170,13 +172,26 @@ class Report:
             print(f"warning: could not draw the curves in {self.out_dir} ({e.strerror})",
                   file=sys.stderr)
 
+    def remove_curves(self):
+        """Delete our curves (drawn again from the history at the next epoch) to make room for a
+        checkpoint on a full disk; the names removed."""
+        removed = []
+        for name in CURVE_FILES if self.writer else ():
+            try:
+                (self.out_dir / name).unlink()
+                removed.append(name)
+            except OSError:
+                pass
+        return removed
+
 
 class Saver:
     """Checkpoint files: write one, and on failure say what and where the retry goes while the
     training state stays in memory. ``last`` is the newest checkpoint on disk (or resumed)."""
 
-    def __init__(self, prefix, model, optimizer, writer):
+    def __init__(self, prefix, model, optimizer, writer, make_room=None):
         self.prefix, self.model, self.optimizer, self.writer = prefix, model, optimizer, writer
+        self.make_room = make_room  # () -> [names removed]: frees space when the disk is full
         self.last, self.failed = None, None
 
     def save(self, path, epoch, batch, epoch_rng_state, sums, history, args):
@@ -184,8 +199,19 @@ class Saver:
             self.last = str(path)
             return True
         try:
-            save_checkpoint(path, self.model, self.optimizer, epoch=epoch, batch=batch,
-                            rng_state=epoch_rng_state, train_sums=sums, history=history, args=args)
+            try:
+                save_checkpoint(path, self.model, self.optimizer, epoch=epoch, batch=batch,
+                                rng_state=epoch_rng_state, train_sums=sums, history=history,
+                                args=args)
+            except OSError as e:  # a full disk: what can be redrawn gives way to the checkpoint
+                freed = e.errno == errno.ENOSPC and self.make_room and self.make_room()
+                if not freed:
+                    raise
+                print(f"warning: the disk is full; removed {', '.join(freed)} (drawn again later) "
+                      f"to make room for {path}", file=sys.stderr)
+                save_checkpoint(path, self.model, self.optimizer, epoch=epoch, batch=batch,
+                                rng_state=epoch_rng_state, train_sums=sums, history=history,
+                                args=args)
         except (OSError, CheckpointError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self.failed = str(path)
@@ -271,7 +297,7 @@ class Run:
         self.top5 = data.num_classes >= 100  # reported for 100+ classes, as in the paper
         self.folder = RunFolder(self.out_dir, self.prefix, ckpt, overwrite, self.comm)
         self.report_to = Report(o, self.out_dir, self.writer)
-        self.saver = Saver(self.prefix, model, optimizer, self.writer)
+        self.saver = Saver(self.prefix, model, optimizer, self.writer, self.report_to.remove_curves)
         self.interrupt = GracefulInterrupt(quiet=not self.writer)
 
     # ---- opening and closing ---------------------------------------------------------------
@@ -428,7 +454,7 @@ class Run:
             self.model.train()
 
     def report(self, epoch, lr, test, statistics):
-        """The epoch's line on the console, its record in log.jsonl and the curves."""
+        """The epoch's line on the console and its record in log.jsonl."""
         m = self.metrics
         if not math.isfinite(test.loss):
             raise Stop(EXIT_ERROR, f"Epoch[{epoch}]: the test loss is {test.loss}; stopping "
@@ -458,9 +484,13 @@ class Run:
                 if self.saver.remove_resumed_interrupt_file(self.ckpt, self.report_to.say):
                     self.ckpt = None
             elif last:
+                self.report_to.plot(self.history)
                 raise Stop(EXIT_ERROR, f"the final checkpoint {path} could not be written (see "
                                        "above); the training of this run is lost after "
                                        f"{self.saver.last or 'its start'}")
+        # the curves after the checkpoint: on a nearly full disk they never take its space (they
+        # are drawn again from the history at the next epoch; a checkpoint is not)
+        self.report_to.plot(self.history)
         if stop:  # during the test pass: the epoch is complete (and saved)
             if self.saver.failed:
                 raise Stop(EXIT_ERROR, f"{self.interrupt.name}: Epoch[{epoch}] is complete but "

@@ -174,7 +174,9 @@ def check_writable(folder, option, create=True):
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / WRITE_TEST) as f:
             f.write(b"ok")
-        (folder / WRITE_TEST).unlink()
+        # missing_ok: a second trainer starting in this folder at the same moment writes and
+        # removes the same name; our rename succeeded, which is the proof sought
+        (folder / WRITE_TEST).unlink(missing_ok=True)
     except RunFolderError:
         raise
     except OSError as e:
