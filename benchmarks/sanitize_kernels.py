@@ -29,10 +29,16 @@ import bench_gpu  # noqa: E402
 # (--shape, SHAPES name, batch): a CIFAR stage-1 layer and the ImageNet layer with the most
 # groups (L=100 at 56x56, the widest tiles)
 SHAPE_CHOICES = {"cifar": ("CIFAR IGC-L24M2 stage 1", 2), "imagenet": ("ImageNet IGC-L100M2 stage 1", 1)}
+# the kernel-version op of each row (for --versions defaults)
+ROW_OPS = {"primary fwd": "conv2d_forward", "primary bwd-data": "conv2d_backward_data",
+           "primary bwd-weight": "conv2d_backward_weight", "secondary fwd": "interleaved_secondary",
+           "secondary bwd-data": "interleaved_secondary", "secondary bwd-weight": "interleaved_secondary",
+           "permutation": "permute_channels", "bn+relu fwd": "batch_norm", "bn+relu bwd": "batch_norm"}
 
 
-def run(shape, dtype=np.float32):
-    """Run every row once; returns the list of failures (op, version, message)."""
+def run(shape, dtype=np.float32, defaults_only=False):
+    """Run every row once (only the default versions: defaults_only); returns the list of
+    failures (op, version, message)."""
     cupy = bench_gpu.gpu_or_exit()
     if hasattr(cupy.cuda, "set_allocator"):
         cupy.cuda.set_allocator(None)  # no pool: one cudaMalloc per array, exact bounds for memcheck
@@ -47,6 +53,8 @@ def run(shape, dtype=np.float32):
     except Exception as e:  # a launch of the set-up (BatchNorm forward) refused
         print(f"FAILED setting up the case: {type(e).__name__}: {e}", flush=True)
         return [("setup", None, f"{type(e).__name__}: {e}")]
+    if defaults_only:
+        rows = [r for r in rows if r[1] == bench_gpu.versions.default(ROW_OPS[r[0]])]
     for op, version, fn, ref64 in rows:
         print(f"run {op} v{version}", flush=True)
         try:
@@ -60,18 +68,18 @@ def run(shape, dtype=np.float32):
             print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
             continue
         print(f"  ok (rel err {err:.1e})", flush=True)
-    sgd(cupy, dtype, failures)
-    print(f"{len(rows) + len(bench_gpu.versions.kernels('sgd'))} launches checked in "
+    sgd(cupy, dtype, failures, defaults_only)
+    print(f"{len(rows) + (1 if defaults_only else len(bench_gpu.versions.kernels('sgd')))} launches checked in "
           f"{time.perf_counter() - t0:.1f} s, {len(failures)} failed", flush=True)
     return failures
 
 
-def sgd(cupy, dtype, failures):
+def sgd(cupy, dtype, failures, defaults_only=False):
     """One Nesterov SGD step per version on three tensors, against NumPy."""
     from igc_np.kernels import fused_ops
     rng = np.random.default_rng(3)
     shapes = [(48, 2, 3, 3), (48,), (10, 48)]
-    for v in bench_gpu.versions.kernels("sgd"):
+    for v in [bench_gpu.versions.default("sgd")] if defaults_only else bench_gpu.versions.kernels("sgd"):
         print(f"run sgd step v{v}", flush=True)
         w = [rng.standard_normal(s).astype(dtype) for s in shapes]
         g = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -94,10 +102,13 @@ def main(argv=None):
     p.add_argument("--shape", choices=sorted(SHAPE_CHOICES), required=True)
     p.add_argument("--standin", action="store_true", help="run on tests/fake_cupy.py (no GPU)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--versions", choices=["all", "defaults"], default="all",
+                   help="defaults: only the version each op runs by default (the dry run's ImageNet stage: "
+                        "the emulator's sanitizer is ~10x slower than the plain emulator)")
     args = p.parse_args(argv)
     if args.standin:
         bench_gpu.install_standin()
-    failures = run(args.shape, np.dtype(args.dtype).type)
+    failures = run(args.shape, np.dtype(args.dtype).type, args.versions == "defaults")
     for op, version, message in failures:
         print(f"FAILED {op} v{version}: {message[:500]}")
     return 1 if failures else 0
