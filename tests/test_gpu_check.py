@@ -49,7 +49,9 @@ def test_dry_run_passes_every_stage_and_returns_few_small_files(tmp_path):
     assert data["train"]["images_per_s"] > 0 and data["train"]["host_copies_in_steps"] == 0
     assert data["launches"]["launches"] > 200 and data["launches"]["syncs"] == 0
     for shape in ("cifar", "imagenet"):
-        assert data[f"memcheck_{shape}"]["failed"] == [] and data[f"memcheck_{shape}"]["kernels_run"] > 20
+        # every version at the CIFAR shape; the default ones (9 launches) at the ImageNet shape
+        assert data[f"memcheck_{shape}"]["failed"] == []
+        assert data[f"memcheck_{shape}"]["kernels_run"] > (20 if shape == "cifar" else 8)
     # the log has everything that was printed, stage by stage
     log = (tmp_path / "gpu_check.log").read_text()
     assert "=== bench: ok" in log and "all stages passed" in log
@@ -58,7 +60,12 @@ def test_dry_run_passes_every_stage_and_returns_few_small_files(tmp_path):
 def test_a_stage_over_the_time_budget_is_cut_and_the_json_says_so(tmp_path):
     """BUDGET_S=25: the probe runs, the test stage is cut by `timeout`, the rest are skipped for
     lack of time; the JSON after each stage keeps the probe's figures; exit status 1."""
-    p, seconds = _run(tmp_path, "--dry-run", BUDGET_S="25")
+    # a python whose pytest runs take 60 s: the test stage always outlasts what is left of 25 s,
+    # however fast this machine is (the budget, not the load, must decide)
+    slow = tmp_path / "slow_python"
+    slow.write_text(f'#!/bin/sh\ncase "$*" in *pytest*) sleep 60;; esac\nexec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    p, seconds = _run(tmp_path, "--dry-run", BUDGET_S="25", PYTHON=str(slow))
     assert p.returncode == 1
     assert seconds < 60
     data = json.loads((tmp_path / "gpu_check.json").read_text())
