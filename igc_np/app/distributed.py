@@ -803,6 +803,8 @@ def _die_with_parent():
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Over ~60 lines: a docstring of the signal and failure rules, and one try/finally that must
+# install the handlers before the children start and restore them after the last one ends.
 def spawn(gpus, argv, nccl=None, grace_s=3.0, executable=None):
     """Run ``python argv...`` once per GPU id (NCCL ranks) and wait; returns the exit status.
 
