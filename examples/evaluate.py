@@ -25,7 +25,7 @@ from igc_np.app.cli import run_command  # noqa: E402
 from igc_np.app import datasets  # noqa: E402
 from igc_np.app.evaluation import test_pass  # noqa: E402
 from igc_np.app.imagenet import default_workers, imagenet_dir, load_imagenet  # noqa: E402
-from igc_np.app.imagenet import evaluate as evaluate_imagenet  # noqa: E402
+from igc_np.app.imagenet import evaluate_imagenet  # noqa: E402
 from igc_np.app.mxnet_io import load_released  # noqa: E402
 from igc_np.app.options import OptionError, network_label  # noqa: E402
 

@@ -103,6 +103,7 @@ def draw(ax, labels, title, n_colours, xlabel="input channel c", ylabel="output 
     ax.set_ylabel(ylabel)
 
 
+# Over ~60 lines: four figures drawn from the same masks and partitions, read top to bottom.
 def figures(plt, L, M, k, out, seed=0):
     C = L * M
     rng = np.random.default_rng(seed)

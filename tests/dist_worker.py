@@ -113,7 +113,7 @@ def main():
     model, _ = make_model()
     model.load_state_dict({k[6:]: v for k, v in final.items() if k.startswith("model/")})
     x, y = make_data()
-    tested = distributed.evaluate(model, x, y, (0, 0, 0), (1, 1, 1), comm, batch_size=5,
+    tested = distributed.evaluate_ranks(model, x, y, (0, 0, 0), (1, 1, 1), comm, batch_size=5,
                                   dtype=np.float64)
     # the stop flag: one rank asking is every rank stopping
     flags = [distributed.reduce_flag(comm, comm.rank == comm.size - 1),

@@ -310,12 +310,12 @@ def test_evaluate_counts_top1_top5_on_the_validation_transform(tmp_path):
     data = load_imagenet(make_folders(tmp_path, per_class=2), workers=1)
     net = ig.nets.get_network("resnet_igc", depth=8, num_classes=3, primary_partition=2,
                               secondary_partition=2, rng=0)
-    m = inet.evaluate(net, data.val, batch_size=4)
+    m = inet.evaluate_imagenet(net, data.val, batch_size=4)
     assert m.count == 6 and m.top5 == 1.0  # 3 classes: the top 5 always holds the label
     with ig.no_grad():
         hits = sum(int((net(ig.Tensor(x)).numpy().argmax(1) == y).sum()) for x, y in data.val.batches(6))
     assert m.top1 == pytest.approx(hits / 6)
-    assert inet.evaluate(net, data.val, batch_size=2, limit=3).count == 4  # whole batches up to the limit
+    assert inet.evaluate_imagenet(net, data.val, batch_size=2, limit=3).count == 4  # whole batches up to the limit
 
 
 def test_the_command_line_reports_a_bad_weights_file(tmp_path, capsys):

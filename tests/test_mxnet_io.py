@@ -322,11 +322,11 @@ def test_load_checkpoint_from_a_prefix_like_mxnet(tmp_path):
     (tmp_path / f"{prefix.name}-symbol.json").write_bytes((SYMBOLS / f"{prefix.name}.json").read_bytes())
     src = ig.nets.imagenet_model("igc_l100m2", rng=4)
     mxnet_io.save_params(src, f"{prefix}-0120.params")
-    model, name = mxnet_io.load_checkpoint(prefix, 120)
+    model, name = mxnet_io.load_mxnet_checkpoint(prefix, 120)
     assert name == "igc_l100m2"
     assert_same_state(model, src)
     with pytest.raises(FileNotFoundError, match="-0007.params does not exist"):
-        mxnet_io.load_checkpoint(prefix, 7)
+        mxnet_io.load_mxnet_checkpoint(prefix, 7)
 
 
 def _conv_graph(tmp_path, filters):
@@ -554,7 +554,7 @@ def test_fifos_and_devices_are_refused_without_blocking(tmp_path, kind):
         make("r-symbol.json")
         (tmp_path / "r-0001.params").write_bytes(b"")
         with pytest.raises(ValueError, match=rf"r-symbol.json: is a {what}"):
-            mxnet_io.load_checkpoint(tmp_path / "r", 1)  # not "does not exist"
+            mxnet_io.load_mxnet_checkpoint(tmp_path / "r", 1)  # not "does not exist"
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -137,9 +137,111 @@ def _refuse_a_state_dict(path, where):
             "evaluating and predicting take a model-NNNN.npz written by the trainer")
 
 
+def _integer(lo, hi):
+    """A checker: a 0-d integer array in lo..hi -> int."""
+    def check(v, fail, got):
+        if v.shape != () or v.dtype.kind not in "iu" or not lo <= int(v) <= hi:
+            fail(f"must be an integer in {lo}..{hi}, got {v!r}")
+        return int(v)
+    return check
+
+
+def _json(kind):
+    """A checker: a 0-d unicode array holding JSON of type ``kind`` -> the decoded value."""
+    def check(v, fail, got):
+        if v.shape != () or v.dtype.kind != "U":
+            fail("must be a JSON text")
+        try:
+            value = json.loads(str(v))
+        except ValueError as e:
+            fail(f"is not valid JSON ({e})")
+        if not isinstance(value, kind):
+            fail(f"must be a JSON {kind.__name__}, got {type(value).__name__}")
+        return value
+    return check
+
+
+def _rng_state(v, fail, got):
+    state = _json(dict)(v, fail, got)
+    try:  # the only way to know a bit-generator state is valid is to set one
+        bit_generator = getattr(np.random, str(state.get("bit_generator")))
+        if not (isinstance(bit_generator, type) and issubclass(bit_generator, np.random.BitGenerator)):
+            raise ValueError(f"unknown bit generator {state.get('bit_generator')!r}")
+        bit_generator().state = state
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as e:
+        fail(f"is not a NumPy bit-generator state ({type(e).__name__}: {e})")
+    return state
+
+
+def _train_sums(v, fail, got):
+    if v.shape != (4,) or v.dtype.kind != "f":
+        fail(f"must be 4 floats, got {v.shape} {v.dtype}")
+    sums = v.astype(np.float64)
+    if not np.isfinite(sums).all() or (sums < 0).any() or sums[1] != int(sums[1]) \
+            or sums[2] > sums[1] or sums[3] > sums[1] or sums[2] > sums[3]:
+        fail(f"must be [loss sum >= 0, samples, top-1 hits <= top-5 hits <= samples], "
+             f"got {sums.tolist()}")
+    if got["batch"] == 0 and sums.any():
+        fail("must be zero at an epoch boundary (batch 0)")
+    return sums
+
+
+def _history(v, fail, got):
+    history = _json(list)(v, fail, got)
+    if len(history) != got["epoch"]:
+        fail(f"has {len(history)} records for {got['epoch']} completed epochs")
+    for i, r in enumerate(history):
+        if not isinstance(r, dict) or r.get("epoch") != i:
+            fail(f"record {i} must be a JSON object with epoch {i}")
+        for k in _RECORD_NUMBERS:
+            if k in r and (isinstance(r[k], bool) or not isinstance(r[k], (int, float))
+                           or not math.isfinite(r[k]) or r[k] < 0):
+                fail(f"record {i}: {k} must be a finite number >= 0, got {r[k]!r}")
+    return history
+
+
+def _args(v, fail, got):
+    args = _json(dict)(v, fail, got)
+    try:
+        check_options({k: x for k, x in args.items() if k != "lr_steps" or isinstance(x, list)},
+                      where=f"checkpoint {got['path']}: field 'args': ")
+    except OptionError as e:
+        raise CheckpointError(str(e)) from None
+    return args
+
+
+# The scalar fields: (name, checker(array, fail, fields read so far) -> decoded value), read in
+# this order because later checks read earlier fields (train_sums the batch, history the epoch).
+_FIELDS = (("epoch", _integer(0, 100_000)), ("batch", _integer(0, 1 << 40)),
+           ("rng_state", _rng_state), ("train_sums", _train_sums), ("history", _history),
+           ("args", _args))
+
+
 def load_checkpoint(path):
     """Read and check a checkpoint file; raise ``CheckpointError`` naming the file and the field."""
     path = Path(path)
+    entries = _read_entries(path)
+    where = f"checkpoint {path}"
+    got = {"path": path}
+    for key, check in _FIELDS:
+        def fail(problem, key=key):
+            raise CheckpointError(f"{where}: field {key!r} {problem}")
+        got[key] = check(entries[key], fail, got)
+    model_state = {k[6:]: v for k, v in entries.items() if k.startswith("model/")}
+    if not model_state:
+        raise CheckpointError(f"{where}: field 'model/' is empty: no weights stored")
+    optimizer_state = {k[10:]: v for k, v in entries.items() if k.startswith("optimizer/")}
+    lr = optimizer_state.get("lr")
+    if lr is not None and (lr.shape != () or lr.dtype.kind != "f" or not 0 < float(lr) < 1e3):
+        raise CheckpointError(f"{where}: field 'optimizer/lr' must be a positive finite float, "
+                              f"got {lr!r}")
+    return Checkpoint(model_state=model_state, optimizer_state=optimizer_state, **got,
+                      nonfinite=nonfinite_entries(model_state) + [
+                          "optimizer/" + k for k in nonfinite_entries(optimizer_state)])
+
+
+def _read_entries(path):
+    """The file's entries, checked for the format and every scalar field; else CheckpointError."""
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: is a folder; give a .npz file in it")
     try:  # (read_npz opens it through open_regular: a FIFO or device is named as such)
@@ -150,10 +252,6 @@ def load_checkpoint(path):
         hint = _available_hint(path) if not os.path.lexists(path) else ""
         raise CheckpointError(f"{e}{hint}") from None
     where = f"checkpoint {path}"
-
-    def fail(key, problem):
-        raise CheckpointError(f"{where}: field {key!r} {problem}")
-
     fmt = entries.get("format")
     if fmt is None and not entries:
         _refuse_a_state_dict(path, where)
@@ -164,74 +262,7 @@ def load_checkpoint(path):
     missing = [k for k in _SCALARS if k not in entries]
     if missing:
         raise CheckpointError(f"{where}: missing entries {missing}")
-
-    def integer(key, lo, hi):
-        v = entries[key]
-        if v.shape != () or v.dtype.kind not in "iu" or not lo <= int(v) <= hi:
-            fail(key, f"must be an integer in {lo}..{hi}, got {v!r}")
-        return int(v)
-
-    def json_field(key, kind):
-        v = entries[key]
-        if v.shape != () or v.dtype.kind != "U":
-            fail(key, "must be a JSON text")
-        try:
-            value = json.loads(str(v))
-        except ValueError as e:
-            fail(key, f"is not valid JSON ({e})")
-        if not isinstance(value, kind):
-            fail(key, f"must be a JSON {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    epoch = integer("epoch", 0, 100_000)
-    batch = integer("batch", 0, 1 << 40)
-    rng_state = json_field("rng_state", dict)
-    try:  # the only way to know a bit-generator state is valid is to set one
-        bit_generator = getattr(np.random, str(rng_state.get("bit_generator")))
-        if not (isinstance(bit_generator, type) and issubclass(bit_generator, np.random.BitGenerator)):
-            raise ValueError(f"unknown bit generator {rng_state.get('bit_generator')!r}")
-        bit_generator().state = rng_state
-    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as e:
-        fail("rng_state", f"is not a NumPy bit-generator state ({type(e).__name__}: {e})")
-    sums = entries["train_sums"]
-    if sums.shape != (4,) or sums.dtype.kind != "f":
-        fail("train_sums", f"must be 4 floats, got {sums.shape} {sums.dtype}")
-    sums = sums.astype(np.float64)
-    if not np.isfinite(sums).all() or (sums < 0).any() or sums[1] != int(sums[1]) \
-            or sums[2] > sums[1] or sums[3] > sums[1] or sums[2] > sums[3]:
-        fail("train_sums", f"must be [loss sum >= 0, samples, top-1 hits <= top-5 hits <= samples], "
-                           f"got {sums.tolist()}")
-    if batch == 0 and sums.any():
-        fail("train_sums", "must be zero at an epoch boundary (batch 0)")
-    history = json_field("history", list)
-    if len(history) != epoch:
-        fail("history", f"has {len(history)} records for {epoch} completed epochs")
-    for i, r in enumerate(history):
-        if not isinstance(r, dict) or r.get("epoch") != i:
-            fail("history", f"record {i} must be a JSON object with epoch {i}")
-        for k in _RECORD_NUMBERS:
-            if k in r and (isinstance(r[k], bool) or not isinstance(r[k], (int, float))
-                           or not math.isfinite(r[k]) or r[k] < 0):
-                fail("history", f"record {i}: {k} must be a finite number >= 0, got {r[k]!r}")
-    args = json_field("args", dict)
-    try:
-        check_options({k: v for k, v in args.items() if k != "lr_steps" or isinstance(v, list)},
-                      where=f"{where}: field 'args': ")
-    except OptionError as e:
-        raise CheckpointError(str(e)) from None
-    model_state = {k[6:]: v for k, v in entries.items() if k.startswith("model/")}
-    if not model_state:
-        fail("model/", "is empty: no weights stored")
-    optimizer_state = {k[10:]: v for k, v in entries.items() if k.startswith("optimizer/")}
-    if "lr" in optimizer_state:
-        lr = optimizer_state["lr"]
-        if lr.shape != () or lr.dtype.kind != "f" or not 0 < float(lr) < 1e3:
-            fail("optimizer/lr", f"must be a positive finite float, got {lr!r}")
-    return Checkpoint(path=path, model_state=model_state, optimizer_state=optimizer_state,
-                      epoch=epoch, batch=batch, rng_state=rng_state, train_sums=sums,
-                      history=history, args=args,
-                      nonfinite=nonfinite_entries(model_state) + [
-                          "optimizer/" + k for k in nonfinite_entries(optimizer_state)])
+    return entries
 
 
 def _available_hint(path):

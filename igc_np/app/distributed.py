@@ -69,7 +69,7 @@ __all__ = ["Communicator", "SingleProcess", "MPI", "NCCL", "DistError", "Followe
            "slice_of", "ordered_sum", "dp_step", "StepResult", "reduce_flag", "reduce_sums",
            "root_first", "abort_on_error", "abort_if_distributed", "root_reads", "broadcast_bytes",
            "launcher_comm",
-           "evaluate", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
+           "evaluate_ranks", "spawn", "should_spawn", "set_threads", "threads_per_rank"]
 
 ENV_RANK, ENV_SIZE, ENV_LOCAL_RANK = "IGC_NP_DIST_RANK", "IGC_NP_DIST_SIZE", "IGC_NP_DIST_LOCAL_RANK"
 ENV_NCCL_ID = "IGC_NP_NCCL_ID"
@@ -767,7 +767,7 @@ def root_reads(comm, fn, errors=(Exception,)):
     return pickle.loads(broadcast_bytes(comm, payload))
 
 
-def evaluate(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=np.float32):
+def evaluate_ranks(model, x, y, mean, std, comm, batch_size=256, device="cpu", dtype=np.float32):
     """Test-set Metrics with the images split over ranks (rank r: ``slice_of(N, r, P)``), reduced.
 
     Same arguments as ``training.evaluate`` plus `comm`; every rank gets the same Metrics.
@@ -803,6 +803,8 @@ def _die_with_parent():
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Over ~60 lines: a docstring of the signal and failure rules, and one try/finally that must
+# install the handlers before the children start and restore them after the last one ends.
 def spawn(gpus, argv, nccl=None, grace_s=3.0, executable=None):
     """Run ``python argv...`` once per GPU id (NCCL ranks) and wait; returns the exit status.
 

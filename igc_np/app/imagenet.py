@@ -69,7 +69,7 @@ from .data import DEFAULT_DATA_DIR, DatasetError, DatasetNotFoundError, check_da
 from .evaluation import Metrics
 from .mxnet_io import MXNetFormatError, RecordIO, load_released
 
-__all__ = ["load_imagenet", "ImageNetNotFoundError", "ImageError", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate", "RecordSamples",
+__all__ = ["load_imagenet", "ImageNetNotFoundError", "ImageError", "ImageNet", "ImageNetSource", "ImageNetTrainingData", "evaluate_imagenet", "RecordSamples",
            "FolderSamples", "TrainAugment", "ValTransform", "open_image", "decode", "warp", "hls_jitter", "normalize",
            "IMAGENET_MEAN", "IMAGENET_STD", "FILL_VALUE"]
 
@@ -754,7 +754,7 @@ def default_workers():
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
-def evaluate(model, source, batch_size=256, device="cpu", dtype=np.float32, limit=None, log=None):
+def evaluate_imagenet(model, source, batch_size=256, device="cpu", dtype=np.float32, limit=None, log=None):
     """Metrics (loss, top-1, top-5; igc_np.training.Metrics) of model on an ImageNetSource (its
     validation transform), in inference mode. limit: stop after that many images; log: a function
     called with a line every 10 batches."""
@@ -797,7 +797,7 @@ def main(argv=None):
         return 1
     model.to(args.device)
     print(f"{args.model} from {args.weights}; {data.val}")
-    m = evaluate(model, data.val, args.batch_size, device=args.device, limit=args.limit, log=print)
+    m = evaluate_imagenet(model, data.val, args.batch_size, device=args.device, limit=args.limit, log=print)
     print(f"Validation: {m.count} images  loss {m.loss:.4f}  top1 {m.top1:.4f}  top5 {m.top5:.4f}  "
           f"(error {1 - m.top1:.4f} / {1 - m.top5:.4f})")
     return 0

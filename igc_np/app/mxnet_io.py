@@ -10,7 +10,7 @@ below, next to the code that reads them).
     model = ig.nets.imagenet_model("igc_l4m32", weights="seed-0001.params")   # or:
     mxnet_io.load_params(model, "seed-0001.params")
     mxnet_io.save_params(model, "mine-0120.params")       # mx.nd.load() reads it
-    model, name = mxnet_io.load_checkpoint("resnet_gcwf_noshare_imagenet_d18b4", 120)  # the seed's pair
+    model, name = mxnet_io.load_mxnet_checkpoint("resnet_gcwf_noshare_imagenet_d18b4", 120)  # the seed's pair
 
 ``.params`` (an NDArray list, all integers little-endian)::
 
@@ -52,7 +52,7 @@ from .data import DatasetError
 from .mxnet_graph import identify_graph, num_classes_of_graph
 
 __all__ = ["MXNetFormatError", "read_ndarray_list", "write_ndarray_list", "load_params", "save_params",
-           "read_params", "load_checkpoint", "RecordIO", "unpack_image_record"]
+           "read_params", "load_mxnet_checkpoint", "load_checkpoint", "RecordIO", "unpack_image_record"]
 
 LIST_MAGIC = 0x112
 V1_MAGIC, V2_MAGIC, V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -317,7 +317,7 @@ def save_params(model, path):
     write_ndarray_list(path, list(state.values()), names)
 
 
-def load_checkpoint(prefix, epoch):
+def load_mxnet_checkpoint(prefix, epoch):
     """What MXNet's ``mx.model.load_checkpoint(prefix, epoch)`` gives the seed's users, as an igc_np
     model: ``<prefix>-symbol.json`` says which released model it is (mxnet_graph.identify_graph),
     ``<prefix>-<epoch:04d>.params`` holds its weights. Returns (model, name)."""
@@ -325,9 +325,14 @@ def load_checkpoint(prefix, epoch):
     params = Path(f"{prefix}-{int(epoch):04d}.params")
     for path in (symbol, params):
         if not os.path.lexists(path):  # (a FIFO or device under the name is refused by its reader)
-            raise FileNotFoundError(f"load_checkpoint: {path} does not exist")
+            raise FileNotFoundError(f"load_mxnet_checkpoint: {path} does not exist")
     name = identify_graph(symbol)
     return load_released(name, params, num_classes=num_classes_of_graph(symbol)), name
+
+
+# The old name, kept for code that imports it (igc_np's own trainer checkpoints are
+# app.checkpoint.load_checkpoint; this one reads MXNet's prefix/epoch pair).
+load_checkpoint = load_mxnet_checkpoint
 
 
 def _released_hint(arg):

@@ -277,6 +277,8 @@ def check_position(ckpt, data):
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+# Over ~200 lines: the loop's hooks in the order a run calls them (enter, epochs, batches, steps,
+# test, report, save, exit), which share the resume position and the stop flags kept here.
 class Run:
     """One training run around the loop (the module docstring shows the loop): the resume
     position, the epoch's metrics, the stops (NaN, Ctrl-C, a failed last save). ``o``: resolved

@@ -6,6 +6,8 @@ edits made at the old path into the new file.)
 """
 from ..app.distributed import (Communicator, DistError, ENV_LOCAL_RANK, ENV_NCCL_ID, ENV_RANK,
                                ENV_SIZE, FORWARDED_SIGNALS, MPI, NCCL, SingleProcess, StepResult,
-                               dp_step, evaluate, init, launched_by_mpi, ordered_sum, reduce_flag,
+                               dp_step, evaluate_ranks, init, launched_by_mpi, ordered_sum, reduce_flag,
                                reduce_sums, root_first, set_threads, should_spawn, slice_of, spawn,
                                threads_per_rank)  # noqa: F401
+
+evaluate = evaluate_ranks  # the old name, kept for code that imports it from this old path

@@ -7,6 +7,8 @@ edits made at the old path into the new file.)
 from ..app.imagenet import (FILL_VALUE, FolderSamples, IMAGENET_MEAN, IMAGENET_STD,
                             IMAGE_EXTENSIONS, ImageError, ImageNet, ImageNetNotFoundError,
                             ImageNetSource, ImageNetTrainingData, RECORD_NAMES, RecordSamples,
-                            TrainAugment, ValTransform, decode, default_workers, evaluate,
+                            TrainAugment, ValTransform, decode, default_workers, evaluate_imagenet,
                             hls_jitter, imagenet_dir, load_imagenet, main, normalize, open_image,
                             warp)  # noqa: F401
+
+evaluate = evaluate_imagenet  # the old name, kept for code that imports it from this old path
