@@ -7,10 +7,12 @@ a finished run is never replaced without --overwrite; one trainer per folder; a 
 bounded, validated checkpoint loading (with a property test over byte corruption); option
 errors are one line with exit 2.
 """
+import contextlib
 import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +31,21 @@ from igc_np.serialization import SerializationError
 from igc_np.training import CheckpointError
 
 from test_trainer import TINY, TRAIN_SCRIPT, EVAL_SCRIPT, evaluator, read_log, run, trainer
+
+@contextlib.contextmanager
+def fails_after(seconds, what):
+    """A TimeoutError naming `what` if the block takes longer than `seconds` (a read that blocks
+    on a FIFO must fail the test, not hang it)."""
+    def expired(*_):
+        raise TimeoutError(f"blocked on {what}")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 
 def rewrite(src, dst, **changes):
@@ -500,7 +517,6 @@ def test_nan_stop_prints_no_numpy_warnings(finished, tmp_path, capsys):
     ("fifo", "is a FIFO"), ("devzero", "is a character device"), ("loop", "symbolic link loop"),
     ("folder", "is a folder"), ("missing", "no such file"), ("long", "too long")])
 def test_ig_load_refuses_what_is_not_a_regular_file_at_once(tmp_path, kind, message):
-    import signal
     path = tmp_path / "m.npz"
     if kind == "fifo":
         os.mkfifo(path)
@@ -513,16 +529,9 @@ def test_ig_load_refuses_what_is_not_a_regular_file_at_once(tmp_path, kind, mess
     elif kind == "long":
         path = tmp_path / ("x" * 300 + ".npz")
 
-    def expired(*_):
-        raise TimeoutError("ig.load blocked")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    try:
+    with fails_after(20, "ig.load"):
         with pytest.raises(SerializationError, match=message) as e:
             ig.load(path)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     assert str(path)[:60] in str(e.value)
     assert isinstance(e.value, OSError)  # also what `except OSError` around file reading expects
 
@@ -542,7 +551,6 @@ def test_open_regular_checks_the_opened_descriptor(tmp_path, monkeypatch):
 
 
 # ---- signals during a save (issue 18) ----------------------------------------------------------
-import signal  # noqa: E402
 
 from igc_np.app import run_folder, signals  # noqa: E402
 
@@ -815,15 +823,8 @@ def test_a_lock_file_that_is_a_fifo_or_device_is_refused_naming_it(tmp_path, cap
     lock = out / run_folder.LOCK_NAME
     os.mkfifo(lock) if kind == "fifo" else lock.symlink_to("/dev/zero")
 
-    def expired(*_):
-        raise TimeoutError("blocked on the lock file")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(60)
-    try:
+    with fails_after(60, "the lock file"):
         status = trainer.main(TINY + ["--output-dir", str(out), "--num-epochs", "1"])
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
     assert status == 2 and f"unreadable lock file {lock}" in err
     assert ("FIFO" if kind == "fifo" else "character device") in err
@@ -835,15 +836,8 @@ def test_resume_from_a_fifo_or_device_says_what_it_is(tmp_path, capsys, kind):
     path = tmp_path / "model-0003.npz"
     os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
 
-    def expired(*_):
-        raise TimeoutError("blocked on --resume")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(30)
-    try:
+    with fails_after(30, "--resume"):
         status = trainer.main(["--resume", str(path)])
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
     assert status == 1 and ("is a FIFO" if kind == "fifo" else "is a character device") in err
     assert "no such file" not in err
