@@ -3,7 +3,7 @@
 forward (CPU, and the GPU path through the emulator), one short trainer run; the longest units.
 
     python benchmarks/code_counts.py                    # this checkout
-    python benchmarks/code_counts.py --root /work/main  # another checkout (e.g. before a change)
+    python benchmarks/code_counts.py --root ../igc_np-before  # another checkout (e.g. a worktree of the commit before a change)
 
 "Files" are the project's .py files (igc_np/, examples/) with functions that ran (and, in
 brackets, all those imported); "lines" the lines of the distinct functions that ran (their whole
