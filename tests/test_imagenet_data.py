@@ -376,23 +376,14 @@ def test_the_command_line_evaluates_a_params_file(tmp_path, capsys):
 
 
 # ---- hostile files and folders (issue 18) -------------------------------------------------------
-import contextlib
-import os
-import signal
+import os  # noqa: E402
+
+from timeouts import fails_after  # noqa: E402
 
 
-@contextlib.contextmanager
 def no_hang(seconds=20):
     """Fail (instead of blocking the suite forever) when the block takes longer than seconds."""
-    def expired(*_):
-        raise TimeoutError(f"blocked for more than {seconds} s")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    return fails_after(seconds, "an image read")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "devzero"])

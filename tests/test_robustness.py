@@ -7,7 +7,6 @@ a finished run is never replaced without --overwrite; one trainer per folder; a 
 bounded, validated checkpoint loading (with a property test over byte corruption); option
 errors are one line with exit 2.
 """
-import contextlib
 import errno
 import json
 import os
@@ -28,23 +27,10 @@ import igc_np as ig
 from igc_np import serialization, training
 from igc_np.app import checkpoint
 from igc_np.serialization import SerializationError
+from timeouts import fails_after
 from igc_np.training import CheckpointError
 
 from test_trainer import TINY, TRAIN_SCRIPT, EVAL_SCRIPT, evaluator, read_log, run, trainer
-
-@contextlib.contextmanager
-def fails_after(seconds, what):
-    """A TimeoutError naming `what` if the block takes longer than `seconds` (a read that blocks
-    on a FIFO must fail the test, not hang it)."""
-    def expired(*_):
-        raise TimeoutError(f"blocked on {what}")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 
@@ -566,30 +552,15 @@ def _save(path, model, opt):
                                train_sums=np.zeros(4), history=[{"epoch": 0}], args={})
 
 
-def _line_events(fn):
-    """How many 'line' trace events fn() makes (the points a signal can arrive between)."""
+def _trace_lines(fn, signal_at=None, signum=signal.SIGINT):
+    """fn() traced: returns how many 'line' events it makes (the points a signal can arrive
+    between); with ``signal_at=k``, ``signum`` is sent to this process at the k-th of them."""
     count = [0]
 
     def tracer(frame, event, arg):
         if event == "line":
             count[0] += 1
-        return tracer
-    sys.settrace(tracer)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
-    return count[0]
-
-
-def _signal_at(k, fn, signum=signal.SIGINT):
-    """fn() with ``signum`` sent to this process at its k-th line event."""
-    count = [0]
-
-    def tracer(frame, event, arg):
-        if event == "line":
-            count[0] += 1
-            if count[0] == k:
+            if count[0] == signal_at:
                 os.kill(os.getpid(), signum)
         return tracer
     sys.settrace(tracer)
@@ -597,6 +568,7 @@ def _signal_at(k, fn, signum=signal.SIGINT):
         fn()
     finally:
         sys.settrace(None)
+    return count[0]
 
 
 def test_a_second_ctrl_c_at_any_moment_of_a_save_quits_after_it_cleanly(tmp_path):
@@ -608,7 +580,7 @@ def test_a_second_ctrl_c_at_any_moment_of_a_save_quits_after_it_cleanly(tmp_path
     previous = tmp_path / "model-0001.npz"
     _save(previous, model, opt)
     before = previous.read_bytes()
-    total = _line_events(lambda: _save(tmp_path / "probe.npz", model, opt))
+    total = _trace_lines(lambda: _save(tmp_path / "probe.npz", model, opt))
     (tmp_path / "probe.npz").unlink()
     assert total > 200
     points = sorted(set(list(range(1, 30)) + list(range(30, total + 1, max(1, total // 60)))))
@@ -618,7 +590,7 @@ def test_a_second_ctrl_c_at_any_moment_of_a_save_quits_after_it_cleanly(tmp_path
         with interrupt:
             interrupt.requested = True  # the first Ctrl-C: this save is the one it asked for
             with pytest.raises(KeyboardInterrupt):
-                _signal_at(k, lambda: _save(target, model, opt))
+                _trace_lines(lambda: _save(target, model, opt), signal_at=k)
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         assert not leftovers, (k, leftovers)
         if target.name == "model-0001.npz":
