@@ -739,3 +739,98 @@ def test_our_kernels_launch_bounds_are_read():
     fn((1,), (256,), (x, W2, y, i32(1), i32(4), i32(4), i32(2), i32(2)))
     # As (TR x (TK + 1) = 32 x 17) and Bs (sized for every TR: 1024) of interleaved_tile<double>
     assert fn.shared_size_bytes == 8 * (32 * 17 + 1024)
+
+
+# ---- each library is on its own: no emulator state shared between the libraries of a process ----
+
+# the emulator's state, by its mangled name: g++ made these process-wide (STB_GNU_UNIQUE) until the
+# libraries were built with -fvisibility=hidden -fno-gnu-unique, so every library of a process used
+# the first one's scheduler and sanitizer state (CI crashed: the sanitizer's range of __shared__
+# arrays spanned two libraries and a fiber stack between them, see cuda_emu.h's Sanitizer.checking)
+STATE_SYMBOLS = ["_ZN7igc_emu5schedE", "_ZN7igc_emu3sanE", "_ZN7igc_emu11shared_varsE", "_ZN7igc_emu12launch_mutexE"]
+
+
+@pytest.mark.parametrize("sanitize", [False, True])
+def test_each_library_keeps_its_own_state(sanitize):
+    import ctypes
+    a = EmuModule(SOURCE, ["matmul_tiled<double>"], "a.cu", sanitize=sanitize)
+    b = EmuModule(SOURCE + "// another library\n", ["block_sum<float>"], "b.cu", sanitize=sanitize)
+    assert a.path != b.path
+    for m in (a, b):
+        lib = ctypes.CDLL(m.path)  # the same handle: a library is loaded once
+        state = [name for name in STATE_SYMBOLS if hasattr(lib, name)]
+        assert state == [], f"{m.path} exports the emulator's state {state}"
+        assert hasattr(lib, "igc_emu_launch_" + loader._symbol(m.name_expressions[0]))
+    # and the two work one after the other, each on its own scheduler
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        A, B = rng.standard_normal((13, 11)), rng.standard_normal((11, 9))
+        C = np.zeros((13, 9))
+        a.get_function("matmul_tiled<double>")((2, 2), (8, 8), (A, B, C, i32(13), i32(11), i32(9)))
+        np.testing.assert_allclose(C, A @ B, rtol=1e-12, atol=1e-12)
+        x, out = rng.standard_normal(1000).astype(np.float32), np.zeros(3, np.float32)
+        b.get_function("block_sum<float>")((3,), (128,), (x, out, i32(1000)), shared_mem=128 * 4)
+        np.testing.assert_allclose(out.sum(), x.sum(dtype=np.float64), rtol=0, atol=1e-3)
+
+
+def test_only_the_entry_points_are_exported():
+    """nm: the library's own symbols are the igc_emu_* entry points (libstdc++'s template code aside)."""
+    import shutil
+    import subprocess
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    for sanitize in (False, True):
+        m = EmuModule(SOURCE, ["matmul_tiled<double>", "block_sum<float>"], "a.cu", sanitize=sanitize)
+        lines = subprocess.run([nm, "-D", "--defined-only", m.path], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        unique = [ln for ln in lines if " u " in ln]
+        ours = [ln.split()[-1] for ln in lines if ln.split()[-1].startswith("igc_emu_")]
+        leaked = [ln for ln in lines if "igc_emu" in ln and not ln.split()[-1].startswith("igc_emu_")]
+        assert unique == [] and leaked == [], (unique, leaked)
+        assert {f"igc_emu_launch_{loader._symbol(e)}" for e in m.name_expressions} <= set(ours)
+
+
+STACK_HOG = r"""
+// one thread uses more stack than a fiber has (256 KB): the guard page must stop it
+__global__ void stack_hog(float* out, int n) {
+    volatile char big[512 * 1024];
+    big[threadIdx.x] = (char)n;
+    big[sizeof(big) - 1 - threadIdx.x] = (char)n;
+    out[threadIdx.x] = big[threadIdx.x] + big[sizeof(big) - 1 - threadIdx.x];
+}
+__global__ void small(float* out, int n) {
+    volatile char buf[64 * 1024];  // well within a fiber's stack
+    buf[threadIdx.x] = (char)n;
+    out[threadIdx.x] = buf[threadIdx.x];
+}
+"""
+
+
+@pytest.mark.parametrize("sanitize", ["0", "1"])
+def test_a_stack_overflow_stops_at_the_guard_page(sanitize, tmp_path):
+    """A thread that overflows its stack ends the process with SIGSEGV at its guard page; without
+    the guard it wrote over the next fiber's stack, or a library mapped below, and ran on."""
+    import signal
+    import subprocess
+    import sys
+    script = tmp_path / "hog.py"
+    script.write_text(
+        "import numpy as np, sys\n"
+        "from igc_np.emu import EmuModule\n"
+        f"m = EmuModule({STACK_HOG!r}, ['small', 'stack_hog'], 'hog.cu')\n"
+        "out = np.zeros(4, np.float32)\n"
+        "m.get_function('small')((1,), (4,), (out, np.int32(2)))\n"
+        "assert (out == 2).all(), out\n"
+        "print('small ran', flush=True)\n"
+        "m.get_function('stack_hog')((1,), (4,), (out, np.int32(3)))\n"
+        "print('stack_hog ran', flush=True)\n")
+    env = dict(os.environ, IGC_NP_EMU_SANITIZE=sanitize,
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                           os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", str(script)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert "small ran" in proc.stdout, proc.stderr
+    assert "stack_hog ran" not in proc.stdout
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stderr[-2000:])
+    assert "Segmentation fault" in proc.stderr and "hog.py" in proc.stderr

@@ -164,10 +164,13 @@ struct Fiber {
 #endif
 };
 
+constexpr size_t kStackGuardBytes = 4096;
+
 struct Scheduler {
     std::vector<Fiber> fibers;
     char* stacks = nullptr;
-    size_t stack_bytes = 256 * 1024;  // mmap'd lazily: untouched pages cost nothing
+    size_t stack_bytes = 256 * 1024;  // mmap'd lazily: untouched pages cost nothing; the lowest
+                                      // kStackGuardBytes of each are a guard (launch)
     size_t nstacks = 0;
     Fiber* current = nullptr;
     void (*body)(void*) = nullptr;    // runs the kernel for the current thread
@@ -428,6 +431,13 @@ int launch(void (*kernel)(A...), const unsigned* grid, const unsigned* block, si
             if (p == MAP_FAILED) { sched.stacks = nullptr; sched.nstacks = 0; throw LaunchError("mmap of fiber stacks failed"); }
             sched.stacks = static_cast<char*>(p);
             sched.nstacks = nthreads;
+            // a guard page at the bottom of each stack: a thread that overflows its stack stops
+            // the process with SIGSEGV here instead of silently overwriting the next thread's
+            // stack or a library mapped below (-fstack-clash-protection probes large frames
+            // page by page, so no frame steps over a guard)
+            for (size_t i = 0; i < nthreads; ++i)
+                if (mprotect(sched.stacks + i * sched.stack_bytes, kStackGuardBytes, PROT_NONE) != 0)
+                    throw LaunchError("mprotect of a fiber stack's guard page failed");
         }
         sched.fibers.assign(nthreads, Fiber{});
         size_t i = 0;
@@ -530,6 +540,10 @@ struct ArgExtent { uintptr_t lo, hi; size_t arg, bytes; };
 struct Shadow { unsigned long long epoch, write_epoch; int writer, reader, reader2; };  // two distinct readers
 struct Sanitizer {
     bool active = false;
+    // check_access is running: the std:: code it calls (vector iterators, strings) is itself
+    // instrumented and calls back into it; without this flag each such call checked its own stack
+    // accesses, recursing until the fiber's stack overflowed into its neighbour's memory.
+    bool checking = false;
     uintptr_t arena_lo = 0, arena_hi = 0;
     std::vector<ArgExtent> extents;
     uintptr_t static_lo = 0, static_hi = 0, dyn_lo = 0, dyn_used = 0, dyn_cap = 0;
@@ -601,11 +615,13 @@ IGC_EMU_NOSAN inline void sanitize_begin(SanitizedArgs& sa, void** args, const c
     san.dyn_cap = san.dyn_lo + kMaxSharedBytes;
     if (san.shadow_static.size() < san.static_hi - san.static_lo) san.shadow_static.resize(san.static_hi - san.static_lo);
     if (san.shadow_dyn.size() < kMaxSharedBytes) san.shadow_dyn.resize(kMaxSharedBytes);
+    san.checking = false;
     san.active = true;
 }
 
 IGC_EMU_NOSAN inline void sanitize_end(SanitizedArgs& sa) {
     san.active = false;
+    san.checking = false;  // a fault() left check_access without returning
     for (auto& g : sa.groups) memcpy(reinterpret_cast<void*>(g.host_lo), g.copy, g.host_hi - g.host_lo);
     if (sa.arena) munmap(sa.arena, sa.arena_bytes);
     sa.arena = nullptr;
@@ -671,8 +687,16 @@ IGC_EMU_NOSAN inline void check_global(uintptr_t a, size_t n, const char* rw, vo
     fault(m + where(pc));
 }
 
+IGC_EMU_NOSAN inline void check_access_now(uintptr_t a, size_t n, bool write, void* pc, bool atomic);
+
 IGC_EMU_NOSAN inline void check_access(uintptr_t a, size_t n, bool write, void* pc, bool atomic = false) {
-    if (!san.active || !sched.current || sched.current->state != kRunning) return;
+    if (!san.active || san.checking || !sched.current || sched.current->state != kRunning) return;
+    san.checking = true;
+    check_access_now(a, n, write, pc, atomic);
+    san.checking = false;
+}
+
+IGC_EMU_NOSAN inline void check_access_now(uintptr_t a, size_t n, bool write, void* pc, bool atomic) {
     const char* rw = write ? "write" : "read";
     if (a >= san.arena_lo && a < san.arena_hi) {  // most accesses: global memory
         check_global(a, n, rw, pc);

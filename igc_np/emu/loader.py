@@ -35,12 +35,20 @@ import warnings
 
 import numpy as np
 
+EXPORT = 'extern "C" __attribute__((visibility("default")))'  # the shim's entry points, for ctypes
 HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu.h")
-CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w")
+# -fvisibility=hidden -fno-gnu-unique: each library keeps its own emulator state (the scheduler, the
+# sanitizer's shadow, the __shared__ registry). g++ makes C++17 inline variables process-wide
+# STB_GNU_UNIQUE symbols, so without these flags every library loaded into one process bound to the
+# first one's state, built perhaps with other flags: a sanitized launch after a plain one crashed.
+# Only the igc_emu_* entry points below are exported (EXPORT).
+ISOLATE_FLAGS = ("-fvisibility=hidden", "-fno-gnu-unique",
+                 "-fstack-clash-protection")  # large frames probe each page: they hit a stack's guard page
+CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w", *ISOLATE_FLAGS)
 # Sanitizer build: compiled with ThreadSanitizer's and UBSan's instrumentation, whose hooks
 # cuda_emu.h defines; linked without their run-time libraries (-z defs: every hook is ours).
 SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-gdwarf-4", "-fno-optimize-sibling-calls", "-fPIC", "-w",
-                  "-fno-threadsafe-statics",
+                  "-fno-threadsafe-statics", *ISOLATE_FLAGS,
                   "-DIGC_EMU_SANITIZE",
                   "-fsanitize=thread,bounds",
                   "-fno-sanitize-recover=bounds", "--param=tsan-instrument-func-entry-exit=0")
@@ -329,16 +337,16 @@ def _shim(code, name_expressions):
             bounds = f"igc_emu_bounds_{base}<{expr[expr.index('<') + 1:expr.rindex('>')]}>()"
         used = [n for n in file_scope if k is not None and re.search(rf"\b{n}\b", clean[k.body[0]:k.body[1]])]
         lines.append(
-            f'extern "C" int igc_emu_launch_{s}(const unsigned* g, const unsigned* b, size_t shm, size_t limit, '
+            f'{EXPORT} int igc_emu_launch_{s}(const unsigned* g, const unsigned* b, size_t shm, size_t limit, '
             f"void** a, const unsigned long long* ext, char* err, size_t errlen) "
             f"{{ return igc_emu::launch(&{expr}, g, b, shm, limit, a, ext, err, errlen); }}")
-        lines.append(f'extern "C" const char* igc_emu_signature_{s}() {{ return igc_emu::signature(&{expr}); }}')
-        lines.append(f'extern "C" long long igc_emu_max_threads_{s}() {{ return {bounds}; }}')
-        lines.append(f'extern "C" unsigned long long igc_emu_static_shared_{s}() {{ return '
+        lines.append(f'{EXPORT} const char* igc_emu_signature_{s}() {{ return igc_emu::signature(&{expr}); }}')
+        lines.append(f'{EXPORT} long long igc_emu_max_threads_{s}() {{ return {bounds}; }}')
+        lines.append(f'{EXPORT} unsigned long long igc_emu_static_shared_{s}() {{ return '
                      f'igc_emu::static_shared_bytes(reinterpret_cast<const void*>(&{expr}))'
                      + "".join(f" + sizeof({n})" for n in used) + "; }")
         text = k.bounds if k is not None and k.bounds else ""
-        lines.append(f'extern "C" const char* igc_emu_bounds_text_{s}() {{ return "{text}"; }}')
+        lines.append(f'{EXPORT} const char* igc_emu_bounds_text_{s}() {{ return "{text}"; }}')
     return "\n".join(lines) + "\n"
 
 
