@@ -7,7 +7,8 @@
 Runs the rows of ``bench_gpu.case_ops`` (primary conv forward / backward-data / backward-weight,
 interleaved secondary forward / backward, permutation, BatchNorm+ReLU forward / backward, each
 kernel version) once each at a batch of 1-2, on one CIFAR and one ImageNet IGC layer of
-``kernel_report.SHAPES``, then one SGD step per version, and checks each result against the
+``kernel_report.SHAPES``, then one SGD step and two Adam, AdamW and AMSGrad steps per version
+(the multi-tensor kernels read their arrays through a table of pointers), and checks each result against the
 float64 reference tier. CuPy's memory pool is switched off: every array is its own
 ``cudaMalloc``, so memcheck sees an access one element past an array (inside a pool block it
 would not). Each row prints ``run <op> v<N>`` before it launches and ``ok``/``FAILED`` after: in a
@@ -68,14 +69,15 @@ def run(shape, dtype=np.float32, defaults_only=False):
             print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
             continue
         print(f"  ok (rel err {err:.1e})", flush=True)
-    sgd(cupy, dtype, failures, defaults_only)
-    print(f"{len(rows) + (1 if defaults_only else len(bench_gpu.versions.kernels('sgd')))} launches checked in "
+    n_sgd = sgd(cupy, dtype, failures, defaults_only)
+    n_adam = adam(cupy, dtype, failures, defaults_only)
+    print(f"{len(rows) + n_sgd + n_adam} launches checked in "
           f"{time.perf_counter() - t0:.1f} s, {len(failures)} failed", flush=True)
     return failures
 
 
 def sgd(cupy, dtype, failures, defaults_only=False):
-    """One Nesterov SGD step per version on three tensors, against NumPy."""
+    """One Nesterov SGD step per version on three tensors, against NumPy; returns the steps run."""
     from igc_np.kernels import fused_ops
     rng = np.random.default_rng(3)
     shapes = [(48, 2, 3, 3), (48,), (10, 48)]
@@ -95,6 +97,47 @@ def sgd(cupy, dtype, failures, defaults_only=False):
             print(f"  FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
         print("  ok", flush=True)
+    return 1 if defaults_only else len(bench_gpu.versions.kernels("sgd"))
+
+
+# (row name, weight_decay, decoupled, amsgrad): torch.optim.Adam, AdamW and AMSGrad's settings
+ADAM_ROWS = [("adam", 1e-4, False, False), ("adamw", 1e-2, True, False), ("amsgrad", 1e-2, True, True)]
+
+
+def adam(cupy, dtype, failures, defaults_only=False):
+    """Two steps of Adam, AdamW and AMSGrad per version on three tensors, against
+    igc_np.optim.adam_reference in float64; returns the steps run."""
+    from igc_np.kernels.adam import adam_step
+    from igc_np.optim import adam_reference
+    shapes = [(48, 2, 3, 3), (48,), (10, 48)]
+    n = 0
+    for v in [bench_gpu.versions.default("adam")] if defaults_only else bench_gpu.versions.kernels("adam"):
+        for name, wd, decoupled, amsgrad in ADAM_ROWS:
+            print(f"run {name} step v{v}", flush=True)
+            rng = np.random.default_rng(4)
+            w = [rng.standard_normal(s) for s in shapes]  # float64: the reference
+            state = [[np.zeros(s) for s in shapes] for _ in range(3)]  # m, v, v_max
+            try:
+                dw = [cupy.asarray(a.astype(dtype)) for a in w]
+                dm, dv, dvm = ([cupy.asarray(a.astype(dtype)) for a in arrays] for arrays in state)
+                for t in (1, 2):
+                    g = [rng.standard_normal(s) * 10.0 ** -t for s in shapes]  # shrinking: v_max > v
+                    adam_step(dw, [cupy.asarray(a.astype(dtype)) for a in g], dm, dv, t, 1e-2, (0.9, 0.999),
+                              1e-8, wd, decoupled, "cuda", v, max_exp_avg_sqs=dvm if amsgrad else None)
+                    n += 1
+                    for i in range(len(shapes)):
+                        adam_reference(w[i], g[i], state[0][i], state[1][i], t, 1e-2, (0.9, 0.999), 1e-8, wd,
+                                       decoupled, v_max=state[2][i] if amsgrad else None)
+                for a, b in zip(dw, w):
+                    err = bench_gpu.norm_error(cupy.asnumpy(a), b)
+                    if not err <= 10 * bench_gpu.NORM_TOL[np.dtype(dtype)]:
+                        raise AssertionError(f"weights: relative error {err:.3g} against the float64 reference")
+            except Exception as e:
+                failures.append((f"{name} step", v, f"{type(e).__name__}: {e}"))
+                print(f"  FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
+            print("  ok", flush=True)
+    return n
 
 
 def main(argv=None):
