@@ -189,7 +189,7 @@ struct Scheduler {
 #endif
 };
 inline Scheduler sched;
-inline std::mutex launch_mutex;  // static shared memory and the scheduler are process-wide
+inline std::mutex launch_mutex;  // the library's scheduler and static shared memory: one launch at a time
 
 inline void fiber_main() {
     Fiber* f = sched.current;
