@@ -620,13 +620,14 @@ def test_deferred_signals_deliver_in_order_after_the_block_and_nest():
 
 def test_sighup_is_treated_like_sigterm_unless_ignored_by_nohup():
     assert signal.SIGHUP in signals.GracefulInterrupt.SIGNALS
-    interrupt = signals.GracefulInterrupt(quiet=True)
-    with interrupt:
-        os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(0.01)
-    assert interrupt.requested and interrupt.exit_status == 129 and interrupt.name == "SIGHUP"
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as from a terminal, even when pytest runs under nohup
     try:
+        interrupt = signals.GracefulInterrupt(quiet=True)
+        with interrupt:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.01)
+        assert interrupt.requested and interrupt.exit_status == 129 and interrupt.name == "SIGHUP"
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         interrupt = signals.GracefulInterrupt(quiet=True)
         with interrupt:
             os.kill(os.getpid(), signal.SIGHUP)
@@ -639,7 +640,11 @@ def test_sighup_is_treated_like_sigterm_unless_ignored_by_nohup():
 def test_sighup_saves_the_interrupted_state(tmp_path):
     """A closed terminal (SIGHUP) saves model-interrupted.npz and exits 129, like SIGTERM."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-u", str(TRAIN_SCRIPT)] + TINY + [
+    # SIGHUP at its default first: a child inherits an ignored SIGHUP (pytest under nohup), and
+    # the trainer rightly leaves an ignored SIGHUP alone
+    from_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+                       "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-u", "-c", from_a_terminal, str(TRAIN_SCRIPT)] + TINY + [
         "--num-epochs", "50", "--output-dir", str(out)], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
