@@ -834,3 +834,18 @@ def test_a_stack_overflow_stops_at_the_guard_page(sanitize, tmp_path):
     assert "stack_hog ran" not in proc.stdout
     assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stderr[-2000:])
     assert "Segmentation fault" in proc.stderr and "hog.py" in proc.stderr
+
+
+def test_the_ucontext_fibers_of_other_platforms(monkeypatch):
+    """Off x86-64 the fibers switch with ucontext (-DIGC_EMU_UCONTEXT forces it here): same results,
+    barriers included, on the same guarded stacks."""
+    monkeypatch.setattr(loader, "CXX_FLAGS", loader.CXX_FLAGS + ("-DIGC_EMU_UCONTEXT",))
+    m = EmuModule(SOURCE, ["matmul_tiled<double>", "block_sum<float>"], "a.cu", sanitize=False)
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((13, 11)), rng.standard_normal((11, 9))
+    C = np.zeros((13, 9))
+    m.get_function("matmul_tiled<double>")((2, 2), (8, 8), (A, B, C, i32(13), i32(11), i32(9)))
+    np.testing.assert_allclose(C, A @ B, rtol=1e-12, atol=1e-12)
+    x, out = rng.standard_normal(1000).astype(np.float32), np.zeros(3, np.float32)
+    m.get_function("block_sum<float>")((3,), (128,), (x, out, i32(1000)), shared_mem=128 * 4)
+    np.testing.assert_allclose(out.sum(), x.sum(dtype=np.float64), rtol=0, atol=1e-3)
