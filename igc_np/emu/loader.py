@@ -40,7 +40,8 @@ HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu.h")
 # -fvisibility=hidden -fno-gnu-unique: each library keeps its own emulator state (the scheduler, the
 # sanitizer's shadow, the __shared__ registry). g++ makes C++17 inline variables process-wide
 # STB_GNU_UNIQUE symbols, so without these flags every library loaded into one process bound to the
-# first one's state, built perhaps with other flags: a sanitized launch after a plain one crashed.
+# first one's state (built perhaps with other flags); the sanitizer's range of __shared__ arrays then
+# spanned several libraries and the fiber stacks between them, and runs crashed now and then.
 # Only the igc_emu_* entry points below are exported (EXPORT).
 ISOLATE_FLAGS = ("-fvisibility=hidden", "-fno-gnu-unique",
                  "-fstack-clash-protection")  # large frames probe each page: they hit a stack's guard page
