@@ -764,13 +764,19 @@ def test_each_library_keeps_its_own_state(sanitize):
     # and the two work one after the other, each on its own scheduler
     rng = np.random.default_rng(3)
     for _ in range(2):
-        A, B = rng.standard_normal((13, 11)), rng.standard_normal((11, 9))
-        C = np.zeros((13, 9))
-        a.get_function("matmul_tiled<double>")((2, 2), (8, 8), (A, B, C, i32(13), i32(11), i32(9)))
-        np.testing.assert_allclose(C, A @ B, rtol=1e-12, atol=1e-12)
-        x, out = rng.standard_normal(1000).astype(np.float32), np.zeros(3, np.float32)
-        b.get_function("block_sum<float>")((3,), (128,), (x, out, i32(1000)), shared_mem=128 * 4)
-        np.testing.assert_allclose(out.sum(), x.sum(dtype=np.float64), rtol=0, atol=1e-3)
+        check_matmul_and_block_sum(a, b, rng)
+
+
+def check_matmul_and_block_sum(matmul_module, sum_module, rng):
+    """The tiled matmul (barriers, static shared memory) and the block reduction (dynamic shared
+    memory) against NumPy."""
+    A, B = rng.standard_normal((13, 11)), rng.standard_normal((11, 9))
+    C = np.zeros((13, 9))
+    matmul_module.get_function("matmul_tiled<double>")((2, 2), (8, 8), (A, B, C, i32(13), i32(11), i32(9)))
+    np.testing.assert_allclose(C, A @ B, rtol=1e-12, atol=1e-12)
+    x, out = rng.standard_normal(1000).astype(np.float32), np.zeros(3, np.float32)
+    sum_module.get_function("block_sum<float>")((3,), (128,), (x, out, i32(1000)), shared_mem=128 * 4)
+    np.testing.assert_allclose(out.sum(), x.sum(dtype=np.float64), rtol=0, atol=1e-3)
 
 
 def test_only_the_entry_points_are_exported():
@@ -841,11 +847,4 @@ def test_the_ucontext_fibers_of_other_platforms(monkeypatch):
     barriers included, on the same guarded stacks."""
     monkeypatch.setattr(loader, "CXX_FLAGS", loader.CXX_FLAGS + ("-DIGC_EMU_UCONTEXT",))
     m = EmuModule(SOURCE, ["matmul_tiled<double>", "block_sum<float>"], "a.cu", sanitize=False)
-    rng = np.random.default_rng(5)
-    A, B = rng.standard_normal((13, 11)), rng.standard_normal((11, 9))
-    C = np.zeros((13, 9))
-    m.get_function("matmul_tiled<double>")((2, 2), (8, 8), (A, B, C, i32(13), i32(11), i32(9)))
-    np.testing.assert_allclose(C, A @ B, rtol=1e-12, atol=1e-12)
-    x, out = rng.standard_normal(1000).astype(np.float32), np.zeros(3, np.float32)
-    m.get_function("block_sum<float>")((3,), (128,), (x, out, i32(1000)), shared_mem=128 * 4)
-    np.testing.assert_allclose(out.sum(), x.sum(dtype=np.float64), rtol=0, atol=1e-3)
+    check_matmul_and_block_sum(m, m, np.random.default_rng(5))
