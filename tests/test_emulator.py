@@ -797,6 +797,16 @@ def test_only_the_entry_points_are_exported():
         assert {f"igc_emu_launch_{loader._symbol(e)}" for e in m.name_expressions} <= set(ours)
 
 
+def test_clang_builds_without_the_gcc_only_flag(monkeypatch):
+    """CXX=clang++: no -fno-gnu-unique (clang refuses it, and has no unique symbols to avoid)."""
+    monkeypatch.setitem(loader._compiler_version.__defaults__[0], "clang++", "clang version 18.1.3\n")
+    monkeypatch.setitem(loader._compiler_version.__defaults__[0], "g++", "g++ (Debian 12.2.0-14) 12.2.0\n")
+    assert "-fno-gnu-unique" not in loader.compile_flags("clang++", sanitize=False)
+    assert "-fno-gnu-unique" in loader.compile_flags("g++", sanitize=False)
+    assert "-fvisibility=hidden" in loader.compile_flags("clang++", sanitize=False)
+    assert "-fno-gnu-unique" in loader.compile_flags("g++", sanitize=True)
+
+
 STACK_HOG = r"""
 // one thread uses more stack than a fiber has (256 KB): the guard page must stop it
 __global__ void stack_hog(float* out, int n) {

@@ -43,13 +43,15 @@ HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu.h")
 # first one's state (built perhaps with other flags); the sanitizer's range of __shared__ arrays then
 # spanned several libraries and the fiber stacks between them, and runs crashed now and then.
 # Only the igc_emu_* entry points below are exported (EXPORT).
-ISOLATE_FLAGS = ("-fvisibility=hidden", "-fno-gnu-unique",
+ISOLATE_FLAGS = ("-fvisibility=hidden",
                  "-fstack-clash-protection")  # large frames probe each page: they hit a stack's guard page
+GCC_ISOLATE_FLAGS = ("-fno-gnu-unique",)  # libstdc++'s own statics too; clang has no unique symbols nor this option
 CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w", *ISOLATE_FLAGS)
 # Sanitizer build: compiled with ThreadSanitizer's and UBSan's instrumentation, whose hooks
-# cuda_emu.h defines; linked without their run-time libraries (-z defs: every hook is ours).
+# cuda_emu.h defines; linked without their run-time libraries (-z defs: every hook is ours). g++
+# only (its tsan parameters, its UBSan data layout).
 SANITIZE_FLAGS = ("-std=c++17", "-O2", "-g1", "-gdwarf-4", "-fno-optimize-sibling-calls", "-fPIC", "-w",
-                  "-fno-threadsafe-statics", *ISOLATE_FLAGS,
+                  "-fno-threadsafe-statics", *ISOLATE_FLAGS, *GCC_ISOLATE_FLAGS,
                   "-DIGC_EMU_SANITIZE",
                   "-fsanitize=thread,bounds",
                   "-fno-sanitize-recover=bounds", "--param=tsan-instrument-func-entry-exit=0")
@@ -378,6 +380,13 @@ def _compiler_version(cxx, _cache={}):
     return _cache[cxx]
 
 
+def compile_flags(cxx, sanitize):
+    """The flags of a compile with `cxx`: the sanitizer's, or CXX_FLAGS (+ g++'s -fno-gnu-unique)."""
+    if sanitize:
+        return SANITIZE_FLAGS
+    return CXX_FLAGS + (() if "clang" in _compiler_version(cxx) else GCC_ISOLATE_FLAGS)
+
+
 def build(code, name_expressions, filename="<kernel>", sanitize=False):
     """Compile ``code`` (with its launch shim) to a shared library; return (path, open descriptor
     of the verified library). Cached by a hash of everything that goes into the compile."""
@@ -387,7 +396,9 @@ def build(code, name_expressions, filename="<kernel>", sanitize=False):
     kernels = _kernels(_strip_comments(code))
     text = (f'#include "{HEADER}"\n#line 1 "{filename}"\n{_instrument_shared(code, kernels)}\n'
             f'#line 1 "<igc_emu shim>"\n{_shim(code, name_expressions)}')
-    flags = SANITIZE_FLAGS + SANITIZE_LINK if sanitize else CXX_FLAGS
+    flags = compile_flags(cxx, sanitize)
+    if sanitize:
+        flags += SANITIZE_LINK
     key = hashlib.sha256("\0".join([header, text, " ".join(flags), _compiler_version(cxx)])
                          .encode()).hexdigest()[:24]
     directory = private_cache_dir()
@@ -406,7 +417,7 @@ def build(code, name_expressions, filename="<kernel>", sanitize=False):
         obj = tmp[:-3] + ".o"
         steps = [[cxx, *SANITIZE_FLAGS, "-c", "-o", obj, src], [cxx, "-o", tmp, obj, *SANITIZE_LINK]]
     else:
-        obj, steps = None, [[cxx, *CXX_FLAGS, "-o", tmp, src]]
+        obj, steps = None, [[cxx, *flags, "-o", tmp, src]]
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
