@@ -191,6 +191,15 @@ struct Scheduler {
 inline Scheduler sched;
 inline std::mutex launch_mutex;  // the library's scheduler and static shared memory: one launch at a time
 
+// Park fiber f (its state already set) and resume the scheduler, which resumes f later or never.
+inline void to_scheduler(Fiber& f) {
+#if defined(IGC_EMU_ASM_SWITCH)
+    igc_emu_switch(&f.sp, sched.sched_sp);
+#else
+    swapcontext(&f.ctx, &sched.sched_ctx);
+#endif
+}
+
 inline void fiber_main() {
     Fiber* f = sched.current;
     sched.body(sched.body_arg);
@@ -240,11 +249,7 @@ inline void syncthreads(int line, const char* file) {
     f->state = kAtBarrier;
     f->line = line;
     f->file = file;
-#if defined(IGC_EMU_ASM_SWITCH)
-    igc_emu_switch(&f->sp, sched.sched_sp);
-#else
-    swapcontext(&f->ctx, &sched.sched_ctx);
-#endif
+    to_scheduler(*f);
 }
 
 inline std::string tid_str(const uint3& t) {
@@ -257,11 +262,7 @@ inline void fault(const std::string& msg) {
     Fiber* f = sched.current;
     sched.fault = msg + " (thread " + tid_str(f->tid) + " of block " + tid_str(block_idx) + ")";
     f->state = kFault;
-#if defined(IGC_EMU_ASM_SWITCH)
-    igc_emu_switch(&f->sp, sched.sched_sp);
-#else
-    swapcontext(&f->ctx, &sched.sched_ctx);
-#endif
+    to_scheduler(*f);
     __builtin_unreachable();
 }
 
